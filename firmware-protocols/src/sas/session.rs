@@ -1,0 +1,1 @@
+//! Host session per EGM address (being written; see issue 2).
