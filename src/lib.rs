@@ -1,1 +1,14 @@
-//! slotgate
+//! slotgate: a SAS gateway between the slot machines of a gaming hall and the state monitoring
+//! system.
+//!
+//! # Layout
+//! - `firmware_protocols` (workspace crate): the sans-IO SAS protocol, framing and firmware
+//!   profiles. No I/O and no clock.
+//! - [`cli`]: the command line.
+//! - [`shutdown`]: SIGINT/SIGTERM as a future, injected into every long-running command.
+//! - [`simulator`]: `slotgate simulate`, faithful EGMs over TCP or pseudo-terminals, with fault
+//!   injection and a ground-truth ledger.
+
+pub mod cli;
+pub mod shutdown;
+pub mod simulator;

@@ -32,7 +32,7 @@ pub fn encode_into(value: u64, out: &mut [u8]) -> Result<(), BcdError> {
         let pair = rest % 100;
         rest /= 100;
         // `pair` < 100, so both digits fit a nibble.
-        *slot = ((pair / 10) << 4 | pair % 10) as u8;
+        *slot = (((pair / 10) << 4) | (pair % 10)) as u8;
     }
     if rest != 0 {
         return Err(BcdError::TooLarge { value, bytes: out.len() });
@@ -69,10 +69,7 @@ mod tests {
 
     #[test]
     fn rejects_a_hex_nibble_and_says_where() {
-        assert_eq!(
-            decode(&[0x00, 0x1A]),
-            Err(BcdError::InvalidNibble { byte: 0x1A, index: 1 })
-        );
+        assert_eq!(decode(&[0x00, 0x1A]), Err(BcdError::InvalidNibble { byte: 0x1A, index: 1 }));
         assert_eq!(decode(&[0xF0]), Err(BcdError::InvalidNibble { byte: 0xF0, index: 0 }));
     }
 

@@ -101,7 +101,10 @@ pub const GENERIC_SAS_602: &str = include_str!("../profiles/generic-sas-602.toml
 pub const BUILT_IN: &[(&str, &str)] = &[
     ("generic-sas-602.toml", GENERIC_SAS_602),
     ("egt-p24-generic.toml", include_str!("../profiles/egt-p24-generic.toml")),
-    ("novomatic-gaminator-generic.toml", include_str!("../profiles/novomatic-gaminator-generic.toml")),
+    (
+        "novomatic-gaminator-generic.toml",
+        include_str!("../profiles/novomatic-gaminator-generic.toml"),
+    ),
 ];
 
 // The raw TOML shape. `deny_unknown_fields` turns a misspelt key into an error naming it.
@@ -237,7 +240,10 @@ impl FirmwareProfile {
             ));
         }
         if !(1..=3).contains(&t.tries) {
-            return Err(error("timing.tries", "must be 1–3: SAS allows at most two retries".into()));
+            return Err(error(
+                "timing.tries",
+                "must be 1–3: SAS allows at most two retries".into(),
+            ));
         }
         if t.offline_after == 0 {
             return Err(error("timing.offline_after", "must be at least 1".into()));
@@ -248,14 +254,20 @@ impl FirmwareProfile {
             } else {
                 "timing.post_wakeup_delay_ms"
             };
-            return Err(error(field, "is out of range (busy ≤ 5000 ms, wakeup delay ≤ 100 ms)".into()));
+            return Err(error(
+                field,
+                "is out of range (busy ≤ 5000 ms, wakeup delay ≤ 100 ms)".into(),
+            ));
         }
         if raw.rte.enable && !raw.rte.supported {
             return Err(error("rte.enable", "cannot be true when rte.supported is false".into()));
         }
         for &lp in &raw.long_polls.unsupported {
             if matches!(lp, 0x00 | 0x80..=0xFF) && lp != 0xAF && !(0xA0..=0xFF).contains(&lp) {
-                return Err(error("long_polls.unsupported", format!("{lp:#04x} is not a long poll")));
+                return Err(error(
+                    "long_polls.unsupported",
+                    format!("{lp:#04x} is not a long poll"),
+                ));
             }
         }
         Ok(Self {
@@ -319,22 +331,30 @@ mod tests {
 
     #[test]
     fn an_unknown_key_is_named_with_the_file() {
-        let e = FirmwareProfile::from_toml_str("x.toml", "name = \"x\"\n[timing]\nreply_timout_ms = 20\n")
-            .unwrap_err();
+        let e = FirmwareProfile::from_toml_str(
+            "x.toml",
+            "name = \"x\"\n[timing]\nreply_timout_ms = 20\n",
+        )
+        .unwrap_err();
         assert_eq!(e.file, "x.toml");
         assert!(e.to_string().contains("reply_timout_ms"), "{e}");
     }
 
     #[test]
     fn out_of_range_values_name_the_field_and_reason() {
-        let e = FirmwareProfile::from_toml_str("x.toml", "name = \"x\"\n[timing]\npoll_spacing_ms = 10\n")
-            .unwrap_err();
+        let e = FirmwareProfile::from_toml_str(
+            "x.toml",
+            "name = \"x\"\n[timing]\npoll_spacing_ms = 10\n",
+        )
+        .unwrap_err();
         assert_eq!(e.field, "timing.poll_spacing_ms");
         assert!(e.reason.contains("40"), "{e}");
-        let e = FirmwareProfile::from_toml_str("x.toml", "name = \"x\"\n[timing]\ntries = 4\n").unwrap_err();
-        assert_eq!(e.field, "timing.tries");
-        let e = FirmwareProfile::from_toml_str("x.toml", "name = \"x\"\n[rte]\nsupported = false\n")
+        let e = FirmwareProfile::from_toml_str("x.toml", "name = \"x\"\n[timing]\ntries = 4\n")
             .unwrap_err();
+        assert_eq!(e.field, "timing.tries");
+        let e =
+            FirmwareProfile::from_toml_str("x.toml", "name = \"x\"\n[rte]\nsupported = false\n")
+                .unwrap_err();
         assert_eq!(e.field, "rte.enable");
     }
 

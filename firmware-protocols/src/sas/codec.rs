@@ -19,7 +19,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::message::{HostMessage, LongPoll, RTE_MARKER, RealTimeEvent, ReplyLen, RequestLen, command};
+use super::message::{
+    HostMessage, LongPoll, RTE_MARKER, RealTimeEvent, ReplyLen, RequestLen, command,
+};
 use super::{Address, Exception, Reply};
 use crate::crc::has_valid_crc;
 use crate::error::DecodeError;
@@ -154,7 +156,9 @@ impl ReplyDecoder {
         let b0 = self.buf[0];
         let b1 = self.buf.get(1).copied();
         match self.expect {
-            Expect::Nothing => Attempt::Invalid(DecodeError::AddressMismatch { expected: 0, found: b0 }),
+            Expect::Nothing => {
+                Attempt::Invalid(DecodeError::AddressMismatch { expected: 0, found: b0 })
+            }
             Expect::GeneralPoll => {
                 if b0 != addr {
                     // A lone exception byte. In RTE mode answers are frames, so a byte followed
@@ -173,7 +177,9 @@ impl ReplyDecoder {
                 }
                 match b1 {
                     // The exception code happens to equal the address.
-                    None if line_idle => Attempt::Done(Reply::Exception(Exception::from_code(b0)), 1),
+                    None if line_idle => {
+                        Attempt::Done(Reply::Exception(Exception::from_code(b0)), 1)
+                    }
                     None => Attempt::Incomplete,
                     Some(RTE_MARKER) => self.rte_frame(),
                     Some(command::ROM_SIGNATURE) => self.data_frame(ReplyLen::Fixed(6)),
@@ -194,28 +200,37 @@ impl ReplyDecoder {
                     };
                 }
                 if b0 != addr {
-                    return Attempt::Invalid(DecodeError::AddressMismatch { expected: addr, found: b0 });
+                    return Attempt::Invalid(DecodeError::AddressMismatch {
+                        expected: addr,
+                        found: b0,
+                    });
                 }
                 match b1 {
                     // A lone address byte is an ACK only once no busy or event byte followed it.
                     None if line_idle && ack_only => Attempt::Done(Reply::Ack, 1),
-                    None if line_idle => Attempt::Invalid(DecodeError::Truncated {
-                        received: 1,
-                        expected: 2,
-                    }),
+                    None if line_idle => {
+                        Attempt::Invalid(DecodeError::Truncated { received: 1, expected: 2 })
+                    }
                     None => Attempt::Incomplete,
                     // Busy is `addr 00` and nothing after it.
                     Some(0x00) => match self.buf.len() {
                         2 if line_idle => Attempt::Done(Reply::Busy, 2),
                         2 => Attempt::Incomplete,
-                        _ => Attempt::Invalid(DecodeError::CommandMismatch { expected: command, found: 0 }),
+                        _ => Attempt::Invalid(DecodeError::CommandMismatch {
+                            expected: command,
+                            found: 0,
+                        }),
                     },
                     Some(RTE_MARKER) => self.rte_frame(),
-                    Some(echo) if echo == command => match Reply::data_reply_len(command, &self.buf) {
-                        Some(len) => self.data_frame(len),
-                        None => Attempt::Invalid(DecodeError::UnknownCommand { command }),
-                    },
-                    Some(found) => Attempt::Invalid(DecodeError::CommandMismatch { expected: command, found }),
+                    Some(echo) if echo == command => {
+                        match Reply::data_reply_len(command, &self.buf) {
+                            Some(len) => self.data_frame(len),
+                            None => Attempt::Invalid(DecodeError::UnknownCommand { command }),
+                        }
+                    }
+                    Some(found) => {
+                        Attempt::Invalid(DecodeError::CommandMismatch { expected: command, found })
+                    }
                 }
             }
         }
@@ -272,7 +287,8 @@ impl RequestDecoder {
     /// (TCP framing, a real UART) and `None` where it does not (a pseudo-terminal); then a gap
     /// longer than [`INTER_BYTE_LIMIT`] marks the start of a new message.
     pub fn push(&mut self, now: Instant, byte: u8, wakeup: Option<bool>) -> Option<Request> {
-        let gap = self.last_byte_at.is_some_and(|t| now.saturating_duration_since(t) > INTER_BYTE_LIMIT);
+        let gap =
+            self.last_byte_at.is_some_and(|t| now.saturating_duration_since(t) > INTER_BYTE_LIMIT);
         self.last_byte_at = Some(now);
         let starts_message = match wakeup {
             Some(bit) => bit,
@@ -303,7 +319,8 @@ impl RequestDecoder {
     /// Ends a message the decoder could not size (an unknown command) once the line has been idle
     /// longer than the inter-byte limit. Call when [`poll_timeout`](Self::poll_timeout) passes.
     pub fn flush(&mut self, now: Instant) -> Option<Request> {
-        let idle = self.last_byte_at.is_some_and(|t| now.saturating_duration_since(t) > INTER_BYTE_LIMIT);
+        let idle =
+            self.last_byte_at.is_some_and(|t| now.saturating_duration_since(t) > INTER_BYTE_LIMIT);
         (idle && !self.buf.is_empty()).then(|| self.take())
     }
 
@@ -446,10 +463,7 @@ mod tests {
     fn a_long_poll_answered_with_an_rte_event_yields_the_event() {
         let mut d = ReplyDecoder::new(addr1(), Expect::Data { command: 0x1C }, true);
         feed(&mut d, &hex("01 FF 7F 00 00 00 40 F4 5F"));
-        assert_eq!(
-            d.decode(false),
-            Ok(Some(Reply::Event(RealTimeEvent::GameEnded { win: 40 })))
-        );
+        assert_eq!(d.decode(false), Ok(Some(Reply::Event(RealTimeEvent::GameEnded { win: 40 }))));
     }
 
     #[test]

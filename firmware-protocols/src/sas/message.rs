@@ -331,7 +331,9 @@ impl LongPoll {
             REAL_TIME_EVENT_REPORTING => RequestLen::Fixed(5),
             ROM_SIGNATURE => RequestLen::Fixed(6),
             SET_DATE_TIME => RequestLen::Fixed(11),
-            SEND_SELECTED_METERS | SEND_EXTENDED_METERS | SEND_EXTENDED_METERS_ALT
+            SEND_SELECTED_METERS
+            | SEND_EXTENDED_METERS
+            | SEND_EXTENDED_METERS_ALT
             | REDEEM_TICKET => match length_byte {
                 Some(len) => RequestLen::Fixed(3 + usize::from(len) + 2),
                 None => RequestLen::NeedLengthByte,
@@ -486,7 +488,11 @@ impl Reply {
                 out.push(*poll as u8);
                 let (count, width) = poll.layout();
                 if values.len() != count {
-                    return Err(EncodeError::TooLong { field: "values", len: values.len(), max: count });
+                    return Err(EncodeError::TooLong {
+                        field: "values",
+                        len: values.len(),
+                        max: count,
+                    });
                 }
                 put_meters(&mut out, values, width)?;
             }
@@ -650,7 +656,14 @@ pub struct Meters10To15 {
 
 impl Meters10To15 {
     fn values(&self) -> [u64; 6] {
-        [self.cancelled_credits, self.coin_in, self.coin_out, self.drop, self.jackpot, self.games_played]
+        [
+            self.cancelled_credits,
+            self.coin_in,
+            self.coin_out,
+            self.drop,
+            self.jackpot,
+            self.games_played,
+        ]
     }
 
     fn from_values(v: Vec<u64>) -> Self {
@@ -1134,7 +1147,9 @@ impl RealTimeEvent {
                     .map_err(field("denomination_code"))?;
                 bcd::encode(*count, 4, out).map_err(field("count"))?;
             }
-            Self::ReelStopped { reel, physical_stop } => out.extend_from_slice(&[*reel, *physical_stop]),
+            Self::ReelStopped { reel, physical_stop } => {
+                out.extend_from_slice(&[*reel, *physical_stop])
+            }
             Self::CardHeld { card } => out.push(*card),
             Self::LegacyBonus { multiplier, multiplied_win, tax_status, bonus } => {
                 out.push(*multiplier);
@@ -1143,7 +1158,7 @@ impl RealTimeEvent {
                 bcd::encode(*bonus, 4, out).map_err(field("bonus"))?;
             }
             Self::Exception(e) => {
-                if RealTimeEvent::frame_len(code) != Some(5) && !matches!(e, Exception::Unknown(_)) {
+                if Self::frame_len(code) != Some(5) && !matches!(e, Exception::Unknown(_)) {
                     // A data-carrying code must use its typed variant, or the frame would lie
                     // about its length.
                     return Err(EncodeError::InvalidField { field: "code", value: code.into() });
@@ -1189,9 +1204,16 @@ impl RealTimeEvent {
 
 // === Byte reader ===
 
-fn push_length_prefixed(out: &mut Vec<u8>, body: &[u8], field: &'static str) -> Result<(), EncodeError> {
-    let len = u8::try_from(body.len())
-        .map_err(|_| EncodeError::TooLong { field, len: body.len(), max: 255 })?;
+fn push_length_prefixed(
+    out: &mut Vec<u8>,
+    body: &[u8],
+    field: &'static str,
+) -> Result<(), EncodeError> {
+    let len = u8::try_from(body.len()).map_err(|_| EncodeError::TooLong {
+        field,
+        len: body.len(),
+        max: 255,
+    })?;
     out.push(len);
     out.extend_from_slice(body);
     Ok(())

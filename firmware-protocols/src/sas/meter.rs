@@ -52,7 +52,7 @@ impl MeterCode {
     pub fn is_cents(self) -> bool {
         match self.0 {
             0x0D..=0x10 => true,
-            0x80..=0x93 | 0xA0..=0xBD => self.0 % 2 == 0,
+            0x80..=0x93 | 0xA0..=0xBD => self.0.is_multiple_of(2),
             _ => false,
         }
     }
