@@ -262,13 +262,9 @@ impl FirmwareProfile {
         if raw.rte.enable && !raw.rte.supported {
             return Err(error("rte.enable", "cannot be true when rte.supported is false".into()));
         }
-        for &lp in &raw.long_polls.unsupported {
-            if matches!(lp, 0x00 | 0x80..=0xFF) && lp != 0xAF && !(0xA0..=0xFF).contains(&lp) {
-                return Err(error(
-                    "long_polls.unsupported",
-                    format!("{lp:#04x} is not a long poll"),
-                ));
-            }
+        if raw.long_polls.unsupported.contains(&0) {
+            // 0x00 after an address byte is the busy answer, never a command.
+            return Err(error("long_polls.unsupported", "0x00 is not a long poll".into()));
         }
         Ok(Self {
             name: raw.name,
