@@ -1,5 +1,7 @@
 //! Every typed message against the reference vectors of sas-protocol.md §3, byte for byte, and
 //! encode∘decode round trips over generated values for every message type.
+// Test helpers outside `#[test]` functions are not covered by clippy.toml's allow-unwrap-in-tests.
+#![allow(clippy::unwrap_used)]
 
 use firmware_protocols::sas::message::{
     BasicMeters, DateTime, ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill, MachineInfo,
@@ -307,7 +309,14 @@ fn bcd(digits: u32) -> impl Strategy<Value = u64> {
 
 fn date_time() -> impl Strategy<Value = DateTime> {
     (0u16..=9999, 1u8..=12, 1u8..=31, 0u8..24, 0u8..60, 0u8..60).prop_map(
-        |(year, month, day, hour, minute, second)| DateTime { year, month, day, hour, minute, second },
+        |(year, month, day, hour, minute, second)| DateTime {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+        },
     )
 }
 
@@ -429,19 +438,28 @@ fn frame_reply() -> impl Strategy<Value = Reply> {
             slot_door_opened: v[6],
             power_resets: v[7],
         })),
-        (any::<[u8; 2]>(), any::<[u8; 3]>(), any::<[u8; 3]>(), any::<u16>(), any::<[u8; 6]>(), any::<[u8; 4]>())
-            .prop_map(|(game_id, additional_id, b, game_options, paytable_id, base_percentage)| {
-                Reply::MachineInfo(MachineInfo {
-                    game_id,
-                    additional_id,
-                    denomination: b[0],
-                    max_bet: b[1],
-                    progressive_group: b[2],
-                    game_options,
-                    paytable_id,
-                    base_percentage,
-                })
-            }),
+        (
+            any::<[u8; 2]>(),
+            any::<[u8; 3]>(),
+            any::<[u8; 3]>(),
+            any::<u16>(),
+            any::<[u8; 6]>(),
+            any::<[u8; 4]>()
+        )
+            .prop_map(
+                |(game_id, additional_id, b, game_options, paytable_id, base_percentage)| {
+                    Reply::MachineInfo(MachineInfo {
+                        game_id,
+                        additional_id,
+                        denomination: b[0],
+                        max_bet: b[1],
+                        progressive_group: b[2],
+                        game_options,
+                        paytable_id,
+                        base_percentage,
+                    })
+                }
+            ),
         (bcd(4), proptest::collection::vec((any::<u8>(), any::<u32>()), 0..10)).prop_map(
             |(game, raw)| Reply::SelectedMeters(SelectedMeters {
                 game: game as u16,
@@ -459,9 +477,14 @@ fn frame_reply() -> impl Strategy<Value = Reply> {
             denomination_code: d as u8,
             count: n,
         })),
-        (any::<[u8; 3]>(), proptest::collection::vec(any::<u8>(), 0..=40))
-            .prop_map(|(version, serial)| Reply::VersionAndSerial(VersionAndSerial { version, serial })),
-        (any::<bool>(), bcd(4), proptest::collection::vec((any::<u16>(), 1u8..=9, any::<u64>()), 0..12))
+        (any::<[u8; 3]>(), proptest::collection::vec(any::<u8>(), 0..=40)).prop_map(
+            |(version, serial)| Reply::VersionAndSerial(VersionAndSerial { version, serial })
+        ),
+        (
+            any::<bool>(),
+            bcd(4),
+            proptest::collection::vec((any::<u16>(), 1u8..=9, any::<u64>()), 0..12)
+        )
             .prop_map(|(alternate, game, raw)| Reply::ExtendedMeters(ExtendedMeters {
                 alternate,
                 game: game as u16,
