@@ -131,8 +131,16 @@ impl ReplyDecoder {
                     return Ok(Some(reply));
                 }
                 Attempt::Incomplete if line_idle => {
+                    // The line went quiet inside a frame. Its remaining bytes are part of the same
+                    // broken frame, so they are dropped with it: sliding through them one by one
+                    // could end on a lone byte that reads as an idle exception, which the session
+                    // would acknowledge, and the machine would forget the event (found by the
+                    // session-against-simulator test with inter-byte-gap faults).
                     let received = self.buf.len();
-                    self.slide(DecodeError::Truncated { received, expected: received + 1 });
+                    self.buf.clear();
+                    self.skipped += received;
+                    self.last_error =
+                        Some(DecodeError::Truncated { received, expected: received + 1 });
                 }
                 Attempt::Incomplete => return Ok(None),
                 Attempt::Invalid(error) => self.slide(error),
@@ -165,8 +173,13 @@ impl ReplyDecoder {
                     // by more is noise in front of one.
                     return match (self.rte, b1) {
                         (false, _) => Attempt::Done(Reply::Exception(Exception::from_code(b0)), 1),
-                        (true, None) if line_idle => {
+                        // In RTE mode answers are frames; a lone byte is accepted only when it
+                        // is all that came, never as the remnant of something that was skipped.
+                        (true, None) if line_idle && self.skipped == 0 => {
                             Attempt::Done(Reply::Exception(Exception::from_code(b0)), 1)
+                        }
+                        (true, None) if line_idle => {
+                            Attempt::Invalid(DecodeError::Truncated { received: 1, expected: 2 })
                         }
                         (true, None) => Attempt::Incomplete,
                         (true, Some(_)) => Attempt::Invalid(DecodeError::AddressMismatch {
@@ -176,7 +189,13 @@ impl ReplyDecoder {
                     };
                 }
                 match b1 {
-                    // The exception code happens to equal the address.
+                    // In RTE mode the machine answers with frames, so a lone address byte is a frame
+                    // cut short; taking it for an exception would invent one and acknowledge away
+                    // the event the frame carried.
+                    None if line_idle && self.rte => {
+                        Attempt::Invalid(DecodeError::Truncated { received: 1, expected: 5 })
+                    }
+                    // Outside RTE mode the exception code happens to equal the address.
                     None if line_idle => {
                         Attempt::Done(Reply::Exception(Exception::from_code(b0)), 1)
                     }
@@ -528,6 +547,31 @@ mod tests {
         let mut d = ReplyDecoder::new(addr1(), Expect::GeneralPoll, false);
         feed(&mut d, &frame);
         assert_eq!(d.decode(false), Ok(Some(Reply::RomSignature(0x1234))));
+    }
+
+    #[test]
+    fn a_truncated_rte_frame_never_leaves_a_lone_byte_that_reads_as_an_answer() {
+        // `01 FF 7F 00 00` then silence: the rest of a game-end frame was cut off. Its last byte
+        // must not become "no activity", which the session would acknowledge.
+        let mut d = ReplyDecoder::new(addr1(), Expect::GeneralPoll, true);
+        feed(&mut d, &hex("01 FF 7F 00 00"));
+        assert_eq!(d.decode(false), Ok(None));
+        assert!(matches!(d.decode(true), Err(DecodeError::Truncated { .. })));
+        assert_eq!(d.skipped(), 5, "the broken frame is dropped whole");
+    }
+
+    #[test]
+    fn in_rte_mode_a_lone_byte_after_skipped_noise_is_not_an_exception() {
+        let mut d = ReplyDecoder::new(addr1(), Expect::GeneralPoll, true);
+        feed(&mut d, &hex("55 1D"));
+        assert!(d.decode(true).is_err());
+    }
+
+    #[test]
+    fn in_rte_mode_a_lone_address_byte_is_a_cut_frame_not_an_exception() {
+        let mut d = ReplyDecoder::new(addr1(), Expect::GeneralPoll, true);
+        d.push(0x01);
+        assert!(matches!(d.decode(true), Err(DecodeError::Truncated { .. })));
     }
 
     // === RequestDecoder ===
