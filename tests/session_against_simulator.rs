@@ -1,0 +1,277 @@
+//! The host session (`firmware_protocols::sas::session`) against the simulator's machine model,
+//! both sans-IO, joined by a simulated line with injected time: the host's characters reach the
+//! machine's request framer one character time apart, the machine's replies come back with their
+//! injected delays and gaps. No sockets, no sleeps, fully deterministic.
+//!
+//! This is where the two independent readings of sas-protocol.md (host and machine) have to
+//! agree: every game in the machine's ledger must reach the host as exactly one 7E and one 7F
+//! event, in order, with the right amounts, whatever faults the line suffers.
+
+// clippy.toml allows unwrap in #[test] functions only; the helpers of this test crate need it too.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use firmware_protocols::FirmwareProfile;
+use firmware_protocols::sas::codec::RequestDecoder;
+use firmware_protocols::sas::session::{CHARACTER_TIME, HostSession, LinkState, SessionEvent};
+use firmware_protocols::sas::{Address, Character, Exception, RealTimeEvent};
+use slotgate::simulator::config::MachineConfig;
+use slotgate::simulator::ledger::{Entry, Record};
+use slotgate::simulator::machine::{Machine, MachineFault};
+
+/// Characters on their way to the host, each with its arrival time.
+type InFlight = VecDeque<(Instant, Character)>;
+
+struct Line {
+    session: HostSession,
+    machine: Machine,
+    framer: RequestDecoder,
+    to_host: InFlight,
+    now: Instant,
+    events: Vec<SessionEvent>,
+    ledger: Vec<Record>,
+}
+
+impl Line {
+    fn new(cfg: MachineConfig, profile: &FirmwareProfile) -> Self {
+        let now = Instant::now();
+        let wall = humantime::parse_rfc3339("2026-03-01T12:00:00Z").unwrap();
+        let address = Address::new(cfg.address).unwrap();
+        Self {
+            session: HostSession::new(address, profile, now),
+            machine: Machine::new(cfg, now, wall).unwrap(),
+            framer: RequestDecoder::default(),
+            to_host: VecDeque::new(),
+            now,
+            events: Vec::new(),
+            ledger: Vec::new(),
+        }
+    }
+
+    /// Puts machine output on the wire towards the host, starting at `start`.
+    fn machine_sends(&mut self, start: Instant, t: slotgate::simulator::machine::Transmit) {
+        let mut at = start.max(self.to_host.back().map_or(start, |(t, _)| *t)) + t.delay;
+        for (i, &byte) in t.bytes.iter().enumerate() {
+            if t.gap.is_some_and(|g| g.after == i) {
+                at += t.gap.map_or(Duration::ZERO, |g| g.pause);
+            }
+            at += CHARACTER_TIME;
+            self.to_host.push_back((at, Character { byte, wakeup: t.wakeup && i == 0 }));
+        }
+    }
+
+    /// One step of the discrete-event loop: act on everything due now, then jump to the next
+    /// deadline of anyone.
+    fn step(&mut self) {
+        // The host: events out (confirmed at once: the journal's flush is not part of this test),
+        // then whatever it wants to send.
+        while let Some(event) = self.session.poll_event() {
+            self.events.push(event);
+        }
+        self.session.confirm_events();
+        while let Some(tx) = self.session.poll_transmit(self.now) {
+            let mut at = self.now;
+            for c in &tx.characters {
+                at += CHARACTER_TIME;
+                if let Some(request) = self.framer.push(at, c.byte, Some(c.wakeup))
+                    && let Some(reply) = self.machine.handle_request(at, &request)
+                {
+                    self.machine_sends(at, reply);
+                }
+            }
+        }
+        while let Some(chirp) = self.machine.poll_transmit() {
+            self.machine_sends(self.now, chirp);
+        }
+        self.ledger.extend(self.machine.drain_ledger());
+
+        let next = [
+            self.session.poll_timeout(),
+            self.machine.poll_timeout(),
+            self.framer.poll_timeout(),
+            self.to_host.front().map(|(t, _)| *t),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(self.now + Duration::from_millis(10));
+        self.now = self.now.max(next);
+
+        let mut arrived = Vec::new();
+        while self.to_host.front().is_some_and(|(t, _)| *t <= self.now) {
+            arrived.push(self.to_host.pop_front().unwrap().1);
+        }
+        if !arrived.is_empty() {
+            self.session.handle_input(self.now, &arrived);
+        }
+        if let Some(request) = self.framer.flush(self.now)
+            && let Some(reply) = self.machine.handle_request(self.now, &request)
+        {
+            self.machine_sends(self.now, reply);
+        }
+        self.machine.handle_timeout(self.now);
+        if self.session.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.session.handle_timeout(self.now);
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.step();
+        }
+    }
+
+    /// (bet, win) of every finished game in the ledger, in order.
+    fn ledger_games(&self) -> Vec<(u64, u64)> {
+        self.ledger
+            .iter()
+            .filter_map(|r| match r.entry {
+                Entry::Game { bet, win, .. } => Some((bet, win)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// (bet, win) pairs as the host saw them: each 7E's wager with the next 7F's win.
+    fn host_games(&self) -> Vec<(u64, u64)> {
+        let mut games = Vec::new();
+        let mut open: Option<u64> = None;
+        for event in &self.events {
+            match event {
+                SessionEvent::RealTimeEvent(RealTimeEvent::GameStarted {
+                    credits_wagered, ..
+                }) => {
+                    assert!(open.is_none(), "a 7E while a game was open: a duplicated event");
+                    open = Some(*credits_wagered);
+                }
+                SessionEvent::RealTimeEvent(RealTimeEvent::GameEnded { win }) => {
+                    let bet = open.take().expect("a 7F without its 7E: a duplicated event");
+                    games.push((bet, *win));
+                }
+                _ => {}
+            }
+        }
+        games
+    }
+}
+
+fn playing_machine() -> MachineConfig {
+    let mut cfg = MachineConfig::new(0, 1, "SIM000000");
+    cfg.seed = 7;
+    cfg.play.games_per_minute = 12.0;
+    cfg.play.game_duration = Duration::from_secs(2);
+    cfg.play.bets = "1:1,5:2,25:1,100:1".parse().unwrap();
+    cfg.play.win_multipliers = "0:6,1:2,2:1,10:1".parse().unwrap();
+    cfg.rte_at_power_up = false;
+    // A bounded number of games, so that a run can end with every game reported.
+    cfg.play.max_games = Some(150);
+    cfg
+}
+
+#[test]
+fn every_game_reaches_the_host_exactly_once_and_in_order() {
+    let mut line = Line::new(playing_machine(), &FirmwareProfile::generic());
+    line.run_for(Duration::from_secs(20 * 60));
+    let ledger = line.ledger_games();
+    assert_eq!(ledger.len(), 150, "the machine played all its games");
+    let host = line.host_games();
+    // A game still running at the end is in neither list.
+    assert_eq!(host, ledger);
+    assert_eq!(line.session.link(), LinkState::Up);
+    assert!(line.machine.rte(), "the host enabled RTE at link-up");
+    assert!(
+        !line.ledger.iter().any(|r| matches!(r.entry, Entry::ExceptionLost { .. })),
+        "the host kept up with the machine's queue"
+    );
+}
+
+#[test]
+fn faults_on_the_line_lose_or_invent_no_game() {
+    let mut cfg = playing_machine();
+    cfg.seed = 11;
+    cfg.faults.corrupt_crc = 0.05;
+    cfg.faults.drop_reply = 0.03;
+    cfg.faults.late_reply = 0.03;
+    cfg.faults.inter_byte_gap = 0.03;
+    cfg.faults.busy = 0.03;
+    cfg.play.games_per_minute = 10.0;
+    let mut line = Line::new(cfg, &FirmwareProfile::generic());
+    line.run_for(Duration::from_secs(20 * 60));
+    let ledger = line.ledger_games();
+    assert_eq!(ledger.len(), 150, "the machine played all its games");
+    assert_eq!(line.host_games(), ledger);
+    let stats = line.session.stats();
+    assert!(stats.retries > 0 && stats.crc_errors > 0 && stats.timeouts > 0, "{stats:?}");
+    assert!(
+        line.ledger.iter().any(|r| matches!(r.entry, Entry::Fault { .. })),
+        "faults were injected"
+    );
+}
+
+#[test]
+fn a_power_cycle_is_reported_and_play_continues_after_resync() {
+    let mut line = Line::new(playing_machine(), &FirmwareProfile::generic());
+    line.run_for(Duration::from_secs(60));
+    let now = line.now;
+    line.machine.inject(now, MachineFault::PowerCycle);
+    line.run_for(Duration::from_secs(5 * 60));
+    let exceptions: Vec<Exception> = line
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            SessionEvent::Exception(x) => Some(*x),
+            SessionEvent::RealTimeEvent(RealTimeEvent::Exception(x)) => Some(*x),
+            _ => None,
+        })
+        .collect();
+    assert!(exceptions.contains(&Exception::AcPowerLost), "{exceptions:?}");
+    assert!(exceptions.contains(&Exception::AcPowerApplied), "{exceptions:?}");
+    assert_eq!(line.host_games(), line.ledger_games());
+    assert_eq!(line.session.link(), LinkState::Up);
+}
+
+#[test]
+fn a_shutdown_stops_new_games_until_startup() {
+    use firmware_protocols::sas::LongPoll;
+    let mut line = Line::new(playing_machine(), &FirmwareProfile::generic());
+    line.run_for(Duration::from_secs(60));
+    line.session.enqueue(LongPoll::Shutdown).unwrap();
+    line.run_for(Duration::from_secs(10));
+    assert!(!line.machine.is_enabled_by_host());
+    let games_at_shutdown = line.ledger_games().len();
+    line.run_for(Duration::from_secs(3 * 60));
+    assert_eq!(line.ledger_games().len(), games_at_shutdown, "no game started while shut down");
+    line.session.enqueue(LongPoll::Startup).unwrap();
+    line.run_for(Duration::from_secs(3 * 60));
+    assert!(line.ledger_games().len() > games_at_shutdown + 10);
+    assert_eq!(line.host_games(), line.ledger_games());
+}
+
+#[test]
+fn each_fault_alone_loses_or_invents_no_game_across_seeds() {
+    // One fault type at a time at a high rate, over several seeds: the combinations that found
+    // the codec's truncated-frame bugs (a gap after the first byte, or mid-frame, in RTE mode).
+    type Fault = (&'static str, fn(&mut MachineConfig));
+    let faults: [Fault; 5] = [
+        ("corrupt CRC", |c| c.faults.corrupt_crc = 0.08),
+        ("dropped reply", |c| c.faults.drop_reply = 0.08),
+        ("late reply", |c| c.faults.late_reply = 0.08),
+        ("inter-byte gap", |c| c.faults.inter_byte_gap = 0.08),
+        ("busy", |c| c.faults.busy = 0.08),
+    ];
+    for (name, apply) in faults {
+        for seed in 1..=4 {
+            let mut cfg = playing_machine();
+            cfg.seed = seed;
+            cfg.play.max_games = Some(40);
+            apply(&mut cfg);
+            let mut line = Line::new(cfg, &FirmwareProfile::generic());
+            line.run_for(Duration::from_secs(8 * 60));
+            assert_eq!(line.ledger_games().len(), 40, "{name}, seed {seed}: all games played");
+            assert_eq!(line.host_games(), line.ledger_games(), "{name}, seed {seed}");
+        }
+    }
+}
