@@ -1,6 +1,8 @@
 //! The command line: one subcommand per job. Each subcommand's options are documented in its
 //! `--help`.
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 /// slotgate polls slot machines over SAS, journals every event durably and forwards it to the
@@ -16,5 +18,24 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Simulate SAS slot machines (EGMs) over TCP or pseudo-terminals, for tests and demos.
-    Simulate(crate::simulator::SimulateArgs),
+    Simulate(Box<crate::simulator::SimulateArgs>),
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
+
+/// `slotgate config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file offline: exit status 0 if it is usable, 2 with the file,
+    /// field and reason if not. Nothing is opened but the file and the profiles it names.
+    Check {
+        /// The configuration file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+/// Exit status for a configuration that cannot be used: distinct from runtime failures (1) so that
+/// a service manager can stop restarting on it.
+pub const EXIT_CONFIG: u8 = 2;

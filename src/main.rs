@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use slotgate::cli::{Cli, Command};
+use slotgate::cli::{Cli, Command, ConfigCommand, EXIT_CONFIG};
+use slotgate::config::Config;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -15,6 +16,30 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    match cli.command {
+        Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
+            Ok(config) => {
+                println!(
+                    "{}: OK ({} line(s), {} machine(s), venue {})",
+                    file.display(),
+                    config.lines.len(),
+                    config.machine_count(),
+                    config.venue.id
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("slotgate: {error}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Simulate(args) => run_async(async move {
+            slotgate::simulator::run(*args, slotgate::shutdown::signal_received()).await
+        }),
+    }
+}
+
+fn run_async(job: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -22,14 +47,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Simulate(args) => {
-                slotgate::simulator::run(args, slotgate::shutdown::signal_received()).await
-            }
-        }
-    });
-    match result {
+    match runtime.block_on(job) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("slotgate: {error:#}");

@@ -1,0 +1,551 @@
+//! The daemon's configuration file: parsed and validated into typed values in one step ("parse,
+//! don't validate"), so the rest of slotgate never sees an unchecked setting. Every error names
+//! the file, the field (as a path such as `line[1].machine[0].address`) and the reason. The
+//! documented example is `config/slotgate.example.toml`; a test parses it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use firmware_protocols::FirmwareProfile;
+use firmware_protocols::profile::BUILT_IN;
+use firmware_protocols::sas::Address;
+use serde::Deserialize;
+
+/// A configuration that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: field `{field}`: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    pub field: String,
+    pub reason: String,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from; relative profile paths are resolved against its folder.
+    pub file: PathBuf,
+    pub venue: Venue,
+    pub polling: Polling,
+    pub output: Output,
+    pub lines: Vec<LineConfig>,
+}
+
+/// The venue every event is attributed to.
+#[derive(Debug, Clone)]
+pub struct Venue {
+    /// The venue's identifier in the state registry.
+    pub id: String,
+    /// ISO 4217 code of the currency the machines' credits are worth.
+    pub currency: String,
+    /// IANA name of the zone the machines' clocks run in (SAS clocks carry no zone, §8).
+    pub time_zone_name: String,
+    pub time_zone: jiff::tz::TimeZone,
+}
+
+/// How often the gateway asks for what machines do not volunteer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Polling {
+    /// A full meter snapshot (LP1C, LP0F) this often, besides link-up and resyncs.
+    pub meter_snapshot_interval: Duration,
+    /// Set the machine clock (LP7F) at link-up and this often.
+    pub clock_sync_interval: Duration,
+    /// A machine clock further than this from the gateway's is reported as drift.
+    pub clock_drift_threshold: Duration,
+}
+
+/// Where canonical events go until the journal takes over (issue 4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// JSON lines, appended and fsynced before the machine is acknowledged.
+    pub events_file: PathBuf,
+}
+
+/// One SAS line: a serial port or a 9-bit TCP device server, and the machines on it.
+#[derive(Debug, Clone)]
+pub struct LineConfig {
+    pub name: String,
+    pub endpoint: Endpoint,
+    pub profile: FirmwareProfile,
+    pub machines: Vec<MachineConfig>,
+}
+
+/// How a line is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A 9-bit-capable device server or SMIB, two bytes per character.
+    Tcp { address: String, connect_timeout: Duration },
+    /// A local UART with mark/space parity.
+    Serial { device: PathBuf },
+}
+
+/// One machine on a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineConfig {
+    /// SAS address, 1–127.
+    pub address: Address,
+    /// The state registry's unique id of this machine.
+    pub registry_id: String,
+    /// The venue's asset number, if it has one.
+    pub asset: Option<String>,
+}
+
+// === Raw file shape ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    venue: RawVenue,
+    #[serde(default)]
+    polling: RawPolling,
+    output: RawOutput,
+    #[serde(default)]
+    line: Vec<RawLine>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVenue {
+    id: String,
+    currency: String,
+    time_zone: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPolling {
+    #[serde(with = "humantime_serde")]
+    meter_snapshot_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    clock_sync_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    clock_drift_threshold: Duration,
+}
+
+impl Default for RawPolling {
+    fn default() -> Self {
+        Self {
+            meter_snapshot_interval: Duration::from_secs(5 * 60),
+            clock_sync_interval: Duration::from_secs(24 * 3600),
+            clock_drift_threshold: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    events_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLine {
+    name: String,
+    kind: LineKind,
+    address: Option<String>,
+    device: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
+    #[serde(default = "default_profile")]
+    profile: String,
+    #[serde(default)]
+    machine: Vec<RawMachine>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LineKind {
+    Tcp,
+    Serial,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMachine {
+    address: u8,
+    registry_id: String,
+    asset: Option<String>,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+
+fn default_profile() -> String {
+    "generic-sas-602".to_owned()
+}
+
+// === Loading ===
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            field: "(file)".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::from_toml_str(path, &text)
+    }
+
+    /// Validates configuration text; `path` names it in errors and anchors relative paths.
+    pub fn from_toml_str(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let error = |field: &str, reason: String| ConfigError {
+            file: file.clone(),
+            field: field.to_owned(),
+            reason,
+        };
+        let raw: RawConfig = toml::Deserializer::parse(text)
+            .map_err(|e| error("(document)", one_line(&e.to_string())))
+            .and_then(|de| {
+                serde_path_to_error::deserialize(de).map_err(|e| {
+                    let field = match e.path().to_string() {
+                        p if p == "." => "(document)".to_owned(),
+                        p => p,
+                    };
+                    error(&field, one_line(&e.inner().to_string()))
+                })
+            })?;
+
+        let venue = validate_venue(&raw.venue).map_err(|(f, r)| error(f, r))?;
+        let polling = validate_polling(&raw.polling).map_err(|(f, r)| error(f, r))?;
+        if raw.line.is_empty() {
+            return Err(error("line", "at least one [[line]] is needed".into()));
+        }
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let mut names = BTreeSet::new();
+        let mut registry_ids: BTreeMap<String, String> = BTreeMap::new();
+        let mut lines = Vec::new();
+        for (i, line) in raw.line.iter().enumerate() {
+            let at = |field: &str| format!("line[{i}].{field}");
+            if line.name.trim().is_empty() {
+                return Err(error(&at("name"), "must not be empty".into()));
+            }
+            if !names.insert(line.name.clone()) {
+                return Err(error(&at("name"), format!("`{}` names two lines", line.name)));
+            }
+            let endpoint = match line.kind {
+                LineKind::Tcp => {
+                    if line.device.is_some() {
+                        return Err(error(&at("device"), "only for kind = \"serial\"".into()));
+                    }
+                    let address = line.address.clone().ok_or_else(|| {
+                        error(&at("address"), "required for kind = \"tcp\"".into())
+                    })?;
+                    validate_host_port(&address).map_err(|r| error(&at("address"), r))?;
+                    if line.connect_timeout.is_zero()
+                        || line.connect_timeout > Duration::from_secs(60)
+                    {
+                        return Err(error(
+                            &at("connect_timeout"),
+                            "must be between 1 ms and 60 s".into(),
+                        ));
+                    }
+                    Endpoint::Tcp { address, connect_timeout: line.connect_timeout }
+                }
+                LineKind::Serial => {
+                    if line.address.is_some() {
+                        return Err(error(&at("address"), "only for kind = \"tcp\"".into()));
+                    }
+                    let device = line.device.clone().ok_or_else(|| {
+                        error(&at("device"), "required for kind = \"serial\"".into())
+                    })?;
+                    if device.as_os_str().is_empty() {
+                        return Err(error(&at("device"), "must not be empty".into()));
+                    }
+                    Endpoint::Serial { device }
+                }
+            };
+            let profile =
+                load_profile(base, &line.profile).map_err(|r| error(&at("profile"), r))?;
+            if line.machine.is_empty() {
+                return Err(error(
+                    &at("machine"),
+                    "a line needs at least one [[line.machine]]".into(),
+                ));
+            }
+            let mut addresses = BTreeSet::new();
+            let mut machines = Vec::new();
+            for (j, m) in line.machine.iter().enumerate() {
+                let at = |field: &str| format!("line[{i}].machine[{j}].{field}");
+                let address = Address::new(m.address).ok_or_else(|| {
+                    error(
+                        &at("address"),
+                        format!("{} is not a SAS machine address (1–127)", m.address),
+                    )
+                })?;
+                if !addresses.insert(m.address) {
+                    return Err(error(
+                        &at("address"),
+                        format!("address {} is used twice on this line", m.address),
+                    ));
+                }
+                if m.registry_id.trim().is_empty() {
+                    return Err(error(&at("registry_id"), "must not be empty".into()));
+                }
+                if let Some(other) = registry_ids.insert(m.registry_id.clone(), at("registry_id")) {
+                    return Err(error(
+                        &at("registry_id"),
+                        format!("`{}` is already the registry id at {other}", m.registry_id),
+                    ));
+                }
+                machines.push(MachineConfig {
+                    address,
+                    registry_id: m.registry_id.clone(),
+                    asset: m.asset.clone().filter(|a| !a.trim().is_empty()),
+                });
+            }
+            lines.push(LineConfig { name: line.name.clone(), endpoint, profile, machines });
+        }
+        let events_file = if raw.output.events_file.is_relative() {
+            base.join(&raw.output.events_file)
+        } else {
+            raw.output.events_file.clone()
+        };
+        Ok(Self { file: path.to_path_buf(), venue, polling, output: Output { events_file }, lines })
+    }
+
+    /// Machines across all lines.
+    pub fn machine_count(&self) -> usize {
+        self.lines.iter().map(|l| l.machines.len()).sum()
+    }
+}
+
+/// toml's multi-line message (location, source excerpt with carets, reason) as one line:
+/// `line 12, column 1: unknown field …`.
+fn one_line(message: &str) -> String {
+    let is_excerpt = |l: &str| {
+        let l = l.trim_start_matches(|c: char| c.is_ascii_digit() || c == ' ');
+        l.starts_with('|') || l.chars().all(|c| c == '^' || c == ' ')
+    };
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !is_excerpt(l))
+        .map(|l| l.strip_prefix("TOML parse error at ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+type FieldError = (&'static str, String);
+
+fn validate_venue(raw: &RawVenue) -> Result<Venue, FieldError> {
+    if raw.id.trim().is_empty() {
+        return Err(("venue.id", "must not be empty".into()));
+    }
+    if raw.currency.len() != 3 || !raw.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err((
+            "venue.currency",
+            format!(
+                "`{}` is not an ISO 4217 code (three capital letters, e.g. UAH, EUR)",
+                raw.currency
+            ),
+        ));
+    }
+    let time_zone = jiff::tz::TimeZone::get(&raw.time_zone).map_err(|e| {
+        ("venue.time_zone", format!("`{}` is not a known IANA time zone: {e}", raw.time_zone))
+    })?;
+    Ok(Venue {
+        id: raw.id.clone(),
+        currency: raw.currency.clone(),
+        time_zone_name: raw.time_zone.clone(),
+        time_zone,
+    })
+}
+
+fn validate_polling(raw: &RawPolling) -> Result<Polling, FieldError> {
+    let checks: [(&'static str, Duration, Duration, Duration); 3] = [
+        (
+            "polling.meter_snapshot_interval",
+            raw.meter_snapshot_interval,
+            Duration::from_secs(10),
+            Duration::from_secs(24 * 3600),
+        ),
+        (
+            "polling.clock_sync_interval",
+            raw.clock_sync_interval,
+            Duration::from_secs(60),
+            Duration::from_secs(7 * 24 * 3600),
+        ),
+        (
+            "polling.clock_drift_threshold",
+            raw.clock_drift_threshold,
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        ),
+    ];
+    for (field, value, min, max) in checks {
+        if value < min || value > max {
+            return Err((
+                field,
+                format!(
+                    "{} is out of range ({} to {})",
+                    humantime::format_duration(value),
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            ));
+        }
+    }
+    Ok(Polling {
+        meter_snapshot_interval: raw.meter_snapshot_interval,
+        clock_sync_interval: raw.clock_sync_interval,
+        clock_drift_threshold: raw.clock_drift_threshold,
+    })
+}
+
+/// `host:port`, where host is an IP address or a DNS name. Resolution happens at connect time.
+fn validate_host_port(address: &str) -> Result<(), String> {
+    let (host, port) =
+        address.rsplit_once(':').ok_or_else(|| format!("`{address}` is not HOST:PORT"))?;
+    let port: u16 = port.parse().map_err(|_| format!("`{port}` is not a TCP port"))?;
+    if port == 0 {
+        return Err("port 0 cannot be connected to".into());
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("`{address}` has no host"));
+    }
+    Ok(())
+}
+
+/// A built-in profile by name, or a TOML file by path (relative to the config file).
+fn load_profile(base: &Path, name: &str) -> Result<FirmwareProfile, String> {
+    if let Some((file, text)) =
+        BUILT_IN.iter().find(|(file, _)| file.strip_suffix(".toml") == Some(name))
+    {
+        return FirmwareProfile::from_toml_str(file, text).map_err(|e| e.to_string());
+    }
+    if !name.ends_with(".toml") {
+        let known: Vec<&str> =
+            BUILT_IN.iter().filter_map(|(f, _)| f.strip_suffix(".toml")).collect();
+        return Err(format!(
+            "`{name}` is neither a built-in profile ({}) nor a path to a .toml file",
+            known.join(", ")
+        ));
+    }
+    let path = base.join(name);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read profile {}: {e}", path.display()))?;
+    FirmwareProfile::from_toml_str(&path.display().to_string(), &text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[venue]
+id = "UA-0042"
+currency = "UAH"
+time_zone = "Europe/Kyiv"
+
+[output]
+events_file = "events.jsonl"
+
+[[line]]
+name = "a"
+kind = "tcp"
+address = "127.0.0.1:4001"
+
+[[line.machine]]
+address = 1
+registry_id = "EGM-1"
+"#;
+
+    fn check(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(Path::new("/etc/slotgate/slotgate.toml"), text)
+    }
+
+    fn field_of(text: &str) -> String {
+        check(text).expect_err("invalid config").field
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/slotgate.example.toml");
+        let config = Config::load(&path).unwrap();
+        assert!(config.machine_count() >= 2);
+        assert_eq!(config.venue.currency, "UAH");
+    }
+
+    #[test]
+    fn a_minimal_config_gets_the_documented_defaults() {
+        let c = check(MINIMAL).unwrap();
+        assert_eq!(c.polling.meter_snapshot_interval, Duration::from_secs(300));
+        assert_eq!(c.lines[0].profile.name, "generic-sas-602");
+        assert_eq!(c.output.events_file, Path::new("/etc/slotgate/events.jsonl"));
+        assert_eq!(
+            c.lines[0].endpoint,
+            Endpoint::Tcp {
+                address: "127.0.0.1:4001".into(),
+                connect_timeout: Duration::from_secs(3)
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_the_field_and_the_reason() {
+        let e = check(&MINIMAL.replace("address = 1", "address = 0")).unwrap_err();
+        assert_eq!(e.file, "/etc/slotgate/slotgate.toml");
+        assert_eq!(e.field, "line[0].machine[0].address");
+        assert!(e.reason.contains("1–127"), "{e}");
+    }
+
+    #[test]
+    fn a_misspelt_key_is_refused_with_its_path() {
+        let e = check(&MINIMAL.replace("registry_id", "registryid")).unwrap_err();
+        assert!(e.field.starts_with("line[0].machine[0]"), "{e}");
+        assert!(e.reason.contains("registryid"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_and_bad_values_are_refused() {
+        assert_eq!(field_of(&MINIMAL.replace("\"UAH\"", "\"uah\"")), "venue.currency");
+        assert_eq!(field_of(&MINIMAL.replace("Europe/Kyiv", "Mars/Olympus")), "venue.time_zone");
+        assert_eq!(field_of(&MINIMAL.replace("127.0.0.1:4001", "nowhere")), "line[0].address");
+        assert_eq!(field_of(&MINIMAL.replace("\"tcp\"", "\"usb\"")), "line[0].kind");
+        assert_eq!(
+            field_of(&MINIMAL.replace("address = 1", "address = \"one\"")),
+            "line[0].machine[0].address"
+        );
+        let bad_profile = MINIMAL.replace("kind = \"tcp\"", "kind = \"tcp\"\nprofile = \"acme\"");
+        assert_eq!(field_of(&bad_profile), "line[0].profile");
+        let bad_interval = format!("{MINIMAL}\n[polling]\nmeter_snapshot_interval = \"1s\"\n");
+        assert_eq!(field_of(&bad_interval), "polling.meter_snapshot_interval");
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let twice = format!("{MINIMAL}\n[[line.machine]]\naddress = 1\nregistry_id = \"EGM-2\"\n");
+        assert_eq!(field_of(&twice), "line[0].machine[1].address");
+        let same_id =
+            format!("{MINIMAL}\n[[line.machine]]\naddress = 2\nregistry_id = \"EGM-1\"\n");
+        let e = check(&same_id).unwrap_err();
+        assert_eq!(e.field, "line[0].machine[1].registry_id");
+        assert!(e.reason.contains("line[0].machine[0].registry_id"), "{e}");
+    }
+
+    #[test]
+    fn a_line_needs_its_endpoint_and_machines() {
+        let serial_without_device =
+            MINIMAL.replace("kind = \"tcp\"\naddress = \"127.0.0.1:4001\"", "kind = \"serial\"");
+        assert_eq!(field_of(&serial_without_device), "line[0].device");
+        let no_machines = MINIMAL.split("[[line.machine]]").next().unwrap().to_owned();
+        assert_eq!(field_of(&no_machines), "line[0].machine");
+    }
+
+    #[test]
+    fn a_profile_file_is_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("acme.toml"), "name = \"acme\"\n[timing]\ntries = 9\n")
+            .unwrap();
+        let text = MINIMAL.replace("kind = \"tcp\"", "kind = \"tcp\"\nprofile = \"acme.toml\"");
+        let e = Config::from_toml_str(&dir.path().join("slotgate.toml"), &text).unwrap_err();
+        assert_eq!(e.field, "line[0].profile");
+        assert!(e.reason.contains("acme.toml") && e.reason.contains("timing.tries"), "{e}");
+    }
+}
