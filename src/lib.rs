@@ -6,6 +6,7 @@
 //!   profiles. No I/O and no clock.
 //! - [`cli`]: the command line.
 //! - [`config`]: the configuration file, parsed and validated into typed values.
+//! - [`sink`]: the durable event file, group-committed (until the journal takes over).
 //! - [`shutdown`]: SIGINT/SIGTERM as a future, injected into every long-running command.
 //! - [`simulator`]: `slotgate simulate`, faithful EGMs over TCP or pseudo-terminals, with fault
 //!   injection and a ground-truth ledger.
@@ -14,3 +15,4 @@ pub mod cli;
 pub mod config;
 pub mod shutdown;
 pub mod simulator;
+pub mod sink;

@@ -403,6 +403,19 @@ impl HostSession {
         self.delivered_unconfirmed || self.events.iter().any(SessionEvent::needs_confirmation)
     }
 
+    /// Whether a message has been sent and its answer is not settled yet. On a line shared by
+    /// several machines nothing else may be sent meanwhile: SAS is half duplex.
+    pub fn is_exchanging(&self) -> bool {
+        self.exchange.is_some()
+    }
+
+    /// Whether the next message will be a retry (an implied NACK). On a shared line it must go
+    /// before any message to another address, which this machine would take as an implied ACK of
+    /// the answer that failed (sas-protocol.md §4.2).
+    pub fn has_retry_pending(&self) -> bool {
+        self.retry.is_some()
+    }
+
     /// Queues a long poll (meters, shutdown/startup, clock set, …) behind those already queued.
     /// Its answer comes back as [`SessionEvent::Reply`], or as [`SessionEvent::PollFailed`].
     pub fn enqueue(&mut self, poll: LongPoll) -> Result<(), EnqueueError> {
