@@ -5,10 +5,12 @@
 //! - `firmware_protocols` (workspace crate): the sans-IO SAS protocol, framing and firmware
 //!   profiles. No I/O and no clock.
 //! - [`cli`]: the command line.
+//! - [`event`]: the canonical event, its versioned schema, and exact money.
 //! - [`shutdown`]: SIGINT/SIGTERM as a future, injected into every long-running command.
 //! - [`simulator`]: `slotgate simulate`, faithful EGMs over TCP or pseudo-terminals, with fault
 //!   injection and a ground-truth ledger.
 
 pub mod cli;
+pub mod event;
 pub mod shutdown;
 pub mod simulator;
