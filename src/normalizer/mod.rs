@@ -38,7 +38,7 @@
 //!   window prices the games: what the coin-in delta exceeds the bets already reported by is a
 //!   derived `bet_accepted`, what the coin-out + jackpot delta exceeds the wins by (or zero, if
 //!   games were played) a derived `game_ended`.
-//! - *Reconciliation.* Each reconciling snapshot (see [`meters`]) compares the window's bets with
+//! - *Reconciliation.* Each reconciling snapshot (see `meters.rs`) compares the window's bets with
 //!   the coin-in delta and its wins with the coin-out + jackpot delta; handpays are not counted,
 //!   because the jackpot meter already counts the wins they pay. A mismatch or an incomplete
 //!   comparison emits `reconciliation`, as does any window with an event gap, outage, meter reset
@@ -159,7 +159,6 @@ pub struct Normalizer {
     next_seq: u64,
     info: MachineInfo,
     game_number: Option<u16>,
-    rte_enabled: bool,
     link: Link,
     foreign_chirps: BTreeSet<u8>,
     /// The machine's clock as last read or set, and the gateway time then.
@@ -190,7 +189,6 @@ impl Normalizer {
                 game_options: None,
             },
             game_number: None,
-            rte_enabled: false,
             link: Link::Unknown,
             foreign_chirps: BTreeSet::new(),
             egm_clock: None,
@@ -304,7 +302,6 @@ impl Normalizer {
     // === Link ===
 
     fn chirp(&mut self, now: Timestamp, drafts: &mut Vec<Draft>) {
-        self.rte_enabled = false;
         let since = match self.link {
             Link::Down { chirping: true, .. } => return,
             Link::Down { since, .. } => since,
@@ -321,7 +318,6 @@ impl Normalizer {
     }
 
     fn link_down(&mut self, now: Timestamp, drafts: &mut Vec<Draft>) {
-        self.rte_enabled = false;
         if matches!(self.link, Link::Down { .. }) {
             return;
         }
@@ -396,7 +392,6 @@ impl Normalizer {
     }
 
     fn real_time_event(&mut self, event: &RealTimeEvent, drafts: &mut Vec<Draft>) {
-        self.rte_enabled = true;
         let code = event.exception();
         let source = Source {
             kind: SourceKind::RealTimeEvent,
@@ -595,10 +590,9 @@ impl Normalizer {
         let event = match poll {
             LongPoll::Shutdown => "shutdown_acknowledged",
             LongPoll::Startup => "startup_acknowledged",
-            LongPoll::RealTimeEventReporting(on) => {
-                self.rte_enabled = *on;
-                return;
-            }
+            // Whether games come with data shows in the reports themselves (RTE frames or bare
+            // 7E/7F), which is what the rules go by.
+            LongPoll::RealTimeEventReporting(_) => return,
             // The signature follows on a later general poll (sas-protocol.md §4.4).
             LongPoll::RomSignature { .. } => return,
             LongPoll::SetDateTime(time) => {
