@@ -7,12 +7,17 @@
 //! - [`cli`]: the command line.
 //! - [`config`]: the configuration file, parsed and validated into typed values.
 //! - [`sink`]: the durable event file, group-committed (until the journal takes over).
+//! - [`event`]: the canonical event, its versioned schema, and exact money.
+//! - [`normalizer`]: pure and synchronous; turns one machine's session events into canonical
+//!   events. Protocol quirks end there.
 //! - [`shutdown`]: SIGINT/SIGTERM as a future, injected into every long-running command.
 //! - [`simulator`]: `slotgate simulate`, faithful EGMs over TCP or pseudo-terminals, with fault
 //!   injection and a ground-truth ledger.
 
 pub mod cli;
 pub mod config;
+pub mod event;
+pub mod normalizer;
 pub mod shutdown;
 pub mod simulator;
 pub mod sink;

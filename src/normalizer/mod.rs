@@ -1,0 +1,962 @@
+//! The normalizer: turns what one machine's host session reports ([`SessionEvent`]) into
+//! [`CanonicalEvent`]s.
+//!
+//! **Pure and synchronous. Protocol quirks end here; everything downstream sees only canonical
+//! events.** No async, no I/O, no clock reads: the caller passes `now` (the gateway's UTC clock,
+//! the authoritative one) with every session event.
+//!
+//! # Invariants
+//!
+//! - **Sequence.** Every emitted event gets the next per-machine sequence number: strictly
+//!   increasing by one, no gaps, across every kind. The idempotency key and event id follow from
+//!   it (see [`crate::event`]).
+//! - **Nothing held back.** Everything a session event carries comes out of the same
+//!   [`Normalizer::handle`] call. The session acknowledges a machine's report once the caller has
+//!   journalled the events of that call ([`SessionEvent::needs_confirmation`]), so an event held
+//!   in memory here would be lost on a crash. A bet that arrives before the denomination is known
+//!   is therefore emitted at once with its credits and `status: denomination_unknown`, not held
+//!   until LP1F arrives.
+//! - **Money never wraps, rounds or disappears.** Amounts are computed with checked arithmetic;
+//!   an amount that cannot be computed keeps the machine's credits and says why
+//!   ([`crate::event::AmountStatus`]). [`Normalizer::handle`] therefore has no money error: the
+//!   only error is running out of sequence numbers.
+//! - **Lifetime meters never go backwards.** Rollovers add the wrapped step, resets add the
+//!   value after the reset, and [`Normalizer::resume`] carries the totals across restarts.
+//!
+//! # Rules
+//!
+//! - *Identity.* The accounting denomination comes from LP1F, the serial from LP54; both are
+//!   re-read at every resync. A `machine_info` event is emitted when either is first read or
+//!   changes.
+//! - *Money.* Credits × denomination (sas-protocol.md §7.1), cents as hundredths, bill face
+//!   values in whole currency units, all scaled to the venue currency's minor unit. RTE 7E
+//!   wagers are priced at the player denomination when the wager type has the multi-denomination
+//!   flag (bit 6) and its low six bits are a valid code, else at the accounting denomination.
+//! - *Games with RTE.* 8C sets the game number for later play events; 7E is a `bet_accepted`,
+//!   7F a `game_ended` (win possibly 0).
+//! - *Games without RTE.* A bare 7E/7F is a `game_phase` marker. The snapshot that closes the
+//!   window prices the games: what the coin-in delta exceeds the bets already reported by is a
+//!   derived `bet_accepted`, what the coin-out + jackpot delta exceeds the wins by (or zero, if
+//!   games were played) a derived `game_ended`.
+//! - *Reconciliation.* Each reconciling snapshot (see `meters.rs`) compares the window's bets with
+//!   the coin-in delta and its wins with the coin-out + jackpot delta; handpays are not counted,
+//!   because the jackpot meter already counts the wins they pay. A mismatch or an incomplete
+//!   comparison emits `reconciliation`, as does any window with an event gap, outage, meter reset
+//!   or denomination change.
+//! - *Meters.* A lifetime meter that went down rolled over if the wrapped step is at most a tenth
+//!   of its range and no reset was announced (3A, 7A, 32–35); otherwise it was reset, which emits
+//!   `meter_reset`.
+//! - *Link.* `link_state` is emitted on transitions only: online, offline, chirping (repeated
+//!   chirps are one state). After the link comes back, or after [`Normalizer::resume`], the next
+//!   reconciling snapshot yields a derived `link_gap_summary`; games in that window are not
+//!   priced as bets, the summary accounts for them. A foreign chirp is reported once per address
+//!   until the link is next online.
+//! - *Event gap.* Exception 70 emits `event_gap`; the next reconciling snapshot always emits a
+//!   `reconciliation` for that window, matched or not.
+//! - *Clock.* An LP7E read-back is read as civil time in the venue's zone (in a DST fold or gap,
+//!   the reading nearest the gateway clock); beyond the threshold it emits `clock_drift`. An
+//!   ACKed LP7F emits `clock_set`. Both keep the machine's clock for `egm_time`.
+
+mod exceptions;
+mod meters;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use jiff::civil;
+use jiff::tz::{AmbiguousOffset, TimeZone};
+use jiff::{SignedDuration, Timestamp};
+
+use firmware_protocols::sas::message::{
+    BasicMeters, DateTime, HandpayInfo, MachineInfo as SasMachineInfo, MeterPoll, Meters10To15,
+    VersionAndSerial,
+};
+use firmware_protocols::sas::meter::denomination_minor_units;
+use firmware_protocols::sas::session::SessionEvent;
+use firmware_protocols::sas::{Address, Exception, LongPoll, RealTimeEvent, Reply};
+
+use crate::event::money::bill_value;
+use crate::event::{
+    Amount, BillInfo, CanonicalEvent, Category, CreditMethod, Currency, EventKind, GamePhase,
+    GameRef, LinkStatus, MachineInfo, MachineRef, RegistryId, SCHEMA_VERSION, SnapshotTrigger,
+    Source, SourceKind, VenueId, WindowContext, event_id, idempotency_key,
+};
+use exceptions::Mapping;
+use meters::{MeterBook, MeterKey, Outcome, Read, SnapshotContext};
+
+/// What the normalizer needs to know about the venue.
+#[derive(Debug, Clone)]
+pub struct VenueSettings {
+    pub venue_id: VenueId,
+    /// The currency the machines count in; amounts are its minor units.
+    pub currency: Currency,
+    /// The zone the machines' clocks show (SAS clocks carry no zone or DST flag).
+    pub time_zone: TimeZone,
+    /// A machine clock further than this from the gateway's emits `clock_drift`.
+    pub clock_drift_threshold: Duration,
+}
+
+/// Who the machine is, from configuration.
+#[derive(Debug, Clone)]
+pub struct MachineIdentity {
+    pub registry_id: RegistryId,
+    pub address: Address,
+    pub asset_number: Option<String>,
+}
+
+/// Why the normalizer refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NormalizeError {
+    /// The per-machine sequence number would pass `u64::MAX`. Nothing was emitted; the machine's
+    /// sequence cannot continue.
+    #[error("machine sequence numbers exhausted at {next_seq}")]
+    SequenceExhausted { next_seq: u64 },
+    /// [`Normalizer::resume`] was given an event that is not a meter snapshot.
+    #[error("event {machine_seq} is a {kind}, not a meter snapshot")]
+    NotASnapshot { machine_seq: u64, kind: &'static str },
+    /// [`Normalizer::resume`] was given another venue's or machine's snapshot.
+    #[error("snapshot {idempotency_key} belongs to another venue or machine")]
+    WrongMachine { idempotency_key: String },
+}
+
+/// An event before it has its sequence number.
+#[derive(Debug)]
+struct Draft {
+    kind: EventKind,
+    source: Source,
+    derived: bool,
+    /// Whether to attach the current game (play events).
+    play: bool,
+}
+
+/// The link as the normalizer has reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Unknown,
+    Online,
+    Down { since: Timestamp, chirping: bool },
+}
+
+/// Why the next snapshot is being read.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pending {
+    event_gap: bool,
+    resync: bool,
+    game_end: bool,
+    reset_signal: Option<u8>,
+    /// The link came back (or the gateway restarted): `Some(when it went down)`.
+    gap: Option<Option<Timestamp>>,
+}
+
+/// The normalizer of one machine. See the module documentation.
+#[derive(Debug)]
+pub struct Normalizer {
+    venue: VenueSettings,
+    machine: MachineIdentity,
+    next_seq: u64,
+    info: MachineInfo,
+    game_number: Option<u16>,
+    link: Link,
+    foreign_chirps: BTreeSet<u8>,
+    /// The machine's clock as last read or set, and the gateway time then.
+    egm_clock: Option<(civil::DateTime, Timestamp)>,
+    pending: Pending,
+    meters: MeterBook,
+}
+
+impl Normalizer {
+    /// A normalizer for a machine whose next event gets sequence number `next_seq` (the journal
+    /// knows it; 0 for a new machine).
+    pub fn new(venue: VenueSettings, machine: MachineIdentity, next_seq: u64) -> Self {
+        Self {
+            venue,
+            machine,
+            next_seq,
+            info: MachineInfo {
+                sas_version: None,
+                serial: None,
+                game_id: None,
+                additional_id: None,
+                paytable_id: None,
+                base_percentage: None,
+                denomination_code: None,
+                denomination: None,
+                max_bet: None,
+                progressive_group: None,
+                game_options: None,
+            },
+            game_number: None,
+            link: Link::Unknown,
+            foreign_chirps: BTreeSet::new(),
+            egm_clock: None,
+            pending: Pending::default(),
+            meters: MeterBook::default(),
+        }
+    }
+
+    /// A normalizer that continues after a gateway restart: lifetime meters continue from the
+    /// journalled `snapshots` (the last `meter_snapshot` of each kind of meter poll, oldest
+    /// first), and the next reconciling snapshot yields a `link_gap_summary` for the time the
+    /// gateway was away.
+    pub fn resume(
+        venue: VenueSettings,
+        machine: MachineIdentity,
+        next_seq: u64,
+        snapshots: &[CanonicalEvent],
+    ) -> Result<Self, NormalizeError> {
+        let mut normalizer = Self::new(venue, machine, next_seq);
+        for event in snapshots {
+            if event.venue_id != normalizer.venue.venue_id
+                || event.machine.registry_id != normalizer.machine.registry_id
+            {
+                return Err(NormalizeError::WrongMachine {
+                    idempotency_key: event.idempotency_key.clone(),
+                });
+            }
+            let EventKind::MeterSnapshot { game_number, meters, .. } = &event.kind else {
+                return Err(NormalizeError::NotASnapshot {
+                    machine_seq: event.machine_seq,
+                    kind: event.kind.name(),
+                });
+            };
+            normalizer.meters.restore(event.occurred_at, *game_number, meters);
+        }
+        normalizer.pending.gap = Some(None);
+        normalizer.meters.window.context.insert(WindowContext::LinkOutage);
+        Ok(normalizer)
+    }
+
+    /// Sequence number of the next event.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// What the machine has said about itself so far (LP1F, LP54).
+    pub fn machine_info(&self) -> &MachineInfo {
+        &self.info
+    }
+
+    /// Turns one session event observed at `now` into canonical events, in order.
+    pub fn handle(
+        &mut self,
+        now: Timestamp,
+        event: &SessionEvent,
+    ) -> Result<Vec<CanonicalEvent>, NormalizeError> {
+        let mut drafts = Vec::new();
+        match event {
+            SessionEvent::Chirp => self.chirp(now, &mut drafts),
+            SessionEvent::Exception(exception) => {
+                let source = Source {
+                    kind: SourceKind::Exception,
+                    code: Some(exception.code()),
+                    name: exception.name().to_owned(),
+                };
+                self.exception(*exception, source, &mut drafts);
+            }
+            SessionEvent::LinkDown => self.link_down(now, &mut drafts),
+            SessionEvent::LinkUp => self.link_up(&mut drafts),
+            SessionEvent::PollFailed { poll, error } => drafts.push(Draft::plain(
+                EventKind::PollFailed {
+                    command: poll.command(),
+                    poll: format!("{poll:?}"),
+                    error: error.to_string(),
+                },
+                long_poll_source(poll),
+            )),
+            SessionEvent::RealTimeEvent(rte) => self.real_time_event(rte, &mut drafts),
+            SessionEvent::Reply { poll, reply } => self.reply(now, poll, reply, &mut drafts),
+            // The exception that carried it has just been reported; what matters here is that
+            // the next snapshot is a resync.
+            SessionEvent::ResyncRequired(_) => self.pending.resync = true,
+            SessionEvent::RomSignature { seed, signature } => drafts.push(Draft::plain(
+                EventKind::RomSignature { seed: *seed, signature: *signature },
+                Source {
+                    kind: SourceKind::LongPoll,
+                    code: Some(0x21),
+                    name: "RomSignature".into(),
+                },
+            )),
+            SessionEvent::UnknownChirp(address) => {
+                if self.foreign_chirps.insert(*address) {
+                    drafts.push(Draft::plain(
+                        EventKind::ForeignChirp { address: *address },
+                        session_source("UnknownChirp"),
+                    ));
+                }
+            }
+            SessionEvent::Unsupported(command) => drafts.push(Draft::plain(
+                EventKind::PollUnsupported { command: *command },
+                session_source("Unsupported"),
+            )),
+            other => drafts.push(Draft::plain(
+                EventKind::Unrecognized { description: format!("{other:?}") },
+                session_source("Unrecognized"),
+            )),
+        }
+        self.finish(now, drafts)
+    }
+
+    // === Link ===
+
+    fn chirp(&mut self, now: Timestamp, drafts: &mut Vec<Draft>) {
+        let since = match self.link {
+            Link::Down { chirping: true, .. } => return,
+            Link::Down { since, .. } => since,
+            Link::Unknown | Link::Online => {
+                self.meters.window.context.insert(WindowContext::LinkOutage);
+                now
+            }
+        };
+        self.link = Link::Down { since, chirping: true };
+        drafts.push(Draft::plain(
+            EventKind::LinkState { state: LinkStatus::Chirping, offline_since: None },
+            session_source("Chirp"),
+        ));
+    }
+
+    fn link_down(&mut self, now: Timestamp, drafts: &mut Vec<Draft>) {
+        if matches!(self.link, Link::Down { .. }) {
+            return;
+        }
+        self.link = Link::Down { since: now, chirping: false };
+        self.meters.window.context.insert(WindowContext::LinkOutage);
+        drafts.push(Draft::plain(
+            EventKind::LinkState { state: LinkStatus::Offline, offline_since: None },
+            session_source("LinkDown"),
+        ));
+    }
+
+    fn link_up(&mut self, drafts: &mut Vec<Draft>) {
+        let offline_since = match self.link {
+            Link::Down { since, .. } => Some(since),
+            Link::Online => return,
+            Link::Unknown => None,
+        };
+        if let Some(since) = offline_since {
+            self.pending.gap = Some(Some(since));
+        }
+        self.link = Link::Online;
+        self.foreign_chirps.clear();
+        drafts.push(Draft::plain(
+            EventKind::LinkState { state: LinkStatus::Online, offline_since },
+            session_source("LinkUp"),
+        ));
+    }
+
+    // === Exceptions and real-time events ===
+
+    fn exception(&mut self, exception: Exception, source: Source, drafts: &mut Vec<Draft>) {
+        if exceptions::announces_meter_reset(exception) {
+            self.pending.reset_signal = Some(exception.code());
+        }
+        let currency = self.venue.currency;
+        let kind = match exceptions::map(exception) {
+            Mapping::Idle => return,
+            Mapping::Significant(category) => EventKind::SignificantEvent {
+                category,
+                event: exceptions::snake_case(exception.name()),
+                details: Default::default(),
+            },
+            Mapping::GamePhase(phase) => {
+                self.meters.window.games_without_data = true;
+                if phase == GamePhase::Ended {
+                    self.pending.game_end = true;
+                }
+                drafts.push(Draft::play(EventKind::GamePhase { phase }, source));
+                return;
+            }
+            Mapping::GameSelected => {
+                drafts.push(Draft::play(EventKind::GameSelected { game_number: None }, source));
+                return;
+            }
+            Mapping::BillIn(value) => EventKind::CreditsIn {
+                method: CreditMethod::Bill,
+                amount: value.map(|units| Amount::from_major(units, &currency)),
+                bill: None,
+            },
+            Mapping::TicketOut => {
+                EventKind::CreditsOut { method: CreditMethod::Ticket, amount: None }
+            }
+            Mapping::EventGap => {
+                self.pending.event_gap = true;
+                self.meters.window.context.insert(WindowContext::EventGap);
+                EventKind::EventGap {}
+            }
+            Mapping::HandpayReset => EventKind::HandpayReset {},
+            Mapping::Unknown => EventKind::UnknownException { code: exception.code() },
+        };
+        drafts.push(Draft::plain(kind, source));
+    }
+
+    fn real_time_event(&mut self, event: &RealTimeEvent, drafts: &mut Vec<Draft>) {
+        let code = event.exception();
+        let source = Source {
+            kind: SourceKind::RealTimeEvent,
+            code: Some(code.code()),
+            name: code.name().to_owned(),
+        };
+        let currency = self.venue.currency;
+        let accounting = self.accounting_denomination();
+        match event {
+            RealTimeEvent::GameStarted {
+                credits_wagered,
+                total_coin_in,
+                wager_type,
+                progressive_group,
+            } => {
+                let denomination = self.wager_denomination(*wager_type);
+                let amount = Amount::from_credits(*credits_wagered, denomination, &currency);
+                self.meters.window.bets.add(&amount, accounting);
+                let kind = EventKind::BetAccepted {
+                    amount,
+                    games: 1,
+                    max_bet: Some(wager_type & 0x80 != 0),
+                    wager_type: Some(*wager_type),
+                    progressive_group: Some(*progressive_group),
+                    coin_in_meter: Some(*total_coin_in),
+                };
+                drafts.push(Draft::play(kind, source));
+            }
+            RealTimeEvent::GameEnded { win } => {
+                let win = Amount::from_credits(*win, accounting, &currency);
+                self.meters.window.wins.add(&win, accounting);
+                self.meters.window.games_ended = self.meters.window.games_ended.saturating_add(1);
+                drafts.push(Draft::play(EventKind::GameEnded { win, games: 1 }, source));
+            }
+            RealTimeEvent::GameSelected { game } => {
+                self.game_number = Some(*game);
+                drafts.push(Draft::play(
+                    EventKind::GameSelected { game_number: Some(*game) },
+                    source,
+                ));
+            }
+            RealTimeEvent::BillAccepted { country, denomination_code, count } => {
+                let value = bill_value(*denomination_code);
+                let bill = BillInfo {
+                    country_code: *country,
+                    denomination_code: *denomination_code,
+                    value,
+                    count: Some(*count),
+                };
+                let amount = value.map(|units| Amount::from_major(units, &currency));
+                let kind =
+                    EventKind::CreditsIn { method: CreditMethod::Bill, amount, bill: Some(bill) };
+                drafts.push(Draft::plain(kind, source));
+            }
+            RealTimeEvent::ReelStopped { reel, physical_stop } => {
+                let details =
+                    [("reel", u64::from(*reel)), ("physical_stop", u64::from(*physical_stop))];
+                drafts.push(significant(Category::GamePlay, code, &details, source));
+            }
+            RealTimeEvent::CardHeld { card } => {
+                drafts.push(significant(
+                    Category::GamePlay,
+                    code,
+                    &[("card", u64::from(*card))],
+                    source,
+                ));
+            }
+            RealTimeEvent::LegacyBonus { multiplier, multiplied_win, tax_status, bonus } => {
+                let details = [
+                    ("multiplier", u64::from(*multiplier)),
+                    ("multiplied_win_credits", *multiplied_win),
+                    ("tax_status", u64::from(*tax_status)),
+                    ("bonus_credits", *bonus),
+                ];
+                drafts.push(significant(Category::Bonus, code, &details, source));
+            }
+            RealTimeEvent::Exception(exception) => self.exception(*exception, source, drafts),
+            other => drafts.push(Draft::plain(
+                EventKind::Unrecognized { description: format!("{other:?}") },
+                source,
+            )),
+        }
+    }
+
+    /// The accounting denomination code, if LP1F gave one the spec defines.
+    fn accounting_denomination(&self) -> Option<u8> {
+        self.info.denomination_code.filter(|code| denomination_minor_units(*code).is_some())
+    }
+
+    /// The denomination an RTE 7E wager is counted in: the player denomination from the wager
+    /// type when the multi-denomination flag is set and the code is valid (sas-protocol.md §6),
+    /// else the accounting denomination.
+    fn wager_denomination(&self, wager_type: u8) -> Option<u8> {
+        let player = wager_type & 0x3F;
+        if wager_type & 0x40 != 0 && denomination_minor_units(player).is_some() {
+            return Some(player);
+        }
+        self.accounting_denomination()
+    }
+
+    // === Replies ===
+
+    fn reply(&mut self, now: Timestamp, poll: &LongPoll, reply: &Reply, drafts: &mut Vec<Draft>) {
+        let source = long_poll_source(poll);
+        let currency = self.venue.currency;
+        match reply {
+            Reply::Ack => self.acknowledged(now, poll, source, drafts),
+            Reply::Meters(meters) => self.snapshot(now, 0, &basic_meters(meters), source, drafts),
+            Reply::Meters10To15(meters) => {
+                self.snapshot(now, 0, &meters_10_to_15(meters), source, drafts);
+            }
+            Reply::Meter { poll: meter_poll, values } => {
+                self.snapshot(now, 0, &single_meters(*meter_poll, values), source, drafts);
+            }
+            Reply::CurrentCredits(credits) => {
+                let read = Read { key: MeterKey::Sas(0x0C), raw: *credits, digits: 8 };
+                self.snapshot(now, 0, &[read], source, drafts);
+            }
+            Reply::SelectedMeters(selected) => {
+                let reads: Vec<Read> = selected
+                    .meters
+                    .iter()
+                    .map(|&(code, raw)| {
+                        let key = MeterKey::Sas(code.into());
+                        let bytes =
+                            firmware_protocols::sas::MeterCode(code.into()).lp2f_value_len();
+                        Read { key, raw, digits: u8::try_from(bytes * 2).unwrap_or(u8::MAX) }
+                    })
+                    .collect();
+                self.snapshot(now, selected.game, &reads, source, drafts);
+            }
+            Reply::ExtendedMeters(extended) => {
+                let reads: Vec<Read> = extended
+                    .meters
+                    .iter()
+                    .map(|m| Read {
+                        key: MeterKey::Sas(m.code.0),
+                        raw: m.value,
+                        digits: m.size.saturating_mul(2),
+                    })
+                    .collect();
+                self.snapshot(now, extended.game, &reads, source, drafts);
+            }
+            Reply::HandpayInfo(info) => drafts.push(Draft::plain(handpay(info, &currency), source)),
+            Reply::MachineInfo(info) => self.learn_machine_info(info, source, drafts),
+            Reply::VersionAndSerial(version) => self.learn_serial(version, source, drafts),
+            Reply::LastBill(bill) => {
+                let value = bill_value(bill.denomination_code);
+                let info = BillInfo {
+                    country_code: bill.country,
+                    denomination_code: bill.denomination_code,
+                    value,
+                    count: Some(bill.count),
+                };
+                let amount = value.map(|units| Amount::from_major(units, &currency));
+                drafts.push(Draft::plain(EventKind::BillDetails { bill: info, amount }, source));
+            }
+            Reply::TicketValidationData(ticket) | Reply::TicketRedemption(ticket) => {
+                let event = match reply {
+                    Reply::TicketRedemption(_) => "ticket_redemption_status",
+                    _ => "ticket_validation_data",
+                };
+                let mut details = vec![("status", u64::from(ticket.status))];
+                if let Some(detail) = &ticket.detail {
+                    details.push(("amount_cents", detail.amount));
+                    details.push(("parsing_code", u64::from(detail.parsing_code)));
+                }
+                let kind = EventKind::SignificantEvent {
+                    category: Category::Ticketing,
+                    event: event.to_owned(),
+                    details: details.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                };
+                drafts.push(Draft::plain(kind, source));
+            }
+            Reply::DateTime(time) => self.clock_read(now, time, source, drafts),
+            Reply::Event(event) => self.real_time_event(event, drafts),
+            Reply::Exception(exception) => self.exception(*exception, source, drafts),
+            Reply::RomSignature(signature) => drafts.push(Draft::plain(
+                EventKind::RomSignature { seed: None, signature: *signature },
+                source,
+            )),
+            other => drafts.push(Draft::plain(
+                EventKind::Unrecognized { description: format!("{poll:?} answered {other:?}") },
+                source,
+            )),
+        }
+    }
+
+    fn acknowledged(
+        &mut self,
+        now: Timestamp,
+        poll: &LongPoll,
+        source: Source,
+        drafts: &mut Vec<Draft>,
+    ) {
+        let event = match poll {
+            LongPoll::Shutdown => "shutdown_acknowledged",
+            LongPoll::Startup => "startup_acknowledged",
+            // Whether games come with data shows in the reports themselves (RTE frames or bare
+            // 7E/7F), which is what the rules go by.
+            LongPoll::RealTimeEventReporting(_) => return,
+            // The signature follows on a later general poll (sas-protocol.md §4.4).
+            LongPoll::RomSignature { .. } => return,
+            LongPoll::SetDateTime(time) => {
+                let kind = match civil_time(time) {
+                    Some(set_to) => {
+                        self.egm_clock = Some((set_to, now));
+                        EventKind::ClockSet { set_to }
+                    }
+                    None => EventKind::Unrecognized {
+                        description: format!("clock set to an impossible date {}", raw_clock(time)),
+                    },
+                };
+                drafts.push(Draft::plain(kind, source));
+                return;
+            }
+            other => {
+                drafts.push(Draft::plain(
+                    EventKind::Unrecognized { description: format!("{other:?} acknowledged") },
+                    source,
+                ));
+                return;
+            }
+        };
+        let kind = EventKind::SignificantEvent {
+            category: Category::RemoteControl,
+            event: event.to_owned(),
+            details: Default::default(),
+        };
+        drafts.push(Draft::plain(kind, source));
+    }
+
+    fn learn_machine_info(
+        &mut self,
+        info: &SasMachineInfo,
+        source: Source,
+        drafts: &mut Vec<Draft>,
+    ) {
+        let previous = self.accounting_denomination();
+        let code = info.denomination;
+        let mut updated = self.info.clone();
+        updated.game_id = Some(ascii(&info.game_id));
+        updated.additional_id = Some(ascii(&info.additional_id));
+        updated.paytable_id = Some(ascii(&info.paytable_id));
+        updated.base_percentage = Some(ascii(&info.base_percentage));
+        updated.denomination_code = Some(code);
+        updated.denomination = Some(Amount::from_credits(1, Some(code), &self.venue.currency));
+        updated.max_bet = Some(info.max_bet);
+        updated.progressive_group = Some(info.progressive_group);
+        updated.game_options = Some(info.game_options);
+        if self.info.denomination_code.is_some_and(|old| old != code) {
+            self.meters.window.context.insert(WindowContext::DenominationChange);
+        }
+        if updated == self.info {
+            return;
+        }
+        self.info = updated;
+        if previous.is_none()
+            && let Some(denomination) = self.accounting_denomination()
+        {
+            self.meters.denomination_learned(denomination, &self.venue.currency);
+        }
+        drafts.push(Draft::plain(EventKind::MachineInfo(Box::new(self.info.clone())), source));
+    }
+
+    fn learn_serial(
+        &mut self,
+        version: &VersionAndSerial,
+        source: Source,
+        drafts: &mut Vec<Draft>,
+    ) {
+        let mut updated = self.info.clone();
+        updated.sas_version = Some(ascii(&version.version));
+        updated.serial = Some(ascii(&version.serial));
+        if updated == self.info {
+            return;
+        }
+        self.info = updated;
+        drafts.push(Draft::plain(EventKind::MachineInfo(Box::new(self.info.clone())), source));
+    }
+
+    // === Clock ===
+
+    fn clock_read(
+        &mut self,
+        now: Timestamp,
+        time: &DateTime,
+        source: Source,
+        drafts: &mut Vec<Draft>,
+    ) {
+        let threshold = self.venue.clock_drift_threshold;
+        let drift = civil_time(time).and_then(|egm| {
+            self.egm_clock = Some((egm, now));
+            drift(&self.venue.time_zone, egm, now)
+        });
+        if drift.is_some_and(|d| d.unsigned_abs() <= threshold) {
+            return;
+        }
+        let kind = EventKind::ClockDrift {
+            egm_clock: raw_clock(time),
+            drift_seconds: drift.map(|d| d.as_secs()),
+            threshold_seconds: threshold.as_secs(),
+        };
+        drafts.push(Draft::plain(kind, source));
+    }
+
+    // === Meters ===
+
+    fn snapshot(
+        &mut self,
+        now: Timestamp,
+        game: u16,
+        reads: &[Read],
+        source: Source,
+        drafts: &mut Vec<Draft>,
+    ) {
+        let pending = self.pending;
+        let trigger = if pending.gap.is_some() {
+            SnapshotTrigger::LinkUp
+        } else if pending.event_gap {
+            SnapshotTrigger::EventGap
+        } else if pending.resync || pending.reset_signal.is_some() {
+            SnapshotTrigger::Resync
+        } else if pending.game_end {
+            SnapshotTrigger::GameEnd
+        } else {
+            SnapshotTrigger::Periodic
+        };
+        let ctx = SnapshotContext {
+            now,
+            denomination: self.accounting_denomination(),
+            currency: self.venue.currency,
+            reset_signal: pending.reset_signal,
+            trigger,
+            gap: pending.gap,
+        };
+        for outcome in self.meters.snapshot(&ctx, game, reads) {
+            let gateway =
+                |name: &str| Source { kind: SourceKind::Gateway, code: None, name: name.into() };
+            let draft = match outcome {
+                Outcome::Reset(kind) => Draft::derived(kind, gateway("meter_continuity"), false),
+                Outcome::Snapshot(kind) => Draft::plain(kind, source.clone()),
+                Outcome::GapSummary(kind) => {
+                    Draft::derived(kind, gateway("link_gap_summary"), false)
+                }
+                Outcome::DerivedBet(kind) | Outcome::DerivedWin(kind) => {
+                    Draft::derived(kind, source.clone(), true)
+                }
+                Outcome::Reconciliation(kind) => {
+                    Draft::derived(kind, gateway("reconciliation"), false)
+                }
+            };
+            drafts.push(draft);
+        }
+        // Only a snapshot that closes a window (see `meters`) consumes what was pending for it.
+        let closes_window = game == 0
+            && [0x00, 0x01, 0x02]
+                .iter()
+                .all(|code| reads.iter().any(|r| r.key == MeterKey::Sas(*code)));
+        if closes_window {
+            self.pending = Pending::default();
+        }
+    }
+
+    // === Emitting ===
+
+    fn finish(
+        &mut self,
+        now: Timestamp,
+        drafts: Vec<Draft>,
+    ) -> Result<Vec<CanonicalEvent>, NormalizeError> {
+        let count = u64::try_from(drafts.len()).unwrap_or(u64::MAX);
+        if self.next_seq.checked_add(count).is_none() {
+            return Err(NormalizeError::SequenceExhausted { next_seq: self.next_seq });
+        }
+        let offset = self.venue.time_zone.to_offset(now);
+        let occurred_at_local = now.display_with_offset(offset).to_string();
+        let egm_time =
+            self.egm_clock.and_then(|(egm, at)| egm.checked_add(now.duration_since(at)).ok());
+        let machine = MachineRef {
+            registry_id: self.machine.registry_id.clone(),
+            sas_address: self.machine.address.get(),
+            asset_number: self.machine.asset_number.clone(),
+            serial: self.info.serial.clone(),
+        };
+        let game = GameRef {
+            number: self.game_number,
+            game_id: self.info.game_id.clone(),
+            paytable_id: self.info.paytable_id.clone(),
+        };
+        let events = drafts
+            .into_iter()
+            .map(|draft| {
+                let machine_seq = self.next_seq;
+                // Cannot overflow: checked for the whole batch above.
+                self.next_seq += 1;
+                let key =
+                    idempotency_key(&self.venue.venue_id, &self.machine.registry_id, machine_seq);
+                CanonicalEvent {
+                    schema_version: SCHEMA_VERSION,
+                    event_id: event_id(&key),
+                    idempotency_key: key,
+                    venue_id: self.venue.venue_id.clone(),
+                    machine: machine.clone(),
+                    machine_seq,
+                    occurred_at: now,
+                    occurred_at_local: occurred_at_local.clone(),
+                    egm_time,
+                    game: draft.play.then(|| game.clone()),
+                    source: draft.source,
+                    derived: draft.derived,
+                    kind: draft.kind,
+                }
+            })
+            .collect();
+        Ok(events)
+    }
+}
+
+impl Draft {
+    fn plain(kind: EventKind, source: Source) -> Self {
+        Self { kind, source, derived: false, play: false }
+    }
+
+    fn play(kind: EventKind, source: Source) -> Self {
+        Self { kind, source, derived: false, play: true }
+    }
+
+    fn derived(kind: EventKind, source: Source, play: bool) -> Self {
+        Self { kind, source, derived: true, play }
+    }
+}
+
+fn session_source(name: &str) -> Source {
+    Source { kind: SourceKind::Session, code: None, name: name.to_owned() }
+}
+
+fn long_poll_source(poll: &LongPoll) -> Source {
+    let debug = format!("{poll:?}");
+    // The variant name, without its fields: `SendSelectedMeters { .. }` → `SendSelectedMeters`.
+    let name = debug.split(|c: char| !c.is_ascii_alphanumeric()).next().unwrap_or_default();
+    Source { kind: SourceKind::LongPoll, code: Some(poll.command()), name: name.to_owned() }
+}
+
+fn significant(
+    category: Category,
+    code: Exception,
+    details: &[(&str, u64)],
+    source: Source,
+) -> Draft {
+    let kind = EventKind::SignificantEvent {
+        category,
+        event: exceptions::snake_case(code.name()),
+        details: details.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+    };
+    Draft::play(kind, source)
+}
+
+fn handpay(info: &HandpayInfo, currency: &Currency) -> EventKind {
+    EventKind::Handpay {
+        amount: Amount::from_hundredths(info.amount, currency),
+        partial_pay: Amount::from_hundredths(info.partial_pay, currency),
+        progressive_group: info.progressive_group,
+        level: info.level,
+        reset_id: info.reset_id,
+    }
+}
+
+/// Text from the machine: printable ASCII as is, anything else as `\xNN`, so nothing is lost or
+/// invented.
+fn ascii(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &byte in bytes {
+        if byte.is_ascii_graphic() || byte == b' ' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("\\x{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// A SAS date and time as a civil time, if it is a real date.
+fn civil_time(time: &DateTime) -> Option<civil::DateTime> {
+    civil::DateTime::new(
+        i16::try_from(time.year).ok()?,
+        i8::try_from(time.month).ok()?,
+        i8::try_from(time.day).ok()?,
+        i8::try_from(time.hour).ok()?,
+        i8::try_from(time.minute).ok()?,
+        i8::try_from(time.second).ok()?,
+        0,
+    )
+    .ok()
+}
+
+/// What the machine sent, formatted like a civil time even when it is not a real date.
+fn raw_clock(time: &DateTime) -> String {
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        time.year, time.month, time.day, time.hour, time.minute, time.second
+    )
+}
+
+/// Machine clock minus gateway clock, reading the machine's civil time in `zone`. In a DST gap
+/// or fold the civil time has two readings; the one nearer the gateway clock is taken, since a
+/// machine clock without DST is more likely right than an hour off.
+fn drift(zone: &TimeZone, egm: civil::DateTime, now: Timestamp) -> Option<SignedDuration> {
+    let offsets = match zone.to_ambiguous_timestamp(egm).offset() {
+        AmbiguousOffset::Unambiguous { offset } => vec![offset],
+        AmbiguousOffset::Gap { before, after } | AmbiguousOffset::Fold { before, after } => {
+            vec![before, after]
+        }
+    };
+    offsets
+        .into_iter()
+        .filter_map(|offset| offset.to_timestamp(egm).ok())
+        .map(|instant| instant.duration_since(now))
+        .min_by_key(|drift| drift.unsigned_abs())
+}
+
+fn basic_meters(m: &BasicMeters) -> Vec<Read> {
+    let sas = |code: u16, raw| Read { key: MeterKey::Sas(code), raw, digits: 8 };
+    vec![
+        sas(0x00, m.coin_in),
+        sas(0x01, m.coin_out),
+        sas(0x24, m.drop),
+        sas(0x02, m.jackpot),
+        sas(0x05, m.games_played),
+        sas(0x06, m.games_won),
+        Read { key: MeterKey::SlotDoorOpenCount, raw: m.slot_door_opened, digits: 8 },
+        Read { key: MeterKey::PowerResetCount, raw: m.power_resets, digits: 8 },
+    ]
+}
+
+fn meters_10_to_15(m: &Meters10To15) -> Vec<Read> {
+    let sas = |code: u16, raw| Read { key: MeterKey::Sas(code), raw, digits: 8 };
+    vec![
+        sas(0x04, m.cancelled_credits),
+        sas(0x00, m.coin_in),
+        sas(0x01, m.coin_out),
+        sas(0x24, m.drop),
+        sas(0x02, m.jackpot),
+        sas(0x05, m.games_played),
+    ]
+}
+
+/// The fixed single-meter polls (sas-protocol.md §7.2), value by value.
+fn single_meters(poll: MeterPoll, values: &[u64]) -> Vec<Read> {
+    let (_, width) = poll.layout();
+    let digits = u8::try_from(width * 2).unwrap_or(u8::MAX);
+    let keys: Vec<MeterKey> = match poll {
+        MeterPoll::CancelledCredits => vec![MeterKey::Sas(0x04)],
+        MeterPoll::CoinIn => vec![MeterKey::Sas(0x00)],
+        MeterPoll::CoinOut => vec![MeterKey::Sas(0x01)],
+        MeterPoll::Drop => vec![MeterKey::Sas(0x24)],
+        MeterPoll::Jackpot => vec![MeterKey::Sas(0x02)],
+        MeterPoll::GamesPlayed => vec![MeterKey::Sas(0x05)],
+        MeterPoll::GamesWon => vec![MeterKey::Sas(0x06)],
+        MeterPoll::GamesLost => vec![MeterKey::Sas(0x07)],
+        MeterPoll::GamesSincePowerUp => vec![MeterKey::Sas(0x25), MeterKey::Sas(0x26)],
+        MeterPoll::Meters11To15 => [0x00, 0x01, 0x24, 0x02, 0x05].map(MeterKey::Sas).to_vec(),
+        MeterPoll::LegacyEftMeters => (0..4).map(MeterKey::LegacyEft).collect(),
+        // $1, $5, $10, $20, $50, $100: meters 0040 + the bill's position in §7.4's order.
+        MeterPoll::BillCounts => [0x40, 0x42, 0x43, 0x44, 0x46, 0x47].map(MeterKey::Sas).to_vec(),
+    };
+    keys.into_iter().zip(values).map(|(key, &raw)| Read { key, raw, digits }).collect()
+}
