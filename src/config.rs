@@ -12,6 +12,9 @@ use firmware_protocols::profile::BUILT_IN;
 use firmware_protocols::sas::Address;
 use serde::Deserialize;
 
+use crate::event::money::Currency;
+use crate::event::{RegistryId, VenueId};
+
 /// A configuration that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}: field `{field}`: {reason}")]
@@ -36,9 +39,9 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Venue {
     /// The venue's identifier in the state registry.
-    pub id: String,
-    /// ISO 4217 code of the currency the machines' credits are worth.
-    pub currency: String,
+    pub id: VenueId,
+    /// ISO 4217 currency the machines' credits are worth, with its number of minor-unit digits.
+    pub currency: Currency,
     /// IANA name of the zone the machines' clocks run in (SAS clocks carry no zone, §8).
     pub time_zone_name: String,
     pub time_zone: jiff::tz::TimeZone,
@@ -86,7 +89,7 @@ pub struct MachineConfig {
     /// SAS address, 1–127.
     pub address: Address,
     /// The state registry's unique id of this machine.
-    pub registry_id: String,
+    pub registry_id: RegistryId,
     /// The venue's asset number, if it has one.
     pub asset: Option<String>,
 }
@@ -109,7 +112,13 @@ struct RawConfig {
 struct RawVenue {
     id: String,
     currency: String,
+    #[serde(default = "default_minor_digits")]
+    currency_minor_digits: u8,
     time_zone: String,
+}
+
+fn default_minor_digits() -> u8 {
+    2
 }
 
 #[derive(Debug, Deserialize)]
@@ -283,9 +292,9 @@ impl Config {
                         format!("address {} is used twice on this line", m.address),
                     ));
                 }
-                if m.registry_id.trim().is_empty() {
-                    return Err(error(&at("registry_id"), "must not be empty".into()));
-                }
+                let registry_id = RegistryId::new(m.registry_id.clone()).map_err(|_| {
+                    error(&at("registry_id"), format!("`{}` {ID_RULE}", m.registry_id))
+                })?;
                 if let Some(other) = registry_ids.insert(m.registry_id.clone(), at("registry_id")) {
                     return Err(error(
                         &at("registry_id"),
@@ -294,7 +303,7 @@ impl Config {
                 }
                 machines.push(MachineConfig {
                     address,
-                    registry_id: m.registry_id.clone(),
+                    registry_id,
                     asset: m.asset.clone().filter(|a| !a.trim().is_empty()),
                 });
             }
@@ -332,10 +341,12 @@ fn one_line(message: &str) -> String {
 
 type FieldError = (&'static str, String);
 
+/// What registry and venue ids may contain: they are joined with `/` into idempotency keys.
+const ID_RULE: &str = "must be 1–64 characters of A–Z a–z 0–9 . _ : -";
+
 fn validate_venue(raw: &RawVenue) -> Result<Venue, FieldError> {
-    if raw.id.trim().is_empty() {
-        return Err(("venue.id", "must not be empty".into()));
-    }
+    let id = VenueId::new(raw.id.clone())
+        .map_err(|_| ("venue.id", format!("`{}` {ID_RULE}", raw.id)))?;
     if raw.currency.len() != 3 || !raw.currency.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err((
             "venue.currency",
@@ -345,15 +356,13 @@ fn validate_venue(raw: &RawVenue) -> Result<Venue, FieldError> {
             ),
         ));
     }
+    let currency = Currency::new(&raw.currency, raw.currency_minor_digits).map_err(|e| {
+        ("venue.currency_minor_digits", format!("{} is not usable: {e}", raw.currency_minor_digits))
+    })?;
     let time_zone = jiff::tz::TimeZone::get(&raw.time_zone).map_err(|e| {
         ("venue.time_zone", format!("`{}` is not a known IANA time zone: {e}", raw.time_zone))
     })?;
-    Ok(Venue {
-        id: raw.id.clone(),
-        currency: raw.currency.clone(),
-        time_zone_name: raw.time_zone.clone(),
-        time_zone,
-    })
+    Ok(Venue { id, currency, time_zone_name: raw.time_zone.clone(), time_zone })
 }
 
 fn validate_polling(raw: &RawPolling) -> Result<Polling, FieldError> {
@@ -469,7 +478,7 @@ registry_id = "EGM-1"
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/slotgate.example.toml");
         let config = Config::load(&path).unwrap();
         assert!(config.machine_count() >= 2);
-        assert_eq!(config.venue.currency, "UAH");
+        assert_eq!(config.venue.currency, Currency::UAH);
     }
 
     #[test]
@@ -506,6 +515,8 @@ registry_id = "EGM-1"
     fn wrong_types_and_bad_values_are_refused() {
         assert_eq!(field_of(&MINIMAL.replace("\"UAH\"", "\"uah\"")), "venue.currency");
         assert_eq!(field_of(&MINIMAL.replace("Europe/Kyiv", "Mars/Olympus")), "venue.time_zone");
+        assert_eq!(field_of(&MINIMAL.replace("UA-0042", "UA/0042")), "venue.id");
+        assert_eq!(field_of(&MINIMAL.replace("EGM-1", "EGM 1")), "line[0].machine[0].registry_id");
         assert_eq!(field_of(&MINIMAL.replace("127.0.0.1:4001", "nowhere")), "line[0].address");
         assert_eq!(field_of(&MINIMAL.replace("\"tcp\"", "\"usb\"")), "line[0].kind");
         assert_eq!(
