@@ -11,7 +11,7 @@
 //!
 //! | line | module | how the 9th bit travels ([`WakeupMethod`]) |
 //! |---|---|---|
-//! | local UART | `serial` | sticky parity (CMSPAR), else odd/even per byte (§1.2) |
+//! | local UART | [`serial`] | sticky parity (CMSPAR), else odd/even per byte (§1.2) |
 //! | device server, SMIB | [`tcp`] | flag byte + data byte per character (§1.5) |
 //! | in-process pipe | [`memory`] | the same two-byte framing over `tokio::io::duplex` |
 //!
@@ -44,12 +44,16 @@ pub mod backoff;
 mod framed;
 pub mod memory;
 mod reconnect;
+#[cfg(target_os = "linux")]
+pub mod serial;
 pub mod tcp;
 
 pub use backoff::{Backoff, ExponentialBackoff, InvalidBackoff};
 pub use framed::FramedLine;
 pub use memory::MemoryLine;
 pub use reconnect::{Connect, Reconnecting};
+#[cfg(target_os = "linux")]
+pub use serial::SerialLine;
 pub use tcp::TcpLine;
 
 /// SAS runs at 19 200 baud, 11-bit characters (sas-protocol.md §1.1).
@@ -282,6 +286,9 @@ impl From<firmware_protocols::profile::WakeupStyle> for WakeupStyle {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum AnyLine {
+    /// A local UART.
+    #[cfg(target_os = "linux")]
+    Serial(SerialLine),
     /// A TCP connection with the 9-bit framing.
     Tcp(TcpLine),
 }
@@ -289,9 +296,12 @@ pub enum AnyLine {
 /// Opens the line `config` describes: opens and configures the serial port, or connects.
 pub async fn open(config: &TransportConfig) -> Result<AnyLine, TransportError> {
     match config {
+        #[cfg(target_os = "linux")]
+        TransportConfig::Serial(c) => SerialLine::open(c).map(AnyLine::Serial),
+        #[cfg(not(target_os = "linux"))]
         TransportConfig::Serial(c) => Err(TransportError::Unsupported {
             line: format!("serial {}", c.device),
-            what: "serial lines are not implemented yet",
+            what: "serial lines with a 9th bit need Linux termios (CMSPAR)",
         }),
         TransportConfig::Tcp(c) => tcp::connect(c).await.map(AnyLine::Tcp),
     }
@@ -300,30 +310,40 @@ pub async fn open(config: &TransportConfig) -> Result<AnyLine, TransportError> {
 impl Line for AnyLine {
     async fn send(&mut self, chars: &[Character]) -> Result<(), TransportError> {
         match self {
+            #[cfg(target_os = "linux")]
+            Self::Serial(l) => l.send(chars).await,
             Self::Tcp(l) => l.send(chars).await,
         }
     }
 
     async fn recv(&mut self, out: &mut Vec<Character>) -> Result<usize, TransportError> {
         match self {
+            #[cfg(target_os = "linux")]
+            Self::Serial(l) => l.recv(out).await,
             Self::Tcp(l) => l.recv(out).await,
         }
     }
 
     fn clear_input(&mut self) {
         match self {
+            #[cfg(target_os = "linux")]
+            Self::Serial(l) => l.clear_input(),
             Self::Tcp(l) => l.clear_input(),
         }
     }
 
     fn describe(&self) -> String {
         match self {
+            #[cfg(target_os = "linux")]
+            Self::Serial(l) => l.describe(),
             Self::Tcp(l) => l.describe(),
         }
     }
 
     fn diagnostics(&self) -> LineDiagnostics {
         match self {
+            #[cfg(target_os = "linux")]
+            Self::Serial(l) => l.diagnostics(),
             Self::Tcp(l) => l.diagnostics(),
         }
     }
