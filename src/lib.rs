@@ -13,6 +13,9 @@
 //! - [`shutdown`]: SIGINT/SIGTERM as a future, injected into every long-running command.
 //! - [`simulator`]: `slotgate simulate`, faithful EGMs over TCP or pseudo-terminals, with fault
 //!   injection and a ground-truth ledger.
+//! - [`transport`]: the lines to the machines (serial with the 9th bit, 9-bit framing over TCP,
+//!   in-memory pairs for tests), with reconnect backoff. The only module that opens serial
+//!   ports or sockets to machines.
 
 pub mod cli;
 pub mod config;
@@ -21,3 +24,4 @@ pub mod normalizer;
 pub mod shutdown;
 pub mod simulator;
 pub mod sink;
+pub mod transport;
