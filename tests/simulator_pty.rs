@@ -35,7 +35,7 @@ fn host_session(path: PathBuf) -> (Vec<u8>, Vec<u8>) {
     let mut port = OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
         .open(&path)
         .unwrap();
     // Sync poll and general poll: one write, split by the length table (both are one byte).
