@@ -17,6 +17,12 @@ pub struct Cli {
 /// What to run.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Poll every configured machine and write their canonical events until SIGINT or SIGTERM.
+    Run {
+        /// The configuration file (see config/slotgate.example.toml).
+        #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
+        config: PathBuf,
+    },
     /// Simulate SAS slot machines (EGMs) over TCP or pseudo-terminals, for tests and demos.
     Simulate(Box<crate::simulator::SimulateArgs>),
     /// Work with configuration files.

@@ -92,6 +92,9 @@ pub struct MachineConfig {
     pub registry_id: RegistryId,
     /// The venue's asset number, if it has one.
     pub asset: Option<String>,
+    /// The accounting denomination as registered, as a SAS denomination code; prices events
+    /// before LP1F has been read (the machine's own LP1F answer then takes precedence).
+    pub denomination_code: Option<u8>,
 }
 
 // === Raw file shape ===
@@ -176,6 +179,7 @@ struct RawMachine {
     address: u8,
     registry_id: String,
     asset: Option<String>,
+    denomination: Option<String>,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -301,9 +305,16 @@ impl Config {
                         format!("`{}` is already the registry id at {other}", m.registry_id),
                     ));
                 }
+                let denomination_code = match &m.denomination {
+                    None => None,
+                    Some(text) => {
+                        Some(denomination_code(text).map_err(|r| error(&at("denomination"), r))?)
+                    }
+                };
                 machines.push(MachineConfig {
                     address,
                     registry_id,
+                    denomination_code,
                     asset: m.asset.clone().filter(|a| !a.trim().is_empty()),
                 });
             }
@@ -404,6 +415,24 @@ fn validate_polling(raw: &RawPolling) -> Result<Polling, FieldError> {
         clock_sync_interval: raw.clock_sync_interval,
         clock_drift_threshold: raw.clock_drift_threshold,
     })
+}
+
+/// A credit value such as `"0.01"` or `"2.50"` (currency units), as the SAS denomination code
+/// that has it (sas-protocol.md §7.1).
+fn denomination_code(text: &str) -> Result<u8, String> {
+    let text = text.trim();
+    let (units, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let parsed = (fraction.len() <= 2 && fraction.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| format!("{fraction:0<2}"))
+        .and_then(|f| units.parse::<u64>().ok()?.checked_mul(100)?.checked_add(f.parse().ok()?));
+    let hundredths = parsed.ok_or_else(|| format!("`{text}` is not an amount like \"0.01\""))?;
+    (1..=u8::MAX)
+        .find(|&code| {
+            firmware_protocols::sas::meter::denomination_minor_units(code) == Some(hundredths)
+        })
+        .ok_or_else(|| {
+            format!("{text} is not a SAS denomination (0.01, 0.05, 0.10, 0.25, 1.00, …)")
+        })
 }
 
 /// `host:port`, where host is an IP address or a DNS name. Resolution happens at connect time.
@@ -519,6 +548,9 @@ registry_id = "EGM-1"
         assert_eq!(field_of(&MINIMAL.replace("EGM-1", "EGM 1")), "line[0].machine[0].registry_id");
         assert_eq!(field_of(&MINIMAL.replace("127.0.0.1:4001", "nowhere")), "line[0].address");
         assert_eq!(field_of(&MINIMAL.replace("\"tcp\"", "\"usb\"")), "line[0].kind");
+        let odd_denomination = MINIMAL
+            .replace("registry_id = \"EGM-1\"", "registry_id = \"EGM-1\"\ndenomination = \"0.07\"");
+        assert_eq!(field_of(&odd_denomination), "line[0].machine[0].denomination");
         assert_eq!(
             field_of(&MINIMAL.replace("address = 1", "address = \"one\"")),
             "line[0].machine[0].address"
@@ -527,6 +559,16 @@ registry_id = "EGM-1"
         assert_eq!(field_of(&bad_profile), "line[0].profile");
         let bad_interval = format!("{MINIMAL}\n[polling]\nmeter_snapshot_interval = \"1s\"\n");
         assert_eq!(field_of(&bad_interval), "polling.meter_snapshot_interval");
+    }
+
+    #[test]
+    fn a_denomination_is_written_as_money_and_kept_as_its_sas_code() {
+        assert_eq!(denomination_code("0.01"), Ok(0x01));
+        assert_eq!(denomination_code("0.2"), Ok(0x0B));
+        assert_eq!(denomination_code("2.50"), Ok(0x0D));
+        assert_eq!(denomination_code("5000"), Ok(0x16));
+        assert!(denomination_code("0.001").is_err());
+        assert!(denomination_code("abc").is_err());
     }
 
     #[test]

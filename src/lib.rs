@@ -4,12 +4,14 @@
 //! # Layout
 //! - `firmware_protocols` (workspace crate): the sans-IO SAS protocol, framing and firmware
 //!   profiles. No I/O and no clock.
+//! - [`app`]: the wiring of `slotgate run`: sink, line pollers, ordered stop.
 //! - [`cli`]: the command line.
 //! - [`config`]: the configuration file, parsed and validated into typed values.
 //! - [`sink`]: the durable event file, group-committed (until the journal takes over).
 //! - [`event`]: the canonical event, its versioned schema, and exact money.
 //! - [`normalizer`]: pure and synchronous; turns one machine's session events into canonical
 //!   events. Protocol quirks end there.
+//! - [`poller`]: one task per SAS line: sessions, normalizers, durable-before-acknowledged.
 //! - [`shutdown`]: SIGINT/SIGTERM as a future, injected into every long-running command.
 //! - [`simulator`]: `slotgate simulate`, faithful EGMs over TCP or pseudo-terminals, with fault
 //!   injection and a ground-truth ledger.
@@ -17,10 +19,12 @@
 //!   in-memory pairs for tests), with reconnect backoff. The only module that opens serial
 //!   ports or sockets to machines.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod event;
 pub mod normalizer;
+pub mod poller;
 pub mod shutdown;
 pub mod simulator;
 pub mod sink;

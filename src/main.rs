@@ -17,6 +17,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
+        Command::Run { config } => match Config::load(&config) {
+            Ok(config) => {
+                run_async(slotgate::app::run(config, slotgate::shutdown::signal_received()))
+            }
+            Err(error) => {
+                eprintln!("slotgate: {error}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
             Ok(config) => {
                 println!(

@@ -169,3 +169,74 @@ mod tests {
         assert!(err.to_string().contains("/dev/full"), "{err}");
     }
 }
+
+/// What the event file says about each machine, read once at start-up.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Per registry id: the sequence number the next event must carry.
+    pub next_seq: std::collections::HashMap<String, u64>,
+    /// Per registry id: the last meter snapshot of each long poll, oldest first, so lifetime
+    /// meters continue across restarts.
+    pub snapshots: std::collections::HashMap<String, Vec<crate::event::CanonicalEvent>>,
+    /// Events read.
+    pub events: u64,
+    /// Bytes of a torn last line (a crash during a write) that were cut off.
+    pub trimmed: u64,
+}
+
+/// Reads the event file back. A last line without its newline was being written when the
+/// process died; it was never confirmed to a machine (the flush did not return), so it is cut
+/// off, and the machine reports its event again. Any other unreadable line is an error: the file
+/// was damaged and must be looked at, not silently renumbered.
+///
+/// This reads the whole file, which is acceptable for the interim file and is exactly what the
+/// journal (issue 4) avoids.
+pub fn recover(path: &Path) -> Result<Recovered, SinkError> {
+    use crate::event::{CanonicalEvent, EventKind};
+
+    let io = |source| SinkError::Io { path: path.to_path_buf(), source };
+    let mut recovered = Recovered::default();
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(recovered),
+        Err(e) => return Err(io(e)),
+    };
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if complete < bytes.len() {
+        let file = OpenOptions::new().write(true).open(path).map_err(io)?;
+        file.set_len(complete as u64).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        recovered.trimmed = (bytes.len() - complete) as u64;
+        tracing::warn!(
+            file = %path.display(),
+            bytes = recovered.trimmed,
+            "Cut off a torn last line left by a crash; its event was never acknowledged."
+        );
+    }
+    let mut last_snapshot: std::collections::HashMap<(String, Option<u8>), CanonicalEvent> =
+        std::collections::HashMap::new();
+    for (n, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let event: CanonicalEvent = serde_json::from_slice(line).map_err(|e| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("line {}: not a canonical event: {e}", n + 1),
+            ))
+        })?;
+        recovered.events += 1;
+        let id = event.machine.registry_id.to_string();
+        let next = recovered.next_seq.entry(id.clone()).or_default();
+        *next = (*next).max(event.machine_seq.saturating_add(1));
+        if matches!(event.kind, EventKind::MeterSnapshot { .. }) {
+            last_snapshot.insert((id, event.source.code), event);
+        }
+    }
+    let mut snapshots: Vec<CanonicalEvent> = last_snapshot.into_values().collect();
+    snapshots.sort_by_key(|e| e.machine_seq);
+    for event in snapshots {
+        recovered.snapshots.entry(event.machine.registry_id.to_string()).or_default().push(event);
+    }
+    Ok(recovered)
+}

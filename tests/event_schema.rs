@@ -268,6 +268,7 @@ fn normalizer_output_validates_against_the_schema() {
         registry_id: registry(),
         address: Address::new(1).unwrap(),
         asset_number: None,
+        denomination_code: None,
     };
     let mut normalizer = Normalizer::new(venue, machine, 0);
     let info = SasMachineInfo { denomination: 0x0B, game_id: *b"AT", ..Default::default() };

@@ -1021,3 +1021,16 @@ fn bytes_outside_an_exchange_are_counted_and_ignored() {
     pair.run(2);
     assert_eq!(pair.take_events(), [SessionEvent::LinkUp]);
 }
+
+#[test]
+fn a_poll_queued_first_goes_ahead_of_those_already_queued() {
+    let mut pair = Pair::new(&FirmwareProfile::generic());
+    pair.run(2);
+    // RTE enable (LP0E) was queued by the session at link-up; LP1F is asked to go before it.
+    pair.session.enqueue(LongPoll::SendMeters).unwrap();
+    pair.session.enqueue_first(LongPoll::SendMachineInfo).unwrap();
+    let info = pair.run_until_sent(&[0x01, 0x1F]);
+    let rte = pair.run_until_sent(&hex(RTE_ENABLE));
+    let meters = pair.run_until_sent(&[0x01, 0x1C]);
+    assert!(info < rte && rte < meters, "{info} {rte} {meters}");
+}

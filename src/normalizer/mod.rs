@@ -104,6 +104,11 @@ pub struct MachineIdentity {
     pub registry_id: RegistryId,
     pub address: Address,
     pub asset_number: Option<String>,
+    /// The accounting denomination (SAS code) as registered for this machine, if the operator
+    /// configured it. It prices events from the first one, before LP1F has been read; LP1F then
+    /// confirms it, and a different LP1F value replaces it and marks the reconciliation window
+    /// with `denomination_change`.
+    pub denomination_code: Option<u8>,
 }
 
 /// Why the normalizer refused.
@@ -171,6 +176,10 @@ impl Normalizer {
     /// A normalizer for a machine whose next event gets sequence number `next_seq` (the journal
     /// knows it; 0 for a new machine).
     pub fn new(venue: VenueSettings, machine: MachineIdentity, next_seq: u64) -> Self {
+        let configured =
+            machine.denomination_code.filter(|c| denomination_minor_units(*c).is_some());
+        let denomination =
+            configured.map(|code| Amount::from_credits(1, Some(code), &venue.currency));
         Self {
             venue,
             machine,
@@ -182,8 +191,8 @@ impl Normalizer {
                 additional_id: None,
                 paytable_id: None,
                 base_percentage: None,
-                denomination_code: None,
-                denomination: None,
+                denomination_code: configured,
+                denomination,
                 max_bet: None,
                 progressive_group: None,
                 game_options: None,

@@ -34,6 +34,7 @@ fn machine() -> MachineIdentity {
         registry_id: RegistryId::new("UA-0001").unwrap(),
         address: Address::new(1).unwrap(),
         asset_number: Some("A-17".into()),
+        denomination_code: None,
     }
 }
 
@@ -220,6 +221,20 @@ fn bets_before_the_denomination_is_known_are_emitted_at_once_with_credits_and_fl
     let later = run(&mut n, 1, &[machine_info(0x0B), game_started(25, 1050, 0x00)]);
     let EventKind::BetAccepted { amount, .. } = &later[1].kind else { unreachable!() };
     assert_eq!((amount.status, minor(amount)), (AmountStatus::Exact, Some(500)));
+}
+
+#[test]
+fn a_configured_denomination_prices_bets_before_lp1f_and_lp1f_overrides_it() {
+    let configured = MachineIdentity { denomination_code: Some(0x0B), ..machine() };
+    let mut n = Normalizer::new(venue(), configured, 0);
+    let early = n.handle(at(0), &game_started(25, 1025, 0x00)).unwrap();
+    let EventKind::BetAccepted { amount, .. } = &early[0].kind else { unreachable!() };
+    assert_eq!((amount.status, minor(amount)), (AmountStatus::Exact, Some(500)), "25 × 0.20");
+
+    // The machine says 0.05: its own word wins from then on.
+    let later = run(&mut n, 1, &[machine_info(0x02), game_started(25, 1050, 0x00)]);
+    let EventKind::BetAccepted { amount, .. } = &later[1].kind else { unreachable!() };
+    assert_eq!(minor(amount), Some(125));
 }
 
 #[test]

@@ -428,6 +428,18 @@ impl HostSession {
         Ok(())
     }
 
+    /// Queues a long poll ahead of every queued one, e.g. LP1F at link-up, so the accounting
+    /// denomination is known before real-time events are turned on. A queued duplicate is moved
+    /// rather than repeated.
+    pub fn enqueue_first(&mut self, poll: LongPoll) -> Result<(), EnqueueError> {
+        if self.refuses(&poll) {
+            return Err(EnqueueError::Unsupported { command: poll.command() });
+        }
+        poll.encode(self.address.get())?;
+        self.queue_front(poll);
+        Ok(())
+    }
+
     /// Confirms every event already returned by [`poll_event`](Self::poll_event): the caller
     /// has made them durable, so the machine may now be acknowledged. Events still waiting in
     /// the session are not confirmed by this call.

@@ -1,0 +1,168 @@
+//! One machine on a line: its SAS session, its normalizer, and the polls the gateway schedules
+//! for it (discovery at link-up, periodic meter snapshots, clock set and read-back). Pure state:
+//! the line task owns the I/O and passes time in.
+
+use std::time::{Duration, Instant};
+
+use firmware_protocols::FirmwareProfile;
+use firmware_protocols::sas::message::DateTime;
+use firmware_protocols::sas::session::{HostSession, SessionEvent};
+use firmware_protocols::sas::{Address, LongPoll};
+
+use crate::event::{CanonicalEvent, RegistryId};
+use crate::normalizer::{MachineIdentity, NormalizeError, Normalizer, VenueSettings};
+
+/// How often the gateway asks for what machines do not volunteer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub meter_snapshot_interval: Duration,
+    pub clock_sync_interval: Duration,
+}
+
+/// Session, normalizer and schedule of one machine.
+#[derive(Debug)]
+pub struct MachinePoller {
+    /// Drives the SAS exchanges; the line task sends what it asks for and feeds it input.
+    pub(crate) session: HostSession,
+    /// Turns session events into canonical events with gap-free sequence numbers.
+    normalizer: Normalizer,
+    registry_id: RegistryId,
+    schedule: Schedule,
+    time_zone: jiff::tz::TimeZone,
+    /// Next periodic meter snapshot; `None` while the link is not up.
+    next_snapshot: Option<Instant>,
+    /// Next clock set and read-back; `None` while the link is not up.
+    next_clock_sync: Option<Instant>,
+}
+
+impl MachinePoller {
+    /// A machine polled with `profile`, whose events continue after `next_seq` (and after the
+    /// meter snapshots recovered from durable storage, oldest first).
+    pub fn new(
+        venue: VenueSettings,
+        identity: MachineIdentity,
+        profile: &FirmwareProfile,
+        schedule: Schedule,
+        next_seq: u64,
+        snapshots: &[CanonicalEvent],
+        now: Instant,
+    ) -> Result<Self, NormalizeError> {
+        let registry_id = identity.registry_id.clone();
+        let address = identity.address;
+        let time_zone = venue.time_zone.clone();
+        let normalizer = if snapshots.is_empty() && next_seq == 0 {
+            Normalizer::new(venue, identity, next_seq)
+        } else {
+            Normalizer::resume(venue, identity, next_seq, snapshots)?
+        };
+        Ok(Self {
+            session: HostSession::new(address, profile, now),
+            normalizer,
+            registry_id,
+            schedule,
+            time_zone,
+            next_snapshot: None,
+            next_clock_sync: None,
+        })
+    }
+
+    /// The machine's SAS address.
+    pub fn address(&self) -> Address {
+        self.session.address()
+    }
+
+    /// The machine's id in the state registry.
+    pub fn registry_id(&self) -> &RegistryId {
+        &self.registry_id
+    }
+
+    /// Queues the polls that are due by schedule.
+    pub fn tick(&mut self, now: Instant, wall: jiff::Timestamp) {
+        if self.next_snapshot.is_some_and(|t| now >= t) {
+            self.queue_snapshot();
+            self.next_snapshot = Some(now + self.schedule.meter_snapshot_interval);
+        }
+        if self.next_clock_sync.is_some_and(|t| now >= t) {
+            self.queue_clock_sync(wall);
+            self.next_clock_sync = Some(now + self.schedule.clock_sync_interval);
+        }
+    }
+
+    /// The earliest moment this machine needs attention: its session's deadline or a schedule.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [self.session.poll_timeout(), self.next_snapshot, self.next_clock_sync]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Takes every session event out and turns it into canonical events. Link-up starts
+    /// discovery (sas-protocol.md §13: serial and version, machine info and accounting
+    /// denomination, a full meter snapshot, clock set and read-back).
+    pub fn take_events(
+        &mut self,
+        now: Instant,
+        wall: jiff::Timestamp,
+        out: &mut Vec<CanonicalEvent>,
+    ) {
+        while let Some(event) = self.session.poll_event() {
+            match &event {
+                SessionEvent::LinkUp => self.discover(now, wall),
+                SessionEvent::LinkDown => {
+                    self.next_snapshot = None;
+                    self.next_clock_sync = None;
+                }
+                _ => {}
+            }
+            match self.normalizer.handle(wall, &event) {
+                Ok(events) => out.extend(events),
+                // Only an exhausted sequence (2^64 events) gets here; nothing can be numbered.
+                Err(error) => tracing::error!(
+                    machine = %self.registry_id,
+                    %error,
+                    "An event could not be normalised and is lost."
+                ),
+            }
+        }
+    }
+
+    fn discover(&mut self, now: Instant, wall: jiff::Timestamp) {
+        // LP1F ahead of everything, LP0E (which the session queues at link-up) included: money
+        // needs the accounting denomination, and events start flowing once RTE is on.
+        if let Err(error) = self.session.enqueue_first(LongPoll::SendMachineInfo) {
+            tracing::warn!(machine = %self.registry_id, %error, "LP1F cannot be sent.");
+        }
+        self.enqueue(LongPoll::SendVersionAndSerial);
+        self.queue_snapshot();
+        self.queue_clock_sync(wall);
+        self.next_snapshot = Some(now + self.schedule.meter_snapshot_interval);
+        self.next_clock_sync = Some(now + self.schedule.clock_sync_interval);
+    }
+
+    fn queue_snapshot(&mut self) {
+        self.enqueue(LongPoll::SendMeters);
+        self.enqueue(LongPoll::SendMeters10To15);
+    }
+
+    /// LP7F with the venue's local time (SAS clocks have no zone, §8), then LP7E to read it back.
+    fn queue_clock_sync(&mut self, wall: jiff::Timestamp) {
+        let local = wall.to_zoned(self.time_zone.clone());
+        let set = DateTime {
+            year: local.year().clamp(0, 9999) as u16,
+            month: local.month() as u8,
+            day: local.day() as u8,
+            hour: local.hour() as u8,
+            minute: local.minute() as u8,
+            second: local.second() as u8,
+        };
+        self.enqueue(LongPoll::SetDateTime(set));
+        self.enqueue(LongPoll::SendDateTime);
+    }
+
+    fn enqueue(&mut self, poll: LongPoll) {
+        if let Err(error) = self.session.enqueue(poll) {
+            // The profile or the machine rules the poll out; the session reported it already.
+            tracing::debug!(machine = %self.registry_id, %error, "Poll not queued.");
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! End to end through the real binaries: `slotgate simulate` serves machines over TCP with the
+//! 9-bit framing, `slotgate run` polls them and writes canonical events, and the events must
+//! equal the simulator's ground-truth ledger: every game's bet and win, in credits and in minor
+//! units, in order per machine, nothing lost and nothing invented.
+
+// clippy.toml allows unwrap in #[test] functions only; the helpers of this test crate need it too.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_slotgate");
+
+/// A child process that is killed if the test fails before stopping it.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// SIGTERM, then the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// One simulated machine as `slotgate simulate` announces it.
+#[derive(Debug, Clone)]
+struct Simulated {
+    address: u8,
+    serial: String,
+    port: u16,
+}
+
+/// Starts `slotgate simulate` with `args` and reads the endpoint lines it prints.
+fn simulate(machines: u16, ledger: &Path, args: &[&str]) -> (Proc, Vec<Simulated>) {
+    let mut child = Command::new(BIN)
+        .arg("simulate")
+        .args(["--machines", &machines.to_string(), "--tcp", "127.0.0.1:0"])
+        .arg("--ledger")
+        .arg(ledger)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let proc = Proc(child);
+    let mut found = Vec::new();
+    for line in BufReader::new(stdout).lines().take(usize::from(machines)) {
+        let line = line.unwrap();
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("no {key} in {line}"))
+                .to_owned()
+        };
+        let port = field("tcp").rsplit_once(':').unwrap().1.parse().unwrap();
+        found.push(Simulated {
+            address: field("address").parse().unwrap(),
+            serial: field("serial"),
+            port,
+        });
+    }
+    assert_eq!(found.len(), usize::from(machines));
+    (proc, found)
+}
+
+/// A configuration with one TCP line per simulated machine; registry ids are `EGM-<serial>`.
+/// Even-numbered machines have their denomination configured; odd ones learn it from LP1F.
+fn write_config(dir: &Path, machines: &[Simulated]) -> PathBuf {
+    let mut text = String::from(
+        "[venue]\nid = \"UA-TEST-1\"\ncurrency = \"UAH\"\ntime_zone = \"Europe/Kyiv\"\n\n\
+         [polling]\nmeter_snapshot_interval = \"10s\"\n\n\
+         [output]\nevents_file = \"events.jsonl\"\n",
+    );
+    for (i, m) in machines.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[line]]\nname = \"line-{i}\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{}\"\n\
+             connect_timeout = \"1s\"\n\n  [[line.machine]]\n  address = {}\n  registry_id = \"EGM-{}\"\n{}",
+            m.port,
+            m.address,
+            m.serial,
+            if i % 2 == 0 { "  denomination = \"0.01\"\n" } else { "" },
+        ));
+    }
+    let path = dir.join("slotgate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn read_json_lines(path: &Path) -> Vec<Value> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    // A line being written right now may be incomplete; it is read next time.
+    text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// (bet, win) credits of each game, per machine serial.
+type Games = BTreeMap<String, Vec<(u64, u64)>>;
+
+/// (bet, win) credits per serial, from the ledger.
+fn ledger_games(ledger: &[Value]) -> Games {
+    let mut games: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    for r in ledger.iter().filter(|r| r["type"] == "game") {
+        let serial = r["serial"].as_str().unwrap().to_owned();
+        games
+            .entry(serial)
+            .or_default()
+            .push((r["bet"].as_u64().unwrap(), r["win"].as_u64().unwrap()));
+    }
+    games
+}
+
+/// (bet, win) credits per serial, from the gateway's events: each `bet_accepted` with the next
+/// `game_ended` of the same machine. Amounts are checked against the 0.01 denomination; the
+/// number of amounts that could not be priced (denomination not known yet) is returned per serial.
+fn event_games(events: &[Value]) -> (Games, BTreeMap<String, usize>) {
+    let mut games: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    let mut unpriced: BTreeMap<String, usize> = BTreeMap::new();
+    let mut open: BTreeMap<String, u64> = BTreeMap::new();
+    for e in events {
+        let serial =
+            e["machine"]["registry_id"].as_str().unwrap().trim_start_matches("EGM-").to_owned();
+        let mut credits_of = |amount: &Value| {
+            let credits = amount["credits"].as_u64().unwrap();
+            assert_eq!(amount["currency"], "UAH");
+            if amount["status"] == "exact" {
+                assert_eq!(amount["minor_units"].as_u64(), Some(credits), "denomination 0.01: {e}");
+            } else {
+                assert_eq!(amount["status"], "denomination_unknown", "{e}");
+                *unpriced.entry(serial.clone()).or_default() += 1;
+            }
+            credits
+        };
+        match e["kind"].as_str().unwrap() {
+            "bet_accepted" => {
+                assert_eq!(e["derived"], false, "RTE gives every bet: {e}");
+                let bet = credits_of(&e["data"]["amount"]);
+                assert!(open.insert(serial.clone(), bet).is_none(), "two bets without an end: {e}");
+            }
+            "game_ended" => {
+                let win = credits_of(&e["data"]["win"]);
+                let bet = open
+                    .remove(&serial)
+                    .unwrap_or_else(|| panic!("a game end without its bet: {e}"));
+                games.entry(serial).or_default().push((bet, win));
+            }
+            _ => {}
+        }
+    }
+    (games, unpriced)
+}
+
+/// Every machine's events are numbered 0, 1, 2, … without a gap, and keys are unique.
+fn assert_sequences_gap_free(events: &[Value]) {
+    let mut next: BTreeMap<String, u64> = BTreeMap::new();
+    let mut keys = std::collections::HashSet::new();
+    for e in events {
+        let id = e["machine"]["registry_id"].as_str().unwrap().to_owned();
+        let seq = e["machine_seq"].as_u64().unwrap();
+        let expected = next.entry(id.clone()).or_default();
+        assert_eq!(seq, *expected, "machine {id}: sequence gap or repeat");
+        *expected += 1;
+        assert!(
+            keys.insert(e["idempotency_key"].as_str().unwrap().to_owned()),
+            "duplicate key {e}"
+        );
+    }
+}
+
+/// Waits until the gateway has reported `games` finished games in total.
+fn wait_for_games(events_file: &Path, games: usize, limit: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let events = read_json_lines(events_file);
+        let ended = events.iter().filter(|e| e["kind"] == "game_ended").count();
+        if ended >= games {
+            return events;
+        }
+        assert!(Instant::now() < deadline, "only {ended} of {games} games reported in {limit:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn fifty_machines_over_tcp_report_exactly_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let games_each = 6;
+    let (sim, machines) = simulate(
+        50,
+        &ledger_path,
+        &[
+            "--rte",
+            "--game-rate",
+            "40",
+            "--game-duration",
+            "300ms",
+            "--max-games",
+            &games_each.to_string(),
+            "--cashout-probability",
+            "0",
+            "--seed",
+            "42",
+        ],
+    );
+    let config = write_config(dir.path(), &machines);
+    let gateway = Proc(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let events_file = dir.path().join("events.jsonl");
+    wait_for_games(&events_file, 50 * games_each, Duration::from_secs(120));
+    assert!(gateway.terminate().success(), "slotgate run exits cleanly on SIGTERM");
+    sim.terminate();
+
+    let events = read_json_lines(&events_file);
+    let ledger = ledger_games(&read_json_lines(&ledger_path));
+    assert_eq!(ledger.len(), 50);
+    assert!(ledger.values().all(|g| g.len() == games_each));
+    let (games, unpriced) = event_games(&events);
+    assert_eq!(games, ledger);
+    for (i, m) in machines.iter().enumerate() {
+        let id = format!("EGM-{}", m.serial);
+        let of_machine: Vec<&Value> =
+            events.iter().filter(|e| e["machine"]["registry_id"] == id.as_str()).collect();
+        let n = unpriced.get(&m.serial).copied().unwrap_or(0);
+        if i % 2 == 0 {
+            assert_eq!(n, 0, "{id}: a configured denomination prices every event");
+            continue;
+        }
+        // Without one, only events the machine sent before answering LP1F can lack an amount
+        // (in RTE mode a pending event pre-empts any long poll, LP1F included: §4.4).
+        let learned = of_machine
+            .iter()
+            .find(|e| e["kind"] == "machine_info")
+            .map(|e| e["machine_seq"].as_u64().unwrap())
+            .unwrap_or_else(|| panic!("{id}: no machine_info"));
+        for e in &of_machine {
+            let amount = match e["kind"].as_str() {
+                Some("bet_accepted") => &e["data"]["amount"],
+                Some("game_ended") => &e["data"]["win"],
+                _ => continue,
+            };
+            if amount["status"] != "exact" {
+                assert!(e["machine_seq"].as_u64().unwrap() < learned, "unpriced after LP1F: {e}");
+            }
+        }
+    }
+    assert_sequences_gap_free(&events);
+    for m in &machines {
+        let id = format!("EGM-{}", m.serial);
+        let of = |kind: &str| {
+            events
+                .iter()
+                .filter(|e| e["machine"]["registry_id"] == id.as_str() && e["kind"] == kind)
+                .count()
+        };
+        assert_eq!(of("link_state"), 1, "{id}: online once, never flapping or chirping");
+        assert!(of("meter_snapshot") >= 2 && of("machine_info") >= 1, "{id}: discovery");
+    }
+    assert!(
+        !events.iter().any(|e| e["kind"] == "unknown_exception" || e["kind"] == "foreign_chirp")
+    );
+}
