@@ -186,6 +186,63 @@ fn assert_sequences_gap_free(events: &[Value]) {
     }
 }
 
+/// Starts `slotgate run` on `config`, its log going to `log`.
+fn run_gateway(config: &Path, log: &Path) -> Proc {
+    let log = std::fs::File::create(log).unwrap();
+    Proc(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "slotgate=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// What each machine reported about play, in order: `(true, credits wagered)` for a 7E and
+/// `(false, win)` for a 7F, leaving out reports the machine itself lost (a RAM clear empties its
+/// queue; sas-protocol.md §5, 3A), which no host can recover.
+fn machine_reports(ledger: &[Value]) -> BTreeMap<String, Vec<(bool, u64)>> {
+    let lost: std::collections::HashSet<(String, u64)> = ledger
+        .iter()
+        .filter(|r| r["type"] == "exception_lost")
+        .map(|r| (r["serial"].as_str().unwrap().to_owned(), r["exception_seq"].as_u64().unwrap()))
+        .collect();
+    let mut reports: BTreeMap<String, Vec<(bool, u64)>> = BTreeMap::new();
+    for r in ledger.iter().filter(|r| r["type"] == "exception") {
+        let serial = r["serial"].as_str().unwrap().to_owned();
+        if lost.contains(&(serial.clone(), r["exception_seq"].as_u64().unwrap())) {
+            continue;
+        }
+        let report = match r["code"].as_u64() {
+            Some(0x7E) => (true, r["event"]["credits_wagered"].as_u64().unwrap()),
+            Some(0x7F) => (false, r["event"]["win"].as_u64().unwrap()),
+            _ => continue,
+        };
+        reports.entry(serial).or_default().push(report);
+    }
+    reports
+}
+
+/// The same from the gateway's events.
+fn gateway_reports(events: &[Value]) -> BTreeMap<String, Vec<(bool, u64)>> {
+    let mut reports: BTreeMap<String, Vec<(bool, u64)>> = BTreeMap::new();
+    for e in events {
+        let serial =
+            e["machine"]["registry_id"].as_str().unwrap().trim_start_matches("EGM-").to_owned();
+        let report = match e["kind"].as_str() {
+            Some("bet_accepted") => (true, e["data"]["amount"]["credits"].as_u64().unwrap()),
+            Some("game_ended") => (false, e["data"]["win"]["credits"].as_u64().unwrap()),
+            _ => continue,
+        };
+        reports.entry(serial).or_default().push(report);
+    }
+    reports
+}
+
 /// Waits until the gateway has reported `games` finished games in total.
 fn wait_for_games(events_file: &Path, games: usize, limit: Duration) -> Vec<Value> {
     let deadline = Instant::now() + limit;
@@ -285,4 +342,166 @@ fn fifty_machines_over_tcp_report_exactly_the_ledger() {
     assert!(
         !events.iter().any(|e| e["kind"] == "unknown_exception" || e["kind"] == "foreign_chirp")
     );
+}
+
+#[test]
+fn faults_lose_and_invent_nothing_and_power_cycles_and_ram_clears_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let games_each = 8;
+    let each = games_each.to_string();
+    // Forty machines on noisy lines: corrupt CRCs, dropped, late and gapped replies, busy.
+    let noisy_ledger = dir.path().join("noisy.jsonl");
+    let (noisy, mut machines) = simulate(
+        40,
+        &noisy_ledger,
+        &[
+            "--rte",
+            "--game-rate",
+            "30",
+            "--game-duration",
+            "300ms",
+            "--max-games",
+            &each,
+            "--cashout-probability",
+            "0",
+            "--seed",
+            "7",
+            "--serial-prefix",
+            "NOI",
+            "--fault-crc",
+            "0.05",
+            "--fault-drop",
+            "0.02",
+            "--fault-late",
+            "0.02",
+            "--fault-gap",
+            "0.02",
+            "--fault-busy",
+            "0.02",
+        ],
+    );
+    // Four machines that lose power and have their RAM cleared while they play.
+    let power_ledger = dir.path().join("power.jsonl");
+    let (power, more) = simulate(
+        4,
+        &power_ledger,
+        &[
+            "--rte",
+            "--game-rate",
+            "30",
+            "--game-duration",
+            "300ms",
+            "--max-games",
+            &each,
+            "--cashout-probability",
+            "0",
+            "--seed",
+            "11",
+            "--serial-prefix",
+            "PWR",
+            "--power-cycle-rate",
+            "600",
+            "--power-off-duration",
+            "1s",
+            "--ram-clear-rate",
+            "400",
+        ],
+    );
+    machines.extend(more);
+    let config = write_config(dir.path(), &machines);
+    let log = dir.path().join("run.log");
+    let gateway = run_gateway(&config, &log);
+    let events_file = dir.path().join("events.jsonl");
+
+    // Until every machine has played all its games and the gateway has every report the
+    // machines kept.
+    let ledger = || {
+        let mut records = read_json_lines(&noisy_ledger);
+        records.extend(read_json_lines(&power_ledger));
+        records
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let records = ledger();
+        let played = records.iter().filter(|r| r["type"] == "game").count();
+        let expected = machine_reports(&records);
+        let got = gateway_reports(&read_json_lines(&events_file));
+        if played == 44 * games_each && got == expected {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let differ: Vec<String> = expected
+                .keys()
+                .chain(got.keys())
+                .filter(|k| expected.get(*k) != got.get(*k))
+                .map(|k| {
+                    format!("{k}: machine {:?}\n    gateway {:?}", expected.get(k), got.get(k))
+                })
+                .collect();
+            let kept = dir.keep();
+            panic!(
+                "{played} games played; reports differ (files in {}):\n{}",
+                kept.display(),
+                differ.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(gateway.terminate().success());
+    noisy.terminate();
+    power.terminate();
+
+    let events = read_json_lines(&events_file);
+    let records = ledger();
+    assert_eq!(gateway_reports(&events), machine_reports(&records), "nothing lost or invented");
+    assert_sequences_gap_free(&events);
+    // Machines whose queue was never destroyed match the ledger game by game, amounts included.
+    let (games, _) = event_games(&events);
+    let ledger_games = ledger_games(&records);
+    let mut intact = 0;
+    for m in &machines {
+        let lost_any = records
+            .iter()
+            .any(|r| r["type"] == "exception_lost" && r["serial"] == m.serial.as_str());
+        if !lost_any {
+            assert_eq!(games.get(&m.serial), ledger_games.get(&m.serial), "{}", m.serial);
+            intact += 1;
+        }
+    }
+    assert!(intact >= 40, "the noisy machines lost nothing on their side: {intact}");
+
+    // The faults happened, and the gateway retried through them.
+    let faults =
+        |kind: &str| records.iter().filter(|r| r["type"] == "fault" && r["fault"] == kind).count();
+    for kind in ["corrupt_crc", "drop_reply", "late_reply", "inter_byte_gap", "busy"] {
+        assert!(faults(kind) > 0, "no {kind} fault was injected");
+    }
+    let log = std::fs::read_to_string(&log).unwrap();
+    let retries: u64 = log
+        .lines()
+        .filter(|l| l.contains("Line statistics."))
+        .filter_map(|l| l.split("retries=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert!(retries > 0, "retries are counted in the line statistics");
+
+    // Power cycles and RAM clears reach the state system as events.
+    let by_source = |name: &str| events.iter().filter(|e| e["source"]["name"] == name).count();
+    assert!(faults("power_cycle") > 0, "the simulator cycled power");
+    assert!(
+        by_source("AcPowerLost") > 0 && by_source("AcPowerApplied") > 0,
+        "power cycle reported"
+    );
+    assert!(faults("ram_clear") > 0, "the simulator cleared RAM");
+    assert!(by_source("MemoryErrorReset") > 0, "RAM clear (3A) reported");
+    assert!(events.iter().any(|e| e["kind"] == "meter_reset"), "the meter drop is a reset event");
+    // Meters and events agree on every machine whose power and memory stayed up: faults on the
+    // line cost retries, never money.
+    let mismatches: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "reconciliation" && e["data"]["outcome"] != "matched")
+        .filter(|e| {
+            e["machine"]["registry_id"].as_str().is_some_and(|id| id.starts_with("EGM-NOI"))
+        })
+        .collect();
+    assert!(mismatches.is_empty(), "reconciliation on the noisy lines: {mismatches:?}");
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use firmware_protocols::FirmwareProfile;
 use firmware_protocols::sas::codec::RequestDecoder;
 use firmware_protocols::sas::session::{CHARACTER_TIME, HostSession, LinkState, SessionEvent};
-use firmware_protocols::sas::{Address, Character, Exception, RealTimeEvent};
+use firmware_protocols::sas::{Address, Character, Exception, LongPoll, RealTimeEvent};
 use slotgate::simulator::config::MachineConfig;
 use slotgate::simulator::ledger::{Entry, Record};
 use slotgate::simulator::machine::{Machine, MachineFault};
@@ -32,6 +32,9 @@ struct Line {
     now: Instant,
     events: Vec<SessionEvent>,
     ledger: Vec<Record>,
+    /// Next meter poll, as the daemon's poller schedules them (with RTE on, any long poll can be
+    /// answered by an event instead: sas-protocol.md §4.4).
+    next_meters: Instant,
 }
 
 impl Line {
@@ -47,6 +50,7 @@ impl Line {
             now,
             events: Vec::new(),
             ledger: Vec::new(),
+            next_meters: now,
         }
     }
 
@@ -71,6 +75,15 @@ impl Line {
             self.events.push(event);
         }
         self.session.confirm_events();
+        if self.session.link() == LinkState::Up && self.now >= self.next_meters {
+            for poll in
+                [LongPoll::SendMachineInfo, LongPoll::SendMeters, LongPoll::SendMeters10To15]
+            {
+                // A poll the session has learned unsupported is refused; that is reported.
+                let _ = self.session.enqueue(poll);
+            }
+            self.next_meters = self.now + Duration::from_secs(10);
+        }
         while let Some(tx) = self.session.poll_transmit(self.now) {
             let mut at = self.now;
             for c in &tx.characters {
@@ -205,6 +218,11 @@ fn faults_on_the_line_lose_or_invent_no_game() {
     assert_eq!(line.host_games(), ledger);
     let stats = line.session.stats();
     assert!(stats.retries > 0 && stats.crc_errors > 0 && stats.timeouts > 0, "{stats:?}");
+    // At realistic fault rates a lost reply is retried, never taken for an unsupported poll.
+    assert!(
+        !line.events.iter().any(|e| matches!(e, SessionEvent::Unsupported(_))),
+        "a lost reply is not an unsupported poll"
+    );
     assert!(
         line.ledger.iter().any(|r| matches!(r.entry, Entry::Fault { .. })),
         "faults were injected"
@@ -235,7 +253,6 @@ fn a_power_cycle_is_reported_and_play_continues_after_resync() {
 
 #[test]
 fn a_shutdown_stops_new_games_until_startup() {
-    use firmware_protocols::sas::LongPoll;
     let mut line = Line::new(playing_machine(), &FirmwareProfile::generic());
     line.run_for(Duration::from_secs(60));
     line.session.enqueue(LongPoll::Shutdown).unwrap();

@@ -771,16 +771,20 @@ fn resync_polls_the_profile_rules_out_are_left_out() {
 // === Unsupported long polls ===
 
 #[test]
-fn a_long_poll_silent_on_its_first_try_is_learned_unsupported_and_refused_afterwards() {
+fn a_long_poll_silent_on_every_try_is_learned_unsupported_and_refused_afterwards() {
     let mut pair = Pair::new(&profile());
     pair.run(2);
-    pair.machine.script(0x48, [None]);
+    pair.machine.script(0x48, [None, None, None]);
     pair.session.enqueue(LongPoll::SendLastBill).expect("not known yet");
     pair.session.enqueue(LongPoll::SendLastBill).expect("not known yet");
     let first = pair.run_until_sent(&[0x01, 0x48]);
     pair.run(8);
-    assert_eq!(pair.log.iter().filter(|s| s.bytes == [0x01, 0x48]).count(), 1, "never retried");
-    assert_eq!(pair.log[first + 1].bytes, [0x80]);
+    assert_eq!(
+        pair.log.iter().filter(|s| s.bytes == [0x01, 0x48]).count(),
+        3,
+        "one timed-out exchange: the first try and two implied NACKs"
+    );
+    assert_eq!(pair.log[first + 3].bytes, [0x80]);
     assert_eq!(
         pair.take_events(),
         [
@@ -797,8 +801,28 @@ fn a_long_poll_silent_on_its_first_try_is_learned_unsupported_and_refused_afterw
         pair.session.enqueue(LongPoll::SendLastBill),
         Err(EnqueueError::Unsupported { command: 0x48 })
     );
-    assert_eq!(pair.session.stats().failed_exchanges, 0);
     assert_eq!(pair.session.link(), LinkState::Up);
+}
+
+#[test]
+fn a_long_poll_whose_first_reply_was_lost_is_retried_and_its_answer_kept() {
+    // In RTE mode the lost reply may have been an event; only the retry (an implied NACK) gets it
+    // back. Moving on would acknowledge it away (found end to end with dropped replies).
+    let mut pair = Pair::new(&profile());
+    pair.run(2);
+    pair.take_events();
+    pair.machine.script(0x1C, [None, Some(hex(RTE_GAME_END_WIN_40))]);
+    pair.session.enqueue(LongPoll::SendMeters).expect("supported");
+    let first = pair.run_until_sent(&[0x01, 0x1C]);
+    pair.run(6);
+    assert_eq!(pair.log[first + 1].bytes, [0x01, 0x1C], "the retry follows directly");
+    assert!(!pair.session.unsupported().contains(&0x1C));
+    let events = pair.take_events();
+    assert!(
+        events.contains(&SessionEvent::RealTimeEvent(RealTimeEvent::GameEnded { win: 40 })),
+        "{events:?}"
+    );
+    assert!(!events.iter().any(|e| matches!(e, SessionEvent::Unsupported(_))), "{events:?}");
 }
 
 #[test]

@@ -151,6 +151,22 @@ pub async fn run_line<C>(
             () = tokio::time::sleep_until(deadline) => {}
         }
     }
+    for m in &machines {
+        let stats = m.session.stats();
+        tracing::info!(
+            line = %name,
+            machine = %m.registry_id(),
+            tries = stats.tries,
+            retries = stats.retries,
+            timeouts = stats.timeouts,
+            crc_errors = stats.crc_errors,
+            decode_errors = stats.decode_errors,
+            failed_exchanges = stats.failed_exchanges,
+            busy = stats.busy,
+            chirps = stats.chirps,
+            "Line statistics."
+        );
+    }
     tracing::info!(line = %name, "Line poller stopped.");
 }
 

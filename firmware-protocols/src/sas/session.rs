@@ -292,6 +292,9 @@ struct Planned {
     bytes: Vec<u8>,
     /// Busy answers this poll has had in a row.
     busy: u8,
+    /// Tries of this poll that got no byte at all; a poll is learned unsupported only when
+    /// every try was silent.
+    silent: u8,
 }
 
 /// A message on the line and what has come back so far.
@@ -594,7 +597,7 @@ impl HostSession {
         }
         let general = HostMessage::GeneralPoll(self.address);
         let bytes = vec![self.address.general_poll_byte()];
-        Planned { message: general, bytes, busy: 0 }
+        Planned { message: general, bytes, busy: 0, silent: 0 }
     }
 
     /// Switches LP6F to LPAF (or back) when the previous message was the same extended-meter
@@ -621,9 +624,12 @@ impl HostSession {
     /// A long poll to this machine, encoded; the poll comes back with the error if it cannot be.
     fn planned(&self, poll: LongPoll, busy: u8) -> Result<Planned, (LongPoll, EncodeError)> {
         match poll.encode(self.address.get()) {
-            Ok(bytes) => {
-                Ok(Planned { message: HostMessage::LongPoll(self.address, poll), bytes, busy })
-            }
+            Ok(bytes) => Ok(Planned {
+                message: HostMessage::LongPoll(self.address, poll),
+                bytes,
+                busy,
+                silent: 0,
+            }),
             Err(error) => Err((poll, error)),
         }
     }
@@ -636,7 +642,7 @@ impl HostSession {
 
     fn send_sync(&mut self, now: Instant) -> Transmit {
         let bytes = vec![super::message::SYNC_POLL];
-        self.send(now, Planned { message: HostMessage::SyncPoll, bytes, busy: 0 }, 1)
+        self.send(now, Planned { message: HostMessage::SyncPoll, bytes, busy: 0, silent: 0 }, 1)
     }
 
     fn send(&mut self, now: Instant, planned: Planned, tries: u8) -> Transmit {
@@ -720,14 +726,22 @@ impl HostSession {
             Outcome::Answer(reply) => self.answered(now, exchange, reply),
             Outcome::Silent => {
                 self.stats.timeouts += 1;
-                // A poll the machine has answered busy is known to be supported. Only read polls
-                // are learned: a control poll (LP01 shutdown, LP02 startup, LP0E, LP21, LP7F) is
-                // mandatory for every machine, and marking it unsupported after one lost reply
-                // would silently drop a regulator's command; it is retried and reported instead.
+                let mut exchange = exchange;
+                exchange.planned.silent += 1;
+                // Unsupported long polls get no answer at all (§2.3), so a poll is learned
+                // unsupported after one timed-out exchange: every try silent, while the machine
+                // answered the exchange before. One silent try is no evidence: the reply may have
+                // been lost, and in RTE mode it may have carried an event (§4.4) that only the
+                // retry (an implied NACK) gets back; moving on instead would acknowledge it away.
+                // Only read polls are learned: a control poll (LP01 shutdown, LP02 startup, LP0E,
+                // LP21, LP7F) is mandatory, and marking it unsupported would silently drop a
+                // regulator's command; it is reported as failed instead. A poll the machine has
+                // answered busy is known to be supported.
                 let read_poll =
                     matches!(Expect::for_message(&exchange.planned.message), Expect::Data { .. });
                 let learn = read_poll
-                    && exchange.tries == 1
+                    && exchange.tries >= self.timing.tries
+                    && exchange.planned.silent == exchange.tries
                     && exchange.planned.busy == 0
                     && self.previous_answered;
                 match exchange.planned.message {
@@ -815,7 +829,7 @@ impl HostSession {
             self.failed_try(exchange, PollError::Decode(error));
             return;
         }
-        let Planned { message, bytes, busy } = exchange.planned;
+        let Planned { message, bytes, busy, .. } = exchange.planned;
         match (message, reply) {
             (HostMessage::LongPoll(address, poll), Reply::Busy) => {
                 self.stats.busy += 1;
@@ -827,7 +841,7 @@ impl HostSession {
                 }
                 // Repeated after the back-off, behind a different message so that the repeat
                 // is not a NACK (§4.4).
-                self.repeat = Some(Planned { message, bytes, busy: answers });
+                self.repeat = Some(Planned { message, bytes, busy: answers, silent: 0 });
                 self.next_due = self.next_due.max(now + self.timing.busy_backoff);
             }
             (HostMessage::LongPoll(_, poll), Reply::Event(event)) => {
