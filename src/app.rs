@@ -74,8 +74,8 @@ pub async fn run(
                 post_wakeup_delay: line.profile.timing.post_wakeup_delay,
                 ..TcpConfig::new(address.clone())
             }),
-            Endpoint::Serial { device } => TransportConfig::Serial(SerialConfig {
-                wakeup: line.profile.wakeup.into(),
+            Endpoint::Serial { device, wakeup } => TransportConfig::Serial(SerialConfig {
+                wakeup: wakeup.unwrap_or_else(|| line.profile.wakeup.into()),
                 post_wakeup_delay: line.profile.timing.post_wakeup_delay,
                 ..SerialConfig::new(device.display().to_string())
             }),

@@ -79,8 +79,8 @@ pub struct LineConfig {
 pub enum Endpoint {
     /// A 9-bit-capable device server or SMIB, two bytes per character.
     Tcp { address: String, connect_timeout: Duration },
-    /// A local UART with mark/space parity.
-    Serial { device: PathBuf },
+    /// A local UART; `wakeup` overrides the profile's way of producing the 9th bit.
+    Serial { device: PathBuf, wakeup: Option<crate::transport::WakeupStyle> },
 }
 
 /// One machine on a line.
@@ -158,6 +158,7 @@ struct RawLine {
     kind: LineKind,
     address: Option<String>,
     device: Option<PathBuf>,
+    wakeup: Option<crate::transport::WakeupStyle>,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     connect_timeout: Duration,
     #[serde(default = "default_profile")]
@@ -245,6 +246,9 @@ impl Config {
                     if line.device.is_some() {
                         return Err(error(&at("device"), "only for kind = \"serial\"".into()));
                     }
+                    if line.wakeup.is_some() {
+                        return Err(error(&at("wakeup"), "only for kind = \"serial\"".into()));
+                    }
                     let address = line.address.clone().ok_or_else(|| {
                         error(&at("address"), "required for kind = \"tcp\"".into())
                     })?;
@@ -269,7 +273,7 @@ impl Config {
                     if device.as_os_str().is_empty() {
                         return Err(error(&at("device"), "must not be empty".into()));
                     }
-                    Endpoint::Serial { device }
+                    Endpoint::Serial { device, wakeup: line.wakeup }
                 }
             };
             let profile =

@@ -47,14 +47,18 @@ impl Proc {
 struct Simulated {
     address: u8,
     serial: String,
-    port: u16,
+    /// `127.0.0.1:PORT` for TCP, the slave path for a pty.
+    endpoint: String,
+    pty: bool,
 }
 
 /// Starts `slotgate simulate` with `args` and reads the endpoint lines it prints.
 fn simulate(machines: u16, ledger: &Path, args: &[&str]) -> (Proc, Vec<Simulated>) {
+    let transport: &[&str] = if args.contains(&"--pty") { &[] } else { &["--tcp", "127.0.0.1:0"] };
     let mut child = Command::new(BIN)
         .arg("simulate")
-        .args(["--machines", &machines.to_string(), "--tcp", "127.0.0.1:0"])
+        .args(["--machines", &machines.to_string()])
+        .args(transport)
         .arg("--ledger")
         .arg(ledger)
         .args(args)
@@ -73,11 +77,13 @@ fn simulate(machines: u16, ledger: &Path, args: &[&str]) -> (Proc, Vec<Simulated
                 .unwrap_or_else(|| panic!("no {key} in {line}"))
                 .to_owned()
         };
-        let port = field("tcp").rsplit_once(':').unwrap().1.parse().unwrap();
+        let pty = line.contains(" pty=");
+        let endpoint = if pty { field("pty") } else { field("tcp") };
         found.push(Simulated {
             address: field("address").parse().unwrap(),
             serial: field("serial"),
-            port,
+            endpoint,
+            pty,
         });
     }
     assert_eq!(found.len(), usize::from(machines));
@@ -93,13 +99,17 @@ fn write_config(dir: &Path, machines: &[Simulated]) -> PathBuf {
          [output]\nevents_file = \"events.jsonl\"\n",
     );
     for (i, m) in machines.iter().enumerate() {
+        let endpoint = if m.pty {
+            // A pty has no 9th bit: the simulator frames by the 5 ms gap (firmware-protocols README).
+            format!("kind = \"serial\"\ndevice = \"{}\"\nwakeup = \"none\"\n", m.endpoint)
+        } else {
+            format!("kind = \"tcp\"\naddress = \"{}\"\nconnect_timeout = \"1s\"\n", m.endpoint)
+        };
+        let denomination = if i % 2 == 0 { "  denomination = \"0.01\"\n" } else { "" };
         text.push_str(&format!(
-            "\n[[line]]\nname = \"line-{i}\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{}\"\n\
-             connect_timeout = \"1s\"\n\n  [[line.machine]]\n  address = {}\n  registry_id = \"EGM-{}\"\n{}",
-            m.port,
-            m.address,
-            m.serial,
-            if i % 2 == 0 { "  denomination = \"0.01\"\n" } else { "" },
+            "\n[[line]]\nname = \"line-{i}\"\n{endpoint}\n  [[line.machine]]\n  address = {}\n  \
+             registry_id = \"EGM-{}\"\n{denomination}",
+            m.address, m.serial
         ));
     }
     let path = dir.join("slotgate.toml");
@@ -206,10 +216,17 @@ fn run_gateway(config: &Path, log: &Path) -> Proc {
 /// `(false, win)` for a 7F, leaving out reports the machine itself lost (a RAM clear empties its
 /// queue; sas-protocol.md §5, 3A), which no host can recover.
 fn machine_reports(ledger: &[Value]) -> BTreeMap<String, Vec<(bool, u64)>> {
+    let key = |r: &Value| {
+        (r["serial"].as_str().unwrap().to_owned(), r["exception_seq"].as_u64().unwrap())
+    };
+    // Dropped while its report awaited the host's ACK and then acknowledged: the host has it.
+    let acknowledged: std::collections::HashSet<(String, u64)> =
+        ledger.iter().filter(|r| r["type"] == "exception_acknowledged").map(key).collect();
     let lost: std::collections::HashSet<(String, u64)> = ledger
         .iter()
         .filter(|r| r["type"] == "exception_lost")
-        .map(|r| (r["serial"].as_str().unwrap().to_owned(), r["exception_seq"].as_u64().unwrap()))
+        .map(key)
+        .filter(|k| !acknowledged.contains(k))
         .collect();
     let mut reports: BTreeMap<String, Vec<(bool, u64)>> = BTreeMap::new();
     for r in ledger.iter().filter(|r| r["type"] == "exception") {
@@ -504,4 +521,154 @@ fn faults_lose_and_invent_nothing_and_power_cycles_and_ram_clears_are_reported()
         })
         .collect();
     assert!(mismatches.is_empty(), "reconciliation on the noisy lines: {mismatches:?}");
+}
+
+#[test]
+fn a_serial_line_over_a_pseudo_terminal_reports_exactly_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let (sim, machines) = simulate(
+        2,
+        &ledger_path,
+        &[
+            "--pty",
+            "--rte",
+            "--game-rate",
+            "30",
+            "--game-duration",
+            "300ms",
+            "--max-games",
+            "5",
+            "--cashout-probability",
+            "0",
+            "--seed",
+            "3",
+        ],
+    );
+    let config = write_config(dir.path(), &machines);
+    let gateway = run_gateway(&config, &dir.path().join("run.log"));
+    let events_file = dir.path().join("events.jsonl");
+    wait_for_games(&events_file, 2 * 5, Duration::from_secs(90));
+    assert!(gateway.terminate().success());
+    sim.terminate();
+    let events = read_json_lines(&events_file);
+    assert_eq!(event_games(&events).0, ledger_games(&read_json_lines(&ledger_path)));
+    assert_sequences_gap_free(&events);
+}
+
+#[test]
+fn an_exception_queue_overflow_is_a_gap_event_followed_by_a_reconciling_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let (sim, machines) = simulate(
+        2,
+        &ledger_path,
+        &[
+            "--rte",
+            "--game-rate",
+            "20",
+            "--game-duration",
+            "300ms",
+            "--max-games",
+            "6",
+            "--cashout-probability",
+            "0",
+            "--seed",
+            "5",
+            "--overflow-rate",
+            "1200",
+        ],
+    );
+    let config = write_config(dir.path(), &machines);
+    let gateway = run_gateway(&config, &dir.path().join("run.log"));
+    let events_file = dir.path().join("events.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let records = read_json_lines(&ledger_path);
+        let events = read_json_lines(&events_file);
+        let overflowed =
+            records.iter().any(|r| r["type"] == "exception_lost" && r["reason"] == "overflow");
+        let played = records.iter().filter(|r| r["type"] == "game").count() == 12;
+        let closed = events.iter().any(|e| {
+            e["kind"] == "reconciliation"
+                && e["data"]["context"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c == "event_gap"))
+        });
+        if overflowed && played && closed && gateway_reports(&events) == machine_reports(&records) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "overflow {overflowed}, played {played}, closed {closed}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(gateway.terminate().success());
+    sim.terminate();
+    let events = read_json_lines(&events_file);
+    for m in &machines {
+        let id = format!("EGM-{}", m.serial);
+        let mine: Vec<&Value> =
+            events.iter().filter(|e| e["machine"]["registry_id"] == id.as_str()).collect();
+        // A gap before the first snapshot is covered by that baseline; the rule is for the rest.
+        let Some(baseline) = mine.iter().position(|e| e["kind"] == "meter_snapshot") else {
+            continue;
+        };
+        let Some(gap) = mine[baseline..].iter().position(|e| e["kind"] == "event_gap") else {
+            continue;
+        };
+        let gap = baseline + gap;
+        // The overflow (70) asks for a resync: an LP1C snapshot follows, and the window that
+        // held the gap is reconciled, saying so.
+        let after = &mine[gap..];
+        assert!(
+            after
+                .iter()
+                .any(|e| e["kind"] == "meter_snapshot" && e["source"]["name"] == "SendMeters"),
+            "{id}: no snapshot after the gap"
+        );
+        assert!(
+            after.iter().any(|e| e["kind"] == "reconciliation"
+                && e["data"]["context"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c == "event_gap"))),
+            "{id}: the window of the gap is reconciled"
+        );
+    }
+    assert!(events.iter().any(|e| e["kind"] == "event_gap"));
+    assert_sequences_gap_free(&events);
+}
+
+#[test]
+fn a_machine_that_chirps_on_a_line_without_being_configured_is_reported_not_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    // The machine answers to address 9; the line is configured for address 1 only.
+    let (sim, mut machines) = simulate(
+        1,
+        &dir.path().join("ledger.jsonl"),
+        &["--address", "9", "--game-rate", "0", "--seed", "1"],
+    );
+    machines[0].address = 1;
+    let config = write_config(dir.path(), &machines);
+    let gateway = run_gateway(&config, &dir.path().join("run.log"));
+    let events_file = dir.path().join("events.jsonl");
+    // The line is listened to once no machine has answered for 20 s.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let foreign = loop {
+        let events = read_json_lines(&events_file);
+        if let Some(e) = events.iter().find(|e| e["kind"] == "foreign_chirp") {
+            break e.clone();
+        }
+        assert!(Instant::now() < deadline, "no foreign chirp reported");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(gateway.terminate().success());
+    sim.terminate();
+    assert_eq!(foreign["data"]["address"], 9, "{foreign}");
+    let events = read_json_lines(&events_file);
+    assert!(
+        !events.iter().any(|e| e["kind"] == "link_state" && e["data"]["state"] == "online"),
+        "the configured machine never answered, and the stranger was not adopted"
+    );
 }

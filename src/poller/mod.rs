@@ -17,6 +17,11 @@
 //!   go nowhere: they time out, and the machines are reported offline after the profile's
 //!   `offline_after` failures, exactly as for a machine that stopped answering. Reconnection runs
 //!   concurrently with jittered exponential back-off.
+//! - **Listening on silent lines.** Any address byte keeps every machine on a line from chirping
+//!   (§4.1), so a machine set to an address the configuration does not list would stay invisible
+//!   while the gateway polls. When no machine of a line has answered for [`LISTEN_AFTER`], the
+//!   line is left quiet for [`LISTEN_FOR`] every [`LISTEN_EVERY`]: a machine there chirps, and
+//!   its address is reported as a foreign chirp (never adopted).
 //! - **Stopping between exchanges.** Cancellation is acted on only when no answer is awaited and
 //!   every event taken out of a session is durable.
 
@@ -27,7 +32,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use firmware_protocols::sas::Character;
-use firmware_protocols::sas::session::Transmit;
+use firmware_protocols::sas::session::{LinkState, Transmit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +42,14 @@ use crate::event::CanonicalEvent;
 use crate::sink::SinkHandle;
 
 use crate::transport::{Backoff, Connect, ExponentialBackoff, Line, TransportError};
+
+/// A line none of whose machines has answered for this long is listened to now and then.
+const LISTEN_AFTER: Duration = Duration::from_secs(20);
+/// How long the line stays quiet when listened to: past the 5 s after which a machine that hears
+/// no address byte starts chirping (sas-protocol.md §4.1).
+const LISTEN_FOR: Duration = Duration::from_secs(6);
+/// How often a silent line is listened to.
+const LISTEN_EVERY: Duration = Duration::from_secs(60);
 
 /// First and longest pause between retries of a failed durable append.
 const PERSIST_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
@@ -76,6 +89,9 @@ pub async fn run_line<C>(
     let mut input = Vec::new();
     let mut events = Vec::new();
     let mut next_turn = 0usize;
+    let mut last_answer = Instant::now();
+    let mut next_listen = Instant::now() + LISTEN_AFTER;
+    let mut listen_until: Option<Instant> = None;
     tracing::info!(line = %name, machines = machines.len(), "Line poller started.");
 
     loop {
@@ -105,7 +121,27 @@ pub async fn run_line<C>(
         if cancel.is_cancelled() && !exchanging {
             break;
         }
-        if !exchanging && let Some(tx) = next_transmit(&mut machines, now, &mut next_turn) {
+        let tokio_now = Instant::now();
+        if machines.iter().any(|m| m.session.link() == LinkState::Up) {
+            last_answer = tokio_now;
+        }
+        if listen_until.is_none()
+            && !exchanging
+            && tokio_now >= next_listen
+            && tokio_now.duration_since(last_answer) >= LISTEN_AFTER
+        {
+            tracing::info!(line = %name, "No machine answers; listening for chirps.");
+            listen_until = Some(tokio_now + LISTEN_FOR);
+            next_listen = tokio_now + LISTEN_EVERY;
+        }
+        let listening = listen_until.is_some_and(|t| tokio_now < t);
+        if !listening {
+            listen_until = None;
+        }
+        if !exchanging
+            && !listening
+            && let Some(tx) = next_transmit(&mut machines, now, &mut next_turn)
+        {
             tracing::trace!(line = %name, bytes = ?Hex(&tx.characters), retry = tx.retry, "Sent.");
             if let LineState::Up(line) = &mut state {
                 line.clear_input();
@@ -122,6 +158,7 @@ pub async fn run_line<C>(
             .filter_map(MachinePoller::next_deadline)
             .min()
             .map_or_else(|| Instant::now() + Duration::from_secs(1), Instant::from_std);
+        let deadline = listen_until.map_or(deadline, |t| t.max(deadline));
         tokio::select! {
             biased;
             () = cancel.cancelled(), if !exchanging => {}
