@@ -1058,3 +1058,50 @@ fn a_poll_queued_first_goes_ahead_of_those_already_queued() {
     let meters = pair.run_until_sent(&[0x01, 0x1C]);
     assert!(info < rte && rte < meters, "{info} {rte} {meters}");
 }
+
+#[test]
+fn a_report_sent_again_after_its_ack_was_lost_is_counted_not_delivered_twice() {
+    // The machine reports a game end, the host moves on (an implied ACK), but the machine loses
+    // power before it hears it: after power-up it sends the same report again (§4.2).
+    let mut rte = FirmwareProfile::generic();
+    rte.rte.enable = true;
+    let mut pair = Pair::new(&rte);
+    pair.run(6);
+    pair.take_events();
+    pair.machine.general.push_back(hex(RTE_GAME_END_WIN_40));
+    pair.run_until_sent(&[0x81]);
+    pair.run(1);
+    pair.machine.silent = true; // power off: the polls that carried the ACK go nowhere
+    pair.run(4);
+    pair.machine.silent = false;
+    pair.machine.general.push_back(hex(RTE_GAME_END_WIN_40));
+    pair.run(8);
+    let ends = pair
+        .take_events()
+        .into_iter()
+        .filter(|e| *e == SessionEvent::RealTimeEvent(RealTimeEvent::GameEnded { win: 40 }))
+        .count();
+    assert_eq!(ends, 1, "one game end, however often the machine sent it");
+    assert_eq!(pair.session.stats().re_reports, 1);
+}
+
+#[test]
+fn identical_reports_without_a_failure_between_are_both_delivered() {
+    let mut rte = FirmwareProfile::generic();
+    rte.rte.enable = true;
+    let mut pair = Pair::new(&rte);
+    pair.run(6);
+    pair.take_events();
+    let door = rte_frame(0x11);
+    pair.machine.general.extend([door.clone(), door]);
+    pair.run(8);
+    let doors = pair
+        .take_events()
+        .into_iter()
+        .filter(|e| {
+            *e == SessionEvent::RealTimeEvent(RealTimeEvent::Exception(Exception::SlotDoorOpened))
+        })
+        .count();
+    assert_eq!(doors, 2);
+    assert_eq!(pair.session.stats().re_reports, 0);
+}

@@ -33,9 +33,13 @@
 //!   after its flush) has it. Retries of the same message are still allowed: they are NACKs. The
 //!   caller must confirm promptly: a machine that sees no address byte for 5 s declares a loop
 //!   break and starts chirping (§4.1).
-//! - **Nothing the machine reports is dropped.** Unknown exception codes reach the caller as
-//!   [`Exception::Unknown`]; only the idle answers (exception 00, 1F and the RTE frame
-//!   `addr FF 00`) produce no event.
+//! - **Nothing the machine reports is dropped, nothing is delivered twice.** Unknown exception
+//!   codes reach the caller as [`Exception::Unknown`]; only the idle answers (exception 00, 1F and
+//!   the RTE frame `addr FF 00`) produce no event. An RTE report identical to the previous one,
+//!   after a failed exchange or a lost link, is the machine re-sending a report whose implied ACK
+//!   it never got (it lost power, say): it is counted in [`SessionStats::re_reports`], not
+//!   delivered again. Bare exception bytes (RTE off) carry no data to tell a re-report from two
+//!   genuine identical reports and are always delivered.
 //!
 //! # Timing
 //!
@@ -238,6 +242,8 @@ pub struct SessionStats {
     pub busy: u64,
     /// Chirps with this machine's address.
     pub chirps: u64,
+    /// RTE reports recognised as re-reports of one already delivered (see the module doc).
+    pub re_reports: u64,
 }
 
 /// The host side of SAS for one machine address. See the module documentation.
@@ -278,6 +284,11 @@ pub struct HostSession {
     rte_on: bool,
     /// Seed of an LP21 that was ACKed, whose signature will come on a general poll.
     rom_seed: Option<u16>,
+    /// The last RTE report delivered, to recognise the machine sending it again.
+    last_report: Option<RealTimeEvent>,
+    /// Since that report, an exchange failed or the link was lost, so the implied ACK that
+    /// followed it may never have reached the machine.
+    ack_in_doubt: bool,
 
     events: VecDeque<SessionEvent>,
     /// Events needing confirmation were handed out and not yet confirmed.
@@ -365,6 +376,8 @@ impl HostSession {
             previous_answered: false,
             rte_on: false,
             rom_seed: None,
+            last_report: None,
+            ack_in_doubt: false,
             events: VecDeque::new(),
             delivered_unconfirmed: false,
             stats: SessionStats::default(),
@@ -772,6 +785,7 @@ impl HostSession {
 
     /// Retries identically while tries remain (implied NACK), else gives up.
     fn failed_try(&mut self, exchange: Exchange, error: PollError) {
+        self.ack_in_doubt = true;
         if exchange.tries < self.timing.tries {
             // `next_due` already keeps the poll spacing from this try's start.
             self.retry = Some(exchange);
@@ -873,6 +887,15 @@ impl HostSession {
             }
             (HostMessage::GeneralPoll(_), Reply::Exception(exception)) => {
                 self.general_turn = false;
+                if self.rte_on && !exception.is_idle() {
+                    // A bare exception byte in RTE mode: the machine has RTE off (it lost its
+                    // setting at power-up, say), and its next reports would come without their
+                    // data (7E/7F amounts). Turn it back on before anything else.
+                    self.rte_on = false;
+                    if self.rte_wanted {
+                        self.queue_front(LongPoll::RealTimeEventReporting(true));
+                    }
+                }
                 if !exception.is_idle() {
                     self.events.push_back(SessionEvent::Exception(exception));
                     self.follow_up(exception, false);
@@ -899,6 +922,19 @@ impl HostSession {
         let exception = event.exception();
         if exception.is_idle() {
             // `addr FF 00`: MON's idle answer in RTE mode (§2.2, §6).
+            return;
+        }
+        // A machine drops a report from its queue only on an implied ACK (§4.2). If that ACK may
+        // not have arrived (a failed exchange or a lost link since: the machine lost power, say),
+        // the machine sends the same report again, and SAS has no sequence number to tell. A
+        // report identical to the last one in that situation is a re-report: counted, not
+        // delivered twice. Genuine RTE reports in a row always differ (7E carries the coin-in
+        // meter, 4F the bill count, a 7F follows its game's 7E).
+        let repeat = self.ack_in_doubt && self.last_report.as_ref() == Some(&event);
+        self.ack_in_doubt = false;
+        self.last_report = Some(event.clone());
+        if repeat {
+            self.stats.re_reports += 1;
             return;
         }
         // Typed events carry their data; a bare code in an RTE frame does not.
@@ -968,6 +1004,7 @@ impl HostSession {
     /// poll in progress goes back to the front of the queue, unacknowledged and untried.
     fn chirp(&mut self) {
         self.stats.chirps += 1;
+        self.ack_in_doubt = true;
         self.events.push_back(SessionEvent::Chirp);
         let abandoned = [
             self.exchange.take().map(|e| {
