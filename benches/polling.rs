@@ -57,13 +57,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser as _;
-use slotgate::config::{Config, Endpoint};
-use slotgate::normalizer::{MachineIdentity, VenueSettings};
-use slotgate::poller::{self, MachinePoller, Schedule};
+use slotgate::config::Config;
+use slotgate::poller;
 use slotgate::simulator::{EndpointKind, SimulateArgs, Simulation};
+use slotgate::sink::Recovered;
 use slotgate::sink::SinkHandle;
 use slotgate::transport::{
-    AnyLine, Character, Connect, Line, LineDiagnostics, TcpConfig, TransportConfig, TransportError,
+    AnyLine, Character, Connect, Line, LineDiagnostics, TransportConfig, TransportError,
     WakeupMethod,
 };
 use tokio::task::JoinSet;
@@ -643,49 +643,16 @@ async fn run_gateway(
     let (sink, writer) = SinkHandle::open(&config.output.events_file)?;
     let cancel = CancellationToken::new();
     let mut lines = JoinSet::new();
-    let venue = VenueSettings {
-        venue_id: config.venue.id.clone(),
-        currency: config.venue.currency,
-        time_zone: config.venue.time_zone.clone(),
-        clock_drift_threshold: config.polling.clock_drift_threshold,
-    };
-    let schedule = Schedule {
-        meter_snapshot_interval: config.polling.meter_snapshot_interval,
-        clock_sync_interval: config.polling.clock_sync_interval,
-    };
     let now = tokio::time::Instant::now().into_std();
-    for line in &config.lines {
-        let mut machines = Vec::with_capacity(line.machines.len());
-        for m in &line.machines {
-            let identity = MachineIdentity {
-                registry_id: m.registry_id.clone(),
-                address: m.address,
-                asset_number: m.asset.clone(),
-                denomination_code: m.denomination_code,
-            };
-            machines.push(MachinePoller::new(
-                venue.clone(),
-                identity,
-                &line.profile,
-                schedule,
-                0,
-                &[],
-                now,
-            )?);
-        }
-        let Endpoint::Tcp { address, connect_timeout } = &line.endpoint else {
+    for line in slotgate::app::build_lines(config, &Recovered::default(), now)? {
+        if !matches!(line.transport, TransportConfig::Tcp(_)) {
             bail!("line {} is not TCP", line.name);
-        };
-        let transport = TransportConfig::Tcp(TcpConfig {
-            connect_timeout: *connect_timeout,
-            post_wakeup_delay: line.profile.timing.post_wakeup_delay,
-            ..TcpConfig::new(address.clone())
-        });
-        let connector = Recorded { inner: transport, probe: Arc::clone(probe) };
+        }
+        let connector = Recorded { inner: line.transport, probe: Arc::clone(probe) };
         lines.spawn(poller::run_line(
-            line.name.clone(),
+            line.name,
             connector,
-            machines,
+            line.machines,
             sink.clone(),
             cancel.clone(),
         ));

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Endpoint};
 use crate::normalizer::{MachineIdentity, VenueSettings};
 use crate::poller::{self, MachinePoller, Schedule};
-use crate::sink::{self, SinkHandle};
+use crate::sink::{self, Recovered, SinkHandle};
 use crate::transport::{SerialConfig, TcpConfig, TransportConfig};
 
 /// How long line pollers get to finish their exchange and make their events durable on stop.
@@ -33,6 +33,54 @@ pub async fn run(
     let (sink, writer) = SinkHandle::open(events_file)?;
     let cancel = CancellationToken::new();
     let mut lines = JoinSet::new();
+    let now = tokio::time::Instant::now().into_std();
+    for line in build_lines(&config, &recovered, now)? {
+        lines.spawn(poller::run_line(
+            line.name,
+            line.transport,
+            line.machines,
+            sink.clone(),
+            cancel.clone(),
+        ));
+    }
+    tracing::info!(lines = config.lines.len(), machines = config.machine_count(), "Polling.");
+
+    let outcome = tokio::select! {
+        signal = shutdown => signal.context("waiting for the shutdown signal"),
+        Some(ended) = lines.join_next() => Err(match ended {
+            Ok(()) => anyhow::anyhow!("a line poller stopped by itself"),
+            Err(e) => anyhow::anyhow!("a line poller failed: {e}"),
+        }),
+    };
+    cancel.cancel();
+    if tokio::time::timeout(DRAIN_DEADLINE, async { while lines.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::error!("Line pollers did not stop within the drain deadline.");
+        lines.abort_all();
+    }
+    drop(sink);
+    writer.await.context("the event writer failed")?;
+    tracing::info!("Stopped.");
+    outcome
+}
+
+/// One configured line, ready for [`poller::run_line`].
+#[derive(Debug)]
+pub struct Line {
+    pub name: String,
+    pub transport: TransportConfig,
+    pub machines: Vec<MachinePoller>,
+}
+
+/// Builds every configured line: its transport and one poller per machine, continuing each
+/// machine's sequence numbers and lifetime meters from `recovered`.
+pub fn build_lines(
+    config: &Config,
+    recovered: &Recovered,
+    now: std::time::Instant,
+) -> anyhow::Result<Vec<Line>> {
     let venue = VenueSettings {
         venue_id: config.venue.id.clone(),
         currency: config.venue.currency,
@@ -43,7 +91,7 @@ pub async fn run(
         meter_snapshot_interval: config.polling.meter_snapshot_interval,
         clock_sync_interval: config.polling.clock_sync_interval,
     };
-    let now = tokio::time::Instant::now().into_std();
+    let mut lines = Vec::with_capacity(config.lines.len());
     for line in &config.lines {
         let mut machines = Vec::with_capacity(line.machines.len());
         for m in &line.machines {
@@ -80,33 +128,7 @@ pub async fn run(
                 ..SerialConfig::new(device.display().to_string())
             }),
         };
-        lines.spawn(poller::run_line(
-            line.name.clone(),
-            transport,
-            machines,
-            sink.clone(),
-            cancel.clone(),
-        ));
+        lines.push(Line { name: line.name.clone(), transport, machines });
     }
-    tracing::info!(lines = config.lines.len(), machines = config.machine_count(), "Polling.");
-
-    let outcome = tokio::select! {
-        signal = shutdown => signal.context("waiting for the shutdown signal"),
-        Some(ended) = lines.join_next() => Err(match ended {
-            Ok(()) => anyhow::anyhow!("a line poller stopped by itself"),
-            Err(e) => anyhow::anyhow!("a line poller failed: {e}"),
-        }),
-    };
-    cancel.cancel();
-    if tokio::time::timeout(DRAIN_DEADLINE, async { while lines.join_next().await.is_some() {} })
-        .await
-        .is_err()
-    {
-        tracing::error!("Line pollers did not stop within the drain deadline.");
-        lines.abort_all();
-    }
-    drop(sink);
-    writer.await.context("the event writer failed")?;
-    tracing::info!("Stopped.");
-    outcome
+    Ok(lines)
 }
