@@ -17,6 +17,8 @@ pub struct Cli {
 /// What to run.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Watch slotgate work without hardware: simulated machines polled by the real gateway.
+    Demo(crate::demo::DemoArgs),
     /// Poll every configured machine and write their canonical events until SIGINT or SIGTERM.
     Run {
         /// The configuration file (see config/slotgate.example.toml).

@@ -6,6 +6,7 @@
 //!   profiles. No I/O and no clock.
 //! - [`app`]: the wiring of `slotgate run`: sink, line pollers, ordered stop.
 //! - [`cli`]: the command line.
+//! - [`demo`]: `slotgate demo`, a simulated floor polled by the real gateway in one process.
 //! - [`config`]: the configuration file, parsed and validated into typed values.
 //! - [`sink`]: the durable event file, group-committed (until the journal takes over).
 //! - [`event`]: the canonical event, its versioned schema, and exact money.
@@ -22,6 +23,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod event;
 pub mod normalizer;
 pub mod poller;

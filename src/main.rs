@@ -42,6 +42,9 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Demo(args) => run_async(async move {
+            slotgate::demo::run(args, slotgate::shutdown::signal_received()).await
+        }),
         Command::Simulate(args) => run_async(async move {
             slotgate::simulator::run(*args, slotgate::shutdown::signal_received()).await
         }),

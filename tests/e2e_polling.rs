@@ -568,3 +568,181 @@ fn faults_lose_and_invent_nothing_and_power_cycles_and_ram_clears_are_reported()
         assert!(reset || !missed, "meters exceed events outside a RAM clear: {e}");
     }
 }
+
+#[test]
+fn the_demo_polls_its_simulated_floor_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let demo = Proc(
+        Command::new(BIN)
+            .args(["demo", "--machines", "3", "--game-rate", "60", "--events"])
+            .arg(&events)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read_json_lines(&events).iter().filter(|e| e["kind"] == "game_ended").count() < 3 {
+        assert!(Instant::now() < deadline, "the demo reported no games");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(demo.terminate().success(), "the demo exits cleanly on SIGTERM");
+    let events = read_json_lines(&events);
+    assert_sequences_gap_free(&events);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "bet_accepted" && e["data"]["amount"]["status"] == "exact")
+    );
+}
+
+#[test]
+fn a_serial_line_over_a_pseudo_terminal_reports_exactly_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let (sim, machines) = simulate(
+        2,
+        &ledger_path,
+        &[
+            "--pty",
+            "--rte",
+            "--game-rate",
+            "30",
+            "--game-duration",
+            "300ms",
+            "--max-games",
+            "5",
+            "--cashout-probability",
+            "0",
+            "--seed",
+            "3",
+        ],
+    );
+    let config = write_config(dir.path(), &machines);
+    let gateway = run_gateway(&config, &dir.path().join("run.log"));
+    let events_file = dir.path().join("events.jsonl");
+    wait_for_games(&events_file, 2 * 5, Duration::from_secs(90));
+    assert!(gateway.terminate().success());
+    sim.terminate();
+    let events = read_json_lines(&events_file);
+    assert_eq!(event_games(&events).0, ledger_games(&read_json_lines(&ledger_path)));
+    assert_sequences_gap_free(&events);
+}
+
+#[test]
+fn an_exception_queue_overflow_is_a_gap_event_followed_by_a_reconciling_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let (sim, machines) = simulate(
+        2,
+        &ledger_path,
+        &[
+            "--rte",
+            "--game-rate",
+            "20",
+            "--game-duration",
+            "300ms",
+            "--max-games",
+            "6",
+            "--cashout-probability",
+            "0",
+            "--seed",
+            "5",
+            "--overflow-rate",
+            "1200",
+        ],
+    );
+    let config = write_config(dir.path(), &machines);
+    let gateway = run_gateway(&config, &dir.path().join("run.log"));
+    let events_file = dir.path().join("events.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let records = read_json_lines(&ledger_path);
+        let events = read_json_lines(&events_file);
+        let overflowed =
+            records.iter().any(|r| r["type"] == "exception_lost" && r["reason"] == "overflow");
+        let played = records.iter().filter(|r| r["type"] == "game").count() == 12;
+        let closed = events.iter().any(|e| {
+            e["kind"] == "reconciliation"
+                && e["data"]["context"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c == "event_gap"))
+        });
+        if overflowed && played && closed && gateway_reports(&events) == machine_reports(&records) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "overflow {overflowed}, played {played}, closed {closed}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(gateway.terminate().success());
+    sim.terminate();
+    let events = read_json_lines(&events_file);
+    for m in &machines {
+        let id = format!("EGM-{}", m.serial);
+        let mine: Vec<&Value> =
+            events.iter().filter(|e| e["machine"]["registry_id"] == id.as_str()).collect();
+        // A gap before the first snapshot is covered by that baseline; the rule is for the rest.
+        let Some(baseline) = mine.iter().position(|e| e["kind"] == "meter_snapshot") else {
+            continue;
+        };
+        let Some(gap) = mine[baseline..].iter().position(|e| e["kind"] == "event_gap") else {
+            continue;
+        };
+        let gap = baseline + gap;
+        // The overflow (70) asks for a resync: an LP1C snapshot follows, and the window that
+        // held the gap is reconciled, saying so.
+        let after = &mine[gap..];
+        assert!(
+            after
+                .iter()
+                .any(|e| e["kind"] == "meter_snapshot" && e["source"]["name"] == "SendMeters"),
+            "{id}: no snapshot after the gap"
+        );
+        assert!(
+            after.iter().any(|e| e["kind"] == "reconciliation"
+                && e["data"]["context"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c == "event_gap"))),
+            "{id}: the window of the gap is reconciled"
+        );
+    }
+    assert!(events.iter().any(|e| e["kind"] == "event_gap"));
+    assert_sequences_gap_free(&events);
+}
+
+#[test]
+fn a_machine_that_chirps_on_a_line_without_being_configured_is_reported_not_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    // The machine answers to address 9; the line is configured for address 1 only.
+    let (sim, mut machines) = simulate(
+        1,
+        &dir.path().join("ledger.jsonl"),
+        &["--address", "9", "--game-rate", "0", "--seed", "1"],
+    );
+    machines[0].address = 1;
+    let config = write_config(dir.path(), &machines);
+    let gateway = run_gateway(&config, &dir.path().join("run.log"));
+    let events_file = dir.path().join("events.jsonl");
+    // The line is listened to once no machine has answered for 20 s.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let foreign = loop {
+        let events = read_json_lines(&events_file);
+        if let Some(e) = events.iter().find(|e| e["kind"] == "foreign_chirp") {
+            break e.clone();
+        }
+        assert!(Instant::now() < deadline, "no foreign chirp reported");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(gateway.terminate().success());
+    sim.terminate();
+    assert_eq!(foreign["data"]["address"], 9, "{foreign}");
+    let events = read_json_lines(&events_file);
+    assert!(
+        !events.iter().any(|e| e["kind"] == "link_state" && e["data"]["state"] == "online"),
+        "the configured machine never answered, and the stranger was not adopted"
+    );
+}
