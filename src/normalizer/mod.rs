@@ -360,6 +360,10 @@ impl Normalizer {
     fn exception(&mut self, exception: Exception, source: Source, drafts: &mut Vec<Draft>) {
         if exceptions::announces_meter_reset(exception) {
             self.pending.reset_signal = Some(exception.code());
+            // The window holds a reset even if no snapshot ever sees a meter go down (the meters
+            // may be back where the last snapshot left them): its figures cannot be expected to
+            // agree, and the reconciliation must say why.
+            self.meters.window.context.insert(WindowContext::MeterReset);
         }
         let currency = self.venue.currency;
         let kind = match exceptions::map(exception) {

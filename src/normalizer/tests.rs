@@ -474,6 +474,31 @@ fn a_meter_decrease_is_a_reset_event_and_the_lifetime_meter_continues() {
 }
 
 #[test]
+fn a_ram_clear_the_meters_never_show_still_marks_its_window() {
+    // The bet is counted, then a RAM clear zeroes the meters before the next snapshot, which
+    // reads 0 again: no meter went down between snapshots, but the window held a reset (found end
+    // to end with two RAM clears close together).
+    let mut n = normalizer();
+    let events = run(
+        &mut n,
+        0,
+        &[
+            machine_info(0x01),
+            meters(0, 0, 0, 0),
+            game_started(2, 2, 0x00),
+            game_ended(0),
+            SessionEvent::Exception(Exception::MemoryErrorReset),
+            SessionEvent::ResyncRequired(Exception::MemoryErrorReset),
+            meters(0, 0, 0, 0),
+        ],
+    );
+    let EventKind::Reconciliation { context, .. } = &only(&events, "reconciliation").kind else {
+        unreachable!()
+    };
+    assert!(context.contains(&WindowContext::MeterReset), "{context:?}");
+}
+
+#[test]
 fn after_an_announced_ram_clear_even_a_small_wrap_is_a_reset() {
     let mut n = normalizer();
     let events = run(

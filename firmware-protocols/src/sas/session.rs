@@ -987,16 +987,22 @@ impl HostSession {
     // === Link state ===
 
     fn link_answered(&mut self) {
+        let was_failing = self.consecutive_failures > 0;
         self.consecutive_failures = 0;
         self.previous_answered = true;
-        if self.link == LinkState::Up {
-            return;
+        let was_down = self.link != LinkState::Up;
+        if was_down {
+            self.link = LinkState::Up;
+            self.events.push_back(SessionEvent::LinkUp);
         }
-        self.link = LinkState::Up;
-        self.events.push_back(SessionEvent::LinkUp);
-        // A machine that was down may have lost its RTE setting with its power (§6).
-        if self.rte_wanted {
+        // A machine that was down, or stopped answering for a while, may have lost its RTE
+        // setting with its power (§6). Until it is back on, the machine answers long polls even
+        // with reports pending (with RTE on, a pending event pre-empts them, §4.4), so a meter
+        // snapshot would count play whose reports come after it, and those reports lose their
+        // amounts. Turn RTE on before anything else, the next general poll included.
+        if (was_down || was_failing) && self.rte_wanted {
             self.queue_front(LongPoll::RealTimeEventReporting(true));
+            self.general_turn = false;
         }
     }
 
