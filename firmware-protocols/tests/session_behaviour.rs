@@ -1105,3 +1105,28 @@ fn identical_reports_without_a_failure_between_are_both_delivered() {
     assert_eq!(doors, 2);
     assert_eq!(pair.session.stats().re_reports, 0);
 }
+
+#[test]
+fn after_the_machine_stopped_answering_rte_is_turned_on_again_before_the_next_general_poll() {
+    // It may have lost power, and its RTE setting with it; until RTE is back, it would answer a
+    // meter poll with reports still pending, and those reports would lose their amounts.
+    let mut rte = FirmwareProfile::generic();
+    rte.rte.enable = true;
+    let mut pair = Pair::new(&rte);
+    pair.run(8);
+    assert!(pair.session.rte_enabled());
+    pair.machine.silent = true;
+    pair.run(4); // at least one whole exchange fails, not enough for the link to go down
+    assert_eq!(pair.session.link(), LinkState::Up);
+    pair.machine.silent = false;
+    let back = pair.log.len();
+    pair.run(6);
+    let after: Vec<&Vec<u8>> = pair.log[back..].iter().map(|s| &s.bytes).collect();
+    let rte_at = after.iter().position(|b| **b == hex(RTE_ENABLE)).expect("LP0E sent again");
+    // The first general poll after the silence is the one the machine answers again; the next
+    // one must already find RTE on.
+    let generals: Vec<usize> =
+        after.iter().enumerate().filter(|(_, b)| ***b == [0x81]).map(|(i, _)| i).collect();
+    assert!(generals.len() >= 2, "{after:02x?}");
+    assert!(rte_at < generals[1], "LP0E before the next general poll: {after:02x?}");
+}
