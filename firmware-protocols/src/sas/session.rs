@@ -435,11 +435,7 @@ impl HostSession {
     /// Queues a long poll (meters, shutdown/startup, clock set, …) behind those already queued.
     /// Its answer comes back as [`SessionEvent::Reply`], or as [`SessionEvent::PollFailed`].
     pub fn enqueue(&mut self, poll: LongPoll) -> Result<(), EnqueueError> {
-        let command = poll.command();
-        if self.refuses(&poll) {
-            return Err(EnqueueError::Unsupported { command });
-        }
-        poll.encode(self.address.get())?;
+        self.admit(&poll)?;
         self.queue.push_back(poll);
         Ok(())
     }
@@ -448,11 +444,18 @@ impl HostSession {
     /// denomination is known before real-time events are turned on. A queued duplicate is moved
     /// rather than repeated.
     pub fn enqueue_first(&mut self, poll: LongPoll) -> Result<(), EnqueueError> {
-        if self.refuses(&poll) {
+        self.admit(&poll)?;
+        self.queue_front(poll);
+        Ok(())
+    }
+
+    /// A caller's poll is queued only if this machine answers it and it can be encoded, so that
+    /// a refusal is reported now, not when its turn comes.
+    fn admit(&self, poll: &LongPoll) -> Result<(), EnqueueError> {
+        if self.refuses(poll) {
             return Err(EnqueueError::Unsupported { command: poll.command() });
         }
         poll.encode(self.address.get())?;
-        self.queue_front(poll);
         Ok(())
     }
 
