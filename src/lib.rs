@@ -9,6 +9,8 @@
 //! - [`demo`]: `slotgate demo`, a simulated floor polled by the real gateway in one process.
 //! - [`config`]: the configuration file, parsed and validated into typed values.
 //! - [`sink`]: the durable event file, group-committed (until the journal takes over).
+//! - [`journal`]: the durable, hash-chained event journal on sled; the only module that imports
+//!   sled.
 //! - [`event`]: the canonical event, its versioned schema, and exact money.
 //! - [`normalizer`]: pure and synchronous; turns one machine's session events into canonical
 //!   events. Protocol quirks end there.
@@ -25,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod event;
+pub mod journal;
 pub mod normalizer;
 pub mod poller;
 pub mod shutdown;

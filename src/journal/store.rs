@@ -1,0 +1,194 @@
+//! The `Store` seam: the few key-value operations the journal needs, and their one
+//! implementation on sled 0.34.7. This is the only file in the project that names sled; the
+//! settings below are chosen for an append-mostly FIFO whose every durability point is an
+//! explicit flush (field-lessons.md §B3).
+
+use std::path::{Path, PathBuf};
+
+/// A store failure, with the operation that hit it.
+#[derive(Debug, thiserror::Error)]
+#[error("journal store {path}: {operation}: {message}")]
+pub struct StoreError {
+    pub path: PathBuf,
+    pub operation: &'static str,
+    pub message: String,
+    /// The store says its files are damaged (as opposed to an I/O or resource error).
+    pub corrupt: bool,
+}
+
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// One atomic group of writes.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    pub(super) puts: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(super) removes: Vec<Vec<u8>>,
+}
+
+impl WriteBatch {
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.puts.push((key.into(), value.into()));
+    }
+
+    pub fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.removes.push(key.into());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.removes.is_empty()
+    }
+}
+
+/// What the journal asks of its storage. Keys sort as bytes; `apply` is atomic (all of a batch
+/// or none of it survives a crash); nothing is durable before `flush` returns.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes a batch atomically, not yet durably.
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError>;
+    /// Makes every applied batch durable (fsync).
+    fn flush(&self) -> Result<(), StoreError>;
+    /// Entries with `from <= key < to`, in key order, at most `limit` of them.
+    fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError>;
+    /// The entry with the greatest key in `from <= key < to`.
+    fn last_in(&self, from: &[u8], to: &[u8]) -> Result<Option<Entry>, StoreError>;
+    /// Bytes the store occupies on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+    /// Where the store lives.
+    fn path(&self) -> &Path;
+}
+
+/// Stands in while the real store is being reopened, so that no reference keeps the old sled
+/// instance (and its file lock) alive; every operation fails.
+#[derive(Debug)]
+pub struct Unavailable(pub PathBuf);
+
+impl Unavailable {
+    fn fail(&self, operation: &'static str) -> StoreError {
+        StoreError {
+            path: self.0.clone(),
+            operation,
+            message: "the store is being reopened after an error".into(),
+            corrupt: false,
+        }
+    }
+}
+
+impl Store for Unavailable {
+    fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Err(self.fail("get"))
+    }
+    fn apply(&self, _: WriteBatch) -> Result<(), StoreError> {
+        Err(self.fail("write"))
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        Err(self.fail("flush"))
+    }
+    fn range(&self, _: &[u8], _: &[u8], _: usize) -> Result<Vec<Entry>, StoreError> {
+        Err(self.fail("read"))
+    }
+    fn last_in(&self, _: &[u8], _: &[u8]) -> Result<Option<Entry>, StoreError> {
+        Err(self.fail("read"))
+    }
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Err(self.fail("size"))
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// sled 0.34.7, configured for the journal:
+///
+/// - `flush_every_ms(None)`: no background flusher. Durability points are the journal's own
+///   group-commit flushes and nothing else, so what "durable" means is decided in one place;
+///   a background flush would add I/O without adding a guarantee (sled loses unflushed writes on
+///   a process crash whatever the timer says, §C3).
+/// - `cache_capacity`: from configuration (default 16 MiB). sled's default of 1 GiB is sized
+///   for a database server; a venue box runs the journal as a FIFO whose hot set is the head
+///   and the tail, and the cache counts on-disk bytes, so real RSS is a multiple of it.
+/// - `mode(HighThroughput)`: LowSpace is reportedly a no-op, and the journal's space is bounded
+///   by its own cap and floor, not by sled's segment cleaning.
+/// - Default segment size (512 KiB) and no compression (the canonical JSON is short and the
+///   crate is built without the compression feature).
+#[derive(Debug)]
+pub struct SledStore {
+    path: PathBuf,
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+/// The one tree all journal keys live in, so that `apply_batch` covers them all atomically.
+const TREE: &[u8] = b"journal";
+
+impl SledStore {
+    pub fn open(path: &Path, cache_capacity: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity)
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| error(path, "open", &e))?;
+        let tree = db.open_tree(TREE).map_err(|e| error(path, "open tree", &e))?;
+        Ok(Self { path: path.to_path_buf(), db, tree })
+    }
+}
+
+fn error(path: &Path, operation: &'static str, e: &sled::Error) -> StoreError {
+    StoreError {
+        path: path.to_path_buf(),
+        operation,
+        message: e.to_string(),
+        corrupt: matches!(e, sled::Error::Corruption { .. }),
+    }
+}
+
+impl Store for SledStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let value = self.tree.get(key).map_err(|e| error(&self.path, "get", &e))?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut sled_batch = sled::Batch::default();
+        for key in batch.removes {
+            sled_batch.remove(key);
+        }
+        for (key, value) in batch.puts {
+            sled_batch.insert(key, value);
+        }
+        self.tree.apply_batch(sled_batch).map_err(|e| error(&self.path, "write", &e))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(drop).map_err(|e| error(&self.path, "flush", &e))
+    }
+
+    fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.tree.range(from..to).take(limit) {
+            let (k, v) = entry.map_err(|e| error(&self.path, "read", &e))?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn last_in(&self, from: &[u8], to: &[u8]) -> Result<Option<Entry>, StoreError> {
+        match self.tree.range(from..to).next_back() {
+            None => Ok(None),
+            Some(entry) => {
+                let (k, v) = entry.map_err(|e| error(&self.path, "read", &e))?;
+                Ok(Some((k.to_vec(), v.to_vec())))
+            }
+        }
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(|e| error(&self.path, "size", &e))
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
