@@ -60,8 +60,6 @@ use clap::Parser as _;
 use slotgate::config::Config;
 use slotgate::poller;
 use slotgate::simulator::{EndpointKind, SimulateArgs, Simulation};
-use slotgate::sink::Recovered;
-use slotgate::sink::SinkHandle;
 use slotgate::transport::{
     AnyLine, Character, Connect, Line, LineDiagnostics, TransportConfig, TransportError,
     WakeupMethod,
@@ -133,17 +131,18 @@ fn main() -> anyhow::Result<()> {
     let temp = tempfile::Builder::new().prefix("slotgate-bench-").tempdir()?;
     let dir = opts.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
-    let events_file = dir.join("events.jsonl");
+    let state_dir = dir.join("state");
     let ledger_file = dir.join("ledger.jsonl");
-    for stale in [&events_file, &ledger_file] {
-        if stale.exists() {
-            std::fs::remove_file(stale)?;
-        }
+    if state_dir.exists() {
+        std::fs::remove_dir_all(&state_dir)?;
+    }
+    if ledger_file.exists() {
+        std::fs::remove_file(&ledger_file)?;
     }
 
     let started = jiff::Timestamp::now();
     let simulator = Simulator::start(&opts, &ledger_file)?;
-    let config = gateway_config(&dir, &events_file, simulator.endpoints())?;
+    let config = gateway_config(&dir, &state_dir, simulator.endpoints())?;
     let probe = Arc::new(Probe::default());
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("gateway").build()?;
@@ -158,7 +157,7 @@ fn main() -> anyhow::Result<()> {
     let report = Report {
         opts: &opts,
         started,
-        events: EventCounts::read(&events_file)?,
+        events: EventCounts::read(&config.storage.journal_dir())?,
         games_played: count_games(&ledger_file)?,
         stats,
         run,
@@ -601,14 +600,14 @@ fn parse_endpoint(line: &str) -> anyhow::Result<SimEndpoint> {
 /// default polling intervals, denomination 0.01 as the simulator's.
 fn gateway_config(
     dir: &Path,
-    events_file: &Path,
+    state_dir: &Path,
     machines: &[SimEndpoint],
 ) -> anyhow::Result<Config> {
     use std::fmt::Write as _;
     let mut text = format!(
         "[venue]\nid = \"UA-BENCH-1\"\ncurrency = \"UAH\"\ntime_zone = \"Europe/Kyiv\"\n\n\
-         [output]\nevents_file = {:?}\n",
-        events_file.display().to_string()
+         [storage]\ndir = {:?}\n",
+        state_dir.display().to_string()
     );
     for (i, m) in machines.iter().enumerate() {
         write!(
@@ -640,11 +639,11 @@ async fn run_gateway(
     simulator: &Simulator,
     probe: &Arc<Probe>,
 ) -> anyhow::Result<Run> {
-    let (sink, writer) = SinkHandle::open(&config.output.events_file)?;
+    let (journal, writer) = slotgate::app::open_journal(config)?;
     let cancel = CancellationToken::new();
     let mut lines = JoinSet::new();
     let now = tokio::time::Instant::now().into_std();
-    for line in slotgate::app::build_lines(config, &Recovered::default(), now)? {
+    for line in slotgate::app::build_lines(config, &journal, now)? {
         if !matches!(line.transport, TransportConfig::Tcp(_)) {
             bail!("line {} is not TCP", line.name);
         }
@@ -653,7 +652,7 @@ async fn run_gateway(
             line.name,
             connector,
             line.machines,
-            sink.clone(),
+            journal.clone(),
             cancel.clone(),
         ));
     }
@@ -678,8 +677,8 @@ async fn run_gateway(
         lines.abort_all();
         bail!("the line pollers did not stop within {DRAIN:?}");
     }
-    drop(sink);
-    writer.await?;
+    drop(journal);
+    tokio::task::spawn_blocking(move || writer.join()).await?.map_err(anyhow::Error::msg)?;
     Ok(Run {
         cpu: [start.1, end.1],
         host_busy: [start.2, end.2],
@@ -773,11 +772,18 @@ struct EventCounts {
 }
 
 impl EventCounts {
-    fn read(path: &Path) -> anyhow::Result<Self> {
+    /// Counts the events in the journal at `dir`.
+    fn read(dir: &Path) -> anyhow::Result<Self> {
+        use slotgate::journal::{Body, verify::Snapshot};
         let mut counts = Self::default();
-        let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-        for line in BufReader::new(file).lines() {
-            let event: serde_json::Value = serde_json::from_str(&line?)?;
+        let mut events = Vec::new();
+        Snapshot::open(dir)?.for_each_record(|_, record| {
+            if let Ok(Some(Body::Event { canonical_json, .. })) = record.map(|r| r.body) {
+                events.push(canonical_json);
+            }
+        })?;
+        for json in events {
+            let event: serde_json::Value = serde_json::from_slice(&json)?;
             counts.total += 1;
             match event["kind"].as_str() {
                 Some("game_ended") => counts.games += 1,

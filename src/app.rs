@@ -1,4 +1,5 @@
-//! Wiring of `slotgate run`: the event sink, one poller task per line, and the ordered stop.
+//! Wiring of `slotgate run`: the journal, one poller task per line, the status file, and the
+//! ordered stop.
 //! This is the one place that knows how the parts fit together; `main` stays thin.
 
 use std::future::Future;
@@ -9,9 +10,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Endpoint};
+use crate::journal::{self, CheckpointSettings, Journal, JournalConfig};
 use crate::normalizer::{MachineIdentity, VenueSettings};
 use crate::poller::{self, MachinePoller, Schedule};
-use crate::sink::{self, Recovered, SinkHandle};
 use crate::transport::{SerialConfig, TcpConfig, TransportConfig};
 
 /// How long line pollers get to finish their exchange and make their events durable on stop.
@@ -22,27 +23,31 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = std::io::Result<()>>,
 ) -> anyhow::Result<()> {
-    let events_file = &config.output.events_file;
-    let recovered = sink::recover(events_file)
-        .with_context(|| format!("cannot recover the event file {}", events_file.display()))?;
-    tracing::info!(
-        file = %events_file.display(),
-        events = recovered.events,
-        "Event file recovered."
-    );
-    let (sink, writer) = SinkHandle::open(events_file)?;
+    let (journal, writer) = open_journal(&config)?;
+    {
+        let status = journal.status().borrow().clone();
+        tracing::info!(
+            dir = %status.dir.display(),
+            first_seq = status.first_seq,
+            next_seq = status.next_seq,
+            live_bytes = status.live_bytes,
+            "Journal opened."
+        );
+    }
     let cancel = CancellationToken::new();
     let mut lines = JoinSet::new();
     let now = tokio::time::Instant::now().into_std();
-    for line in build_lines(&config, &recovered, now)? {
+    for line in build_lines(&config, &journal, now)? {
         lines.spawn(poller::run_line(
             line.name,
             line.transport,
             line.machines,
-            sink.clone(),
+            journal.clone(),
             cancel.clone(),
         ));
     }
+    let status_task =
+        tokio::spawn(write_status(config.storage.status_file(), journal.clone(), cancel.clone()));
     tracing::info!(lines = config.lines.len(), machines = config.machine_count(), "Polling.");
 
     let outcome = tokio::select! {
@@ -60,8 +65,12 @@ pub async fn run(
         tracing::error!("Line pollers did not stop within the drain deadline.");
         lines.abort_all();
     }
-    drop(sink);
-    writer.await.context("the event writer failed")?;
+    let _ = status_task.await;
+    drop(journal);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .context("joining the journal writer")?
+        .map_err(anyhow::Error::msg)?;
     tracing::info!("Stopped.");
     outcome
 }
@@ -74,11 +83,89 @@ pub struct Line {
     pub machines: Vec<MachinePoller>,
 }
 
+/// The journal's settings from the configuration, with the signing key loaded.
+pub fn journal_config(config: &Config) -> anyhow::Result<JournalConfig> {
+    let settings = &config.journal;
+    let checkpoints = match &settings.signing_key {
+        Some(path) => Some(CheckpointSettings {
+            key: journal::checkpoint::load_signing_key(path)?,
+            interval: settings.checkpoint_interval,
+        }),
+        None => {
+            tracing::warn!(
+                "No journal.signing_key configured: the hash chain is kept but no checkpoint is \
+                 signed, so a rewrite of the whole chain would go unnoticed."
+            );
+            None
+        }
+    };
+    Ok(JournalConfig {
+        dir: config.storage.journal_dir(),
+        quarantine_dir: config.storage.quarantine_dir(),
+        cap_bytes: settings.cap_bytes,
+        disk_floor_bytes: settings.disk_floor_bytes,
+        cache_bytes: settings.cache_bytes,
+        retain_acknowledged: settings.retain_acknowledged,
+        // Forwarders (issue 5) register their destinations here; until then nothing is removed.
+        destinations: Vec::new(),
+        checkpoints,
+    })
+}
+
+/// Opens the configured journal.
+pub fn open_journal(config: &Config) -> anyhow::Result<(Journal, journal::WriterHandle)> {
+    let journal_config = journal_config(config)?;
+    let dir = journal_config.dir.clone();
+    Journal::open(journal_config)
+        .with_context(|| format!("cannot open the journal {}", dir.display()))
+}
+
+/// What `slotgate status` reads: written every [`STATUS_EVERY`] and at stop, atomically.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct StatusFile {
+    pub written_at: jiff::Timestamp,
+    pub pid: u32,
+    pub running: bool,
+    pub journal: journal::JournalStatus,
+}
+
+/// How often the status file is rewritten.
+pub const STATUS_EVERY: Duration = Duration::from_secs(2);
+
+async fn write_status(path: std::path::PathBuf, journal: Journal, cancel: CancellationToken) {
+    let mut status = journal.status();
+    loop {
+        let stopping = cancel.is_cancelled();
+        let file = StatusFile {
+            written_at: jiff::Timestamp::now(),
+            pid: std::process::id(),
+            running: !stopping,
+            journal: status.borrow_and_update().clone(),
+        };
+        if let Err(error) = write_atomically(&path, &file) {
+            tracing::warn!(file = %path.display(), %error, "Cannot write the status file.");
+        }
+        if stopping {
+            return;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = tokio::time::sleep(STATUS_EVERY) => {}
+        }
+    }
+}
+
+fn write_atomically(path: &std::path::Path, file: &StatusFile) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Builds every configured line: its transport and one poller per machine, continuing each
-/// machine's sequence numbers and lifetime meters from `recovered`.
+/// machine's sequence numbers and lifetime meters from the journal.
 pub fn build_lines(
     config: &Config,
-    recovered: &Recovered,
+    journal: &Journal,
     now: std::time::Instant,
 ) -> anyhow::Result<Vec<Line>> {
     let venue = VenueSettings {
@@ -96,8 +183,9 @@ pub fn build_lines(
         let mut machines = Vec::with_capacity(line.machines.len());
         for m in &line.machines {
             let id = m.registry_id.to_string();
-            let next_seq = recovered.next_seq.get(&id).copied().unwrap_or(0);
-            let snapshots = recovered.snapshots.get(&id).map_or(&[][..], Vec::as_slice);
+            let (next_seq, snapshots) = journal
+                .machine_state(&id)
+                .with_context(|| format!("machine {id}: cannot read its state from the journal"))?;
             let identity = MachineIdentity {
                 registry_id: m.registry_id.clone(),
                 address: m.address,
@@ -110,10 +198,10 @@ pub fn build_lines(
                 &line.profile,
                 schedule,
                 next_seq,
-                snapshots,
+                &snapshots,
                 now,
             )
-            .with_context(|| format!("machine {id}: cannot continue from the event file"))?;
+            .with_context(|| format!("machine {id}: cannot continue from the journal"))?;
             machines.push(poller);
         }
         let transport = match &line.endpoint {

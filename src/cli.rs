@@ -30,6 +30,67 @@ pub enum Command {
     /// Work with configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Inspect the event journal (read-only: a copy is opened, never the store itself).
+    #[command(subcommand)]
+    Journal(JournalCommand),
+    /// Show the running daemon's state: journal usage, alarms, destination cursors.
+    Status {
+        /// The configuration file of the daemon.
+        #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
+        config: PathBuf,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which journal to inspect: the configured one, or any journal directory (a quarantined one,
+/// say).
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct JournalTarget {
+    /// The daemon's configuration file: its journal, and its keys for verification.
+    #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// A journal directory.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// `slotgate journal …`
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Verify the hash chain and the signed checkpoints; exit status 0 if intact, 1 with the
+    /// first broken link if not.
+    Verify {
+        #[command(flatten)]
+        target: JournalTarget,
+        /// A trusted public key file (repeatable); added to those the configuration names.
+        #[arg(long = "trusted-key", value_name = "FILE")]
+        trusted_keys: Vec<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts, sequence range, sizes, cursors.
+    Stats {
+        #[command(flatten)]
+        target: JournalTarget,
+    },
+    /// Every record as a JSON line, oldest first (a progress bar on a terminal).
+    Export {
+        #[command(flatten)]
+        target: JournalTarget,
+        /// Write here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Create an Ed25519 checkpoint signing key (mode 0600) and its `.pub` file.
+    Keygen {
+        /// The secret key file to create; never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 /// `slotgate config …`

@@ -31,7 +31,8 @@ pub struct Config {
     pub file: PathBuf,
     pub venue: Venue,
     pub polling: Polling,
-    pub output: Output,
+    pub storage: Storage,
+    pub journal: JournalSettings,
     pub lines: Vec<LineConfig>,
 }
 
@@ -58,11 +59,47 @@ pub struct Polling {
     pub clock_drift_threshold: Duration,
 }
 
-/// Where canonical events go until the journal takes over (issue 4).
+/// The gateway's state directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Output {
-    /// JSON lines, appended and fsynced before the machine is acknowledged.
-    pub events_file: PathBuf,
+pub struct Storage {
+    /// Holds `journal/`, `quarantine/`, `lines/` (per-line resume records) and `status.json`.
+    pub dir: PathBuf,
+}
+
+impl Storage {
+    pub fn journal_dir(&self) -> PathBuf {
+        self.dir.join("journal")
+    }
+
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.dir.join("quarantine")
+    }
+
+    pub fn lines_dir(&self) -> PathBuf {
+        self.dir.join("lines")
+    }
+
+    pub fn status_file(&self) -> PathBuf {
+        self.dir.join("status.json")
+    }
+}
+
+/// The journal's limits and tamper evidence (see `src/journal/mod.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalSettings {
+    /// Live record bytes the journal aims to stay under; alarms at 50/80/95 %.
+    pub cap_bytes: u64,
+    /// Free space below which events are refused (machines hold them).
+    pub disk_floor_bytes: u64,
+    /// sled's cache.
+    pub cache_bytes: u64,
+    /// Acknowledged records are kept this long while space allows.
+    pub retain_acknowledged: Duration,
+    /// The Ed25519 key that signs checkpoints; none disables them (with a warning).
+    pub signing_key: Option<PathBuf>,
+    /// Public keys of earlier signing keys, so their checkpoints keep verifying.
+    pub trusted_keys: Vec<PathBuf>,
+    pub checkpoint_interval: Duration,
 }
 
 /// One SAS line: a serial port or a 9-bit TCP device server, and the machines on it.
@@ -105,7 +142,9 @@ struct RawConfig {
     venue: RawVenue,
     #[serde(default)]
     polling: RawPolling,
-    output: RawOutput,
+    storage: RawStorage,
+    #[serde(default)]
+    journal: RawJournal,
     #[serde(default)]
     line: Vec<RawLine>,
 }
@@ -147,8 +186,80 @@ impl Default for RawPolling {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawOutput {
-    events_file: PathBuf,
+struct RawStorage {
+    dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawJournal {
+    cap: String,
+    disk_floor: String,
+    cache: String,
+    #[serde(with = "humantime_serde")]
+    retain_acknowledged: Duration,
+    signing_key: Option<PathBuf>,
+    trusted_keys: Vec<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    checkpoint_interval: Duration,
+}
+
+impl Default for RawJournal {
+    fn default() -> Self {
+        Self {
+            cap: "4GiB".into(),
+            disk_floor: "512MiB".into(),
+            cache: "16MiB".into(),
+            retain_acknowledged: Duration::from_secs(90 * 24 * 3600),
+            signing_key: None,
+            trusted_keys: Vec::new(),
+            checkpoint_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A byte size: a whole number with an optional `KiB`, `MiB`, `GiB` or `TiB` suffix.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size like \"4GiB\""))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        other => return Err(format!("unknown unit `{other}` (use B, KiB, MiB, GiB or TiB)")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("`{text}` is too large"))
+}
+
+fn validate_journal(raw: &RawJournal, base: &Path) -> Result<JournalSettings, FieldError> {
+    let cap_bytes = parse_size(&raw.cap).map_err(|r| ("journal.cap", r))?;
+    if cap_bytes < 1 << 20 {
+        return Err(("journal.cap", "must be at least 1MiB".into()));
+    }
+    let disk_floor_bytes = parse_size(&raw.disk_floor).map_err(|r| ("journal.disk_floor", r))?;
+    let cache_bytes = parse_size(&raw.cache).map_err(|r| ("journal.cache", r))?;
+    if !(1 << 20..=4 << 30).contains(&cache_bytes) {
+        return Err(("journal.cache", "must be between 1MiB and 4GiB".into()));
+    }
+    if raw.checkpoint_interval < Duration::from_secs(1)
+        || raw.checkpoint_interval > Duration::from_secs(24 * 3600)
+    {
+        return Err(("journal.checkpoint_interval", "must be between 1s and 24h".into()));
+    }
+    let anchor = |p: &PathBuf| if p.is_relative() { base.join(p) } else { p.clone() };
+    Ok(JournalSettings {
+        cap_bytes,
+        disk_floor_bytes,
+        cache_bytes,
+        retain_acknowledged: raw.retain_acknowledged,
+        signing_key: raw.signing_key.as_ref().map(anchor),
+        trusted_keys: raw.trusted_keys.iter().map(anchor).collect(),
+        checkpoint_interval: raw.checkpoint_interval,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -324,12 +435,23 @@ impl Config {
             }
             lines.push(LineConfig { name: line.name.clone(), endpoint, profile, machines });
         }
-        let events_file = if raw.output.events_file.is_relative() {
-            base.join(&raw.output.events_file)
+        let dir = if raw.storage.dir.is_relative() {
+            base.join(&raw.storage.dir)
         } else {
-            raw.output.events_file.clone()
+            raw.storage.dir.clone()
         };
-        Ok(Self { file: path.to_path_buf(), venue, polling, output: Output { events_file }, lines })
+        if dir.as_os_str().is_empty() {
+            return Err(error("storage.dir", "must not be empty".into()));
+        }
+        let journal = validate_journal(&raw.journal, base).map_err(|(f, r)| error(f, r))?;
+        Ok(Self {
+            file: path.to_path_buf(),
+            venue,
+            polling,
+            storage: Storage { dir },
+            journal,
+            lines,
+        })
     }
 
     /// Machines across all lines.
@@ -485,8 +607,8 @@ id = "UA-0042"
 currency = "UAH"
 time_zone = "Europe/Kyiv"
 
-[output]
-events_file = "events.jsonl"
+[storage]
+dir = "state"
 
 [[line]]
 name = "a"
@@ -519,7 +641,11 @@ registry_id = "EGM-1"
         let c = check(MINIMAL).unwrap();
         assert_eq!(c.polling.meter_snapshot_interval, Duration::from_secs(300));
         assert_eq!(c.lines[0].profile.name, "generic-sas-602");
-        assert_eq!(c.output.events_file, Path::new("/etc/slotgate/events.jsonl"));
+        assert_eq!(c.storage.journal_dir(), Path::new("/etc/slotgate/state/journal"));
+        assert_eq!(c.journal.cap_bytes, 4 << 30);
+        assert_eq!(c.journal.disk_floor_bytes, 512 << 20);
+        assert_eq!(c.journal.retain_acknowledged, Duration::from_secs(90 * 24 * 3600));
+        assert_eq!(c.journal.signing_key, None);
         assert_eq!(
             c.lines[0].endpoint,
             Endpoint::Tcp {
@@ -563,6 +689,22 @@ registry_id = "EGM-1"
         assert_eq!(field_of(&bad_profile), "line[0].profile");
         let bad_interval = format!("{MINIMAL}\n[polling]\nmeter_snapshot_interval = \"1s\"\n");
         assert_eq!(field_of(&bad_interval), "polling.meter_snapshot_interval");
+        let bad_cap = format!("{MINIMAL}\n[journal]\ncap = \"4 gigs\"\n");
+        let e = check(&bad_cap).unwrap_err();
+        assert_eq!(e.field, "journal.cap");
+        assert!(e.reason.contains("gigs"), "{e}");
+        assert_eq!(field_of(&format!("{MINIMAL}\n[journal]\ncap = \"1KiB\"\n")), "journal.cap");
+        assert_eq!(field_of(&format!("{MINIMAL}\n[journal]\nkey = \"x\"\n")), "journal.key");
+    }
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("4GB").unwrap_err().contains("unit"));
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999TiB").unwrap_err().contains("too large"));
     }
 
     #[test]

@@ -18,9 +18,10 @@ pub struct DemoArgs {
     /// Number of simulated machines, each on its own TCP port and line.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub machines: u16,
-    /// Where the canonical events go (JSON lines); default: a new file under the temp directory.
-    #[arg(long, value_name = "FILE")]
-    pub events: Option<PathBuf>,
+    /// The gateway's state directory (journal, status); default: a new one under the temp
+    /// directory.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Mean games per minute per machine.
     #[arg(long, default_value_t = 20.0)]
     pub game_rate: f64,
@@ -33,8 +34,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("slotgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let events = args.events.clone().unwrap_or_else(|| dir.join("events.jsonl"));
+    let state = args.state_dir.clone().unwrap_or_else(|| dir.join("state"));
     let ledger = dir.join("ledger.jsonl");
+    let key = dir.join("journal.key");
+    if !key.exists() {
+        crate::journal::checkpoint::generate(&key)
+            .with_context(|| format!("cannot create the demo signing key {}", key.display()))?;
+    }
 
     let mut sim_args = SimulateArgs::defaults();
     sim_args.machines = args.machines;
@@ -45,8 +51,10 @@ pub async fn run(
 
     let mut text = format!(
         "[venue]\nid = \"DEMO-VENUE\"\ncurrency = \"UAH\"\ntime_zone = \"Europe/Kyiv\"\n\n\
-         [polling]\nmeter_snapshot_interval = \"30s\"\n\n[output]\nevents_file = {:?}\n",
-        events.display().to_string()
+         [polling]\nmeter_snapshot_interval = \"30s\"\n\n[storage]\ndir = {:?}\n\n\
+         [journal]\nsigning_key = {:?}\ncheckpoint_interval = \"10s\"\n",
+        state.display().to_string(),
+        key.display().to_string()
     );
     for e in simulation.endpoints() {
         let EndpointKind::Tcp(addr) = &e.kind else { continue };
@@ -63,29 +71,32 @@ pub async fn run(
 
     println!("slotgate demo: {} simulated machines, polled over TCP on 127.0.0.1", args.machines);
     println!("  configuration   {}", config_path.display());
-    println!("  events          {}", events.display());
+    println!("  journal         {}", config.storage.journal_dir().display());
     println!("  machine ledger  {}", ledger.display());
-    println!("Press Ctrl-C to stop.");
+    println!("Press Ctrl-C to stop. Then inspect the journal:");
+    println!("  slotgate journal verify --config {}", config_path.display());
+    println!("  slotgate journal export --config {}", config_path.display());
 
-    let progress = tokio::spawn(report_progress(events.clone()));
+    let progress = tokio::spawn(report_progress(config.storage.status_file()));
     let outcome = crate::app::run(config, shutdown).await;
     progress.abort();
     simulation.stop().await.context("stopping the simulator")?;
     outcome
 }
 
-/// Prints a line every five seconds: events written, bets and wins among them.
-async fn report_progress(events: PathBuf) {
+/// Prints a line every five seconds from the daemon's status file: records journalled, usage.
+async fn report_progress(status: PathBuf) {
     loop {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let Ok(text) = tokio::fs::read_to_string(&events).await else { continue };
-        let count = |kind: &str| text.matches(&format!("\"kind\":\"{kind}\"")).count();
+        let Ok(text) = tokio::fs::read_to_string(&status).await else { continue };
+        let Ok(file) = serde_json::from_str::<crate::app::StatusFile>(&text) else { continue };
+        let j = &file.journal;
         println!(
-            "{} events: {} bets accepted, {} games ended, {} meter snapshots",
-            text.lines().count(),
-            count("bet_accepted"),
-            count("game_ended"),
-            count("meter_snapshot"),
+            "{} records journalled durably ({} bytes), last checkpoint at record {}, alarms: {}",
+            j.next_seq - j.first_seq,
+            j.live_bytes,
+            j.last_checkpoint_seq.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            if j.alarms.is_empty() { "none".to_owned() } else { j.alarms.join("; ") },
         );
     }
 }

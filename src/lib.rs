@@ -4,11 +4,11 @@
 //! # Layout
 //! - `firmware_protocols` (workspace crate): the sans-IO SAS protocol, framing and firmware
 //!   profiles. No I/O and no clock.
-//! - [`app`]: the wiring of `slotgate run`: sink, line pollers, ordered stop.
+//! - [`app`]: the wiring of `slotgate run`: journal, line pollers, status file, ordered stop.
 //! - [`cli`]: the command line.
 //! - [`demo`]: `slotgate demo`, a simulated floor polled by the real gateway in one process.
 //! - [`config`]: the configuration file, parsed and validated into typed values.
-//! - [`sink`]: the durable event file, group-committed (until the journal takes over).
+//! - [`inspect`]: `slotgate journal verify|stats|export|keygen` and `slotgate status`.
 //! - [`journal`]: the durable, hash-chained event journal on sled; the only module that imports
 //!   sled.
 //! - [`event`]: the canonical event, its versioned schema, and exact money.
@@ -27,10 +27,10 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod event;
+pub mod inspect;
 pub mod journal;
 pub mod normalizer;
 pub mod poller;
 pub mod shutdown;
 pub mod simulator;
-pub mod sink;
 pub mod transport;

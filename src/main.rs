@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use slotgate::cli::{Cli, Command, ConfigCommand, EXIT_CONFIG};
 use slotgate::config::Config;
+use slotgate::inspect::Outcome;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -48,6 +49,21 @@ fn main() -> ExitCode {
         Command::Simulate(args) => run_async(async move {
             slotgate::simulator::run(*args, slotgate::shutdown::signal_received()).await
         }),
+        Command::Journal(command) => match slotgate::inspect::journal(command) {
+            Ok(Outcome::Done) => ExitCode::SUCCESS,
+            Ok(Outcome::Tampered) => ExitCode::FAILURE,
+            Err(error) => {
+                eprintln!("slotgate: {error:#}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Status { config, json } => match slotgate::inspect::status(&config, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("slotgate: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -96,7 +96,7 @@ fn write_config(dir: &Path, machines: &[Simulated]) -> PathBuf {
     let mut text = String::from(
         "[venue]\nid = \"UA-TEST-1\"\ncurrency = \"UAH\"\ntime_zone = \"Europe/Kyiv\"\n\n\
          [polling]\nmeter_snapshot_interval = \"10s\"\n\n\
-         [output]\nevents_file = \"events.jsonl\"\n",
+         [storage]\ndir = \"state\"\n",
     );
     for (i, m) in machines.iter().enumerate() {
         let endpoint = if m.pty {
@@ -115,6 +115,23 @@ fn write_config(dir: &Path, machines: &[Simulated]) -> PathBuf {
     let path = dir.join("slotgate.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// The canonical events in the journal at `dir`, through `slotgate journal export` (which reads
+/// a copy, so it works while the daemon runs; a copy caught mid-write reads as nothing yet).
+fn journal_events(dir: &Path) -> Vec<Value> {
+    let Ok(out) = Command::new(BIN).args(["journal", "export", "--dir"]).arg(dir).output() else {
+        return Vec::new();
+    };
+    if !out.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|mut r| r.get_mut("event").map(Value::take))
+        .filter(|e| !e.is_null())
+        .collect()
 }
 
 fn read_json_lines(path: &Path) -> Vec<Value> {
@@ -270,10 +287,10 @@ fn gateway_reports(events: &[Value]) -> BTreeMap<String, Vec<(bool, u64)>> {
 }
 
 /// Waits until the gateway has reported `games` finished games in total.
-fn wait_for_games(events_file: &Path, games: usize, limit: Duration) -> Vec<Value> {
+fn wait_for_games(journal: &Path, games: usize, limit: Duration) -> Vec<Value> {
     let deadline = Instant::now() + limit;
     loop {
-        let events = read_json_lines(events_file);
+        let events = journal_events(journal);
         let ended = events.iter().filter(|e| e["kind"] == "game_ended").count();
         if ended >= games {
             return events;
@@ -315,12 +332,12 @@ fn fifty_machines_over_tcp_report_exactly_the_ledger() {
             .spawn()
             .unwrap(),
     );
-    let events_file = dir.path().join("events.jsonl");
+    let events_file = dir.path().join("state/journal");
     wait_for_games(&events_file, 50 * games_each, Duration::from_secs(120));
     assert!(gateway.terminate().success(), "slotgate run exits cleanly on SIGTERM");
     sim.terminate();
 
-    let events = read_json_lines(&events_file);
+    let events = journal_events(&events_file);
     let ledger = ledger_games(&read_json_lines(&ledger_path));
     assert_eq!(ledger.len(), 50);
     assert!(ledger.values().all(|g| g.len() == games_each));
@@ -437,7 +454,7 @@ fn faults_lose_and_invent_nothing_and_power_cycles_and_ram_clears_are_reported()
     let config = write_config(dir.path(), &machines);
     let log = dir.path().join("run.log");
     let gateway = run_gateway(&config, &log);
-    let events_file = dir.path().join("events.jsonl");
+    let events_file = dir.path().join("state/journal");
 
     // Until every machine has played all its games and the gateway has every report the
     // machines kept.
@@ -451,7 +468,7 @@ fn faults_lose_and_invent_nothing_and_power_cycles_and_ram_clears_are_reported()
         let records = ledger();
         let played = records.iter().filter(|r| r["type"] == "game").count();
         let expected = machine_reports(&records);
-        let got = gateway_reports(&read_json_lines(&events_file));
+        let got = gateway_reports(&journal_events(&events_file));
         let noisy_done = expected
             .iter()
             .filter(|(serial, _)| serial.starts_with("NOI"))
@@ -481,7 +498,7 @@ fn faults_lose_and_invent_nothing_and_power_cycles_and_ram_clears_are_reported()
     noisy.terminate();
     power.terminate();
 
-    let events = read_json_lines(&events_file);
+    let events = journal_events(&events_file);
     let records = ledger();
     let (expected, all, got) =
         (machine_reports(&records), all_machine_reports(&records), gateway_reports(&events));
@@ -565,23 +582,24 @@ fn faults_lose_and_invent_nothing_and_power_cycles_and_ram_clears_are_reported()
 #[test]
 fn the_demo_polls_its_simulated_floor_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let events = dir.path().join("events.jsonl");
+    let state = dir.path().join("state");
+    let events = state.join("journal");
     let demo = Proc(
         Command::new(BIN)
-            .args(["demo", "--machines", "3", "--game-rate", "60", "--events"])
-            .arg(&events)
+            .args(["demo", "--machines", "3", "--game-rate", "60", "--state-dir"])
+            .arg(&state)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while read_json_lines(&events).iter().filter(|e| e["kind"] == "game_ended").count() < 3 {
+    while journal_events(&events).iter().filter(|e| e["kind"] == "game_ended").count() < 3 {
         assert!(Instant::now() < deadline, "the demo reported no games");
         std::thread::sleep(Duration::from_millis(250));
     }
     assert!(demo.terminate().success(), "the demo exits cleanly on SIGTERM");
-    let events = read_json_lines(&events);
+    let events = journal_events(&events);
     assert_sequences_gap_free(&events);
     assert!(
         events
@@ -614,11 +632,11 @@ fn a_serial_line_over_a_pseudo_terminal_reports_exactly_the_ledger() {
     );
     let config = write_config(dir.path(), &machines);
     let gateway = run_gateway(&config, &dir.path().join("run.log"));
-    let events_file = dir.path().join("events.jsonl");
+    let events_file = dir.path().join("state/journal");
     wait_for_games(&events_file, 2 * 5, Duration::from_secs(90));
     assert!(gateway.terminate().success());
     sim.terminate();
-    let events = read_json_lines(&events_file);
+    let events = journal_events(&events_file);
     assert_eq!(event_games(&events).0, ledger_games(&read_json_lines(&ledger_path)));
     assert_sequences_gap_free(&events);
 }
@@ -648,11 +666,11 @@ fn an_exception_queue_overflow_is_a_gap_event_followed_by_a_reconciling_snapshot
     );
     let config = write_config(dir.path(), &machines);
     let gateway = run_gateway(&config, &dir.path().join("run.log"));
-    let events_file = dir.path().join("events.jsonl");
+    let events_file = dir.path().join("state/journal");
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let records = read_json_lines(&ledger_path);
-        let events = read_json_lines(&events_file);
+        let events = journal_events(&events_file);
         let overflowed =
             records.iter().any(|r| r["type"] == "exception_lost" && r["reason"] == "overflow");
         let played = records.iter().filter(|r| r["type"] == "game").count() == 12;
@@ -673,7 +691,7 @@ fn an_exception_queue_overflow_is_a_gap_event_followed_by_a_reconciling_snapshot
     }
     assert!(gateway.terminate().success());
     sim.terminate();
-    let events = read_json_lines(&events_file);
+    let events = journal_events(&events_file);
     for m in &machines {
         let id = format!("EGM-{}", m.serial);
         let mine: Vec<&Value> =
@@ -719,11 +737,11 @@ fn a_machine_that_chirps_on_a_line_without_being_configured_is_reported_not_adop
     machines[0].address = 1;
     let config = write_config(dir.path(), &machines);
     let gateway = run_gateway(&config, &dir.path().join("run.log"));
-    let events_file = dir.path().join("events.jsonl");
+    let events_file = dir.path().join("state/journal");
     // The line is listened to once no machine has answered for 20 s.
     let deadline = Instant::now() + Duration::from_secs(45);
     let foreign = loop {
-        let events = read_json_lines(&events_file);
+        let events = journal_events(&events_file);
         if let Some(e) = events.iter().find(|e| e["kind"] == "foreign_chirp") {
             break e.clone();
         }
@@ -733,7 +751,7 @@ fn a_machine_that_chirps_on_a_line_without_being_configured_is_reported_not_adop
     assert!(gateway.terminate().success());
     sim.terminate();
     assert_eq!(foreign["data"]["address"], 9, "{foreign}");
-    let events = read_json_lines(&events_file);
+    let events = journal_events(&events_file);
     assert!(
         !events.iter().any(|e| e["kind"] == "link_state" && e["data"]["state"] == "online"),
         "the configured machine never answered, and the stranger was not adopted"

@@ -10,6 +10,7 @@ use firmware_protocols::sas::session::{HostSession, SessionEvent};
 use firmware_protocols::sas::{Address, LongPoll};
 
 use crate::event::{CanonicalEvent, RegistryId};
+use crate::journal::Pressure;
 use crate::normalizer::{MachineIdentity, NormalizeError, Normalizer, VenueSettings};
 
 /// How often the gateway asks for what machines do not volunteer.
@@ -33,6 +34,9 @@ pub struct MachinePoller {
     next_snapshot: Option<Instant>,
     /// Next clock set and read-back; `None` while the link is not up.
     next_clock_sync: Option<Instant>,
+    /// Bytes received since the last message to this machine: the raw source of the events
+    /// its answer produces, kept with them in the journal.
+    reply: Vec<u8>,
 }
 
 impl MachinePoller {
@@ -63,6 +67,7 @@ impl MachinePoller {
             time_zone,
             next_snapshot: None,
             next_clock_sync: None,
+            reply: Vec::new(),
         })
     }
 
@@ -76,11 +81,36 @@ impl MachinePoller {
         &self.registry_id
     }
 
-    /// Queues the polls that are due by schedule.
-    pub fn tick(&mut self, now: Instant, wall: jiff::Timestamp) {
+    /// A message is about to go to this machine: what comes back from now on is its answer.
+    pub fn start_exchange(&mut self) {
+        self.reply.clear();
+    }
+
+    /// A byte of this machine's answer (or a chirp).
+    pub fn received(&mut self, byte: u8) {
+        // Bounded: a babbling line must not grow memory; real answers are far shorter.
+        if self.reply.len() < 512 {
+            self.reply.push(byte);
+        }
+    }
+
+    /// Queues the polls that are due by schedule. Periodic meter snapshots are low-value polling
+    /// when the journal runs short of space: spaced out four times from `High`, skipped from
+    /// `Critical` (link-up, resync and game-end snapshots are not affected).
+    pub fn tick(&mut self, now: Instant, wall: jiff::Timestamp, pressure: Pressure) {
         if self.next_snapshot.is_some_and(|t| now >= t) {
-            self.queue_snapshot();
-            self.next_snapshot = Some(now + self.schedule.meter_snapshot_interval);
+            let interval = self.schedule.meter_snapshot_interval;
+            match pressure {
+                Pressure::Normal | Pressure::Elevated => {
+                    self.queue_snapshot();
+                    self.next_snapshot = Some(now + interval);
+                }
+                Pressure::High => {
+                    self.queue_snapshot();
+                    self.next_snapshot = Some(now + interval * 4);
+                }
+                Pressure::Critical | Pressure::Full => self.next_snapshot = Some(now + interval),
+            }
         }
         if self.next_clock_sync.is_some_and(|t| now >= t) {
             self.queue_clock_sync(wall);
@@ -103,7 +133,7 @@ impl MachinePoller {
         &mut self,
         now: Instant,
         wall: jiff::Timestamp,
-        out: &mut Vec<CanonicalEvent>,
+        out: &mut Vec<(CanonicalEvent, Vec<u8>)>,
     ) {
         while let Some(event) = self.session.poll_event() {
             match &event {
@@ -115,7 +145,7 @@ impl MachinePoller {
                 _ => {}
             }
             match self.normalizer.handle(wall, &event) {
-                Ok(events) => out.extend(events),
+                Ok(events) => out.extend(events.into_iter().map(|e| (e, self.reply.clone()))),
                 // Only an exhausted sequence (2^64 events) gets here; nothing can be numbered.
                 Err(error) => tracing::error!(
                     machine = %self.registry_id,

@@ -1,6 +1,6 @@
 //! Polling: one task per SAS line. The task owns the line (the only handle on its port or
 //! socket), drives a [`HostSession`](firmware_protocols::sas::session::HostSession) per machine on
-//! it, normalises what they report, makes the events durable through the sink, and only then lets
+//! it, normalises what they report, makes the events durable in the journal, and only then lets
 //! the sessions acknowledge the machines.
 //!
 //! # Invariants
@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 pub use machine::{MachinePoller, Schedule};
 
 use crate::event::CanonicalEvent;
-use crate::sink::SinkHandle;
+use crate::journal::Journal;
 
 use crate::transport::{Backoff, Connect, ExponentialBackoff, Line, TransportError};
 
@@ -78,7 +78,7 @@ pub async fn run_line<C>(
     name: String,
     connector: C,
     mut machines: Vec<MachinePoller>,
-    sink: SinkHandle,
+    journal: Journal,
     cancel: CancellationToken,
 ) where
     C: Connect + Clone + 'static,
@@ -97,16 +97,17 @@ pub async fn run_line<C>(
     loop {
         let now = Instant::now().into_std();
         let wall = jiff::Timestamp::now();
+        let pressure = *journal.pressure().borrow();
         for m in &mut machines {
             m.session.handle_timeout(now);
-            m.tick(now, wall);
+            m.tick(now, wall, pressure);
         }
 
         for m in &mut machines {
             m.take_events(now, wall, &mut events);
         }
         if !events.is_empty() {
-            if !persist(&sink, &events, &cancel, &name).await {
+            if !persist(&journal, &events, &cancel, &name).await {
                 // Shutting down with events that never became durable: do not confirm them, so
                 // the machines still hold them and report them again to the next run.
                 break;
@@ -140,8 +141,9 @@ pub async fn run_line<C>(
         }
         if !exchanging
             && !listening
-            && let Some(tx) = next_transmit(&mut machines, now, &mut next_turn)
+            && let Some((i, tx)) = next_transmit(&mut machines, now, &mut next_turn)
         {
+            machines[i].start_exchange();
             tracing::trace!(line = %name, bytes = ?Hex(&tx.characters), retry = tx.retry, "Sent.");
             if let LineState::Up(line) = &mut state {
                 line.clear_input();
@@ -250,19 +252,19 @@ fn next_transmit(
     machines: &mut [MachinePoller],
     now: std::time::Instant,
     next_turn: &mut usize,
-) -> Option<Transmit> {
+) -> Option<(usize, Transmit)> {
     if machines.iter().any(|m| m.session.is_holding()) {
         return None;
     }
-    if let Some(m) = machines.iter_mut().find(|m| m.session.has_retry_pending()) {
-        return m.session.poll_transmit(now);
+    if let Some(i) = machines.iter().position(|m| m.session.has_retry_pending()) {
+        return machines[i].session.poll_transmit(now).map(|tx| (i, tx));
     }
     let n = machines.len();
     for k in 0..n {
         let i = (*next_turn + k) % n;
         if let Some(tx) = machines[i].session.poll_transmit(now) {
             *next_turn = (i + 1) % n;
-            return Some(tx);
+            return Some((i, tx));
         }
     }
     None
@@ -279,6 +281,7 @@ fn dispatch(machines: &mut [MachinePoller], now: std::time::Instant, input: &[Ch
             machines.iter().position(|m| m.session.is_exchanging())
         };
         if let Some(m) = machines.get_mut(target.unwrap_or(0)) {
+            m.received(c.byte);
             m.session.handle_input(now, std::slice::from_ref(c));
         }
     }
@@ -287,15 +290,15 @@ fn dispatch(machines: &mut [MachinePoller], now: std::time::Instant, input: &[Ch
 /// Appends `events` durably, retrying with back-off until it succeeds. Returns `false` only if
 /// `cancel` fires while the append keeps failing.
 async fn persist(
-    sink: &SinkHandle,
-    events: &[CanonicalEvent],
+    journal: &Journal,
+    events: &[(CanonicalEvent, Vec<u8>)],
     cancel: &CancellationToken,
     line: &str,
 ) -> bool {
     let mut delay = PERSIST_RETRY.0;
     loop {
-        match sink.append(events).await {
-            Ok(()) => return true,
+        match journal.append_events(events).await {
+            Ok(_) => return true,
             Err(error) => {
                 tracing::error!(
                     line,

@@ -1,0 +1,186 @@
+//! `slotgate journal …` and `slotgate status`: the read-only views a technician or an inspector
+//! uses. Nothing here writes to the journal; verification opens a copy of it.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::app::StatusFile;
+use crate::cli::{JournalCommand, JournalTarget};
+use crate::config::Config;
+use crate::journal::checkpoint::{self, load_public_key};
+use crate::journal::verify::{self, Snapshot};
+
+/// How a journal command ended, for the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// `verify` found a broken link or a bad checkpoint.
+    Tampered,
+}
+
+/// The journal directory and the trusted public keys a target names.
+fn resolve(target: &JournalTarget) -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
+    match (&target.config, &target.dir) {
+        (Some(file), _) => {
+            let config = Config::load(file)?;
+            let mut keys = config.journal.trusted_keys.clone();
+            if let Some(secret) = &config.journal.signing_key {
+                keys.push(checkpoint::public_path(secret));
+            }
+            Ok((config.storage.journal_dir(), keys))
+        }
+        (None, Some(dir)) => Ok((dir.clone(), Vec::new())),
+        (None, None) => anyhow::bail!("give --config FILE or --dir DIR"),
+    }
+}
+
+pub fn journal(command: JournalCommand) -> anyhow::Result<Outcome> {
+    match command {
+        JournalCommand::Keygen { out } => {
+            let public = checkpoint::generate(&out)?;
+            let hex: String = public.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+            println!("Secret key: {} (mode 0600)", out.display());
+            println!("Public key: {} ({hex})", checkpoint::public_path(&out).display());
+            Ok(Outcome::Done)
+        }
+        JournalCommand::Verify { target, trusted_keys, json } => {
+            let (dir, mut keys) = resolve(&target)?;
+            keys.extend(trusted_keys);
+            let trusted = keys.iter().map(|p| load_public_key(p)).collect::<Result<Vec<_>, _>>()?;
+            let snapshot = Snapshot::open(&dir)?;
+            let report = verify::verify(&snapshot, &trusted)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_report(&dir, &report, trusted.len());
+            }
+            Ok(if report.ok() { Outcome::Done } else { Outcome::Tampered })
+        }
+        JournalCommand::Stats { target } => {
+            let (dir, _) = resolve(&target)?;
+            let stats = verify::stats(&Snapshot::open(&dir)?)?;
+            println!("{}", serde_json::to_string_pretty(&stats)?);
+            Ok(Outcome::Done)
+        }
+        JournalCommand::Export { target, out } => {
+            let (dir, _) = resolve(&target)?;
+            let snapshot = Snapshot::open(&dir)?;
+            export(&snapshot, out.as_deref())?;
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+fn print_report(dir: &Path, report: &verify::VerifyReport, keys: usize) {
+    println!("Journal {}", dir.display());
+    println!(
+        "  records {} (seq {}..{}), {} compacted snapshot(s)",
+        report.records, report.first_seq, report.next_seq, report.compacted
+    );
+    match &report.first_break {
+        None => println!("  hash chain: intact"),
+        Some(b) => println!("  hash chain: BROKEN at record {}: {}", b.seq, b.reason),
+    }
+    println!(
+        "  checkpoints: {} stored, {} verified with {keys} trusted key(s)",
+        report.checkpoints, report.checkpoints_verified
+    );
+    for p in &report.checkpoint_problems {
+        println!("  checkpoint problem: {}", p.reason);
+    }
+    if keys == 0 && report.checkpoints > 0 {
+        println!("  (no trusted key given: pass --trusted-key or --config to check signatures)");
+    }
+    println!("{}", if report.ok() { "OK" } else { "FAILED" });
+}
+
+fn export(snapshot: &Snapshot, out: Option<&Path>) -> anyhow::Result<()> {
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message("exporting");
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let progress = |n: u64| {
+        bar.set_position(n);
+        bar.set_message(format!("{n} records"));
+    };
+    let written = match out {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            let n = verify::export(snapshot, &mut w, progress)?;
+            w.flush().with_context(|| format!("writing {}", path.display()))?;
+            n
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            let n = verify::export(snapshot, &mut w, progress)?;
+            w.flush().context("writing standard output")?;
+            n
+        }
+    };
+    bar.finish_and_clear();
+    eprintln!("Exported {written} record(s).");
+    Ok(())
+}
+
+/// `slotgate status`: the daemon's last status file.
+pub fn status(config_file: &Path, json: bool) -> anyhow::Result<()> {
+    let config = Config::load(config_file)?;
+    let path = config.storage.status_file();
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("no status at {} (has the daemon run with this configuration?)", path.display())
+    })?;
+    let file: StatusFile = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a status file", path.display()))?;
+    if json {
+        println!("{text}");
+        return Ok(());
+    }
+    let age = jiff::Timestamp::now().duration_since(file.written_at);
+    let stale = age.as_secs() > 3 * crate::app::STATUS_EVERY.as_secs() as i64;
+    let state = match (file.running, stale) {
+        (true, false) => format!("running (pid {})", file.pid),
+        (true, true) => format!("NOT RESPONDING or killed: last status {}s ago", age.as_secs()),
+        (false, _) => format!("stopped at {}", file.written_at),
+    };
+    let j = &file.journal;
+    println!("slotgate: {state}");
+    println!("journal {}", j.dir.display());
+    println!(
+        "  usage {} of {} bytes ({} %), pressure {:?}",
+        j.live_bytes,
+        j.cap_bytes,
+        j.live_bytes.saturating_mul(100) / j.cap_bytes.max(1),
+        j.pressure
+    );
+    println!(
+        "  records {} (seq {}..{}), {} compacted",
+        j.records, j.first_seq, j.next_seq, j.compacted
+    );
+    if let Some(free) = j.disk_free {
+        println!("  disk free {free} bytes, store on disk {} bytes", j.size_on_disk);
+    }
+    for (destination, cursor) in &j.cursors {
+        println!(
+            "  destination {destination}: {} record(s) behind",
+            j.next_seq.saturating_sub(*cursor)
+        );
+    }
+    if j.alarms.is_empty() {
+        println!("  alarms: none");
+    }
+    for alarm in &j.alarms {
+        println!("  ALARM {alarm}");
+    }
+    if let Some(q) = &j.quarantined {
+        println!("  quarantined store: {}", q.display());
+    }
+    Ok(())
+}
