@@ -649,10 +649,17 @@ async fn run_gateway(
             bail!("line {} is not TCP", line.name);
         }
         let connector = Recorded { inner: line.transport, probe: Arc::clone(probe) };
+        // As `slotgate run` places it, so the per-message record write is measured too.
+        let inflight = config
+            .output
+            .events_file
+            .parent()
+            .map(|dir| dir.join("lines").join(poller::inflight::file_name(&line.name)));
         lines.spawn(poller::run_line(
             line.name,
             connector,
             line.machines,
+            inflight,
             sink.clone(),
             cancel.clone(),
         ));

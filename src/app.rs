@@ -35,10 +35,15 @@ pub async fn run(
     let mut lines = JoinSet::new();
     let now = tokio::time::Instant::now().into_std();
     for line in build_lines(&config, &recovered, now)? {
+        // Next to the event file until storage gets its own directory setting.
+        let inflight = events_file
+            .parent()
+            .map(|dir| dir.join("lines").join(poller::inflight::file_name(&line.name)));
         lines.spawn(poller::run_line(
             line.name,
             line.transport,
             line.machines,
+            inflight,
             sink.clone(),
             cancel.clone(),
         ));
