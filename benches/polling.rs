@@ -648,10 +648,14 @@ async fn run_gateway(
             bail!("line {} is not TCP", line.name);
         }
         let connector = Recorded { inner: line.transport, probe: Arc::clone(probe) };
+        // As `slotgate run` places it, so the per-message record write is measured too.
+        let inflight =
+            Some(config.storage.lines_dir().join(poller::inflight::file_name(&line.name)));
         lines.spawn(poller::run_line(
             line.name,
             connector,
             line.machines,
+            inflight,
             journal.clone(),
             cancel.clone(),
         ));

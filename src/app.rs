@@ -38,10 +38,13 @@ pub async fn run(
     let mut lines = JoinSet::new();
     let now = tokio::time::Instant::now().into_std();
     for line in build_lines(&config, &journal, now)? {
+        let inflight =
+            Some(config.storage.lines_dir().join(poller::inflight::file_name(&line.name)));
         lines.spawn(poller::run_line(
             line.name,
             line.transport,
             line.machines,
+            inflight,
             journal.clone(),
             cancel.clone(),
         ));

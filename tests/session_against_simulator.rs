@@ -35,6 +35,12 @@ struct Line {
     /// Next meter poll, as the daemon's poller schedules them (with RTE on, any long poll can be
     /// answered by an event instead: sas-protocol.md §4.4).
     next_meters: Instant,
+    /// Stop confirming at the first game start taken out of the session, as a gateway that dies
+    /// before its journal flush would; the report is kept in `held`.
+    hold_game_start: bool,
+    held: Option<SessionEvent>,
+    /// The bytes of the last message sent and whether RTE was on: the in-flight record.
+    last_sent: Option<(Vec<u8>, bool)>,
 }
 
 impl Line {
@@ -51,6 +57,9 @@ impl Line {
             events: Vec::new(),
             ledger: Vec::new(),
             next_meters: now,
+            hold_game_start: false,
+            held: None,
+            last_sent: None,
         }
     }
 
@@ -72,9 +81,16 @@ impl Line {
         // The host: events out (confirmed at once: the journal's flush is not part of this test),
         // then whatever it wants to send.
         while let Some(event) = self.session.poll_event() {
+            let game_start =
+                matches!(event, SessionEvent::RealTimeEvent(RealTimeEvent::GameStarted { .. }));
+            if self.hold_game_start && game_start && self.held.is_none() {
+                self.held = Some(event.clone());
+            }
             self.events.push(event);
         }
-        self.session.confirm_events();
+        if self.held.is_none() {
+            self.session.confirm_events();
+        }
         if self.session.link() == LinkState::Up && self.now >= self.next_meters {
             for poll in
                 [LongPoll::SendMachineInfo, LongPoll::SendMeters, LongPoll::SendMeters10To15]
@@ -85,6 +101,7 @@ impl Line {
             self.next_meters = self.now + Duration::from_secs(10);
         }
         while let Some(tx) = self.session.poll_transmit(self.now) {
+            self.last_sent = Some((tx.bytes().collect(), self.session.rte_enabled()));
             let mut at = self.now;
             for c in &tx.characters {
                 at += CHARACTER_TIME;
@@ -316,4 +333,91 @@ fn each_fault_alone_loses_or_invents_no_game_across_seeds() {
             line.assert_games_match(&format!("{name}, seed {seed}"));
         }
     }
+}
+
+/// Exceptions the machine has dropped from its queue on an implied ACK: (exception seq, code).
+fn acknowledged(ledger: &[Record]) -> Vec<(u64, u8)> {
+    ledger
+        .iter()
+        .filter_map(|r| match r.entry {
+            Entry::ExceptionAcknowledged { exception_seq, code, .. } => Some((exception_seq, code)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Plays until the host has taken a game start out of its session, then "crashes" the host before
+/// it confirms (the journal never flushed), and starts a new session after a fast restart (well
+/// inside the 5 s after which the machine would chirp and keep the report). With `resume`, the new
+/// session is resumed from the in-flight record: the last message's bytes and RTE state.
+/// Returns the line with the new session, the report the crash left unconfirmed, and the
+/// exceptions acknowledged before the crash.
+fn crash_before_the_flush(resume: bool) -> (Line, SessionEvent, Vec<(u64, u8)>) {
+    let mut line = Line::new(playing_machine(), &FirmwareProfile::generic());
+    line.run_for(Duration::from_secs(30));
+    assert!(line.machine.rte(), "RTE is on: game starts carry their wager and coin-in meter");
+    line.hold_game_start = true;
+    for _ in 0..1_000_000 {
+        if line.held.is_some() && line.session.is_holding() {
+            break;
+        }
+        line.step();
+    }
+    let lost = line.held.take().expect("a game start was reported");
+    let acked_at_crash = acknowledged(&line.ledger);
+    let (last, rte_on) = line.last_sent.clone().expect("something was sent");
+
+    // The crash: the session and everything it held vanish, unconfirmed.
+    line.hold_game_start = false;
+    line.now += Duration::from_millis(800);
+    let address = line.session.address();
+    line.session = HostSession::new(address, &FirmwareProfile::generic(), line.now);
+    line.events.clear();
+    if resume {
+        line.session.resume(line.now, &last, rte_on).expect("the last message was to this machine");
+    }
+    (line, lost, acked_at_crash)
+}
+
+#[test]
+fn a_restart_resumed_from_the_in_flight_record_gets_the_unconfirmed_report_again() {
+    let (mut line, lost, acked_at_crash) = crash_before_the_flush(true);
+    let (last, _) = line.last_sent.clone().expect("sent before the crash");
+    // Hold the resumed report unconfirmed: the machine must keep it until the confirmation.
+    line.hold_game_start = true;
+    for _ in 0..100_000 {
+        if line.held.is_some() {
+            break;
+        }
+        line.step();
+    }
+    let (first, _) = line.last_sent.clone().expect("the resumed session sent");
+    assert_eq!(first, last, "the first message after the restart is the last one before it");
+    assert_eq!(line.session.stats().sync_polls, 0, "no `80` went before it");
+    assert_eq!(line.held.as_ref(), Some(&lost), "the report the crash left unstored came again");
+    line.run_for(Duration::from_secs(2));
+    assert_eq!(acknowledged(&line.ledger), acked_at_crash, "nothing ACKed before the confirmation");
+
+    // The journal flushed: confirm, and the machine may drop the report.
+    line.held = None;
+    line.hold_game_start = false;
+    line.run_for(Duration::from_secs(2));
+    let acked = acknowledged(&line.ledger);
+    let newly: Vec<_> = acked.iter().filter(|a| !acked_at_crash.contains(a)).collect();
+    assert_eq!(newly.first().map(|(_, code)| *code), Some(0x7E), "the game start, ACKed now");
+    // And play goes on with every later game reported once.
+    line.run_for(Duration::from_secs(60));
+    let starts = line.events.iter().filter(|e| **e == lost).count();
+    assert_eq!(starts, 1, "delivered once to the new session");
+}
+
+#[test]
+fn without_resume_a_restart_acknowledges_the_unconfirmed_report_away() {
+    // The failure the in-flight record exists for: a fresh session's `80` is an implied ACK.
+    let (mut line, lost, acked_at_crash) = crash_before_the_flush(false);
+    line.run_for(Duration::from_secs(60));
+    let acked = acknowledged(&line.ledger);
+    let newly: Vec<_> = acked.iter().filter(|a| !acked_at_crash.contains(a)).collect();
+    assert_eq!(newly.first().map(|(_, code)| *code), Some(0x7E), "the machine dropped it");
+    assert!(!line.events.contains(&lost), "and the host never got it: a lost game start");
 }

@@ -12,7 +12,8 @@ use firmware_protocols::sas::message::{
     ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill, TicketMessage,
 };
 use firmware_protocols::sas::session::{
-    CHARACTER_TIME, EnqueueError, HostSession, LinkState, MAX_BUSY_ANSWERS, PollError, SessionEvent,
+    CHARACTER_TIME, EnqueueError, HostSession, LinkState, MAX_BUSY_ANSWERS, PollError, ResumeError,
+    SessionEvent,
 };
 use firmware_protocols::sas::{
     Address, Character, Exception, HostMessage, LongPoll, MeterCode, RealTimeEvent, Reply,
@@ -1129,4 +1130,108 @@ fn after_the_machine_stopped_answering_rte_is_turned_on_again_before_the_next_ge
         after.iter().enumerate().filter(|(_, b)| ***b == [0x81]).map(|(i, _)| i).collect();
     assert!(generals.len() >= 2, "{after:02x?}");
     assert!(rte_at < generals[1], "LP0E before the next general poll: {after:02x?}");
+}
+
+// === Resuming after a restart ===
+
+#[test]
+fn a_resumed_session_first_sends_the_last_message_again_as_a_retry_without_a_sync_poll() {
+    let mut pair = Pair::new(&profile());
+    pair.session.resume(pair.now, &[0x81], false).expect("a general poll to this machine");
+    // The machine re-sends its previous reply to the repeated poll (implied NACK, §4.2).
+    pair.machine.general.push_back(vec![0x11]);
+    let first = pair.step().expect("the resumed poll is due at once");
+    assert_eq!((first.bytes, first.retry), (vec![0x81], true), "the exact bytes, as a retry");
+    let stats = pair.session.stats();
+    assert_eq!((stats.tries, stats.retries, stats.sync_polls), (1, 1, 0), "{stats:?}");
+    assert_eq!(pair.step().map(|s| s.bytes), Some(vec![0x80]), "the `80` only after the answer");
+}
+
+#[test]
+fn the_event_a_resumed_poll_brings_back_is_delivered_and_held_until_confirmed() {
+    let mut pair = Pair::new(&profile());
+    pair.auto_confirm = false;
+    pair.session.resume(pair.now, &[0x81], false).expect("a general poll to this machine");
+    pair.machine.general.push_back(vec![0x11]);
+    pair.run(1);
+    assert_eq!(
+        pair.take_events(),
+        [SessionEvent::LinkUp, SessionEvent::Exception(Exception::SlotDoorOpened)]
+    );
+    assert!(pair.session.is_holding());
+    assert_eq!(pair.step().map(|s| s.bytes), None, "no implied ACK before the confirmation");
+    assert_eq!(pair.session.poll_timeout(), None);
+    pair.session.confirm_events();
+    assert_eq!(pair.step().map(|s| s.bytes), Some(vec![0x80]), "now the `80` ACKs it");
+}
+
+#[test]
+fn a_resumed_long_poll_pre_empted_by_an_rte_event_reports_it_and_is_asked_again() {
+    let mut pair = Pair::new(&FirmwareProfile::generic());
+    pair.auto_confirm = false;
+    // The previous process sent LP1C with RTE on, and the machine answered with a game end
+    // instead (§4.4); it re-sends that frame to the repeated poll.
+    pair.machine.script(0x1C, [Some(hex(RTE_GAME_END_WIN_40))]);
+    pair.session.resume(pair.now, &[0x01, 0x1C], true).expect("a long poll to this machine");
+    let first = pair.step().expect("due at once");
+    assert_eq!((first.bytes, first.retry), (vec![0x01, 0x1C], true));
+    assert_eq!(
+        pair.take_events(),
+        [SessionEvent::LinkUp, SessionEvent::RealTimeEvent(RealTimeEvent::GameEnded { win: 40 })]
+    );
+    assert_eq!(pair.step().map(|s| s.bytes), None, "held until confirmed");
+    pair.session.confirm_events();
+    pair.auto_confirm = true;
+    let again = pair.run_until_sent(&[0x01, 0x1C]);
+    assert_eq!(pair.log[1].bytes, [0x80], "a different message before the poll is asked again");
+    assert!(!pair.log[again].retry, "asked again as a new poll, not one more NACK");
+    assert!(pair.take_events().contains(&SessionEvent::Reply {
+        poll: LongPoll::SendMeters,
+        reply: Reply::Meters(lp1c_meters())
+    }));
+}
+
+#[test]
+fn a_resumed_general_poll_is_read_with_the_rte_setting_of_the_previous_process() {
+    // A lone address byte is exception 01 with RTE off, but an RTE frame cut short with RTE on
+    // (codec module doc): taking it for an exception would invent one.
+    let answers = |rte_on: bool| {
+        let mut pair = Pair::new(&FirmwareProfile::generic());
+        pair.machine.general.extend([vec![0x01], hex(RTE_GAME_END_WIN_40)]);
+        pair.session.resume(pair.now, &[0x81], rte_on).expect("a general poll to this machine");
+        pair.run(2);
+        (pair.sent(), pair.take_events())
+    };
+    let (sent, events) = answers(true);
+    assert_eq!(sent, [vec![0x81], vec![0x81]], "the cut-short frame is NACKed once more");
+    assert!(events.contains(&SessionEvent::RealTimeEvent(RealTimeEvent::GameEnded { win: 40 })));
+    assert!(!events.iter().any(|e| matches!(e, SessionEvent::Exception(_))), "{events:?}");
+    let (sent, events) = answers(false);
+    assert_eq!(sent[0], [0x81]);
+    assert!(events.contains(&SessionEvent::Exception(Exception::from_code(0x01))), "{events:?}");
+}
+
+#[test]
+fn resume_refuses_bytes_that_are_no_poll_to_this_machine_and_the_session_starts_normally() {
+    type Expected = fn(&ResumeError) -> bool;
+    let cases: [(&[u8], Expected); 7] = [
+        (&[], |e| matches!(e, ResumeError::Decode(_))),
+        (&[0x01, 0x99], |e| matches!(e, ResumeError::Decode(_))),
+        (&[0x01, 0x01, 0x51, 0x09], |e| matches!(e, ResumeError::Decode(_))), // bad CRC
+        (&[0x81, 0x81], |e| matches!(e, ResumeError::Decode(_))),
+        (&[0x80], |e| *e == ResumeError::NotForThisMachine),
+        (&[0x82], |e| *e == ResumeError::NotForThisMachine),
+        (&[0x02, 0x1C], |e| *e == ResumeError::NotForThisMachine),
+    ];
+    for (bytes, expected) in cases {
+        let mut pair = Pair::new(&profile());
+        let error = pair.session.resume(pair.now, bytes, false).expect_err("refused");
+        assert!(expected(&error), "{bytes:02X?}: {error:?}");
+        assert!(!pair.session.has_retry_pending());
+        let first = pair.step().expect("due at once");
+        assert_eq!((first.bytes, first.retry), (vec![0x80], false), "{bytes:02X?}");
+    }
+    let mut pair = Pair::new(&profile());
+    pair.run(1);
+    assert_eq!(pair.session.resume(pair.now, &[0x81], false), Err(ResumeError::AlreadyStarted));
 }

@@ -81,6 +81,11 @@ impl MachinePoller {
         &self.registry_id
     }
 
+    /// The sequence number this machine's next event gets.
+    pub fn next_seq(&self) -> u64 {
+        self.normalizer.next_seq()
+    }
+
     /// A message is about to go to this machine: what comes back from now on is its answer.
     pub fn start_exchange(&mut self) {
         self.reply.clear();

@@ -24,19 +24,31 @@
 //!   its address is reported as a foreign chirp (never adopted).
 //! - **Stopping between exchanges.** Cancellation is acted on only when no answer is awaited and
 //!   every event taken out of a session is durable.
+//! - **A restart does not acknowledge what a crash left unstored.** Before a message goes on the
+//!   wire it is recorded in the line's in-flight file ([`inflight`]), and marked confirmed once
+//!   the events of its answer are durable. A line task that finds a record still `Sent` for one
+//!   of its machines resumes that machine's session with it
+//!   ([`HostSession::resume`](firmware_protocols::sas::session::HostSession::resume)): the first
+//!   message on the line, sent only once the line is connected, is that message again (an
+//!   implied NACK), never the `80` that would ACK the report the previous process lost.
 
+pub mod inflight;
 pub mod machine;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
 use firmware_protocols::sas::Character;
+use firmware_protocols::sas::HostMessage;
 use firmware_protocols::sas::session::{LinkState, Transmit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use machine::{MachinePoller, Schedule};
+
+use inflight::{InflightFile, Record, State};
 
 use crate::event::CanonicalEvent;
 use crate::journal::Journal;
@@ -73,11 +85,13 @@ enum LineInput<L> {
     RetryNow,
 }
 
-/// Polls every machine of one line until `cancel` fires.
+/// Polls every machine of one line until `cancel` fires. `inflight` is the line's in-flight
+/// record ([`inflight`]); without one a restart cannot resume an exchange a crash interrupted.
 pub async fn run_line<C>(
     name: String,
     connector: C,
     mut machines: Vec<MachinePoller>,
+    inflight: Option<PathBuf>,
     journal: Journal,
     cancel: CancellationToken,
 ) where
@@ -93,6 +107,17 @@ pub async fn run_line<C>(
     let mut next_listen = Instant::now() + LISTEN_AFTER;
     let mut listen_until: Option<Instant> = None;
     tracing::info!(line = %name, machines = machines.len(), "Line poller started.");
+    let mut inflight = inflight.and_then(|path| open_inflight(&name, &path));
+    // A resumed message must be the first thing the machine hears: nothing is sent, not even into
+    // a line that is still connecting, until the line is up.
+    let mut resume_waiting = match &mut inflight {
+        Some((_, previous)) => {
+            let previous = previous.take();
+            resume(&name, previous, &mut machines, Instant::now().into_std())
+        }
+        None => false,
+    };
+    let mut inflight = inflight.map(|(file, _)| file);
 
     loop {
         let now = Instant::now().into_std();
@@ -116,9 +141,19 @@ pub async fn run_line<C>(
         }
         // Every session event taken out above is now durable or maps to nothing durable (the
         // ACK of LP0E, say): confirm unconditionally, or a session holds the line for good.
+        let held = machines.iter().any(|m| m.session.is_holding());
         machines.iter_mut().for_each(|m| m.session.confirm_events());
 
         let exchanging = machines.iter().any(|m| m.session.is_exchanging());
+        if held
+            && !exchanging
+            && let Some(file) = &mut inflight
+            && let Err(error) = file.confirmed()
+        {
+            // Costs only the duplicate of this exchange's events should the process die now.
+            tracing::warn!(line = %name, file = %file.path().display(), %error,
+                "The in-flight record could not be marked confirmed.");
+        }
         if cancel.is_cancelled() && !exchanging {
             break;
         }
@@ -139,13 +174,20 @@ pub async fn run_line<C>(
         if !listening {
             listen_until = None;
         }
+        if resume_waiting && matches!(state, LineState::Up(_)) {
+            resume_waiting = false;
+        }
         if !exchanging
             && !listening
+            && !resume_waiting
             && let Some((i, tx)) = next_transmit(&mut machines, now, &mut next_turn)
         {
             machines[i].start_exchange();
             tracing::trace!(line = %name, bytes = ?Hex(&tx.characters), retry = tx.retry, "Sent.");
             if let LineState::Up(line) = &mut state {
+                // Only what reaches the wire is recorded: a message into a line that is down
+                // acknowledges nothing, and must not replace the one that did reach a machine.
+                record_sent(&name, inflight.as_mut(), &tx, &machines);
                 line.clear_input();
                 if let Err(error) = line.send(&tx.characters).await {
                     tracing::warn!(line = %name, %error, "Sending failed; reconnecting.");
@@ -159,6 +201,7 @@ pub async fn run_line<C>(
             .iter()
             .filter_map(MachinePoller::next_deadline)
             .min()
+            .filter(|_| !resume_waiting)
             .map_or_else(|| Instant::now() + Duration::from_secs(1), Instant::from_std);
         let deadline = listen_until.map_or(deadline, |t| t.max(deadline));
         tokio::select! {
@@ -207,6 +250,86 @@ pub async fn run_line<C>(
         );
     }
     tracing::info!(line = %name, "Line poller stopped.");
+}
+
+/// Opens the line's in-flight file and reads what a previous process left in it. A file that
+/// cannot be opened costs the protection against a crash, not the polling.
+fn open_inflight(line: &str, path: &std::path::Path) -> Option<(InflightFile, Option<Record>)> {
+    match InflightFile::open(path) {
+        Ok(opened) => Some(opened),
+        Err(error) => {
+            tracing::error!(line, file = %path.display(), %error,
+                "The in-flight file cannot be opened; a crash may lose the report of the \
+                 exchange it interrupts.");
+            None
+        }
+    }
+}
+
+/// Resumes the session the previous process's last message was for, if its answer may not have
+/// become durable. Returns whether a session was resumed.
+fn resume(
+    line: &str,
+    previous: Option<Record>,
+    machines: &mut [MachinePoller],
+    now: std::time::Instant,
+) -> bool {
+    let Some(record) = previous else { return false };
+    if record.state == State::Confirmed {
+        tracing::debug!(line, "The last exchange was confirmed; starting normally.");
+        return false;
+    }
+    let Some(m) = machines.iter_mut().find(|m| m.address().get() == record.address) else {
+        // The sync poll, a broadcast, or an address no longer on this line: nothing of ours
+        // awaits an acknowledgement.
+        tracing::debug!(
+            line,
+            address = record.address,
+            "The last message was for no machine here."
+        );
+        return false;
+    };
+    if m.next_seq() > record.next_machine_seq {
+        // The journal holds events numbered after the send: the answer's events were stored and
+        // only the `Confirmed` write was missed. Resuming would store them a second time.
+        tracing::info!(line, machine = %m.registry_id(),
+            "The last exchange's events are already in the journal; starting normally.");
+        return false;
+    }
+    match m.session.resume(now, &record.bytes, record.rte_on) {
+        Ok(()) => {
+            tracing::info!(line, machine = %m.registry_id(), bytes = ?record.bytes,
+                "Resuming the exchange the previous run left unconfirmed.");
+            true
+        }
+        Err(error) => {
+            tracing::warn!(line, machine = %m.registry_id(), bytes = ?record.bytes, %error,
+                "The in-flight record cannot be resumed; starting normally.");
+            false
+        }
+    }
+}
+
+/// Records `tx` as the line's last message before it is sent.
+fn record_sent(
+    line: &str,
+    file: Option<&mut InflightFile>,
+    tx: &Transmit,
+    machines: &[MachinePoller],
+) {
+    let Some(file) = file else { return };
+    let address = match &tx.message {
+        HostMessage::GeneralPoll(a) | HostMessage::LongPoll(a, _) => a.get(),
+        HostMessage::SyncPoll | HostMessage::Broadcast(_) => 0,
+    };
+    let machine = machines.iter().find(|m| m.address().get() == address);
+    let rte_on = machine.is_some_and(|m| m.session.rte_enabled());
+    let next_seq = machine.map_or(0, MachinePoller::next_seq);
+    let bytes: Vec<u8> = tx.bytes().collect();
+    if let Err(error) = file.sent(address, &bytes, rte_on, next_seq) {
+        tracing::warn!(line, file = %file.path().display(), %error,
+            "The in-flight record could not be written; a crash now may lose a report.");
+    }
 }
 
 /// Characters as hex for trace logs, a `*` marking the wakeup bit: `*81`, `01 1C`.
@@ -314,5 +437,68 @@ async fn persist(
                 delay = (delay * 2).min(PERSIST_RETRY.1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Currency, RegistryId, VenueId};
+    use crate::normalizer::{MachineIdentity, VenueSettings};
+    use firmware_protocols::FirmwareProfile;
+    use firmware_protocols::sas::Address;
+
+    fn machines(now: std::time::Instant) -> Vec<MachinePoller> {
+        [1, 2]
+            .into_iter()
+            .map(|address| {
+                let venue = VenueSettings {
+                    venue_id: VenueId::new("hall-1").unwrap(),
+                    currency: Currency::UAH,
+                    time_zone: jiff::tz::TimeZone::UTC,
+                    clock_drift_threshold: Duration::from_secs(60),
+                };
+                let identity = MachineIdentity {
+                    registry_id: RegistryId::new(format!("UA-000{address}")).unwrap(),
+                    address: Address::new(address).unwrap(),
+                    asset_number: None,
+                    denomination_code: None,
+                };
+                let schedule = Schedule {
+                    meter_snapshot_interval: Duration::from_secs(3600),
+                    clock_sync_interval: Duration::from_secs(3600),
+                };
+                let profile = FirmwareProfile::generic();
+                MachinePoller::new(venue, identity, &profile, schedule, 5, &[], now).unwrap()
+            })
+            .collect()
+    }
+
+    /// Which machines' sessions were resumed from `record`.
+    fn resumed(record: Record) -> (bool, Vec<bool>) {
+        let now = std::time::Instant::now();
+        let mut machines = machines(now);
+        let any = resume("line", Some(record), &mut machines, now);
+        (any, machines.iter().map(|m| m.session.has_retry_pending()).collect())
+    }
+
+    #[test]
+    fn only_a_sent_record_for_a_machine_on_the_line_resumes_and_only_that_machine() {
+        let sent = |address, bytes: &[u8]| Record {
+            state: State::Sent,
+            address,
+            rte_on: true,
+            bytes: bytes.to_vec(),
+            next_machine_seq: 5,
+        };
+        assert_eq!(resumed(sent(2, &[0x02, 0x1C])), (true, vec![false, true]));
+        let stored = Record { next_machine_seq: 4, ..sent(1, &[0x81]) };
+        assert_eq!(resumed(stored), (false, vec![false, false]), "events stored, flag missed");
+        assert_eq!(resumed(sent(1, &[0x81])), (true, vec![true, false]));
+        let confirmed = Record { state: State::Confirmed, ..sent(1, &[0x81]) };
+        assert_eq!(resumed(confirmed), (false, vec![false, false]), "already durable");
+        assert_eq!(resumed(sent(0, &[0x80])), (false, vec![false, false]), "the sync poll");
+        assert_eq!(resumed(sent(5, &[0x85])), (false, vec![false, false]), "not on this line");
+        assert_eq!(resumed(sent(1, &[0x01, 0x99])), (false, vec![false, false]), "garbage");
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! # Driving a session
 //!
-//! After every call to `new`, `handle_input`, `handle_timeout`, `enqueue` or `confirm_events`,
+//! After every call to `new` (and `resume`), `handle_input`, `handle_timeout`, `enqueue` or `confirm_events`,
 //! the caller drains `poll_event`, sends whatever `poll_transmit(now)` returns, and sleeps until
 //! `poll_timeout()` (or until input arrives), then calls `handle_timeout(now)`. `poll_timeout`
 //! returns `None` only while the session waits for [`HostSession::confirm_events`].
@@ -33,6 +33,18 @@
 //!   after its flush) has it. Retries of the same message are still allowed: they are NACKs. The
 //!   caller must confirm promptly: a machine that sees no address byte for 5 s declares a loop
 //!   break and starts chirping (§4.1).
+//! - **Resuming across a restart.** The hold lives in memory: a host process that dies between a
+//!   reply and `confirm_events` leaves the machine waiting for the ACK of a report nobody stored,
+//!   and a new session's `80` would be that ACK. [`HostSession::resume`], called on a fresh
+//!   session, makes its first transmission the previous process's last message to this machine,
+//!   byte for byte and as a retry (no `80` before it): the machine takes it as an implied NACK
+//!   and sends its previous reply again without executing anything, and that reply is processed
+//!   as the answer to the message, its events held for `confirm_events` as usual. Only the last
+//!   message on a *line* can be unacknowledged (a poll to another address is an ACK too), so at
+//!   most one session per line resumes. Resuming is safe when the record is stale: a machine that
+//!   acknowledged since, or lost sync, treats the message as a new poll or ignores it; an event
+//!   the caller had already stored comes again (a duplicate, never a loss); and a message that
+//!   had already used up its tries may be executed once more.
 //! - **Nothing the machine reports is dropped, nothing is delivered twice.** Unknown exception
 //!   codes reach the caller as [`Exception::Unknown`]; only the idle answers (exception 00, 1F and
 //!   the RTE frame `addr FF 00`) produce no event. An RTE report identical to the previous one,
@@ -206,6 +218,22 @@ pub enum EnqueueError {
     /// The poll cannot be encoded (too many meters, an invalid date).
     #[error("cannot encode the poll: {0}")]
     Encode(#[from] EncodeError),
+}
+
+/// Why [`HostSession::resume`] refused to resume; the session then starts as if new.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResumeError {
+    /// The bytes are not a complete, valid host message.
+    #[error("not a host message: {0}")]
+    Decode(DecodeError),
+    /// A message, but not a general or long poll to this machine (the sync poll, a broadcast, a
+    /// poll to another address): it leaves nothing of this machine's unacknowledged.
+    #[error("not a poll to this machine")]
+    NotForThisMachine,
+    /// The session has sent something already; only its first transmission can be the retry.
+    #[error("the session has already started")]
+    AlreadyStarted,
 }
 
 /// The link as the session sees it.
@@ -382,6 +410,44 @@ impl HostSession {
             delivered_unconfirmed: false,
             stats: SessionStats::default(),
         }
+    }
+
+    /// Makes the first transmission of a fresh session a retry of `last`, the exact bytes of the
+    /// last message a previous process sent to this machine, with `rte_on` as that process
+    /// believed RTE to be (it decides how the reply is framed). See "Resuming across a restart"
+    /// in the module doc. On an error nothing changes and the session starts normally.
+    pub fn resume(&mut self, now: Instant, last: &[u8], rte_on: bool) -> Result<(), ResumeError> {
+        if self.exchange.is_some()
+            || self.retry.is_some()
+            || self.stats.tries > 0
+            || self.stats.sync_polls > 0
+        {
+            return Err(ResumeError::AlreadyStarted);
+        }
+        let message = HostMessage::decode(last).map_err(ResumeError::Decode)?;
+        let ours = match &message {
+            HostMessage::GeneralPoll(address) | HostMessage::LongPoll(address, _) => {
+                *address == self.address
+            }
+            HostMessage::SyncPoll | HostMessage::Broadcast(_) => false,
+        };
+        if !ours {
+            return Err(ResumeError::NotForThisMachine);
+        }
+        self.rte_on = rte_on;
+        let expect = Expect::for_message(&message);
+        let planned = Planned { message, bytes: last.to_vec(), busy: 0, silent: 0 };
+        // Queued as the retry of a first try that never concluded here: `poll_transmit` sends it
+        // before anything else, the sync poll included, and counts it as a retry.
+        self.retry = Some(Exchange {
+            planned,
+            tries: 1,
+            reply_by: now,
+            last_byte_at: None,
+            decoder: ReplyDecoder::new(self.address, expect, rte_on),
+        });
+        self.next_due = now;
+        Ok(())
     }
 
     /// The machine's address.

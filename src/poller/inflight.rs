@@ -1,0 +1,380 @@
+//! The in-flight record of one line: a tiny file holding the last message the gateway put on
+//! the line and whether the events its answer produced are durable, so that a process started
+//! after a crash can resume that exchange ([`HostSession::resume`]) instead of acknowledging a
+//! report it never stored.
+//!
+//! # Why
+//!
+//! SAS acknowledges implicitly: the next different message on a line ACKs the previous reply
+//! (sas-protocol.md §4.2), and a new session starts with the `80` sync poll, which ACKs
+//! everything. A process killed between reading a reply that carried an event and making that
+//! event durable would have its successor ACK the event away. With this record the successor
+//! repeats the last message instead (an implied NACK), the machine sends its reply again, and the
+//! event is stored before anything acknowledges it.
+//!
+//! # Life of a record
+//!
+//! - [`State::Sent`] is written before a message goes on the wire, with its exact bytes, its
+//!   address and whether RTE was on for that machine. Retries of the same message rewrite
+//!   nothing.
+//! - [`State::Confirmed`] is written right after the events of the exchange were made durable and
+//!   the sessions confirmed them. On start-up a `Confirmed` record means "start normally": the
+//!   `80` then acknowledges only what is already stored.
+//! - The record also holds the machine's next per-machine sequence number at send time. A process
+//!   that dies after the journal flush but before the `Confirmed` write leaves `Sent`, but the
+//!   journal's next number for that machine is then past the recorded one: the answer's events
+//!   are stored, and the successor starts normally instead of storing them twice. (The daemon
+//!   crash test found that window: one duplicate in a few hundred kills.)
+//!
+//! # Durability
+//!
+//! The record is written with `pwrite` and never fsynced: one write per message, microseconds,
+//! into the page cache, which survives the death of the process (SIGKILL, panic, OOM kill), the
+//! case this exists for. An OS crash or power cut can lose the last write; the record then reads
+//! as an older one or as nothing. That costs something only if it falls in the ~1 ms between a
+//! reply and its journal flush; the successor then starts with the `80` and the machine forgets
+//! that one report, exactly as without this file. A power cut also resets most machines' link,
+//! which keeps their queue (they chirp, lose sync and report again), so the exposure is a host
+//! crash with the machines powered on.
+//!
+//! # Format
+//!
+//! One fixed-size record of [`RECORD_LEN`] bytes at offset 0, little-endian:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `SGIF` |
+//! | 4 | 1 | version, 2 |
+//! | 5 | 1 | state: 1 sent, 2 confirmed |
+//! | 6 | 1 | address (0 for the sync poll or a broadcast) |
+//! | 7 | 1 | flags: bit 0 RTE on |
+//! | 8 | 2 | message length, 1 to [`MAX_MESSAGE`] |
+//! | 10 | 256 | message bytes, zero padded |
+//! | 266 | 8 | the machine's next per-machine sequence number when the message was sent |
+//! | 274 | 4 | CRC-32 (IEEE) of bytes 0 to 273 |
+//!
+//! Anything else (a short or torn file, a wrong magic, version or CRC, a field out of range)
+//! reads as "nothing known", and the line starts normally.
+//!
+//! [`HostSession::resume`]: firmware_protocols::sas::session::HostSession::resume
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Size of the record on disk.
+pub const RECORD_LEN: usize = 278;
+/// Longest message a record holds; every message slotgate sends is far shorter.
+pub const MAX_MESSAGE: usize = 256;
+
+const MAGIC: [u8; 4] = *b"SGIF";
+const VERSION: u8 = 2;
+const BYTES_AT: usize = 10;
+const SEQ_AT: usize = BYTES_AT + MAX_MESSAGE;
+const CRC_AT: usize = SEQ_AT + 8;
+
+/// Where the last exchange stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// The message went (or was about to go) on the wire; its answer may not be durable.
+    Sent,
+    /// The events of the exchange are durable and confirmed.
+    Confirmed,
+}
+
+/// The last message on a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub state: State,
+    /// The address the message was for; 0 for the sync poll or a broadcast.
+    pub address: u8,
+    /// Whether RTE was on for that machine, which decides how its answer is framed.
+    pub rte_on: bool,
+    /// The exact wire bytes, 1 to [`MAX_MESSAGE`] of them.
+    pub bytes: Vec<u8>,
+    /// The addressed machine's next per-machine sequence number when the message was sent.
+    pub next_machine_seq: u64,
+}
+
+impl Record {
+    /// The on-disk form, or `None` for a message that does not fit.
+    pub fn encode(&self) -> Option<[u8; RECORD_LEN]> {
+        if self.bytes.is_empty() || self.bytes.len() > MAX_MESSAGE {
+            return None;
+        }
+        let len = u16::try_from(self.bytes.len()).ok()?;
+        let mut out = [0u8; RECORD_LEN];
+        out[..4].copy_from_slice(&MAGIC);
+        out[4] = VERSION;
+        out[5] = match self.state {
+            State::Sent => 1,
+            State::Confirmed => 2,
+        };
+        out[6] = self.address;
+        out[7] = u8::from(self.rte_on);
+        out[8..10].copy_from_slice(&len.to_le_bytes());
+        out[BYTES_AT..BYTES_AT + self.bytes.len()].copy_from_slice(&self.bytes);
+        out[SEQ_AT..CRC_AT].copy_from_slice(&self.next_machine_seq.to_le_bytes());
+        let crc = crc32fast::hash(&out[..CRC_AT]);
+        out[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+        Some(out)
+    }
+
+    /// Reads a record; `None` for anything but a complete, valid one.
+    pub fn decode(data: &[u8]) -> Option<Self> {
+        let data: &[u8; RECORD_LEN] = data.try_into().ok()?;
+        let (body, crc) = data.split_at(CRC_AT);
+        if crc32fast::hash(body).to_le_bytes() != crc {
+            return None;
+        }
+        if body.get(..4)? != MAGIC || body[4] != VERSION {
+            return None;
+        }
+        let state = match body[5] {
+            1 => State::Sent,
+            2 => State::Confirmed,
+            _ => return None,
+        };
+        let rte_on = match body[7] {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        let len = usize::from(u16::from_le_bytes([body[8], body[9]]));
+        if !(1..=MAX_MESSAGE).contains(&len) || body[6] > 0x7F {
+            return None;
+        }
+        let bytes = body.get(BYTES_AT..BYTES_AT + len)?.to_vec();
+        let next_machine_seq = u64::from_le_bytes(body.get(SEQ_AT..CRC_AT)?.try_into().ok()?);
+        Some(Self { state, address: body[6], rte_on, bytes, next_machine_seq })
+    }
+}
+
+/// The file name for a line's record: the line name where it is safe in a path, else the safe
+/// part and a hash of the name, so that two names never share a file.
+pub fn file_name(line: &str) -> String {
+    let safe: String = line
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    if safe == line {
+        format!("{safe}.inflight")
+    } else {
+        format!("{safe}-{:08x}.inflight", crc32fast::hash(line.as_bytes()))
+    }
+}
+
+/// A line's record file, open for the life of the line task.
+#[derive(Debug)]
+pub struct InflightFile {
+    file: File,
+    path: PathBuf,
+    /// What the file holds, as far as this process wrote or read it.
+    current: Option<Record>,
+}
+
+impl InflightFile {
+    /// Opens (creating it and its directory if need be) the file at `path`, and returns it with
+    /// the record a previous process left there, if a valid one.
+    pub fn open(path: &Path) -> io::Result<(Self, Option<Record>)> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let mut data = vec![0u8; RECORD_LEN + 1];
+        let mut read = 0;
+        // One extra byte: a longer file is not a record either.
+        while read < data.len() {
+            match file.read_at(&mut data[read..], read as u64)? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        let previous = Record::decode(&data[..read]);
+        let inflight = Self { file, path: path.to_path_buf(), current: previous.clone() };
+        Ok((inflight, previous))
+    }
+
+    /// The file's path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records that `bytes` for `address` are about to go on the wire. A retry of the message
+    /// already recorded as sent writes nothing.
+    pub fn sent(
+        &mut self,
+        address: u8,
+        bytes: &[u8],
+        rte_on: bool,
+        next_machine_seq: u64,
+    ) -> io::Result<()> {
+        let bytes = bytes.to_vec();
+        let record = Record { state: State::Sent, address, rte_on, bytes, next_machine_seq };
+        if self.current.as_ref() == Some(&record) {
+            return Ok(());
+        }
+        match record.encode() {
+            Some(data) => self.write(data, Some(record)),
+            // Nothing slotgate sends is this long; should it ever be, the stale record must go,
+            // or a successor would resume a message that is no longer the last one.
+            None => self.write([0u8; RECORD_LEN], None),
+        }
+    }
+
+    /// Records that the events of the exchange recorded as sent are durable and confirmed.
+    pub fn confirmed(&mut self) -> io::Result<()> {
+        let Some(record) = self.current.as_ref().filter(|r| r.state == State::Sent) else {
+            return Ok(());
+        };
+        let record = Record { state: State::Confirmed, ..record.clone() };
+        match record.encode() {
+            Some(data) => self.write(data, Some(record)),
+            None => self.write([0u8; RECORD_LEN], None),
+        }
+    }
+
+    fn write(&mut self, data: [u8; RECORD_LEN], record: Option<Record>) -> io::Result<()> {
+        // What the file holds is unknown until the write succeeds; a failed write leaves
+        // `current` empty so that the next call writes again.
+        self.current = None;
+        self.file.write_all_at(&data, 0)?;
+        self.current = record;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent() -> Record {
+        Record {
+            state: State::Sent,
+            address: 3,
+            rte_on: true,
+            bytes: vec![0x03, 0x1C],
+            next_machine_seq: 41,
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips() {
+        for record in [
+            sent(),
+            Record {
+                state: State::Confirmed,
+                address: 0,
+                rte_on: false,
+                bytes: vec![0x80],
+                next_machine_seq: 0,
+            },
+            Record {
+                state: State::Sent,
+                address: 127,
+                rte_on: false,
+                bytes: vec![0xAB; 256],
+                next_machine_seq: u64::MAX,
+            },
+        ] {
+            let data = record.encode().expect("fits");
+            assert_eq!(Record::decode(&data), Some(record));
+        }
+    }
+
+    #[test]
+    fn the_layout_is_the_documented_one() {
+        let data = sent().encode().expect("fits");
+        assert_eq!(&data[..10], b"SGIF\x02\x01\x03\x01\x02\x00");
+        assert_eq!(&data[10..12], [0x03, 0x1C]);
+        assert!(data[12..266].iter().all(|&b| b == 0));
+        assert_eq!(data[266..274], 41u64.to_le_bytes());
+        assert_eq!(data[274..], crc32fast::hash(&data[..274]).to_le_bytes());
+    }
+
+    #[test]
+    fn messages_that_do_not_fit_are_not_encoded() {
+        let mut record = sent();
+        record.bytes.clear();
+        assert_eq!(record.encode(), None);
+        record.bytes = vec![0; MAX_MESSAGE + 1];
+        assert_eq!(record.encode(), None);
+    }
+
+    #[test]
+    fn torn_short_long_or_garbage_data_reads_as_nothing() {
+        let data = sent().encode().expect("fits");
+        assert_eq!(Record::decode(&[]), None);
+        assert_eq!(Record::decode(&data[..RECORD_LEN - 1]), None, "short");
+        let mut long = data.to_vec();
+        long.push(0);
+        assert_eq!(Record::decode(&long), None, "long");
+        // A torn write: the first half new, the second half of an older record.
+        let older = Record { bytes: vec![0x83], ..sent() }.encode().expect("fits");
+        let mut torn = data;
+        torn[RECORD_LEN / 2..].copy_from_slice(&older[RECORD_LEN / 2..]);
+        assert_eq!(Record::decode(&torn), None, "torn");
+        assert_eq!(Record::decode(&[0xFF; RECORD_LEN]), None, "garbage");
+        assert_eq!(Record::decode(&[0; RECORD_LEN]), None, "zeroed");
+    }
+
+    #[test]
+    fn every_flipped_bit_is_caught() {
+        let data = sent().encode().expect("fits");
+        for i in 0..RECORD_LEN * 8 {
+            let mut bad = data;
+            bad[i / 8] ^= 1 << (i % 8);
+            assert_eq!(Record::decode(&bad), None, "bit {i}");
+        }
+    }
+
+    #[test]
+    fn fields_out_of_range_are_refused_even_with_a_valid_crc() {
+        let resealed = |patch: &dyn Fn(&mut [u8; RECORD_LEN])| {
+            let mut data = sent().encode().expect("fits");
+            patch(&mut data);
+            let crc = crc32fast::hash(&data[..CRC_AT]);
+            data[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+            Record::decode(&data)
+        };
+        assert!(resealed(&|_| {}).is_some());
+        assert_eq!(resealed(&|d| d[0] = b'X'), None, "magic");
+        assert_eq!(resealed(&|d| d[4] = 1), None, "version");
+        assert_eq!(resealed(&|d| d[5] = 3), None, "state");
+        assert_eq!(resealed(&|d| d[6] = 0x80), None, "address");
+        assert_eq!(resealed(&|d| d[7] = 2), None, "flags");
+        assert_eq!(resealed(&|d| d[8..10].copy_from_slice(&0u16.to_le_bytes())), None, "len 0");
+        assert_eq!(resealed(&|d| d[8..10].copy_from_slice(&257u16.to_le_bytes())), None, "len");
+    }
+
+    #[test]
+    fn the_file_keeps_the_last_message_and_its_state() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("lines").join(file_name("hall 1"));
+        let (mut file, previous) = InflightFile::open(&path).expect("created");
+        assert_eq!(previous, None, "a new file knows nothing");
+        file.sent(3, &[0x83], false, 41).expect("written");
+        file.sent(3, &[0x03, 0x1C], true, 41).expect("written");
+        assert_eq!(InflightFile::open(&path).expect("opens").1, Some(sent()));
+        file.confirmed().expect("written");
+        let (_, read) = InflightFile::open(&path).expect("opens");
+        assert_eq!(read, Some(Record { state: State::Confirmed, ..sent() }));
+        // A message that cannot be recorded wipes the stale record.
+        file.sent(3, &[0; MAX_MESSAGE + 1], false, 41).expect("written");
+        assert_eq!(InflightFile::open(&path).expect("opens").1, None);
+        std::fs::write(&path, b"torn").expect("written");
+        assert_eq!(InflightFile::open(&path).expect("opens").1, None);
+    }
+
+    #[test]
+    fn line_names_map_to_distinct_safe_file_names() {
+        assert_eq!(file_name("hall-1_a"), "hall-1_a.inflight");
+        let spaced = file_name("hall 1");
+        assert!(spaced.starts_with("hall_1-") && spaced.ends_with(".inflight"), "{spaced}");
+        assert_ne!(file_name("hall 1"), file_name("hall/1"));
+        assert_ne!(file_name("hall_1"), file_name("hall 1"));
+        assert!(!file_name("../x").contains('/'));
+    }
+}

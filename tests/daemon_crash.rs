@@ -1,0 +1,167 @@
+//! Crash test of the durability contract (issue 4, requirements.md R7): the real daemon is killed
+//! with SIGKILL at random moments while simulated machines play, and restarted at once each
+//! time. Afterwards every report a machine dropped from its queue (i.e. that the gateway
+//! acknowledged) must be in the journal, in order, and the journal's chain and sequence numbers
+//! must be intact.
+//!
+//! `SLOTGATE_CRASH_ITERATIONS` sets the number of kills (default 200; the long mode is e.g.
+//! 2000), `SLOTGATE_CRASH_SEED` the seed of the kill moments (printed on failure).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use serde_json::Value;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Per machine serial: the play reports (`(true, wagered)` for 7E, `(false, win)` for 7F) the
+/// machine dropped from its queue because the host acknowledged them, in the machine's order;
+/// and every play report it produced, acknowledged or not.
+fn ledger_reports(ledger: &[Value]) -> (Reports, Reports) {
+    let key = |r: &Value| (r["serial"].as_str().unwrap().to_owned(), r["exception_seq"].as_u64());
+    let acknowledged: HashSet<_> =
+        ledger.iter().filter(|r| r["type"] == "exception_acknowledged").map(key).collect();
+    let (mut acked, mut all) = (Reports::new(), Reports::new());
+    for r in ledger.iter().filter(|r| r["type"] == "exception") {
+        let report = match r["code"].as_u64() {
+            Some(0x7E) => (true, r["event"]["credits_wagered"].as_u64().unwrap()),
+            Some(0x7F) => (false, r["event"]["win"].as_u64().unwrap()),
+            _ => continue,
+        };
+        let serial = r["serial"].as_str().unwrap().to_owned();
+        if acknowledged.contains(&key(r)) {
+            acked.entry(serial.clone()).or_default().push(report);
+        }
+        all.entry(serial).or_default().push(report);
+    }
+    (acked, all)
+}
+
+type Reports = BTreeMap<String, Vec<(bool, u64)>>;
+
+/// Whether `needle` appears in `haystack` in order (not necessarily contiguously).
+fn is_subsequence(needle: &[(bool, u64)], haystack: &[(bool, u64)]) -> bool {
+    let mut it = haystack.iter();
+    needle.iter().all(|n| it.any(|h| h == n))
+}
+
+fn start_gateway(config: &Path, log: &Path) -> Proc {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Proc(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "slotgate=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn sigkill_at_random_moments_loses_no_acknowledged_report() {
+    let iterations = env_u64("SLOTGATE_CRASH_ITERATIONS", 200);
+    let seed = env_u64("SLOTGATE_CRASH_SEED", rand::random());
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let (sim, machines) = simulate(
+        4,
+        &ledger_path,
+        &[
+            "--rte",
+            "--game-rate",
+            "240",
+            "--game-duration",
+            "100ms",
+            "--cashout-probability",
+            "0",
+            "--seed",
+            &seed.to_string(),
+        ],
+    );
+    let config = write_config(dir.path(), &machines);
+    let key = dir.path().join("journal.key");
+    let status = Command::new(BIN).args(["journal", "keygen", "--out"]).arg(&key).status().unwrap();
+    assert!(status.success());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replacen(
+        "[storage]",
+        &format!("[journal]\nsigning_key = {:?}\ncheckpoint_interval = \"1s\"\n\n[storage]", key),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("gateway.log");
+
+    for _ in 0..iterations {
+        let gateway = start_gateway(&config, &log);
+        let alive = Duration::from_millis(rng.random_range(100..1500));
+        std::thread::sleep(alive);
+        let mut child = gateway;
+        // Proc's Drop sends SIGKILL and reaps the child: a crash, not a stop.
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
+    }
+    // A last, clean run reads whatever the kills left in the machines' queues.
+    let gateway = start_gateway(&config, &log);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(gateway.terminate().success(), "slotgate run exits cleanly on SIGTERM");
+    sim.terminate();
+
+    let journal = dir.path().join("state/journal");
+    let verify =
+        Command::new(BIN).args(["journal", "verify", "--config"]).arg(&config).output().unwrap();
+    let report = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "seed {seed}: journal verify failed:\n{report}");
+    assert!(report.contains("hash chain: intact"), "{report}");
+
+    let events = journal_events(&journal);
+    assert_sequences_gap_free(&events);
+    let got = gateway_reports(&events);
+    let (acked, all) = ledger_reports(&read_json_lines(&ledger_path));
+    assert_eq!(acked.len(), machines.len(), "every machine played");
+    for (serial, acked) in &acked {
+        let journalled = got.get(serial).map_or(&[][..], Vec::as_slice);
+        assert!(
+            is_subsequence(acked, journalled),
+            "seed {seed}: machine {serial}: a report the gateway acknowledged is missing from \
+             the journal ({} acknowledged, {} journalled); log: {}",
+            acked.len(),
+            journalled.len(),
+            log.display()
+        );
+        // Known open defect (issue 4 note): after some restarts the journal holds a play report
+        // again that the machine made earlier (a stale re-send). Nothing is lost, which is what
+        // this test asserts; the extras are counted and printed until that is fixed.
+        if !is_subsequence(journalled, &all[serial]) {
+            eprintln!(
+                "seed {seed}: machine {serial}: {} journalled play reports are not an ordered \
+                 subset of the {} the machine made (stale re-send after a restart)",
+                journalled.len(),
+                all[serial].len()
+            );
+        }
+        assert!(acked.len() >= 20, "machine {serial} played too little to prove anything");
+    }
+    let derived = events
+        .iter()
+        .filter(|e| {
+            e["derived"] == true
+                && matches!(e["kind"].as_str(), Some("bet_accepted" | "game_ended"))
+        })
+        .count();
+    assert_eq!(derived, 0, "seed {seed}: a play report was replaced by a meter-derived event");
+}

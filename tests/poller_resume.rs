@@ -1,0 +1,179 @@
+//! The line poller and its in-flight record (`poller::inflight`) against a scripted machine on
+//! an in-memory line: a record left `Sent` by a crashed run makes the next run's first message
+//! that message again (an implied NACK), only once the line is connected, and the record is
+//! marked confirmed once the answer's events are durable.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use firmware_protocols::FirmwareProfile;
+use firmware_protocols::sas::Address;
+use firmware_protocols::sas::codec::RequestDecoder;
+use jiff::tz::TimeZone;
+use slotgate::event::{Currency, RegistryId, VenueId};
+use slotgate::journal::{Body, Journal, JournalConfig};
+use slotgate::normalizer::{MachineIdentity, VenueSettings};
+use slotgate::poller::inflight::{InflightFile, Record, State};
+use slotgate::poller::{self, MachinePoller, Schedule};
+use slotgate::transport::{
+    Character, Connect, Line, MemoryLine, TransportError, WakeupMethod, memory,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Hands out one end of an in-memory line, after a delay longer than every try of a poll, so a
+/// message sent before the line is up would be lost and the next one would be the `80`.
+#[derive(Clone)]
+struct SlowOnce(Arc<Mutex<Option<MemoryLine>>>);
+
+impl Connect for SlowOnce {
+    type Line = MemoryLine;
+
+    async fn connect(&self) -> Result<MemoryLine, TransportError> {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let line = self.0.lock().unwrap().take();
+        match line {
+            Some(line) => Ok(line),
+            None => std::future::pending().await,
+        }
+    }
+
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+
+    fn planned_wakeup(&self) -> WakeupMethod {
+        WakeupMethod::Framed
+    }
+}
+
+fn machine(now: std::time::Instant) -> MachinePoller {
+    let venue = VenueSettings {
+        venue_id: VenueId::new("hall-1").unwrap(),
+        currency: Currency::UAH,
+        time_zone: TimeZone::UTC,
+        clock_drift_threshold: Duration::from_secs(60),
+    };
+    let identity = MachineIdentity {
+        registry_id: RegistryId::new("UA-0001").unwrap(),
+        address: Address::new(1).unwrap(),
+        asset_number: None,
+        denomination_code: None,
+    };
+    let mut profile = FirmwareProfile::generic();
+    profile.rte.enable = false;
+    let schedule = Schedule {
+        meter_snapshot_interval: Duration::from_secs(3600),
+        clock_sync_interval: Duration::from_secs(3600),
+    };
+    MachinePoller::new(venue, identity, &profile, schedule, 0, &[], now).unwrap()
+}
+
+/// The next message the machine end receives, framed as a machine frames it.
+async fn next_message(egm: &mut MemoryLine, framer: &mut RequestDecoder) -> Vec<u8> {
+    let mut input = Vec::new();
+    loop {
+        tokio::time::timeout(Duration::from_secs(5), egm.recv(&mut input)).await.unwrap().unwrap();
+        let now = std::time::Instant::now();
+        for c in input.drain(..) {
+            if let Some(request) = framer.push(now, c.byte, Some(c.wakeup)) {
+                return request.bytes;
+            }
+        }
+    }
+}
+
+fn reply(bytes: &[u8]) -> Vec<Character> {
+    bytes.iter().map(|&byte| Character { byte, wakeup: false }).collect()
+}
+
+fn record(path: &Path) -> Option<Record> {
+    InflightFile::open(path).unwrap().1
+}
+
+/// Runs a line whose in-flight file holds `previous`; returns the first two messages the machine
+/// receives, answering the first with the slot door exception, the journal's events after the
+/// second, and the in-flight record at that moment.
+async fn run_after(previous: Record) -> (Vec<u8>, Vec<u8>, String, Option<Record>) {
+    let dir = tempfile::tempdir().unwrap();
+    let inflight = dir.path().join("lines").join("line-1.inflight");
+    let (mut file, _) = InflightFile::open(&inflight).unwrap();
+    file.sent(previous.address, &previous.bytes, previous.rte_on, previous.next_machine_seq)
+        .unwrap();
+    if previous.state == State::Confirmed {
+        file.confirmed().unwrap();
+    }
+    drop(file);
+    let (journal, writer) =
+        Journal::open(JournalConfig::in_dir(&dir.path().join("journal"))).unwrap();
+    let (host, mut egm) = memory::pair();
+    let connector = SlowOnce(Arc::new(Mutex::new(Some(host))));
+    let cancel = CancellationToken::new();
+    let now = tokio::time::Instant::now().into_std();
+    let task = tokio::spawn(poller::run_line(
+        "line-1".into(),
+        connector,
+        vec![machine(now)],
+        Some(inflight.clone()),
+        journal.clone(),
+        cancel.clone(),
+    ));
+
+    let mut framer = RequestDecoder::default();
+    let first = next_message(&mut egm, &mut framer).await;
+    // The machine's previous reply, re-sent for the implied NACK: slot door opened.
+    egm.send(&reply(&[0x11])).await.unwrap();
+    let second = next_message(&mut egm, &mut framer).await;
+    // What is durable in the journal when the second message (the implied ACK) goes out.
+    let events: String = journal
+        .read(0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.body {
+            Some(Body::Event { canonical_json, .. }) => String::from_utf8(canonical_json).ok(),
+            _ => None,
+        })
+        .collect();
+    let at_second = record(&inflight);
+
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        // Keep the line alive while the poller finishes its exchange.
+        tokio::select! {
+            _ = task => {}
+            () = async { loop { let _ = egm.recv(&mut Vec::new()).await; } } => {}
+        }
+    })
+    .await
+    .unwrap();
+    drop(journal);
+    tokio::task::spawn_blocking(move || writer.join()).await.unwrap().unwrap();
+    (first, second, events, at_second)
+}
+
+#[tokio::test]
+async fn a_record_left_sent_makes_the_first_message_a_retry_of_it_once_the_line_is_up() {
+    let previous = Record {
+        state: State::Sent,
+        address: 1,
+        rte_on: false,
+        bytes: vec![0x81],
+        next_machine_seq: 0,
+    };
+    let (first, second, events, at_second) = run_after(previous).await;
+    assert_eq!(first, [0x81], "the interrupted poll again, not the `80` that would ACK it away");
+    assert_eq!(second, [0x80], "then the implied ACK");
+    assert!(events.contains("slot_door_opened"), "durable before the ACK was sent: {events}");
+    assert_eq!(
+        at_second,
+        Some(Record {
+            state: State::Sent,
+            address: 0,
+            rte_on: false,
+            bytes: vec![0x80],
+            next_machine_seq: 0,
+        }),
+        "the record follows the line"
+    );
+}
