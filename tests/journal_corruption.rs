@@ -46,7 +46,8 @@ fn assert_quarantined_on_open(config: &JournalConfig) {
     assert!(moved[0].join("db").exists(), "the old files were moved, not deleted");
     assert_eq!(journal.status().borrow().quarantined.as_deref(), Some(moved[0].as_path()));
     let rt = runtime();
-    let a = rt.block_on(journal.append(vec![rec(Class::Financial, "M1", Some(0), "after")])).unwrap();
+    let a =
+        rt.block_on(journal.append(vec![rec(Class::Financial, "M1", Some(0), "after")])).unwrap();
     assert!(a.first >= floor, "new seqs jump to unix seconds × 10⁶: {} < {floor}", a.first);
     let records = read_all(&journal);
     let first = &records[0];
@@ -257,6 +258,9 @@ fn checkpoints_by_an_untrusted_key_are_reported() {
     let other = checkpoint::generate(&s._dir.path().join("other.key")).unwrap();
     let report = verify_dir(&s.config.dir, &[other]);
     assert!(!report.ok());
-    assert!(report.checkpoint_problems.iter().all(|p| p.reason.contains("untrusted")), "{report:?}");
+    assert!(
+        report.checkpoint_problems.iter().all(|p| p.reason.contains("untrusted")),
+        "{report:?}"
+    );
     assert_eq!(report.checkpoints_verified, 0);
 }

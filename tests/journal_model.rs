@@ -156,8 +156,7 @@ fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = JournalConfig::in_dir(&dir.path().join("journal"));
     config.destinations = DESTS.iter().map(|d| (*d).to_owned()).collect();
-    let mut h =
-        Harness { journal: Some(open(&config)), config, rt: runtime(), _dir: dir };
+    let mut h = Harness { journal: Some(open(&config)), config, rt: runtime(), _dir: dir };
     let mut model = Model::default();
     let mut seen_cursors = [0u64; 2];
     for op in ops {

@@ -9,11 +9,9 @@ use slotgate::journal::{Body, Class, Journal, JournalConfig, NewRecord, Record, 
 /// A record whose body carries `payload`, so reads can be compared byte for byte.
 pub fn rec(class: Class, machine: &str, machine_seq: Option<u64>, payload: &str) -> NewRecord {
     let body = match class {
-        Class::Alarm => Body::Alarm {
-            alarm: "test".into(),
-            level: "info".into(),
-            message: payload.to_owned(),
-        },
+        Class::Alarm => {
+            Body::Alarm { alarm: "test".into(), level: "info".into(), message: payload.to_owned() }
+        }
         _ => Body::Event {
             canonical_json: format!("{{\"payload\":{payload:?}}}").into_bytes(),
             raw: payload.as_bytes().iter().rev().copied().collect(),
