@@ -769,7 +769,7 @@ impl Writer {
     }
 
     /// One group commit: every waiting append in one batch, one flush, then all answers.
-    fn append_group(&mut self, appends: Vec<(Vec<NewRecord>, AppendReply)>) {
+    fn append_group(&mut self, mut appends: Vec<(Vec<NewRecord>, AppendReply)>) {
         let floor = self.config().disk_floor_bytes;
         let free = disk_free(&self.config().dir);
         let below_floor = floor > 0 && free.is_some_and(|f| f < floor);
@@ -784,18 +784,22 @@ impl Writer {
                 self.raise("journal_disk_floor", "critical", message);
             }
             let error = JournalError::DiskFloor { dir, free, floor };
-            for (_, done) in appends {
+            for (_, done) in std::mem::take(&mut appends) {
                 let _ = done.send(Err(error.clone()));
             }
-            // Alarms are tiny and are what the floor's margin is for.
-            if !self.pending_alarms.is_empty() {
-                self.append_group(Vec::new());
+            // Alarms are tiny and are what the floor's margin is for: they are written below
+            // the floor, the refused events are not. (This used to call itself for the alarms,
+            // met the floor again and recursed until the writer's stack overflowed, aborting
+            // the whole process.)
+            if self.pending_alarms.is_empty() {
+                return;
             }
-            return;
         }
         let saved = (self.state.clone(), self.machine_next.clone());
         let mut batch = WriteBatch::default();
         let alarms = std::mem::take(&mut self.pending_alarms);
+        // Kept so that a failed write does not lose them: they are retried with the next group.
+        let unwritten_alarms = alarms.clone();
         let mut spans = Vec::with_capacity(appends.len());
         let mut touched: Vec<String> = Vec::new();
         let now = unix_ms();
@@ -828,7 +832,8 @@ impl Writer {
                 for ((_, done), span) in appends.into_iter().zip(spans) {
                     let _ = done.send(Ok(span));
                 }
-                if self.level == Pressure::Full {
+                // Below the floor only alarms were written: still full.
+                if self.level == Pressure::Full && !below_floor {
                     self.set_level(Pressure::of(
                         self.state.usage.live_bytes,
                         self.config().cap_bytes,
@@ -840,6 +845,9 @@ impl Writer {
             }
             Err(error) => {
                 (self.state, self.machine_next) = saved;
+                let raised_meanwhile =
+                    std::mem::replace(&mut self.pending_alarms, unwritten_alarms);
+                self.pending_alarms.extend(raised_meanwhile);
                 self.failed = true;
                 tracing::error!(%error, "ALARM: journal write failed; machines stay unacknowledged and the write is retried.");
                 self.set_level(Pressure::Full);

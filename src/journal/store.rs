@@ -121,15 +121,35 @@ pub struct SledStore {
 /// The one tree all journal keys live in, so that `apply_batch` covers them all atomically.
 const TREE: &[u8] = b"journal";
 
+/// How long an open waits for a lock still held by a dropped instance's background jobs.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl SledStore {
+    /// Opens the store. sled releases its file lock asynchronously: jobs on its background
+    /// thread pool (log writes, segment truncation) hold a clone of the locked file and drop it
+    /// only when they finish, which can be after the last `Db` was dropped. A close followed
+    /// by an open in the same process (the writer's reopen after an error, a restart in tests)
+    /// then fails with "could not acquire lock" (EWOULDBLOCK); such an open is retried for up
+    /// to `LOCK_WAIT`. A lock held by another process still fails, only later.
     pub fn open(path: &Path, cache_capacity: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_capacity)
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| error(path, "open", &e))?;
+        let start = std::time::Instant::now();
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(path)
+                .cache_capacity(cache_capacity)
+                .flush_every_ms(None)
+                .mode(sled::Mode::HighThroughput)
+                .open();
+            match opened {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && start.elapsed() < LOCK_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other.map_err(|e| error(path, "open", &e))?,
+            }
+        };
         let tree = db.open_tree(TREE).map_err(|e| error(path, "open tree", &e))?;
         Ok(Self { path: path.to_path_buf(), db, tree })
     }
@@ -140,7 +160,12 @@ fn error(path: &Path, operation: &'static str, e: &sled::Error) -> StoreError {
         path: path.to_path_buf(),
         operation,
         message: e.to_string(),
-        corrupt: matches!(e, sled::Error::Corruption { .. }),
+        // sled reports a damaged snapshot or log as `Corruption`, but a garbled `conf` file as
+        // `Unsupported` ("may have been created using a sled version earlier than 0.29"); at
+        // open both mean the files cannot be used, so both lead to quarantine rather than to
+        // an open error and a crash loop.
+        corrupt: matches!(e, sled::Error::Corruption { .. })
+            || (operation == "open" && matches!(e, sled::Error::Unsupported(_))),
     }
 }
 
