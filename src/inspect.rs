@@ -90,6 +90,9 @@ fn print_report(dir: &Path, report: &verify::VerifyReport, keys: usize) {
     for p in &report.checkpoint_problems {
         println!("  checkpoint problem: {}", p.reason);
     }
+    if let Some(lost) = &report.lost_tail {
+        println!("  LOST: {}", lost.reason);
+    }
     if keys == 0 && report.checkpoints > 0 {
         println!("  (no trusted key given: pass --trusted-key or --config to check signatures)");
     }

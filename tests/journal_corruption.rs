@@ -102,6 +102,28 @@ fn a_store_whose_last_record_does_not_decode_is_quarantined() {
     assert_quarantined_on_open(&config);
 }
 
+#[test]
+fn a_log_that_sled_silently_recovers_short_is_caught_by_the_watermark_and_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig::in_dir(&dir.path().join("journal"));
+    build(&config, 200, 5);
+    // sled keeps the prefix before the first bad entry of its log and reports nothing: without
+    // the journal's own high-water mark, records 100-odd to 199 would be lost in silence and
+    // their sequence numbers handed out again.
+    let db = config.dir.join("db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 64].fill(0xA5);
+    std::fs::write(&db, bytes).unwrap();
+    assert_quarantined_on_open(&config);
+    // The evidence stays readable, and verify names what is missing.
+    let moved = quarantined_dirs(&config).pop().unwrap();
+    let report = verify_dir(&moved, &[]);
+    let lost = report.lost_tail.clone().expect("the lost records are reported");
+    assert!(lost.reason.contains("to 199 were flushed"), "{lost:?}");
+    assert!(!report.ok());
+}
+
 use slotgate::journal::Journal;
 
 // ---------------------------------------------------------------------------------------------

@@ -312,6 +312,32 @@ fn a_machine_that_needs_no_sync_is_polled_at_once_and_still_never_gets_two_ident
     assert_eq!(pair.sent(), [[0x81], [0x80], [0x81], [0x80], [0x81]]);
 }
 
+#[test]
+fn after_the_line_is_re_established_the_first_new_message_is_the_sync_poll_whatever_the_style() {
+    // A machine that needs no sync would otherwise hear `81` first, which repeats what it last
+    // heard from a previous process (or before a drop) and reads as an implied NACK.
+    let mut profile = built_in("novomatic");
+    profile.rte.enable = false;
+    let mut session = HostSession::new(addr(1), &profile, Instant::now());
+    session.line_reestablished();
+    let now = session.poll_timeout().expect("due at start");
+    let first = session.poll_transmit(now).expect("sent");
+    assert_eq!(first.bytes().collect::<Vec<_>>(), [0x80]);
+    let later = session.poll_timeout().expect("sync window");
+    session.handle_timeout(later);
+    let next = session.poll_transmit(later).expect("general poll");
+    assert_eq!(next.bytes().collect::<Vec<_>>(), [0x81], "one sync poll, not two");
+    // With the sync-poll style too, one `80`, not two.
+    let mut session = HostSession::new(addr(1), &self::profile(), Instant::now());
+    session.line_reestablished();
+    let now = session.poll_timeout().expect("due at start");
+    assert_eq!(session.poll_transmit(now).expect("sent").bytes().collect::<Vec<_>>(), [0x80]);
+    let later = session.poll_timeout().expect("sync window");
+    session.handle_timeout(later);
+    let next = session.poll_transmit(later).expect("general poll");
+    assert_eq!(next.bytes().collect::<Vec<_>>(), [0x81]);
+}
+
 // === Implied ACK / NACK ===
 
 #[test]

@@ -78,7 +78,10 @@
 //! # Recovery
 //!
 //! Open reads `B`, `L`, the cursors, and the last record key: no scan, so start-up does not grow
-//! with the backlog. A store sled cannot open as corrupt, or whose last record does not decode,
+//! with the backlog. The store is then compared with the journal's own high-water mark
+//! ([`watermark`], a small file beside sled's written after every flush): sled recovers a
+//! damaged log by silently keeping the prefix before the damage, so a store that ends before
+//! its mark has lost acknowledged records and is treated as corrupt. A store sled cannot open as corrupt, or whose last record does not decode,
 //! is moved to `quarantine/journal-<time>` (still readable by `journal verify|export`), a fresh
 //! one is opened, and an alarm is its first record. The fresh journal's sequence numbers — and
 //! every machine's, since their heads went with the old store — jump to `unix seconds × 10⁶`,
@@ -89,6 +92,7 @@ pub mod checkpoint;
 pub mod record;
 pub mod store;
 pub mod verify;
+pub mod watermark;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -511,6 +515,14 @@ impl Journal {
             last_checkpoint: None,
             last_checkpoint_at: Instant::now(),
             quarantined,
+            watermark: match watermark::Watermark::open(&shared.config.dir) {
+                Ok(w) => Some(w),
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot open the journal's high-water mark; a silent \
+                        loss inside the store would go undetected.");
+                    None
+                }
+            },
         };
         if let Some(to) = &writer.quarantined {
             let message = format!("corrupt journal moved to {}", to.display());
@@ -626,7 +638,32 @@ impl Journal {
 fn open_store(config: &JournalConfig) -> Result<(SledStore, State), OpenError> {
     let store = SledStore::open(&config.dir, config.cache_bytes)?;
     let state = read_state(&store, &config.destinations)?;
+    check_watermark(&config.dir, &state)?;
     Ok((store, state))
+}
+
+/// A store behind its own high-water mark lost records sled recovered away in silence
+/// ([`watermark`]); it is treated as corrupt.
+fn check_watermark(dir: &Path, state: &State) -> Result<(), OpenError> {
+    let Some(mark) = watermark::read(dir) else { return Ok(()) };
+    let behind = mark.next_seq > state.next_seq;
+    let diverged = mark.next_seq == state.next_seq && mark.head != state.head;
+    if behind || diverged {
+        return Err(OpenError::Invalid {
+            dir: dir.to_path_buf(),
+            reason: if behind {
+                format!(
+                    "the store ends before record {} but records up to {} were flushed: the \
+                     store lost acknowledged records",
+                    state.next_seq,
+                    mark.next_seq - 1
+                )
+            } else {
+                format!("record {} differs from the one flushed", state.next_seq.saturating_sub(1))
+            },
+        });
+    }
+    Ok(())
 }
 
 fn is_corruption(error: &OpenError) -> bool {
@@ -711,6 +748,9 @@ struct Writer {
     last_checkpoint: Option<u64>,
     last_checkpoint_at: Instant,
     quarantined: Option<PathBuf>,
+    /// Where the last flush got to, outside sled; `None` if the file cannot be written (then
+    /// a silent loss inside sled goes undetected, and a warning said so at open).
+    watermark: Option<watermark::Watermark>,
 }
 
 impl Writer {
@@ -739,6 +779,9 @@ impl Writer {
         self.checkpoint(true);
         if let Err(error) = self.store.flush() {
             tracing::error!(%error, "Final journal flush failed.");
+        }
+        if let Some(Err(error)) = self.watermark.as_mut().map(watermark::Watermark::sync) {
+            tracing::warn!(%error, "Cannot flush the journal's high-water mark.");
         }
         tracing::info!(next_seq = self.state.next_seq, "Journal closed.");
     }
@@ -835,6 +878,10 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.durable.send_replace(self.state.next_seq);
+                let mark = watermark::Mark { next_seq: self.state.next_seq, head: self.state.head };
+                if let Some(Err(error)) = self.watermark.as_mut().map(|w| w.record(mark)) {
+                    tracing::warn!(%error, "Cannot write the journal's high-water mark.");
+                }
                 for ((_, done), span) in appends.into_iter().zip(spans) {
                     let _ = done.send(Ok(span));
                 }
@@ -1071,6 +1118,9 @@ impl Writer {
     /// Periodic work between commands: pressure, early removal and compaction, checkpoints,
     /// status.
     fn maintain(&mut self) {
+        if let Some(Err(error)) = self.watermark.as_mut().map(watermark::Watermark::sync) {
+            tracing::warn!(%error, "Cannot flush the journal's high-water mark.");
+        }
         if self.failed && self.reopen().is_err() {
             self.publish_status();
             return;

@@ -29,6 +29,8 @@ pub struct Snapshot {
     _copy: tempfile::TempDir,
     store: SledStore,
     pub source: PathBuf,
+    /// The journal's high-water mark, if it left one ([`super::watermark`]).
+    pub mark: Option<super::watermark::Mark>,
 }
 
 /// Why a journal could not be inspected.
@@ -68,7 +70,8 @@ impl Snapshot {
         copy_dir(dir, &target).map_err(|e| fail(format!("cannot copy the store: {e}")))?;
         let store = SledStore::open(&target, 16 << 20)
             .map_err(|e| fail(format!("the store cannot be opened: {e}")))?;
-        Ok(Self { _copy: copy, store, source: dir.to_path_buf() })
+        let mark = super::watermark::read(&target);
+        Ok(Self { _copy: copy, store, source: dir.to_path_buf(), mark })
     }
 
     fn base(&self) -> Result<Base, InspectError> {
@@ -139,11 +142,15 @@ pub struct VerifyReport {
     pub first_break: Option<Break>,
     /// Checkpoint problems (bad signature, untrusted key, head mismatch, truncation).
     pub checkpoint_problems: Vec<Break>,
+    /// Records the journal flushed that the store no longer has (its high-water mark is ahead).
+    pub lost_tail: Option<Break>,
 }
 
 impl VerifyReport {
     pub fn ok(&self) -> bool {
-        self.first_break.is_none() && self.checkpoint_problems.is_empty()
+        self.first_break.is_none()
+            && self.checkpoint_problems.is_empty()
+            && self.lost_tail.is_none()
     }
 }
 
@@ -248,7 +255,15 @@ pub fn verify(snapshot: &Snapshot, trusted: &[VerifyingKey]) -> Result<VerifyRep
             }),
         }
     }
+    let lost_tail = snapshot.mark.filter(|m| m.next_seq > next_seq).map(|m| Break {
+        seq: next_seq,
+        reason: format!(
+            "records {next_seq} to {} were flushed but the store no longer has them",
+            m.next_seq - 1
+        ),
+    });
     Ok(VerifyReport {
+        lost_tail,
         records,
         first_seq: base.first_seq,
         next_seq,

@@ -108,9 +108,13 @@ pub async fn run_line<C>(
     let mut listen_until: Option<Instant> = None;
     tracing::info!(line = %name, machines = machines.len(), "Line poller started.");
     let mut inflight = inflight.and_then(|path| open_inflight(&name, &path));
-    // A resumed message must be the first thing the machine hears: nothing is sent, not even into
-    // a line that is still connecting, until the line is up.
-    let mut resume_waiting = match &mut inflight {
+    // The first message of this process must reach the machine: a resumed message must be the
+    // first thing it hears, and anything else must not be a repeat of the previous process's
+    // last message, which the machine would take as an implied NACK and answer with a report
+    // already stored. So nothing is sent, not even into a line that is still connecting, until
+    // the first connection attempt is over (with a resume, until the line is up).
+    let mut waiting_for_line = true;
+    let resuming = match &mut inflight {
         Some((_, previous)) => {
             let previous = previous.take();
             resume(&name, previous, &mut machines, Instant::now().into_std())
@@ -174,12 +178,9 @@ pub async fn run_line<C>(
         if !listening {
             listen_until = None;
         }
-        if resume_waiting && matches!(state, LineState::Up(_)) {
-            resume_waiting = false;
-        }
         if !exchanging
             && !listening
-            && !resume_waiting
+            && !waiting_for_line
             && let Some((i, tx)) = next_transmit(&mut machines, now, &mut next_turn)
         {
             machines[i].start_exchange();
@@ -201,7 +202,7 @@ pub async fn run_line<C>(
             .iter()
             .filter_map(MachinePoller::next_deadline)
             .min()
-            .filter(|_| !resume_waiting)
+            .filter(|_| !waiting_for_line)
             .map_or_else(|| Instant::now() + Duration::from_secs(1), Instant::from_std);
         let deadline = listen_until.map_or(deadline, |t| t.max(deadline));
         tokio::select! {
@@ -222,8 +223,17 @@ pub async fn run_line<C>(
                 LineInput::Opened(line) => {
                     tracing::info!(line = %name, via = %line.describe(), "Line connected.");
                     state = LineState::Up(line);
+                    // A resumed message goes first on the first connection; after that, and
+                    // always without one, every session starts the line with the sync poll.
+                    if !(waiting_for_line && resuming) {
+                        machines.iter_mut().for_each(|m| m.session.line_reestablished());
+                    }
+                    waiting_for_line = false;
                 }
                 LineInput::OpenFailed(error) => {
+                    // Without a resume there is no reason to hold the sessions back any longer:
+                    // they time out into the void and report their machines offline.
+                    waiting_for_line &= resuming;
                     let delay = backoff.next_delay();
                     tracing::warn!(line = %name, %error, retry_in = ?delay, "Connecting failed.");
                     state = LineState::Waiting(Instant::now() + delay);

@@ -299,6 +299,9 @@ pub struct HostSession {
     next_due: Instant,
     /// A sync poll must precede the next message (start-up, chirp, given-up poll).
     needs_sync: bool,
+    /// A sync poll must precede the next new message whatever the sync style: the line was
+    /// re-established ([`HostSession::line_reestablished`]).
+    force_sync: bool,
     /// Whether the next pick is a general poll rather than a queued long poll.
     general_turn: bool,
     /// The identity (general-poll byte, or address and command) of the last message sent to this
@@ -397,6 +400,7 @@ impl HostSession {
             queue: VecDeque::new(),
             next_due: now,
             needs_sync: true,
+            force_sync: false,
             general_turn: true,
             last_sent: None,
             link: LinkState::Unknown,
@@ -410,6 +414,17 @@ impl HostSession {
             delivered_unconfirmed: false,
             stats: SessionStats::default(),
         }
+    }
+
+    /// The line to the machine was (re-)established. What was sent while it was down went
+    /// nowhere, so the machine last heard a message from before, possibly the very one the next
+    /// transmission would be, which it would take as an implied NACK and answer by re-sending a
+    /// report already delivered (to another process, after a restart). So the next new message
+    /// is preceded by the sync poll, whatever the sync style: an implied ACK, safe because
+    /// nothing new is sent while events await confirmation. A pending retry still goes first: it
+    /// is a NACK on purpose.
+    pub fn line_reestablished(&mut self) {
+        self.force_sync = true;
     }
 
     /// Makes the first transmission of a fresh session a retry of `last`, the exact bytes of the
@@ -631,6 +646,10 @@ impl HostSession {
         }
         if self.is_holding() {
             return None;
+        }
+        if std::mem::take(&mut self.force_sync) {
+            self.needs_sync = false;
+            return Some(self.send_sync(now));
         }
         if let Some(planned) = self.staged.take() {
             return Some(self.send(now, planned, 1));
