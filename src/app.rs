@@ -23,6 +23,9 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = std::io::Result<()>>,
 ) -> anyhow::Result<()> {
+    if let Some(listen) = config.admin.metrics_listen {
+        crate::telemetry::install(listen)?;
+    }
     let (journal, writer) = open_journal(&config)?;
     {
         let status = journal.status().borrow().clone();
@@ -137,8 +140,10 @@ pub const STATUS_EVERY: Duration = Duration::from_secs(2);
 
 async fn write_status(path: std::path::PathBuf, journal: Journal, cancel: CancellationToken) {
     let mut status = journal.status();
+    let mut alarms = Vec::new();
     loop {
         let stopping = cancel.is_cancelled();
+        crate::telemetry::record_journal(&status.borrow(), &mut alarms);
         let file = StatusFile {
             written_at: jiff::Timestamp::now(),
             pid: std::process::id(),

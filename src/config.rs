@@ -33,7 +33,15 @@ pub struct Config {
     pub polling: Polling,
     pub storage: Storage,
     pub journal: JournalSettings,
+    pub admin: Admin,
     pub lines: Vec<LineConfig>,
+}
+
+/// What the daemon exposes to the venue's operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Admin {
+    /// Serve Prometheus metrics (`GET /metrics`) on this address; none by default.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The venue every event is attributed to.
@@ -146,6 +154,8 @@ struct RawConfig {
     #[serde(default)]
     journal: RawJournal,
     #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
     line: Vec<RawLine>,
 }
 
@@ -182,6 +192,12 @@ impl Default for RawPolling {
             clock_drift_threshold: Duration::from_secs(30),
         }
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -444,12 +460,22 @@ impl Config {
             return Err(error("storage.dir", "must not be empty".into()));
         }
         let journal = validate_journal(&raw.journal, base).map_err(|(f, r)| error(f, r))?;
+        let metrics_listen = match &raw.admin.metrics_listen {
+            None => None,
+            Some(text) => Some(text.parse::<std::net::SocketAddr>().map_err(|_| {
+                error(
+                    "admin.metrics_listen",
+                    format!("`{text}` is not an IP address and port, e.g. \"127.0.0.1:9464\""),
+                )
+            })?),
+        };
         Ok(Self {
             file: path.to_path_buf(),
             venue,
             polling,
             storage: Storage { dir },
             journal,
+            admin: Admin { metrics_listen },
             lines,
         })
     }
@@ -695,6 +721,8 @@ registry_id = "EGM-1"
         assert!(e.reason.contains("gigs"), "{e}");
         assert_eq!(field_of(&format!("{MINIMAL}\n[journal]\ncap = \"1KiB\"\n")), "journal.cap");
         assert_eq!(field_of(&format!("{MINIMAL}\n[journal]\nkey = \"x\"\n")), "journal.key");
+        let bad_listen = format!("{MINIMAL}\n[admin]\nmetrics_listen = \"localhost\"\n");
+        assert_eq!(field_of(&bad_listen), "admin.metrics_listen");
     }
 
     #[test]

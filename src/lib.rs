@@ -18,6 +18,7 @@
 //! - [`shutdown`]: SIGINT/SIGTERM as a future, injected into every long-running command.
 //! - [`simulator`]: `slotgate simulate`, faithful EGMs over TCP or pseudo-terminals, with fault
 //!   injection and a ground-truth ledger.
+//! - [`telemetry`]: Prometheus metrics: the exporter and the gauges mirrored from status.
 //! - [`transport`]: the lines to the machines (serial with the 9th bit, 9-bit framing over TCP,
 //!   in-memory pairs for tests), with reconnect backoff. The only module that opens serial
 //!   ports or sockets to machines.
@@ -33,4 +34,5 @@ pub mod normalizer;
 pub mod poller;
 pub mod shutdown;
 pub mod simulator;
+pub mod telemetry;
 pub mod transport;

@@ -486,3 +486,48 @@ fn a_machine_that_chirps_on_a_line_without_being_configured_is_reported_not_adop
         "the configured machine never answered, and the stranger was not adopted"
     );
 }
+
+#[test]
+fn the_journal_gauges_are_served_as_prometheus_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let (sim, machines) = simulate(1, &ledger_path, &["--rte", "--game-rate", "60"]);
+    let config = write_config(dir.path(), &machines);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[storage]",
+        &format!("[admin]\nmetrics_listen = \"127.0.0.1:{port}\"\n\n[storage]"),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let gateway = run_gateway(&config, &dir.path().join("gateway.log"));
+    let scrape = || -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        // The gauges appear with the first status write, once the journal has records.
+        if let Some(body) = scrape().filter(|b| b.contains("slotgate_journal_next_seq")) {
+            let next = body
+                .lines()
+                .find_map(|l| l.strip_prefix("slotgate_journal_next_seq "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if next > 0.0 {
+                break body;
+            }
+        }
+        assert!(Instant::now() < deadline, "no journal gauges served on port {port}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(gateway.terminate().success());
+    sim.terminate();
+    assert!(body.contains("slotgate_journal_pressure 0"), "{body}");
+    assert!(body.contains("slotgate_journal_cap_bytes 4294967296"), "{body}");
+    assert!(body.contains("# HELP slotgate_journal_usage_ratio"), "{body}");
+}
