@@ -286,3 +286,31 @@ fn checkpoints_by_an_untrusted_key_are_reported() {
     );
     assert_eq!(report.checkpoints_verified, 0);
 }
+
+#[test]
+fn after_a_key_rotation_old_checkpoints_verify_with_the_old_public_key() {
+    let mut signed = signed_journal();
+    let old = signed.public;
+    // Rotate: a new signing key; the old public key is kept as trusted.
+    let new_path = signed.config.dir.parent().unwrap().join("journal-2.key");
+    let new = checkpoint::generate(&new_path).unwrap();
+    signed.config.checkpoints = Some(CheckpointSettings {
+        key: load_signing_key(&new_path).unwrap(),
+        interval: Duration::ZERO,
+    });
+    let (journal, writer) = open(&signed.config);
+    let rt = runtime();
+    for k in 50..60 {
+        rt.block_on(journal.append(vec![rec(Class::Financial, "M1", Some(k), "after")])).unwrap();
+    }
+    close(journal, writer);
+    let both = verify_dir(&signed.config.dir, &[old, new]);
+    assert!(both.ok(), "{both:?}");
+    assert_eq!(both.checkpoints_verified, both.checkpoints);
+    assert!(both.checkpoints >= 2);
+    // Without the old public key its checkpoints cannot be trusted.
+    let new_only = verify_dir(&signed.config.dir, &[new]);
+    assert!(!new_only.ok());
+    assert!(new_only.checkpoint_problems.iter().all(|p| p.reason.contains("untrusted")));
+    assert!(new_only.checkpoints_verified >= 1, "the new key's checkpoints still verify");
+}
