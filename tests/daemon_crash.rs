@@ -12,8 +12,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -56,21 +55,6 @@ fn is_subsequence(needle: &[(bool, u64)], haystack: &[(bool, u64)]) -> bool {
     needle.iter().all(|n| it.any(|h| h == n))
 }
 
-fn start_gateway(config: &Path, log: &Path) -> Proc {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Proc(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "slotgate=info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
-}
-
 #[test]
 fn sigkill_at_random_moments_loses_no_acknowledged_report() {
     let iterations = env_u64("SLOTGATE_CRASH_ITERATIONS", 200);
@@ -107,7 +91,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_report() {
     let log = dir.path().join("gateway.log");
 
     for _ in 0..iterations {
-        let gateway = start_gateway(&config, &log);
+        let gateway = run_gateway(&config, &log);
         let alive = Duration::from_millis(rng.random_range(100..1500));
         std::thread::sleep(alive);
         let mut child = gateway;
@@ -116,7 +100,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_report() {
         child.0.wait().unwrap();
     }
     // A last, clean run reads whatever the kills left in the machines' queues.
-    let gateway = start_gateway(&config, &log);
+    let gateway = run_gateway(&config, &log);
     std::thread::sleep(Duration::from_secs(3));
     assert!(gateway.terminate().success(), "slotgate run exits cleanly on SIGTERM");
     sim.terminate();

@@ -211,9 +211,9 @@ pub fn assert_sequences_gap_free(events: &[Value]) {
     }
 }
 
-/// Starts `slotgate run` on `config`, its log going to `log`.
+/// Starts `slotgate run` on `config`, its log appended to `log` (runs after a restart add to it).
 pub fn run_gateway(config: &Path, log: &Path) -> Proc {
-    let log = std::fs::File::create(log).unwrap();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     Proc(
         Command::new(BIN)
             .args(["run", "--config"])
