@@ -688,6 +688,31 @@ fn a_long_poll_overridden_by_an_rte_event_reports_it_and_is_asked_again_after_a_
 }
 
 #[test]
+fn with_rte_on_a_lone_address_byte_followed_by_a_stall_is_not_taken_for_an_ack() {
+    let mut pair = Pair::new(&FirmwareProfile::generic());
+    pair.run(4); // 80 81 0E 80: RTE on once the ACK of 0E has settled
+    assert!(pair.session.rte_enabled());
+    // LP01's answer is a lone ACK, but a pending report pre-empts it: `01 FF 7F …`, and this
+    // machine pauses 10 ms after the first byte (twice the inter-byte limit).
+    pair.machine.script(0x01, [None]);
+    pair.session.enqueue(LongPoll::Shutdown).expect("supported");
+    pair.run_until_sent(&hex("01 01 51 08"));
+    let frame = hex(RTE_GAME_END_WIN_40);
+    pair.now += LATENCY;
+    pair.feed(&frame[..1]);
+    pair.now += Duration::from_millis(10);
+    pair.session.handle_timeout(pair.now);
+    pair.feed(&frame[1..]);
+    let events = pair.take_events();
+    assert!(
+        events.contains(&SessionEvent::RealTimeEvent(RealTimeEvent::GameEnded { win: 40 })),
+        "the report is delivered: {events:?}"
+    );
+    let ack = SessionEvent::Reply { poll: LongPoll::Shutdown, reply: Reply::Ack };
+    assert!(!events.contains(&ack), "the report's first byte is no ACK: {events:?}");
+}
+
+#[test]
 fn an_rte_game_end_carries_its_win_and_queues_no_meter_poll() {
     let mut pair = Pair::new(&profile());
     pair.machine.general.push_back(hex(RTE_GAME_END_WIN_40));

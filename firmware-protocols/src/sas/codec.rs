@@ -109,6 +109,16 @@ impl ReplyDecoder {
         &self.buf
     }
 
+    /// Whether what has arrived is a lone address byte that is an ACK only if nothing follows,
+    /// while RTE is on: the same byte opens an RTE frame (`addr FF …`) that pre-empts the poll.
+    /// A machine that stalls after that byte would have its report taken for the ACK and then
+    /// acknowledged away by the next poll, so the session waits longer before deciding.
+    pub fn is_ambiguous_ack(&self) -> bool {
+        self.rte
+            && matches!(self.expect, Expect::Ack { .. })
+            && self.buf.as_slice() == [self.address.get()]
+    }
+
     /// Tries to complete the reply. `line_idle` says the inter-byte limit has passed since the
     /// last byte, so nothing more of the current frame will come.
     pub fn decode(&mut self, line_idle: bool) -> Result<Option<Reply>, DecodeError> {

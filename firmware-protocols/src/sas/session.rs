@@ -70,7 +70,10 @@
 //!   is complete. Once a byte has arrived, the reply is settled when the decoder has a complete
 //!   frame, or when the line has been quiet for `timing.inter_byte_limit` (which is also what
 //!   tells a lone ACK from the start of a busy answer or an RTE frame, see
-//!   [`codec`](super::codec)).
+//!   [`codec`](super::codec)). With RTE on, a lone address byte answering a poll whose reply is
+//!   an ACK waits `timing.reply_timeout` of quiet instead: it may be the first byte of an RTE
+//!   report from a machine that stalled mid-frame, and taking that for the ACK would let the
+//!   next poll acknowledge the report away (the end-to-end fault test lost games this way).
 //!
 //! # Poll order
 //!
@@ -352,9 +355,16 @@ struct Exchange {
 }
 
 impl Exchange {
-    /// When the answer is settled if nothing else arrives.
-    fn settle_at(&self, inter_byte_limit: Duration) -> Instant {
-        let idle = self.last_byte_at.map(|t| t + inter_byte_limit);
+    /// When the answer is settled if nothing else arrives. A lone address byte that may be an
+    /// ACK or the start of an RTE report is given the whole reply window, not just the
+    /// inter-byte limit: taking a stalled report for an ACK loses it (module docs, Timing).
+    fn settle_at(&self, timing: &Timing) -> Instant {
+        let quiet = if self.decoder.is_ambiguous_ack() {
+            timing.inter_byte_limit.max(timing.reply_timeout)
+        } else {
+            timing.inter_byte_limit
+        };
+        let idle = self.last_byte_at.map(|t| t + quiet);
         match (&self.planned.message, idle) {
             // Nothing is expected: wait out the whole window, and any noise in it.
             (HostMessage::SyncPoll, Some(idle)) => idle.max(self.reply_by),
@@ -562,7 +572,7 @@ impl HostSession {
     /// [`confirm_events`](Self::confirm_events). The value changes after every other call.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if let Some(exchange) = &self.exchange {
-            return Some(exchange.settle_at(self.timing.inter_byte_limit));
+            return Some(exchange.settle_at(&self.timing));
         }
         if self.retry.is_none() && self.is_holding() {
             return None;
@@ -573,7 +583,7 @@ impl HostSession {
     /// Settles the current exchange if its reply window or inter-byte gap has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         let due = match &self.exchange {
-            Some(exchange) => now >= exchange.settle_at(self.timing.inter_byte_limit),
+            Some(exchange) => now >= exchange.settle_at(&self.timing),
             None => false,
         };
         if !due {
