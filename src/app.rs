@@ -52,8 +52,16 @@ pub async fn run(
             cancel.clone(),
         ));
     }
-    let status_task =
-        tokio::spawn(write_status(config.storage.status_file(), journal.clone(), cancel.clone()));
+    // Forwarders stop after the pollers, so the last events still get a chance to go out.
+    let forward_cancel = CancellationToken::new();
+    let (mut forwarders, destinations) =
+        crate::forward::spawn_all(&config, &journal, &forward_cancel)?;
+    let status_task = tokio::spawn(write_status(
+        config.storage.status_file(),
+        journal.clone(),
+        destinations,
+        cancel.clone(),
+    ));
     tracing::info!(lines = config.lines.len(), machines = config.machine_count(), "Polling.");
 
     let outcome = tokio::select! {
@@ -70,6 +78,16 @@ pub async fn run(
     {
         tracing::error!("Line pollers did not stop within the drain deadline.");
         lines.abort_all();
+    }
+    forward_cancel.cancel();
+    if tokio::time::timeout(DRAIN_DEADLINE, async {
+        while forwarders.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::error!("Forwarders did not stop within the drain deadline.");
+        forwarders.abort_all();
     }
     let _ = status_task.await;
     drop(journal);
@@ -112,8 +130,9 @@ pub fn journal_config(config: &Config) -> anyhow::Result<JournalConfig> {
         disk_floor_bytes: settings.disk_floor_bytes,
         cache_bytes: settings.cache_bytes,
         retain_acknowledged: settings.retain_acknowledged,
-        // Forwarders (issue 5) register their destinations here; until then nothing is removed.
-        destinations: Vec::new(),
+        // A record is removed only once every destination has acknowledged it; with none
+        // configured nothing is removed.
+        destinations: config.destinations.iter().map(|d| d.name.clone()).collect(),
         checkpoints,
     })
 }
@@ -133,12 +152,19 @@ pub struct StatusFile {
     pub pid: u32,
     pub running: bool,
     pub journal: journal::JournalStatus,
+    #[serde(default)]
+    pub destinations: Vec<crate::forward::DestinationStatus>,
 }
 
 /// How often the status file is rewritten.
 pub const STATUS_EVERY: Duration = Duration::from_secs(2);
 
-async fn write_status(path: std::path::PathBuf, journal: Journal, cancel: CancellationToken) {
+async fn write_status(
+    path: std::path::PathBuf,
+    journal: Journal,
+    destinations: Vec<tokio::sync::watch::Receiver<crate::forward::DestinationStatus>>,
+    cancel: CancellationToken,
+) {
     let mut status = journal.status();
     let mut alarms = Vec::new();
     loop {
@@ -149,6 +175,7 @@ async fn write_status(path: std::path::PathBuf, journal: Journal, cancel: Cancel
             pid: std::process::id(),
             running: !stopping,
             journal: status.borrow_and_update().clone(),
+            destinations: destinations.iter().map(|d| d.borrow().clone()).collect(),
         };
         if let Err(error) = write_atomically(&path, &file) {
             tracing::warn!(file = %path.display(), %error, "Cannot write the status file.");

@@ -35,6 +35,8 @@ pub struct Config {
     pub journal: JournalSettings,
     pub admin: Admin,
     pub lines: Vec<LineConfig>,
+    /// Where events are forwarded (the state system); none means journal only.
+    pub destinations: Vec<DestinationConfig>,
 }
 
 /// What the daemon exposes to the venue's operators.
@@ -54,6 +56,58 @@ pub struct Venue {
     /// IANA name of the zone the machines' clocks run in (SAS clocks carry no zone, §8).
     pub time_zone_name: String,
     pub time_zone: jiff::tz::TimeZone,
+    /// This gateway within the venue: part of the upstream `source` and of alarm ids.
+    pub gateway_id: String,
+}
+
+/// One upstream destination (the state system's MQTT broker or HTTPS endpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationConfig {
+    /// Unique; names the journal cursor, so renaming a destination replays everything kept.
+    pub name: String,
+    pub kind: DestinationKind,
+    /// The backlog's rate budget: records per second on average, and at most this many at once.
+    pub replay_rate: u32,
+    pub replay_burst: u32,
+    /// TLS material; `None` only for plaintext, which needs `allow_plaintext`.
+    pub tls: Option<crate::forward::tls::TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DestinationKind {
+    Mqtt(MqttDestination),
+    Https(HttpsDestination),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttDestination {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    /// Topic template: `{venue}`, `{gateway}` and `{machine}` are replaced.
+    pub topic: String,
+    pub username: Option<String>,
+    /// The password (or token) is read from this file at start, never from the config itself.
+    pub password_file: Option<PathBuf>,
+    pub keep_alive: Duration,
+    /// Messages in flight (unacknowledged) at most.
+    pub max_in_flight: u16,
+    /// No acknowledgement for this long while messages are in flight: the connection is
+    /// recycled (a connected-but-stuck client).
+    pub stuck_after: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsDestination {
+    pub url: String,
+    /// `Authorization: Bearer` token, read from this file at start.
+    pub token_file: Option<PathBuf>,
+    /// `X-Api-Key`, read from this file at start.
+    pub api_key_file: Option<PathBuf>,
+    /// Key of the `X-Slotgate-Signature` HMAC-SHA256 over each body, read from this file.
+    pub hmac_key_file: Option<PathBuf>,
+    pub batch_size: usize,
+    pub timeout: Duration,
 }
 
 /// How often the gateway asks for what machines do not volunteer.
@@ -157,7 +211,83 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     line: Vec<RawLine>,
+    #[serde(default)]
+    destination: Vec<RawDestination>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestination {
+    name: String,
+    kind: DestinationKindName,
+    url: String,
+    #[serde(default)]
+    allow_plaintext: bool,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    #[serde(default = "default_replay_rate")]
+    replay_rate: u32,
+    #[serde(default = "default_replay_burst")]
+    replay_burst: u32,
+    // MQTT
+    client_id: Option<String>,
+    topic: Option<String>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    keep_alive: Duration,
+    #[serde(default = "default_max_in_flight")]
+    max_in_flight: u16,
+    #[serde(default = "default_stuck_after", with = "humantime_serde")]
+    stuck_after: Duration,
+    // HTTPS
+    token_file: Option<PathBuf>,
+    api_key_file: Option<PathBuf>,
+    hmac_key_file: Option<PathBuf>,
+    #[serde(default = "default_batch_size")]
+    batch_size: usize,
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DestinationKindName {
+    Mqtt,
+    Https,
+}
+
+fn default_replay_rate() -> u32 {
+    2_000
+}
+
+fn default_replay_burst() -> u32 {
+    1_000
+}
+
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_in_flight() -> u16 {
+    100
+}
+
+fn default_stuck_after() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_batch_size() -> usize {
+    500
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Default MQTT topic template.
+pub const DEFAULT_TOPIC: &str = "slotgate/{venue}/{machine}/events";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,6 +297,12 @@ struct RawVenue {
     #[serde(default = "default_minor_digits")]
     currency_minor_digits: u8,
     time_zone: String,
+    #[serde(default = "default_gateway_id")]
+    gateway_id: String,
+}
+
+fn default_gateway_id() -> String {
+    "gateway".to_owned()
 }
 
 fn default_minor_digits() -> u8 {
@@ -469,6 +605,18 @@ impl Config {
                 )
             })?),
         };
+        let mut destinations = Vec::new();
+        for (i, raw) in raw.destination.iter().enumerate() {
+            let destination = validate_destination(raw, &venue, base)
+                .map_err(|(f, r)| error(&format!("destination[{i}].{f}"), r))?;
+            if destinations.iter().any(|d: &DestinationConfig| d.name == destination.name) {
+                return Err(error(
+                    &format!("destination[{i}].name"),
+                    format!("`{}` names two destinations", destination.name),
+                ));
+            }
+            destinations.push(destination);
+        }
         Ok(Self {
             file: path.to_path_buf(),
             venue,
@@ -477,6 +625,7 @@ impl Config {
             journal,
             admin: Admin { metrics_listen },
             lines,
+            destinations,
         })
     }
 
@@ -504,6 +653,151 @@ fn one_line(message: &str) -> String {
 
 type FieldError = (&'static str, String);
 
+fn validate_destination(
+    raw: &RawDestination,
+    venue: &Venue,
+    base: &Path,
+) -> Result<DestinationConfig, FieldError> {
+    let name_ok = !raw.name.is_empty()
+        && raw.name.len() <= 64
+        && raw.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !name_ok {
+        return Err(("name", format!("`{}` must be 1–64 characters of A–Z a–z 0–9 - _", raw.name)));
+    }
+    let anchor = |p: &PathBuf| if p.is_relative() { base.join(p) } else { p.clone() };
+    // Files are read when the daemon starts (an unreadable one stops it, naming the file), not
+    // here: `config check` runs on machines that do not hold the secrets.
+    let readable = |_field: &'static str,
+                    p: &Option<PathBuf>|
+     -> Result<Option<PathBuf>, FieldError> { Ok(p.as_ref().map(anchor)) };
+    let (scheme, rest) = raw
+        .url
+        .split_once("://")
+        .ok_or_else(|| ("url", format!("`{}` is not a URL like \"mqtts://host:8883\"", raw.url)))?;
+    let secure = match (raw.kind, scheme) {
+        (DestinationKindName::Mqtt, "mqtts") | (DestinationKindName::Https, "https") => true,
+        (DestinationKindName::Mqtt, "mqtt") | (DestinationKindName::Https, "http") => false,
+        (DestinationKindName::Mqtt, _) => {
+            return Err(("url", format!("`{}`: an MQTT destination needs mqtts://", raw.url)));
+        }
+        (DestinationKindName::Https, _) => {
+            return Err(("url", format!("`{}`: an HTTPS destination needs https://", raw.url)));
+        }
+    };
+    if !secure && !raw.allow_plaintext {
+        return Err((
+            "url",
+            format!(
+                "`{}` is plaintext: events and credentials would cross the network readable; use \
+                 TLS, or set allow_plaintext = true (tests only)",
+                raw.url
+            ),
+        ));
+    }
+    let tls = if secure {
+        let files = crate::forward::tls::TlsFiles {
+            ca_file: readable("ca_file", &raw.ca_file)?,
+            client_cert: readable("client_cert", &raw.client_cert)?,
+            client_key: readable("client_key", &raw.client_key)?,
+        };
+        if files.client_cert.is_some() != files.client_key.is_some() {
+            return Err(("client_key", "client_cert and client_key go together".into()));
+        }
+        Some(files)
+    } else {
+        None
+    };
+    if raw.replay_rate == 0 || raw.replay_burst == 0 {
+        return Err(("replay_rate", "replay_rate and replay_burst must be at least 1".into()));
+    }
+    let mqtt_only = [
+        ("client_id", raw.client_id.is_some()),
+        ("topic", raw.topic.is_some()),
+        ("username", raw.username.is_some()),
+        ("password_file", raw.password_file.is_some()),
+    ];
+    let https_only = [
+        ("token_file", raw.token_file.is_some()),
+        ("api_key_file", raw.api_key_file.is_some()),
+        ("hmac_key_file", raw.hmac_key_file.is_some()),
+    ];
+    let kind = match raw.kind {
+        DestinationKindName::Mqtt => {
+            if let Some((field, _)) = https_only.iter().find(|(_, set)| *set) {
+                return Err((field, "only for kind = \"https\"".into()));
+            }
+            let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
+                Some((host, port)) => {
+                    let port = port
+                        .parse::<u16>()
+                        .map_err(|_| ("url", format!("`{}`: bad port `{port}`", raw.url)))?;
+                    (host.to_owned(), port)
+                }
+                None => (rest.trim_end_matches('/').to_owned(), if secure { 8883 } else { 1883 }),
+            };
+            if host.is_empty() || host.contains('/') {
+                return Err(("url", format!("`{}`: expected scheme://host[:port]", raw.url)));
+            }
+            let topic = raw.topic.clone().unwrap_or_else(|| DEFAULT_TOPIC.to_owned());
+            if topic.is_empty() || topic.contains(['+', '#']) || !topic.contains("{machine}") {
+                return Err((
+                    "topic",
+                    format!("`{topic}`: needs {{machine}} and no wildcards (+ #)"),
+                ));
+            }
+            if raw.max_in_flight == 0 {
+                return Err(("max_in_flight", "must be at least 1".into()));
+            }
+            if raw.stuck_after < Duration::from_secs(1) {
+                return Err(("stuck_after", "must be at least 1s".into()));
+            }
+            if raw.keep_alive < Duration::from_secs(1) {
+                return Err(("keep_alive", "must be at least 1s".into()));
+            }
+            DestinationKind::Mqtt(MqttDestination {
+                host,
+                port,
+                client_id: raw
+                    .client_id
+                    .clone()
+                    .unwrap_or_else(|| format!("slotgate-{}-{}", venue.id, venue.gateway_id)),
+                topic,
+                username: raw.username.clone(),
+                password_file: readable("password_file", &raw.password_file)?,
+                keep_alive: raw.keep_alive,
+                max_in_flight: raw.max_in_flight,
+                stuck_after: raw.stuck_after,
+            })
+        }
+        DestinationKindName::Https => {
+            if let Some((field, _)) = mqtt_only.iter().find(|(_, set)| *set) {
+                return Err((field, "only for kind = \"mqtt\"".into()));
+            }
+            if raw.batch_size == 0 || raw.batch_size > 10_000 {
+                return Err(("batch_size", "must be between 1 and 10000".into()));
+            }
+            if raw.timeout.is_zero() {
+                return Err(("timeout", "must be more than 0s".into()));
+            }
+            DestinationKind::Https(HttpsDestination {
+                url: raw.url.clone(),
+                token_file: readable("token_file", &raw.token_file)?,
+                api_key_file: readable("api_key_file", &raw.api_key_file)?,
+                hmac_key_file: readable("hmac_key_file", &raw.hmac_key_file)?,
+                batch_size: raw.batch_size,
+                timeout: raw.timeout,
+            })
+        }
+    };
+    Ok(DestinationConfig {
+        name: raw.name.clone(),
+        kind,
+        replay_rate: raw.replay_rate,
+        replay_burst: raw.replay_burst,
+        tls,
+    })
+}
+
 /// What registry and venue ids may contain: they are joined with `/` into idempotency keys.
 const ID_RULE: &str = "must be 1–64 characters of A–Z a–z 0–9 . _ : -";
 
@@ -525,7 +819,16 @@ fn validate_venue(raw: &RawVenue) -> Result<Venue, FieldError> {
     let time_zone = jiff::tz::TimeZone::get(&raw.time_zone).map_err(|e| {
         ("venue.time_zone", format!("`{}` is not a known IANA time zone: {e}", raw.time_zone))
     })?;
-    Ok(Venue { id, currency, time_zone_name: raw.time_zone.clone(), time_zone })
+    if RegistryId::new(raw.gateway_id.clone()).is_err() {
+        return Err(("venue.gateway_id", format!("`{}` {ID_RULE}", raw.gateway_id)));
+    }
+    Ok(Venue {
+        id,
+        currency,
+        time_zone_name: raw.time_zone.clone(),
+        time_zone,
+        gateway_id: raw.gateway_id.clone(),
+    })
 }
 
 fn validate_polling(raw: &RawPolling) -> Result<Polling, FieldError> {

@@ -11,6 +11,8 @@
 //! - [`inspect`]: `slotgate journal verify|stats|export|keygen` and `slotgate status`.
 //! - [`journal`]: the durable, hash-chained event journal on sled; the only module that imports
 //!   sled.
+//! - [`forward`]: one task per upstream destination (MQTT, HTTPS): reads the journal, sends
+//!   CloudEvents, moves the destination's cursor over what it acknowledged.
 //! - [`event`]: the canonical event, its versioned schema, and exact money.
 //! - [`normalizer`]: pure and synchronous; turns one machine's session events into canonical
 //!   events. Protocol quirks end there.
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod event;
+pub mod forward;
 pub mod inspect;
 pub mod journal;
 pub mod normalizer;

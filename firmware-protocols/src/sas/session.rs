@@ -70,10 +70,11 @@
 //!   is complete. Once a byte has arrived, the reply is settled when the decoder has a complete
 //!   frame, or when the line has been quiet for `timing.inter_byte_limit` (which is also what
 //!   tells a lone ACK from the start of a busy answer or an RTE frame, see
-//!   [`codec`](super::codec)). With RTE on, a lone address byte answering a poll whose reply is
-//!   an ACK waits `timing.reply_timeout` of quiet instead: it may be the first byte of an RTE
-//!   report from a machine that stalled mid-frame, and taking that for the ACK would let the
-//!   next poll acknowledge the report away (the end-to-end fault test lost games this way).
+//!   [`codec`](super::codec)).
+//! - **Lone ACK under RTE.** With RTE on, a lone address byte answering a poll whose reply is
+//!   an ACK is settled only after `timing.reply_timeout` of quiet: it may be the first byte of
+//!   an RTE report from a machine that stalled mid-frame, and taking that for the ACK would let
+//!   the next poll acknowledge the report away (the end-to-end fault test lost games this way).
 //!
 //! # Poll order
 //!

@@ -1,0 +1,332 @@
+//! Forwarding: every journalled event reaches each configured destination — the state
+//! system's MQTT broker or HTTPS endpoint — at least once, in order per lane, with nothing lost
+//! across outages, restarts and crashes.
+//!
+//! # Contract
+//!
+//! - **The journal is the outbox.** A forwarder reads only durable records (`Journal::read` up to
+//!   `Journal::durable`), and moves its destination's journal cursor only over a contiguous
+//!   prefix that the destination acknowledged (MQTT PUBACK; HTTP 2xx or 409). Nothing is held
+//!   only in memory: a crash or restart resends from the cursor (duplicates carry identical ids,
+//!   so the receiver deduplicates). Cursor writes are batched (every [`CURSOR_EVERY`] and at
+//!   stop): a crash resends at most that much.
+//! - **One destination never stalls another.** One task per destination, its own cursor, its
+//!   own connection, its own backoff.
+//! - **Two lanes** ([`outbox`]): live records go out at once; the backlog present at each
+//!   (re)connection is replayed oldest first within the destination's rate budget, flagged
+//!   `historical`. Within a lane each machine's events go out in `machine_seq` order.
+//! - **Delivery is tracked by our code, not the client library's** ([`mqtt`]): rumqttc drops
+//!   its in-flight messages on a clean session or a broker restart (field-lessons.md §B2, §C4),
+//!   so every reconnect starts a new client and resends everything unacknowledged from the
+//!   journal.
+//! - **Refusals are never silent** ([`https`]): 401/403 revokes the destination (nothing more is
+//!   sent, the journal keeps everything, an alarm stays up) until its credentials change; other
+//!   4xx move the rejected events to a quarantine file with an alarm, one event at a time so
+//!   one bad event does not quarantine its batch.
+//!
+//! The wire format is [`cloudevent`] (reference: `docs/upstream-protocol.md`); TLS is [`tls`].
+
+pub mod cloudevent;
+pub mod https;
+pub mod mqtt;
+pub mod outbox;
+pub mod tls;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use self::cloudevent::{Encoded, Origin};
+use self::outbox::{Lane, Outbox, ReplayBudget};
+use crate::config::{Config, DestinationConfig, DestinationKind};
+use crate::journal::{Journal, JournalError};
+
+/// How often an advanced cursor is written to the journal.
+pub const CURSOR_EVERY: Duration = Duration::from_millis(250);
+/// How often replay progress is logged while a backlog drains.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Where a destination stands, for `slotgate status`, metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    Connecting,
+    Up,
+    /// Waiting to retry after a failure.
+    Down,
+    /// The destination refused our credentials (401/403): nothing is sent until they change.
+    Revoked,
+}
+
+/// One destination's status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationStatus {
+    pub name: String,
+    pub kind: String,
+    pub state: LinkState,
+    /// First journal seq not acknowledged.
+    pub cursor: u64,
+    /// Records of the replay lane still to deliver.
+    pub backlog: u64,
+    pub in_flight: usize,
+    /// Records acknowledged since start.
+    pub delivered: u64,
+    /// Records moved to the quarantine file since start.
+    pub quarantined: u64,
+    pub replay_rate: u32,
+    /// Backlog over the replay rate, while a backlog drains.
+    pub drain_eta_seconds: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+impl DestinationStatus {
+    fn new(config: &DestinationConfig, cursor: u64) -> Self {
+        Self {
+            name: config.name.clone(),
+            kind: match config.kind {
+                DestinationKind::Mqtt(_) => "mqtt".into(),
+                DestinationKind::Https(_) => "https".into(),
+            },
+            state: LinkState::Connecting,
+            cursor,
+            backlog: 0,
+            in_flight: 0,
+            delivered: 0,
+            quarantined: 0,
+            replay_rate: config.replay_rate,
+            drain_eta_seconds: None,
+            last_error: None,
+        }
+    }
+}
+
+/// Starts one forwarder per configured destination.
+pub fn spawn_all(
+    config: &Config,
+    journal: &Journal,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(JoinSet<()>, Vec<watch::Receiver<DestinationStatus>>)> {
+    tls::install_provider();
+    let origin = Origin::new(config.venue.id.as_str(), &config.venue.gateway_id);
+    let mut tasks = JoinSet::new();
+    let mut statuses = Vec::new();
+    for destination in &config.destinations {
+        let cursor = journal.status().borrow().cursors.get(&destination.name).copied().unwrap_or(0);
+        let (tx, rx) = watch::channel(DestinationStatus::new(destination, cursor));
+        statuses.push(rx);
+        let shared = Shared {
+            name: destination.name.clone(),
+            origin: origin.clone(),
+            journal: journal.clone(),
+            status: tx,
+            state_dir: config.storage.dir.join("destinations"),
+        };
+        match &destination.kind {
+            DestinationKind::Mqtt(mqtt) => {
+                let driver = mqtt::Driver::new(destination, mqtt)
+                    .with_context(|| format!("destination {}", destination.name))?;
+                tasks.spawn(driver.run(shared, cancel.clone()));
+            }
+            DestinationKind::Https(https) => {
+                let driver = https::Driver::new(destination, https)
+                    .with_context(|| format!("destination {}", destination.name))?;
+                tasks.spawn(driver.run(shared, cancel.clone()));
+            }
+        }
+    }
+    Ok((tasks, statuses))
+}
+
+/// What every forwarder shares with the rest of the gateway.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub origin: Origin,
+    pub journal: Journal,
+    pub status: watch::Sender<DestinationStatus>,
+    /// `<storage.dir>/destinations`: revocation marks and quarantined events.
+    pub state_dir: PathBuf,
+}
+
+impl Shared {
+    /// The destination's journal cursor and the journal's durable end.
+    pub(crate) fn positions(&self) -> (u64, u64) {
+        let cursor = self.journal.status().borrow().cursors.get(&self.name).copied().unwrap_or(0);
+        (cursor, *self.journal.durable().borrow())
+    }
+
+    pub(crate) fn outbox(&self, budget: ReplayBudget) -> Outbox {
+        let (cursor, head) = self.positions();
+        Outbox::new(cursor, head, budget, Instant::now())
+    }
+
+    /// Reads and encodes `seqs` (ascending). Records that carry nothing to send (compacted) or
+    /// cannot be encoded (logged) are acknowledged at once so the cursor passes them.
+    pub(crate) fn load(
+        &self,
+        outbox: &mut Outbox,
+        seqs: &[u64],
+        lane: Lane,
+    ) -> Result<Vec<Encoded>, JournalError> {
+        let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) else {
+            return Ok(Vec::new());
+        };
+        let historical = lane == Lane::Replay;
+        let span = usize::try_from(last - first + 1).unwrap_or(usize::MAX);
+        let records = self.journal.read(first, span)?;
+        let mut wanted = seqs.iter().peekable();
+        let mut out = Vec::with_capacity(seqs.len());
+        for record in records {
+            let seq = record.header.seq;
+            while wanted.next_if(|&&s| s < seq).is_some() {}
+            if wanted.next_if_eq(&&seq).is_none() {
+                continue;
+            }
+            match cloudevent::encode(&record, &self.origin, historical) {
+                Ok(Some(encoded)) => out.push(encoded),
+                Ok(None) => {
+                    outbox.acknowledged(seq);
+                }
+                Err(error) => {
+                    tracing::error!(destination = %self.name, %error, "Record not forwarded.");
+                    metrics::counter!("slotgate_forward_unencodable_total", "destination" => self.name.clone()).increment(1);
+                    outbox.acknowledged(seq);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn update(&self, outbox: &Outbox, f: impl FnOnce(&mut DestinationStatus)) {
+        self.status.send_modify(|s| {
+            s.cursor = outbox.cursor();
+            s.backlog = outbox.backlog();
+            s.in_flight = outbox.in_flight();
+            s.drain_eta_seconds =
+                (s.backlog > 0).then(|| s.backlog / u64::from(s.replay_rate.max(1)));
+            f(s);
+        });
+        let s = self.status.borrow();
+        let name = self.name.clone();
+        metrics::gauge!("slotgate_forward_backlog_records", "destination" => name.clone())
+            .set(s.backlog as f64);
+        metrics::gauge!("slotgate_forward_in_flight", "destination" => name.clone())
+            .set(s.in_flight as f64);
+        metrics::gauge!("slotgate_forward_delivered", "destination" => name.clone())
+            .set(s.delivered as f64);
+        let state = match s.state {
+            LinkState::Up => 1.0,
+            LinkState::Connecting | LinkState::Down => 0.0,
+            LinkState::Revoked => -1.0,
+        };
+        metrics::gauge!("slotgate_forward_up", "destination" => name).set(state);
+    }
+}
+
+/// Persists the cursor when it moved and [`CURSOR_EVERY`] has passed (or `force`).
+#[derive(Debug)]
+pub(crate) struct CursorWriter {
+    written: u64,
+    at: Instant,
+}
+
+impl CursorWriter {
+    pub(crate) fn new(cursor: u64) -> Self {
+        Self { written: cursor, at: Instant::now() }
+    }
+
+    pub(crate) async fn maybe_write(&mut self, shared: &Shared, outbox: &Outbox, force: bool) {
+        let cursor = outbox.cursor();
+        if cursor == self.written || (!force && self.at.elapsed() < CURSOR_EVERY) {
+            return;
+        }
+        match shared.journal.acknowledge(&shared.name, cursor - 1).await {
+            Ok(()) => {
+                self.written = cursor;
+                self.at = Instant::now();
+            }
+            // The records stay unacknowledged in the journal and are resent after a restart:
+            // a duplicate, never a loss.
+            Err(error) => {
+                tracing::warn!(destination = %shared.name, %error, "Cannot store the cursor.")
+            }
+        }
+    }
+}
+
+/// Logs replay progress every [`PROGRESS_EVERY`] while a backlog drains.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    at: Instant,
+    backlog_then: u64,
+}
+
+impl Progress {
+    pub(crate) fn new() -> Self {
+        Self { at: Instant::now(), backlog_then: 0 }
+    }
+
+    pub(crate) fn tick(&mut self, shared: &Shared, outbox: &Outbox) {
+        if self.at.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        let backlog = outbox.backlog();
+        if backlog > 0 || self.backlog_then > 0 {
+            let secs = self.at.elapsed().as_secs().max(1);
+            let drained = self.backlog_then.saturating_sub(backlog) / secs;
+            let eta = (drained > 0).then(|| backlog / drained);
+            tracing::info!(destination = %shared.name, backlog, per_second = drained, eta_seconds = ?eta,
+                "Replaying the backlog.");
+        }
+        self.at = Instant::now();
+        self.backlog_then = backlog;
+    }
+}
+
+/// The fingerprint of a destination's credentials: a revocation holds while it is unchanged.
+pub(crate) fn credentials_fingerprint(files: &[Option<&Path>], extra: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(extra.as_bytes());
+    for file in files {
+        hash.update([0u8]);
+        if let Some(path) = file {
+            hash.update(path.as_os_str().as_encoded_bytes());
+            hash.update(std::fs::read(path).unwrap_or_default());
+        }
+    }
+    crate::journal::record::hex(&hash.finalize().into())
+}
+
+/// The revocation mark of a destination: present while revoked, holding the fingerprint of the
+/// credentials that were refused.
+pub(crate) fn revocation_path(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join(format!("{name}.revoked"))
+}
+
+/// Whether the destination stays revoked: marked so with the same credentials.
+pub(crate) fn still_revoked(state_dir: &Path, name: &str, fingerprint: &str) -> bool {
+    std::fs::read_to_string(revocation_path(state_dir, name))
+        .is_ok_and(|mark| mark.trim() == fingerprint)
+}
+
+pub(crate) fn mark_revoked(state_dir: &Path, name: &str, fingerprint: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    std::fs::write(revocation_path(state_dir, name), fingerprint)
+}
+
+pub(crate) fn clear_revoked(state_dir: &Path, name: &str) {
+    let _ = std::fs::remove_file(revocation_path(state_dir, name));
+}
+
+/// Reads a secret file, trimmed of surrounding white space.
+pub(crate) fn read_secret(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the secret file {}", path.display()))?;
+    Ok(text.trim().to_owned())
+}

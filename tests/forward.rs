@@ -1,0 +1,548 @@
+//! Forwarding against real peers: Debian's mosquitto on a loopback port of its own (behind a
+//! fault proxy that drops connections, and restarted), and a local HTTPS receiver with
+//! certificates generated here. The journal and the forwarders are slotgate's own, in process;
+//! the events are synthetic canonical events appended to the journal.
+
+#![allow(clippy::unwrap_used)]
+
+mod upstream;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use slotgate::config::Config;
+use slotgate::forward::{DestinationStatus, LinkState};
+use slotgate::journal::{Body, Class, Journal, NewRecord, WriterHandle};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use upstream::{
+    Certs, FaultProxy, Mosquitto, MosquittoOptions, Receiver, Subscriber, hmac_sha256_hex,
+    wait_until,
+};
+
+const VENUE: &str = "UA-TEST-1";
+
+/// The journal and the forwarders of one gateway, on a runtime of their own.
+struct Forwarding {
+    rt: tokio::runtime::Runtime,
+    config: Config,
+    journal: Option<Journal>,
+    writer: Option<WriterHandle>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+    statuses: Vec<watch::Receiver<DestinationStatus>>,
+}
+
+fn config_text(dir: &Path, destinations: &str) -> PathBuf {
+    let path = dir.join("slotgate.toml");
+    let text = format!(
+        r#"[venue]
+id = "{VENUE}"
+currency = "UAH"
+time_zone = "Europe/Kyiv"
+gateway_id = "gw-test"
+
+[storage]
+dir = "state"
+
+[[line]]
+name = "unused"
+kind = "tcp"
+address = "127.0.0.1:9"
+
+  [[line.machine]]
+  address = 1
+  registry_id = "EGM-1"
+
+{destinations}
+"#
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl Forwarding {
+    fn start(dir: &Path, destinations: &str) -> Self {
+        let config = Config::load(&config_text(dir, destinations)).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (journal, writer) = slotgate::app::open_journal(&config).unwrap();
+        let cancel = CancellationToken::new();
+        let (tasks, statuses) = {
+            let _guard = rt.enter();
+            slotgate::forward::spawn_all(&config, &journal, &cancel).unwrap()
+        };
+        Self { rt, config, journal: Some(journal), writer: Some(writer), cancel, tasks, statuses }
+    }
+
+    fn journal(&self) -> &Journal {
+        self.journal.as_ref().unwrap()
+    }
+
+    /// Appends `count` events for each machine; returns their ids.
+    fn append(&self, machines: &[&str], count: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        let mut records = Vec::new();
+        for _ in 0..count {
+            for &machine in machines {
+                let (next, _) = self.journal().machine_state(machine).unwrap();
+                let seq = next
+                    + records.iter().filter(|r: &&NewRecord| r.machine == machine).count() as u64;
+                let id = format!("{VENUE}/{machine}/{seq}");
+                let json = serde_json::json!({
+                    "schema_version": 1,
+                    "idempotency_key": id,
+                    "venue_id": VENUE,
+                    "machine": { "registry_id": machine },
+                    "machine_seq": seq,
+                    "occurred_at": "2026-12-06T12:00:00Z",
+                    "kind": "bet_accepted",
+                    "data": { "seq": seq },
+                });
+                records.push(NewRecord {
+                    class: Class::Financial,
+                    machine: machine.to_owned(),
+                    machine_seq: Some(seq),
+                    body: Body::Event {
+                        canonical_json: serde_json::to_vec(&json).unwrap(),
+                        raw: vec![],
+                    },
+                    snapshot_of: None,
+                });
+                ids.push(id);
+            }
+        }
+        self.rt.block_on(self.journal().append(records)).unwrap();
+        ids
+    }
+
+    fn status(&self, i: usize) -> DestinationStatus {
+        self.statuses[i].borrow().clone()
+    }
+
+    fn head(&self) -> u64 {
+        *self.journal().durable().borrow()
+    }
+
+    fn cursor(&self, name: &str) -> u64 {
+        self.journal().status().borrow().cursors.get(name).copied().unwrap_or(0)
+    }
+
+    /// Journal records of the alarm class.
+    fn alarms(&self) -> Vec<String> {
+        let records = self.journal().read(0, usize::MAX).unwrap();
+        records
+            .into_iter()
+            .filter_map(|r| match r.body {
+                Some(Body::Alarm { alarm, message, .. }) => Some(format!("{alarm}: {message}")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stop(mut self) {
+        self.cancel.cancel();
+        self.rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(15), async {
+                while self.tasks.join_next().await.is_some() {}
+            })
+            .await
+            .expect("forwarders stop");
+        });
+        drop(self.journal.take());
+        self.writer.take().unwrap().join().unwrap();
+        let _ = &self.config;
+    }
+}
+
+/// The CloudEvents a subscriber received, parsed.
+fn received(subscriber: &Subscriber) -> Vec<Value> {
+    subscriber.payloads().iter().map(|p| serde_json::from_slice(p).unwrap()).collect()
+}
+
+/// Every id once at least; duplicates identical to the first; each machine's events in order
+/// within each lane.
+fn assert_complete_and_ordered(events: &[Value], ids: &[String]) {
+    let mut first: BTreeMap<String, Value> = BTreeMap::new();
+    for event in events {
+        let id = event["id"].as_str().unwrap().to_owned();
+        match first.get(&id) {
+            Some(earlier) => {
+                assert_eq!(
+                    earlier["gatewayseq"], event["gatewayseq"],
+                    "{id}: a duplicate is the same event"
+                );
+                assert_eq!(earlier["data"], event["data"], "{id}: a duplicate is the same event");
+            }
+            None => {
+                first.insert(id, event.clone());
+            }
+        }
+    }
+    let wanted: BTreeSet<&String> = ids.iter().collect();
+    let missing: Vec<&&String> = wanted.iter().filter(|id| !first.contains_key(**id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} events never arrived, e.g. {:?}",
+        missing.len(),
+        ids.len(),
+        &missing[..missing.len().min(5)]
+    );
+    // First arrivals per lane: each machine's seqs increase.
+    let mut last: BTreeMap<(String, bool), u64> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for event in events {
+        let id = event["id"].as_str().unwrap();
+        if !seen.insert(id.to_owned()) {
+            continue;
+        }
+        let machine = event["subject"].as_str().unwrap().to_owned();
+        let historical = event["historical"].as_bool().unwrap();
+        let seq: u64 = event["machineseq"].as_str().unwrap().parse().unwrap();
+        if let Some(before) = last.insert((machine.clone(), historical), seq) {
+            assert!(seq > before, "{machine} (historical {historical}): {seq} after {before}");
+        }
+    }
+}
+
+const FAST_REPLAY: &str = "replay_rate = 20000\nreplay_burst = 2000";
+
+fn mqtt_destination(name: &str, port: u16, extra: &str) -> String {
+    format!(
+        r#"[[destination]]
+name = "{name}"
+kind = "mqtt"
+url = "mqtt://127.0.0.1:{port}"
+allow_plaintext = true
+keep_alive = "5s"
+{extra}
+"#
+    )
+}
+
+#[test]
+fn mqtt_link_cuts_and_a_broker_restart_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = MosquittoOptions { persistence: true, ..Default::default() };
+    let mut broker = Mosquitto::start(&dir.path().join("broker"), options);
+    let proxy = FaultProxy::start(broker.addr());
+    let subscriber = Subscriber::start(broker.port(), "slotgate/#", None);
+    let gw = Forwarding::start(dir.path(), &mqtt_destination("state", proxy.port(), FAST_REPLAY));
+    let machines = ["EGM-1", "EGM-2", "EGM-3", "EGM-4"];
+    let mut ids = Vec::new();
+    for round in 0..30 {
+        ids.extend(gw.append(&machines, 25));
+        std::thread::sleep(Duration::from_millis(20));
+        let before = proxy.connections();
+        match round {
+            8 | 16 => proxy.cut(),
+            12 => {
+                proxy.refuse(true);
+                proxy.cut();
+                std::thread::sleep(Duration::from_millis(700));
+                proxy.refuse(false);
+            }
+            22 => broker.restart(),
+            _ => continue,
+        }
+        // Traffic goes on while the forwarder reconnects; each fault costs a new connection.
+        ids.extend(gw.append(&machines, 25));
+        assert!(wait_until(Duration::from_secs(15), || proxy.connections() > before
+            && gw.status(0).state == LinkState::Up));
+    }
+    let total = ids.len();
+    let done = wait_until(Duration::from_secs(60), || {
+        let got: BTreeSet<String> =
+            received(&subscriber).iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+        got.len() >= total && gw.cursor("state") == gw.head()
+    });
+    let events = received(&subscriber);
+    assert_complete_and_ordered(&events, &ids);
+    assert!(done, "cursor {} head {} status {:?}", gw.cursor("state"), gw.head(), gw.status(0));
+    assert!(proxy.connections() >= 4, "the cuts forced reconnects: {}", proxy.connections());
+    let topics: BTreeSet<String> = subscriber.messages().into_iter().map(|(t, _)| t).collect();
+    assert!(topics.contains("slotgate/UA-TEST-1/EGM-3/events"), "{topics:?}");
+    gw.stop();
+}
+
+#[test]
+fn mqtt_live_events_overtake_a_backlog_that_replays_within_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"), MosquittoOptions::default());
+    let subscriber = Subscriber::start(broker.port(), "slotgate/#", None);
+    // A backlog journalled while the destination was not configured.
+    let backlog = {
+        let gw = Forwarding::start(dir.path(), "");
+        let ids = gw.append(&["EGM-1", "EGM-2"], 1_500);
+        gw.stop();
+        ids
+    };
+    let budget = "replay_rate = 1000\nreplay_burst = 100";
+    let gw = Forwarding::start(dir.path(), &mqtt_destination("state", broker.port(), budget));
+    std::thread::sleep(Duration::from_millis(500));
+    let live = gw.append(&["EGM-3"], 5);
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            let got: BTreeSet<String> = received(&subscriber)
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned())
+                .collect();
+            live.iter().all(|id| got.contains(id))
+        }),
+        "live events arrive within 2 s while a 3,000-event backlog replays at 1,000/s"
+    );
+    let replayed = received(&subscriber).iter().filter(|e| e["historical"] == true).count();
+    assert!(replayed < 2_500, "the backlog is still replaying within its budget: {replayed}");
+    let status = gw.status(0);
+    assert!(status.backlog > 0 && status.drain_eta_seconds.is_some(), "{status:?}");
+    let mut all = backlog.clone();
+    all.extend(live.iter().cloned());
+    assert!(wait_until(Duration::from_secs(20), || received(&subscriber).len() >= all.len()));
+    let events = received(&subscriber);
+    assert_complete_and_ordered(&events, &all);
+    for event in &events {
+        let id = event["id"].as_str().unwrap().to_owned();
+        assert_eq!(event["historical"], backlog.contains(&id), "{id}");
+    }
+    gw.stop();
+}
+
+#[test]
+fn mqtt_over_mutual_tls_delivers_and_a_foreign_ca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let options = MosquittoOptions {
+        tls: Some(certs.clone()),
+        require_client_cert: true,
+        ..Default::default()
+    };
+    let broker = Mosquitto::start(&dir.path().join("broker"), options);
+    let subscriber = Subscriber::start(broker.port(), "slotgate/#", Some(&certs));
+    let tls = |ca: &Path| {
+        format!(
+            "[[destination]]\nname = \"state\"\nkind = \"mqtt\"\nurl = \"mqtts://localhost:{}\"\n\
+             ca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+            broker.port(),
+            ca.display(),
+            certs.client_cert.display(),
+            certs.client_key.display()
+        )
+    };
+    // A CA that did not sign the broker's certificate: nothing goes out, and the status says why.
+    std::fs::create_dir_all(dir.path().join("wrong")).unwrap();
+    let wrong = Forwarding::start(&dir.path().join("wrong"), &tls(&certs.other_ca));
+    wrong.append(&["EGM-1"], 3);
+    assert!(wait_until(Duration::from_secs(10), || wrong.status(0).last_error.is_some()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(subscriber.messages().is_empty());
+    let error = wrong.status(0).last_error.unwrap();
+    assert!(
+        error.to_lowercase().contains("certificate") || error.contains("UnknownIssuer"),
+        "{error}"
+    );
+    assert_eq!(wrong.cursor("state"), 0);
+    wrong.stop();
+
+    let gw = Forwarding::start(dir.path(), &tls(&certs.ca));
+    let ids = gw.append(&["EGM-1", "EGM-2"], 50);
+    assert!(subscriber.wait_for(ids.len(), Duration::from_secs(20)));
+    assert_complete_and_ordered(&received(&subscriber), &ids);
+    assert_eq!(gw.status(0).state, LinkState::Up);
+    gw.stop();
+}
+
+// === HTTPS ===
+
+struct Secrets {
+    token: PathBuf,
+    hmac: PathBuf,
+}
+
+fn secrets(dir: &Path, token: &str) -> Secrets {
+    std::fs::create_dir_all(dir).unwrap();
+    let s = Secrets { token: dir.join("token"), hmac: dir.join("hmac") };
+    std::fs::write(&s.token, format!("{token}\n")).unwrap();
+    std::fs::write(&s.hmac, "hmac-key-for-tests").unwrap();
+    s
+}
+
+fn https_destination(receiver: &Receiver, certs: &Certs, secrets: &Secrets, extra: &str) -> String {
+    format!(
+        r#"[[destination]]
+name = "central"
+kind = "https"
+url = "{}"
+ca_file = "{}"
+client_cert = "{}"
+client_key = "{}"
+token_file = "{}"
+hmac_key_file = "{}"
+batch_size = 100
+timeout = "3s"
+replay_rate = 50000
+replay_burst = 5000
+{extra}
+"#,
+        receiver.url(),
+        certs.ca.display(),
+        certs.client_cert.display(),
+        certs.client_key.display(),
+        secrets.token.display(),
+        secrets.hmac.display(),
+    )
+}
+
+#[test]
+fn https_responses_dropped_after_commit_still_store_each_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, true);
+    receiver.drop_responses_after_commit(3);
+    let secrets = secrets(&dir.path().join("secrets"), "token-1");
+    let gw = Forwarding::start(dir.path(), &https_destination(&receiver, &certs, &secrets, ""));
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.extend(gw.append(&["EGM-1", "EGM-2", "EGM-3"], 40));
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(receiver.wait_for_events(ids.len(), Duration::from_secs(60)), "{:?}", gw.status(0));
+    assert!(wait_until(Duration::from_secs(10), || gw.cursor("central") == gw.head()));
+    let stored: Vec<String> = receiver.event_ids();
+    assert_eq!(stored.len(), ids.len(), "each id stored once");
+    assert_eq!(stored.iter().collect::<BTreeSet<_>>(), ids.iter().collect::<BTreeSet<_>>());
+    assert!(receiver.duplicates() > 0, "dropped responses made the gateway resend");
+    let requests = receiver.requests();
+    assert!(requests.iter().any(|r| r.status == 0), "some responses were dropped");
+    for request in &requests {
+        assert_eq!(request.header("authorization"), Some("Bearer token-1"));
+        assert_eq!(request.header("content-type"), Some("application/cloudevents-batch+json"));
+        assert!(request.header("idempotency-key").is_some_and(|k| k.len() == 64));
+        let signature = request.header("x-slotgate-signature").unwrap();
+        assert_eq!(
+            signature,
+            format!("sha256={}", hmac_sha256_hex(b"hmac-key-for-tests", &request.body))
+        );
+    }
+    gw.stop();
+}
+
+#[test]
+fn https_401_revokes_until_the_credentials_change_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    receiver.set_status(Some(401), None);
+    let secrets = secrets(&dir.path().join("secrets"), "revoked-token");
+    let dest = https_destination(&receiver, &certs, &secrets, "");
+    let gw = Forwarding::start(dir.path(), &dest);
+    let mut ids = gw.append(&["EGM-1"], 30);
+    assert!(wait_until(Duration::from_secs(10), || gw.status(0).state == LinkState::Revoked));
+    ids.extend(gw.append(&["EGM-1"], 10));
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = receiver.requests().len();
+    assert_eq!(asked, 1, "one refused request, then nothing");
+    assert!(receiver.events().is_empty());
+    assert_eq!(gw.cursor("central"), 0, "the journal keeps everything");
+    assert!(gw.alarms().iter().any(|a| a.starts_with("destination_revoked")), "{:?}", gw.alarms());
+    gw.stop();
+
+    // The same credentials after a restart: still revoked, nothing sent.
+    receiver.set_status(None, None);
+    let gw = Forwarding::start(dir.path(), &dest);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(gw.status(0).state, LinkState::Revoked);
+    assert_eq!(receiver.requests().len(), asked);
+    gw.stop();
+
+    // A new token: the backlog is delivered, the alarms with it.
+    std::fs::write(&secrets.token, "new-token").unwrap();
+    let gw = Forwarding::start(dir.path(), &dest);
+    assert!(receiver.wait_for_events(ids.len(), Duration::from_secs(20)), "{:?}", gw.status(0));
+    let types: Vec<String> =
+        receiver.events().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect();
+    assert!(types.iter().any(|t| t == "slotgate.gateway_alarm"), "{types:?}");
+    let stored: BTreeSet<String> = receiver.event_ids().into_iter().collect();
+    assert!(ids.iter().all(|id| stored.contains(id)));
+    assert!(
+        receiver
+            .events()
+            .iter()
+            .all(|e| e["historical"] == true || e["type"] == "slotgate.gateway_alarm")
+    );
+    gw.stop();
+}
+
+#[test]
+fn https_400_quarantines_only_the_refused_event_and_503_retry_after_is_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    receiver.reject_ids_containing(Some("EGM-2/7".into()));
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let gw = Forwarding::start(dir.path(), &https_destination(&receiver, &certs, &secrets, ""));
+    let ids = gw.append(&["EGM-1", "EGM-2"], 20);
+    let good: Vec<&String> = ids.iter().filter(|id| !id.ends_with("EGM-2/7")).collect();
+    assert!(receiver.wait_for_events(good.len(), Duration::from_secs(20)), "{:?}", gw.status(0));
+    assert!(wait_until(Duration::from_secs(10), || gw.cursor("central") == gw.head()));
+    let stored: BTreeSet<String> = receiver.event_ids().into_iter().collect();
+    assert!(!stored.contains(&format!("{VENUE}/EGM-2/7")));
+    let quarantine = dir.path().join("state/destinations/central.quarantine.jsonl");
+    let kept = std::fs::read_to_string(&quarantine).unwrap();
+    assert_eq!(kept.lines().count(), 1, "{kept}");
+    assert!(kept.contains(r#""id":"UA-TEST-1/EGM-2/7""#), "{kept}");
+    assert_eq!(gw.status(0).quarantined, 1);
+    assert!(gw.alarms().iter().any(|a| a.starts_with("upstream_quarantine")));
+
+    // 503 with Retry-After: 1 — nothing is sent again before a second has passed.
+    receiver.reject_ids_containing(None);
+    receiver.set_status(Some(503), Some("1"));
+    let before = receiver.requests().len();
+    let more = gw.append(&["EGM-1"], 5);
+    assert!(wait_until(Duration::from_secs(5), || receiver.requests().len() > before));
+    let refused_at = std::time::Instant::now();
+    receiver.set_status(None, None);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(receiver.requests().len(), before + 1, "waiting out Retry-After");
+    assert!(receiver.wait_for_events(good.len() + more.len() + 1, Duration::from_secs(10)));
+    assert!(refused_at.elapsed() >= Duration::from_millis(600));
+    gw.stop();
+}
+
+#[test]
+fn https_with_a_foreign_ca_or_plaintext_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let dest = https_destination(&receiver, &certs, &secrets, "")
+        .replace(&certs.ca.display().to_string(), &certs.other_ca.display().to_string());
+    let gw = Forwarding::start(dir.path(), &dest);
+    gw.append(&["EGM-1"], 3);
+    assert!(wait_until(Duration::from_secs(10), || gw.status(0).last_error.is_some()));
+    let error = gw.status(0).last_error.unwrap();
+    assert!(
+        error.to_lowercase().contains("certificate") || error.contains("UnknownIssuer"),
+        "{error}"
+    );
+    assert!(receiver.requests().is_empty());
+    assert!(wait_until(Duration::from_secs(5), || receiver.tls_failures() > 0));
+    gw.stop();
+
+    // Plaintext is a configuration error unless allowed explicitly.
+    for url in ["http://127.0.0.1:1/events", "mqtt://127.0.0.1:1"] {
+        let kind = if url.starts_with("http") { "https" } else { "mqtt" };
+        let path = config_text(
+            dir.path(),
+            &format!("[[destination]]\nname = \"d\"\nkind = \"{kind}\"\nurl = \"{url}\"\n"),
+        );
+        let error = Config::load(&path).unwrap_err();
+        assert_eq!(error.field, "destination[0].url", "{error}");
+        assert!(error.reason.contains("plaintext"), "{error}");
+    }
+}
