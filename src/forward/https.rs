@@ -113,8 +113,8 @@ impl Driver {
         let mut requests: JoinSet<Sent> = JoinSet::new();
         let mut busy = [false, false];
         let mut paused_until = Instant::now();
-        // Seqs up to this one go one per request: a batch with them was refused.
-        let mut singles_through: Option<u64> = None;
+        // Per lane: seqs up to this one go one per request, since a batch with them was refused.
+        let mut singles_through: [Option<u64>; 2] = [None, None];
         tracing::info!(destination = %shared.name, url = %self.url, cursor = outbox.cursor(),
             backlog = outbox.backlog(), "HTTPS forwarder started.");
         outbox.connected(*durable.borrow());
@@ -127,10 +127,12 @@ impl Driver {
                         continue;
                     }
                     let head = *durable.borrow();
-                    let room = if singles_through.is_some() { 1 } else { self.batch_size };
+                    let room = if singles_through[slot].is_some() { 1 } else { self.batch_size };
                     let seqs = outbox.take(lane, now, head, room);
-                    if singles_through.is_some_and(|t| seqs.first().is_none_or(|&s| s > t)) {
-                        singles_through = None;
+                    if let (Some(through), Some(&first)) = (singles_through[slot], seqs.first())
+                        && first > through
+                    {
+                        singles_through[slot] = None;
                     }
                     let events = match shared.load(&mut outbox, &seqs, lane) {
                         Ok(events) => events,
@@ -201,7 +203,7 @@ impl Driver {
                         Answer::Status { code, .. } if (400..500).contains(&code) => {
                             if seqs.len() > 1 {
                                 outbox.failed(&seqs);
-                                singles_through = seqs.last().copied();
+                                singles_through[usize::from(sent.lane == Lane::Replay)] = seqs.last().copied();
                                 tracing::warn!(destination = %shared.name, code, events = seqs.len(),
                                     "A batch was refused; resending its events one by one.");
                             } else {
