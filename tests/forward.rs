@@ -314,6 +314,36 @@ fn mqtt_live_events_overtake_a_backlog_that_replays_within_its_budget() {
 }
 
 #[test]
+fn mqtt_a_connected_but_stuck_link_is_recycled_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"), MosquittoOptions::default());
+    let proxy = FaultProxy::start(broker.addr());
+    let subscriber = Subscriber::start(broker.port(), "slotgate/#", None);
+    let extra = format!("{FAST_REPLAY}\nstuck_after = \"1s\"");
+    let dest = mqtt_destination("state", proxy.port(), &extra).replace("\"5s\"", "\"60s\"");
+    let gw = Forwarding::start(dir.path(), &dest);
+    let mut ids = gw.append(&["EGM-1"], 20);
+    assert!(subscriber.wait_for(20, Duration::from_secs(10)));
+    let connections = proxy.connections();
+    // The broker's PUBACKs stop coming; the TCP connection and keep-alive say nothing is wrong.
+    proxy.stall(true);
+    ids.extend(gw.append(&["EGM-1"], 20));
+    assert!(
+        wait_until(Duration::from_secs(10), || gw
+            .status(0)
+            .last_error
+            .is_some_and(|e| e.contains("no acknowledgement"))),
+        "{:?}",
+        gw.status(0)
+    );
+    proxy.stall(false);
+    assert!(wait_until(Duration::from_secs(15), || gw.cursor("state") == gw.head()));
+    assert!(proxy.connections() > connections, "a new connection");
+    assert_complete_and_ordered(&received(&subscriber), &ids);
+    gw.stop();
+}
+
+#[test]
 fn mqtt_over_mutual_tls_delivers_and_a_foreign_ca_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::generate(&dir.path().join("pki"));

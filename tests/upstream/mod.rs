@@ -562,6 +562,7 @@ pub struct FaultProxy {
     addr: SocketAddr,
     cuts: Arc<watch::Sender<u64>>,
     refusing: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     accepted: Arc<AtomicUsize>,
     _runtime: OwnRuntime,
 }
@@ -572,9 +573,10 @@ impl FaultProxy {
         let cuts = Arc::new(watch::Sender::new(0_u64));
         let refusing = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
+        let stalled = Arc::new(AtomicBool::new(false));
         let runtime = OwnRuntime::new("fault-proxy");
-        let (task_cuts, task_refusing, task_accepted) =
-            (cuts.clone(), refusing.clone(), accepted.clone());
+        let (task_cuts, task_refusing, task_accepted, task_stalled) =
+            (cuts.clone(), refusing.clone(), accepted.clone(), stalled.clone());
         runtime.spawn(async move {
             let listener = TcpListener::from_std(listener).unwrap();
             loop {
@@ -584,10 +586,33 @@ impl FaultProxy {
                     continue; // dropped: closed at once
                 }
                 let mut cut = task_cuts.subscribe();
+                let stalled = task_stalled.clone();
                 tokio::spawn(async move {
                     let relay = async {
-                        let mut outbound = TcpStream::connect(target).await?;
-                        tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let outbound = TcpStream::connect(target).await?;
+                        let (mut from_client, mut to_client) = inbound.split();
+                        let (mut from_target, mut to_target) = outbound.into_split();
+                        let up = tokio::io::copy(&mut from_client, &mut to_target);
+                        // Target → client holds its bytes while stalled: the connection stays
+                        // up and silent, like a stuck peer.
+                        let down = async {
+                            let mut buf = vec![0u8; 16 * 1024];
+                            loop {
+                                while stalled.load(Ordering::SeqCst) {
+                                    tokio::time::sleep(Duration::from_millis(5)).await;
+                                }
+                                let n = from_target.read(&mut buf).await?;
+                                if n == 0 {
+                                    return Ok::<u64, std::io::Error>(0);
+                                }
+                                to_client.write_all(&buf[..n]).await?;
+                            }
+                        };
+                        tokio::select! {
+                            r = up => r,
+                            r = down => r,
+                        }
                     };
                     tokio::select! {
                         _ = relay => {}
@@ -596,7 +621,7 @@ impl FaultProxy {
                 });
             }
         });
-        Self { addr, cuts, refusing, accepted, _runtime: runtime }
+        Self { addr, cuts, refusing, stalled, accepted, _runtime: runtime }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -615,6 +640,11 @@ impl FaultProxy {
     /// While on, new connections are accepted and closed at once.
     pub fn refuse(&self, on: bool) {
         self.refusing.store(on, Ordering::SeqCst);
+    }
+
+    /// While on, nothing flows from the target back to clients; connections stay open.
+    pub fn stall(&self, on: bool) {
+        self.stalled.store(on, Ordering::SeqCst);
     }
 
     /// Connections accepted so far, refused ones included.
