@@ -9,7 +9,6 @@
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use crate::journal::{Body, Record};
 
@@ -88,7 +87,17 @@ struct CloudEvent<'a> {
     gatewayseq: String,
     eventclass: &'static str,
     historical: bool,
-    data: &'a RawValue,
+}
+
+/// `envelope` (a JSON object) with `"data":` + `data` appended as its last member. `data` must
+/// be one valid JSON value; it is copied, not parsed again.
+fn with_data(mut envelope: Vec<u8>, data: &[u8]) -> Vec<u8> {
+    envelope.pop(); // the closing brace
+    envelope.reserve(data.len() + 9);
+    envelope.extend_from_slice(b",\"data\":");
+    envelope.extend_from_slice(data);
+    envelope.push(b'}');
+    envelope
 }
 
 /// `record` as a CloudEvent; `None` for a compacted record, whose body is gone (a periodic meter
@@ -103,9 +112,9 @@ pub fn encode(
     let class = record.header.class.name();
     let event = match body {
         Body::Event { canonical_json, .. } => {
+            // Parsing the head reads (and so validates) the whole document, so its bytes can
+            // be embedded as they are.
             let head: EventHead<'_> = serde_json::from_slice(canonical_json)
-                .map_err(|source| EncodeError::Event { seq, source })?;
-            let data: &RawValue = serde_json::from_slice(canonical_json)
                 .map_err(|source| EncodeError::Event { seq, source })?;
             let kind = format!("slotgate.{}", head.kind);
             let json = serde_json::to_vec(&CloudEvent {
@@ -120,9 +129,9 @@ pub fn encode(
                 gatewayseq: seq.to_string(),
                 eventclass: class,
                 historical,
-                data,
             })
             .map_err(|source| EncodeError::Event { seq, source })?;
+            let json = with_data(json, canonical_json);
             Encoded {
                 seq,
                 subject: head.machine.registry_id.into_owned(),
@@ -136,8 +145,8 @@ pub fn encode(
                 .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
                 .to_string();
             let data = serde_json::json!({ "alarm": alarm, "level": level, "message": message });
-            let data = serde_json::value::to_raw_value(&data)
-                .map_err(|source| EncodeError::Event { seq, source })?;
+            let data =
+                serde_json::to_vec(&data).map_err(|source| EncodeError::Event { seq, source })?;
             let json = serde_json::to_vec(&CloudEvent {
                 specversion: "1.0",
                 id: &id,
@@ -150,9 +159,9 @@ pub fn encode(
                 gatewayseq: seq.to_string(),
                 eventclass: class,
                 historical,
-                data: &data,
             })
             .map_err(|source| EncodeError::Event { seq, source })?;
+            let json = with_data(json, &data);
             Encoded { seq, subject: origin.gateway.clone(), id, json }
         }
     };

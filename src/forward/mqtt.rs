@@ -33,6 +33,8 @@ use crate::transport::backoff::ExponentialBackoff;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stop waits for the acknowledgements of messages in flight.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How often the status and gauges are refreshed while connected.
+const STATUS_EVERY: Duration = Duration::from_millis(100);
 /// Largest packet either way; events are a few KiB.
 const MAX_PACKET: usize = 1 << 20;
 
@@ -172,17 +174,21 @@ impl Driver {
         let mut pkids: HashMap<u16, u64> = HashMap::new();
         let mut last_ack = Instant::now();
         let mut progress = Progress::new();
-        // Live messages always find room: the replay lane leaves a quarter of the window free.
-        let replay_window = self.window - self.window / 4;
+        let mut status_at = Instant::now();
         let ended = loop {
             let head = *durable.borrow();
             let now = Instant::now();
             if outbox.in_flight() == 0 {
                 last_ack = now;
             }
+            // Live first: with the window full of replay messages a live one waits for a single
+            // PUBACK at most, so the replay lane may use the whole window.
             let room = self.window.saturating_sub(outbox.in_flight());
             let live = outbox.take(Lane::Live, now, head, room);
-            let room = replay_window.saturating_sub(outbox.in_flight());
+            // Replay refills in chunks of at least a quarter window: fewer, larger journal
+            // reads and wake-ups than one record per PUBACK.
+            let room = self.window.saturating_sub(outbox.in_flight());
+            let room = if room >= self.window.div_ceil(4) { room } else { 0 };
             let replay = outbox.take(Lane::Replay, now, head, room);
             for (lane, seqs) in [(Lane::Live, live), (Lane::Replay, replay)] {
                 let encoded = match shared.load(outbox, &seqs, lane) {
@@ -243,7 +249,10 @@ impl Driver {
             }
             cursor.maybe_write(shared, outbox, false).await;
             progress.tick(shared, outbox);
-            shared.update(outbox, |_| {});
+            if status_at.elapsed() >= STATUS_EVERY {
+                shared.update(outbox, |_| {});
+                status_at = Instant::now();
+            }
         };
         if matches!(ended, Ended::Stopped) {
             // Give what is in flight a moment to be acknowledged, so a restart resends less.
@@ -293,7 +302,11 @@ fn track(
         Event::Incoming(Packet::PubAck(ack)) => match pkids.remove(&ack.pkid) {
             Some(seq) => {
                 outbox.acknowledged(seq);
-                shared.status.send_modify(|s| s.delivered += 1);
+                // Counted without waking watchers: readers poll the status.
+                shared.status.send_if_modified(|s| {
+                    s.delivered += 1;
+                    false
+                });
                 true
             }
             None => false,

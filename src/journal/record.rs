@@ -44,7 +44,16 @@ impl Class {
 pub enum Body {
     /// A canonical event as its schema's JSON bytes (the schema evolves on its own, with
     /// `schema_version` inside), and the raw SAS bytes it came from.
-    Event { canonical_json: Vec<u8>, raw: Vec<u8> },
+    ///
+    /// `serde_bytes` makes postcard copy each field in one go instead of one element at a time;
+    /// the bytes on disk are the same (a varint length, then the bytes), as the golden test
+    /// below pins.
+    Event {
+        #[serde(with = "serde_bytes")]
+        canonical_json: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        raw: Vec<u8>,
+    },
     /// A gateway alarm.
     Alarm { alarm: String, level: String, message: String },
 }
@@ -161,6 +170,14 @@ mod tests {
         let bytes = sample().encode();
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(&hex[..24], "000780a0abfef96200045541");
+        // Some(body), Event, len 7, {"k":1}, len 3, 01 FF 7E; the same bytes before and after
+        // the body fields became `serde_bytes`.
+        assert_eq!(
+            hex,
+            "000780a0abfef962000455412d3101036db6c9476b6804ca655dd31a743a8e2c85ec77282594ce63b2c0\
+             e968cefe552e000000000000000000000000000000000000000000000000000000000000000001000\
+             77b226b223a317d0301ff7e"
+        );
         assert_eq!(bytes.len(), 1 + 1 + 6 + 1 + 5 + 2 + 32 + 32 + 1 + 1 + 1 + 7 + 1 + 3);
         assert_eq!(Record::decode(&bytes).unwrap(), sample());
     }
