@@ -72,6 +72,10 @@ enum Mode {
         /// slotgate's MQTT `max_in_flight` (the raw publisher always has 100 in flight).
         #[arg(long, default_value_t = 100)]
         window: u16,
+        /// The destination's `replay_rate` (events/s); the default is far above any ceiling,
+        /// so the replay runs as fast as it can.
+        #[arg(long, default_value_t = 10_000_000)]
+        replay_rate: u32,
         #[arg(long, default_value = "/tmp")]
         dir: PathBuf,
     },
@@ -101,12 +105,12 @@ fn main() -> anyhow::Result<()> {
     slotgate::forward::tls::install_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match mode {
-        Mode::Replay { events, https, batch, live_rate, window, dir } => {
+        Mode::Replay { events, https, batch, live_rate, window, replay_rate, dir } => {
             let work = tempfile::tempdir_in(&dir)?;
             if https {
-                runtime.block_on(replay_https(work.path(), events, batch, live_rate))
+                runtime.block_on(replay_https(work.path(), events, batch, live_rate, replay_rate))
             } else {
-                runtime.block_on(replay_mqtt(work.path(), events, live_rate, window))
+                runtime.block_on(replay_mqtt(work.path(), events, live_rate, window, replay_rate))
             }
         }
         Mode::Live { machines, seconds, dir } => {
@@ -333,7 +337,13 @@ async fn subscribe(
 
 // === replay into mosquitto ===
 
-async fn replay_mqtt(dir: &Path, events: usize, live_rate: u32, window: u16) -> anyhow::Result<()> {
+async fn replay_mqtt(
+    dir: &Path,
+    events: usize,
+    live_rate: u32,
+    window: u16,
+    replay_rate: u32,
+) -> anyhow::Result<()> {
     let broker = Mosquitto::start(&dir.join("broker"), MosquittoOptions::default());
     let payload_len = {
         let sample = event_json("EGM-0000", 1, 0);
@@ -386,9 +396,10 @@ async fn replay_mqtt(dir: &Path, events: usize, live_rate: u32, window: u16) -> 
 
     // (2) slotgate replaying a backlog of the same size.
     let appender = fill(dir, events).await?;
+    let burst = (replay_rate / 10).clamp(1, 100_000);
     let destination = format!(
         "[[destination]]\nname = \"bench\"\nkind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\n\
-         allow_plaintext = true\nmax_in_flight = {window}\nreplay_rate = 10000000\nreplay_burst = 100000\n",
+         allow_plaintext = true\nmax_in_flight = {window}\nreplay_rate = {replay_rate}\nreplay_burst = {burst}\n",
         broker.port()
     );
     let config = write_config(dir, &destination)?;
@@ -437,6 +448,7 @@ async fn replay_https(
     events: usize,
     batch: usize,
     live_rate: u32,
+    replay_rate: u32,
 ) -> anyhow::Result<()> {
     let certs = Certs::generate(&dir.join("pki"));
     let receiver = Receiver::start(&certs, false);
@@ -444,10 +456,11 @@ async fn replay_https(
     std::fs::write(dir.join("token"), "bench-token")?;
     std::fs::write(dir.join("hmac"), "bench-hmac-key")?;
     let appender = fill(dir, events).await?;
+    let burst = (replay_rate / 10).clamp(1, 100_000);
     let destination = format!(
         "[[destination]]\nname = \"bench\"\nkind = \"https\"\nurl = \"{}\"\nca_file = \"{}\"\n\
          token_file = \"{}\"\nhmac_key_file = \"{}\"\nbatch_size = {batch}\ntimeout = \"30s\"\n\
-         replay_rate = 10000000\nreplay_burst = 100000\n",
+         replay_rate = {replay_rate}\nreplay_burst = {burst}\n",
         receiver.url(),
         certs.ca.display(),
         dir.join("token").display(),

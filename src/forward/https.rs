@@ -128,6 +128,12 @@ impl Driver {
                     }
                     let head = *durable.borrow();
                     let room = if singles_through[slot].is_some() { 1 } else { self.batch_size };
+                    // A budgeted replay sends full batches, not a request per token.
+                    if lane == Lane::Replay
+                        && outbox.replay_ready_for(room as u64).is_some_and(|at| at > now)
+                    {
+                        continue;
+                    }
                     let seqs = outbox.take(lane, now, head, room);
                     if let (Some(through), Some(&first)) = (singles_through[slot], seqs.first())
                         && first > through
@@ -160,7 +166,7 @@ impl Driver {
                 }
             }
             let wake = outbox
-                .replay_ready_at()
+                .replay_ready_for(self.batch_size as u64)
                 .map_or(Duration::from_millis(200), |t| t.saturating_duration_since(now))
                 .max(paused_until.saturating_duration_since(now))
                 .clamp(Duration::from_millis(1), Duration::from_millis(500));

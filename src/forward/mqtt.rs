@@ -326,6 +326,9 @@ impl Drop for Pump {
 
 async fn pump(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, rumqttc::ConnectionError>>) {
     eventloop.network_options.set_connection_timeout(CONNECT_TIMEOUT.as_secs());
+    // Live events are single small packets: Nagle's algorithm would hold them for the ACK of
+    // the previous one.
+    eventloop.network_options.set_tcp_nodelay(true);
     loop {
         let event = eventloop.poll().await;
         let failed = event.is_err();

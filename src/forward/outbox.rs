@@ -67,12 +67,13 @@ impl TokenBucket {
         self.micro_tokens = self.micro_tokens.saturating_sub(n * MICRO);
     }
 
-    /// When at least one token will be available.
-    fn next_token_at(&self) -> Instant {
-        if self.micro_tokens >= MICRO || self.budget.rate == 0 {
+    /// When at least `n` tokens (at most a burst) will be available.
+    fn tokens_at(&self, n: u64) -> Instant {
+        let wanted = n.clamp(1, u64::from(self.budget.burst.max(1))) * MICRO;
+        if self.micro_tokens >= wanted || self.budget.rate == 0 {
             return self.refilled_at;
         }
-        let missing = MICRO - self.micro_tokens;
+        let missing = wanted - self.micro_tokens;
         let micros = missing.div_ceil(u64::from(self.budget.rate));
         self.refilled_at + Duration::from_micros(micros)
     }
@@ -157,8 +158,13 @@ impl Outbox {
 
     /// When the replay lane may send again, if it is waiting for tokens only.
     pub fn replay_ready_at(&self) -> Option<Instant> {
-        let waiting = self.next_replay < self.live_from;
-        waiting.then(|| self.bucket.next_token_at())
+        self.replay_ready_for(1)
+    }
+
+    /// When the replay lane can send `n` records (fewer if fewer wait), if it has any to send.
+    pub fn replay_ready_for(&self, n: u64) -> Option<Instant> {
+        let unsent = self.live_from.saturating_sub(self.next_replay);
+        (unsent > 0).then(|| self.bucket.tokens_at(n.min(unsent)))
     }
 
     /// `seq` arrived. Returns whether the cursor moved.
@@ -233,6 +239,18 @@ mod tests {
         assert_eq!(o.replay_ready_at(), Some(t0 + Duration::from_millis(100)));
         let t1 = t0 + Duration::from_millis(300);
         assert_eq!(o.take(Lane::Replay, t1, 33, 100), vec![15, 16, 17]);
+    }
+
+    #[test]
+    fn the_replay_lane_can_wait_for_a_full_batch() {
+        let t0 = Instant::now();
+        let mut o = Outbox::new(0, 100, ReplayBudget { rate: 1000, burst: 50 }, t0);
+        assert_eq!(o.take(Lane::Replay, t0, 100, 50).len(), 50);
+        // 20 tokens take 20 ms at 1000/s; more than a burst is never asked for.
+        assert_eq!(o.replay_ready_for(20), Some(t0 + Duration::from_millis(20)));
+        assert_eq!(o.replay_ready_for(500), Some(t0 + Duration::from_millis(50)));
+        o.take(Lane::Replay, t0 + Duration::from_millis(50), 100, 50);
+        assert_eq!(o.replay_ready_for(20), None, "nothing left to replay");
     }
 
     #[test]
