@@ -31,6 +31,23 @@ pub fn install(listen: SocketAddr) -> anyhow::Result<()> {
         "slotgate_journal_backlog_records",
         "Records a destination has not acknowledged yet."
     );
+    metrics::describe_gauge!(
+        "slotgate_forward_backlog_records",
+        "Records of a destination's replay lane not yet acknowledged."
+    );
+    metrics::describe_gauge!(
+        "slotgate_forward_drain_eta_seconds",
+        "The replay backlog over the destination's replay rate."
+    );
+    metrics::describe_gauge!(
+        "slotgate_forward_in_flight",
+        "Records sent and not yet acknowledged."
+    );
+    metrics::describe_gauge!("slotgate_forward_delivered", "Records acknowledged since start.");
+    metrics::describe_gauge!(
+        "slotgate_forward_up",
+        "1 connected, 0 connecting or down, -1 revoked (credentials refused)."
+    );
     tracing::info!(%listen, "Serving metrics.");
     Ok(())
 }

@@ -272,6 +272,30 @@ fn mqtt_link_cuts_and_a_broker_restart_lose_nothing() {
 }
 
 #[test]
+fn a_dead_destination_never_holds_back_another_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"), MosquittoOptions::default());
+    let subscriber = Subscriber::start(broker.port(), "slotgate/#", None);
+    // Nothing listens on the second destination's port.
+    let dead = upstream::free_port();
+    let destinations = format!(
+        "{}\n[[destination]]\nname = \"dead\"\nkind = \"https\"\nurl = \"http://127.0.0.1:{dead}/events\"\n\
+         allow_plaintext = true\ntimeout = \"1s\"\n",
+        mqtt_destination("state", broker.port(), FAST_REPLAY)
+    );
+    let gw = Forwarding::start(dir.path(), &destinations);
+    let ids = gw.append(&["EGM-1", "EGM-2"], 100);
+    assert!(subscriber.wait_for(ids.len(), Duration::from_secs(10)), "{:?}", gw.status(0));
+    assert!(wait_until(Duration::from_secs(5), || gw.cursor("state") == gw.head()));
+    assert_complete_and_ordered(&received(&subscriber), &ids);
+    assert_eq!(gw.cursor("dead"), 0, "the journal keeps everything for the dead destination");
+    let dead_status = gw.status(1);
+    assert_eq!(dead_status.state, LinkState::Down, "{dead_status:?}");
+    assert!(dead_status.last_error.is_some());
+    gw.stop();
+}
+
+#[test]
 fn mqtt_live_events_overtake_a_backlog_that_replays_within_its_budget() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&dir.path().join("broker"), MosquittoOptions::default());

@@ -219,6 +219,8 @@ impl Shared {
             .set(s.in_flight as f64);
         metrics::gauge!("slotgate_forward_delivered", "destination" => name.clone())
             .set(s.delivered as f64);
+        metrics::gauge!("slotgate_forward_drain_eta_seconds", "destination" => name.clone())
+            .set(s.drain_eta_seconds.unwrap_or(0) as f64);
         let state = match s.state {
             LinkState::Up => 1.0,
             LinkState::Connecting | LinkState::Down => 0.0,
