@@ -120,6 +120,9 @@ impl Driver {
         outbox.connected(*durable.borrow());
         shared.update(&outbox, |s| s.state = LinkState::Up);
         loop {
+            if requests.is_empty() && shared.follow_journal(&mut outbox) {
+                outbox.connected(*durable.borrow());
+            }
             let now = Instant::now();
             if now >= paused_until {
                 for (slot, lane) in [(0, Lane::Live), (1, Lane::Replay)] {
@@ -212,11 +215,13 @@ impl Driver {
                                 singles_through[usize::from(sent.lane == Lane::Replay)] = seqs.last().copied();
                                 tracing::warn!(destination = %shared.name, code, events = seqs.len(),
                                     "A batch was refused; resending its events one by one.");
-                            } else {
-                                self.quarantine(&shared, &sent.events, code).await;
+                            } else if self.quarantine(&shared, &sent.events, code).await {
                                 for seq in &seqs {
                                     outbox.acknowledged(*seq);
                                 }
+                            } else {
+                                let reason = format!("HTTP {code}, and the quarantine file is not writable");
+                                self.retry_later(&shared, &mut outbox, &seqs, &mut backoff, &mut paused_until, reason);
                             }
                         }
                         Answer::Status { code, .. } => self.retry_later(&shared, &mut outbox, &seqs, &mut backoff, &mut paused_until, format!("HTTP {code}")),
@@ -314,7 +319,8 @@ impl Driver {
     }
 
     /// Keeps a refused event where an operator finds it, durably, before it is acknowledged.
-    async fn quarantine(&self, shared: &Shared, events: &[Encoded], code: u16) {
+    /// Returns whether it was kept; if not, it must not be acknowledged.
+    async fn quarantine(&self, shared: &Shared, events: &[Encoded], code: u16) -> bool {
         let path = shared.state_dir.join(format!("{}.quarantine.jsonl", shared.name));
         let written = (|| -> std::io::Result<()> {
             std::fs::create_dir_all(&shared.state_dir)?;
@@ -329,7 +335,7 @@ impl Driver {
             // Not acknowledged then: retried until the file can be written.
             tracing::error!(destination = %shared.name, file = %path.display(), %error,
                 "Cannot write the quarantine file.");
-            return;
+            return false;
         }
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
         let message = format!(
@@ -346,6 +352,7 @@ impl Driver {
         });
         metrics::counter!("slotgate_forward_quarantined_total", "destination" => shared.name.clone())
             .increment(events.len() as u64);
+        true
     }
 }
 

@@ -165,6 +165,20 @@ impl Shared {
         Outbox::new(cursor, head, budget, Instant::now())
     }
 
+    /// Starts over from the journal's cursor when the journal moved it past ours: only a
+    /// quarantined store does that (the fresh store's seqs jump; module doc of the journal).
+    /// Returns whether it did.
+    pub(crate) fn follow_journal(&self, outbox: &mut Outbox) -> bool {
+        let (cursor, _) = self.positions();
+        if cursor <= outbox.cursor() {
+            return false;
+        }
+        tracing::warn!(destination = %self.name, from = outbox.cursor(), to = cursor,
+            "The journal was replaced; forwarding continues from its new start.");
+        *outbox = self.outbox(outbox.budget());
+        true
+    }
+
     /// Reads and encodes `seqs` (ascending). Records that carry nothing to send (compacted) or
     /// cannot be encoded (logged) are acknowledged at once so the cursor passes them.
     pub(crate) fn load(

@@ -176,6 +176,10 @@ impl Driver {
         let mut progress = Progress::new();
         let mut status_at = Instant::now();
         let ended = loop {
+            if shared.follow_journal(outbox) {
+                // What is in flight belongs to the old store: a new client starts clean.
+                break Ended::Lost("the journal was replaced".into());
+            }
             let head = *durable.borrow();
             let now = Instant::now();
             if outbox.in_flight() == 0 {
