@@ -188,9 +188,17 @@ pub fn status(config_file: &Path, json: bool) -> anyhow::Result<()> {
     for d in &file.destinations {
         let eta = d.drain_eta_seconds.map_or(String::new(), |s| format!(", about {s}s to drain"));
         println!(
-            "destination {} ({}): {:?}, cursor {}, backlog {}{eta}, in flight {}, delivered {}, \
-             quarantined {}",
-            d.name, d.kind, d.state, d.cursor, d.backlog, d.in_flight, d.delivered, d.quarantined
+            "destination {} ({}): {:?}, {} unacknowledged (replay backlog {}{eta}), cursor {}, \
+             in flight {}, delivered {}, quarantined {}",
+            d.name,
+            d.kind,
+            d.state,
+            d.unacknowledged,
+            d.backlog,
+            d.cursor,
+            d.in_flight,
+            d.delivered,
+            d.quarantined
         );
         if let Some(error) = &d.last_error {
             println!("  last error: {error}");

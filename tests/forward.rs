@@ -565,6 +565,12 @@ fn https_400_quarantines_only_the_refused_event_and_503_retry_after_is_honoured(
     assert_eq!(receiver.requests().len(), before + 1, "waiting out Retry-After");
     assert!(receiver.wait_for_events(good.len() + more.len() + 1, Duration::from_secs(10)));
     assert!(refused_at.elapsed() >= Duration::from_millis(600));
+    // Journalled while the receiver refused: delivered as backlog, flagged historical.
+    let events = receiver.events();
+    for id in &more {
+        let event = events.iter().find(|e| e["id"] == id.as_str()).unwrap();
+        assert_eq!(event["historical"], true, "{id}");
+    }
     gw.stop();
 }
 

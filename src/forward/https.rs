@@ -115,13 +115,18 @@ impl Driver {
         let mut paused_until = Instant::now();
         // Per lane: seqs up to this one go one per request, since a batch with them was refused.
         let mut singles_through: [Option<u64>; 2] = [None, None];
+        let mut interrupted = false;
         tracing::info!(destination = %shared.name, url = %self.url, cursor = outbox.cursor(),
             backlog = outbox.backlog(), "HTTPS forwarder started.");
         outbox.connected(*durable.borrow());
         shared.update(&outbox, |s| s.state = LinkState::Up);
         loop {
-            if requests.is_empty() && shared.follow_journal(&mut outbox) {
+            // After a failure, what was journalled meanwhile is backlog: once nothing is on the
+            // wire it moves to the replay lane (budgeted, historical), as a reconnect does for
+            // MQTT.
+            if requests.is_empty() && (shared.follow_journal(&mut outbox) || interrupted) {
                 outbox.connected(*durable.borrow());
+                interrupted = false;
             }
             let now = Instant::now();
             if now >= paused_until {
@@ -204,6 +209,7 @@ impl Driver {
                         }
                         Answer::Status { code: code @ (429 | 503), retry_after } => {
                             outbox.failed(&seqs);
+                            interrupted = true;
                             let delay = retry_after.unwrap_or_else(|| backoff.next_delay());
                             paused_until = Instant::now() + delay;
                             tracing::warn!(destination = %shared.name, code, retry_in = ?delay, "The receiver asks to wait.");
@@ -224,8 +230,14 @@ impl Driver {
                                 self.retry_later(&shared, &mut outbox, &seqs, &mut backoff, &mut paused_until, reason);
                             }
                         }
-                        Answer::Status { code, .. } => self.retry_later(&shared, &mut outbox, &seqs, &mut backoff, &mut paused_until, format!("HTTP {code}")),
-                        Answer::Failed(reason) => self.retry_later(&shared, &mut outbox, &seqs, &mut backoff, &mut paused_until, reason),
+                        Answer::Status { code, .. } => {
+                            interrupted = true;
+                            self.retry_later(&shared, &mut outbox, &seqs, &mut backoff, &mut paused_until, format!("HTTP {code}"));
+                        }
+                        Answer::Failed(reason) => {
+                            interrupted = true;
+                            self.retry_later(&shared, &mut outbox, &seqs, &mut backoff, &mut paused_until, reason);
+                        }
                     }
                 }
                 _ = durable.changed() => {}

@@ -71,6 +71,9 @@ pub struct DestinationStatus {
     pub state: LinkState,
     /// First journal seq not acknowledged.
     pub cursor: u64,
+    /// Durable records not yet acknowledged, both lanes.
+    #[serde(default)]
+    pub unacknowledged: u64,
     /// Records of the replay lane still to deliver.
     pub backlog: u64,
     pub in_flight: usize,
@@ -94,6 +97,7 @@ impl DestinationStatus {
             },
             state: LinkState::Connecting,
             cursor,
+            unacknowledged: 0,
             backlog: 0,
             in_flight: 0,
             delivered: 0,
@@ -217,8 +221,10 @@ impl Shared {
     }
 
     pub(crate) fn update(&self, outbox: &Outbox, f: impl FnOnce(&mut DestinationStatus)) {
+        let head = *self.journal.durable().borrow();
         self.status.send_modify(|s| {
             s.cursor = outbox.cursor();
+            s.unacknowledged = head.saturating_sub(outbox.cursor());
             s.backlog = outbox.backlog();
             s.in_flight = outbox.in_flight();
             s.drain_eta_seconds =
