@@ -296,6 +296,37 @@ fn a_dead_destination_never_holds_back_another_and_loses_nothing() {
 }
 
 #[test]
+fn mqtt_credentials_come_from_a_file_and_a_wrong_password_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = MosquittoOptions {
+        users: vec![("gw-1".into(), "s3cret-token".into())],
+        ..Default::default()
+    };
+    let broker = Mosquitto::start(&dir.path().join("broker"), options);
+    let secret = dir.path().join("mqtt.password");
+    std::fs::write(&secret, "wrong\n").unwrap();
+    let extra = format!("username = \"gw-1\"\npassword_file = \"{}\"", secret.display());
+    let dest = mqtt_destination("state", broker.port(), &extra);
+    let gw = Forwarding::start(dir.path(), &dest);
+    gw.append(&["EGM-1"], 5);
+    assert!(wait_until(Duration::from_secs(10), || gw.status(0).last_error.is_some()));
+    let error = gw.status(0).last_error.unwrap();
+    assert!(error.contains("refused"), "{error}");
+    assert_eq!(gw.cursor("state"), 0);
+    gw.stop();
+
+    std::fs::write(&secret, "s3cret-token\n").unwrap();
+    let gw = Forwarding::start(dir.path(), &dest);
+    assert!(
+        wait_until(Duration::from_secs(10), || gw.cursor("state") == gw.head()),
+        "{:?}",
+        gw.status(0)
+    );
+    assert_eq!(gw.status(0).state, LinkState::Up);
+    gw.stop();
+}
+
+#[test]
 fn mqtt_live_events_overtake_a_backlog_that_replays_within_its_budget() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&dir.path().join("broker"), MosquittoOptions::default());

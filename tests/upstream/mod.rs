@@ -276,6 +276,8 @@ pub struct MosquittoOptions {
     pub persistence: bool,
     /// A fixed port; a free one when `None`.
     pub port: Option<u16>,
+    /// When not empty, only these `(user, password)` may connect (`mosquitto_passwd`).
+    pub users: Vec<(String, String)>,
 }
 
 /// A `mosquitto` process configured by `dir/mosquitto.conf`, logging to `dir/mosquitto.log`.
@@ -375,7 +377,7 @@ impl Mosquitto {
         let dir = self.dir.display();
         let mut conf = format!(
             "listener {port} 127.0.0.1\n\
-             allow_anonymous true\n\
+             allow_anonymous {anonymous}\n\
              persistence {persistence}\n\
              persistence_location {dir}/\n\
              max_queued_messages 1000000\n\
@@ -384,7 +386,25 @@ impl Mosquitto {
              log_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
             port = self.port,
             persistence = self.options.persistence,
+            anonymous = self.options.users.is_empty(),
         );
+        if !self.options.users.is_empty() {
+            let passwd = self.dir.join("passwd");
+            let _ = std::fs::remove_file(&passwd);
+            std::fs::write(&passwd, "").unwrap();
+            for (user, password) in &self.options.users {
+                let status = Command::new("mosquitto_passwd")
+                    .arg("-b")
+                    .arg(&passwd)
+                    .args([user, password])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "mosquitto_passwd failed");
+            }
+            conf.push_str(&format!("password_file {}\n", passwd.display()));
+        }
         if running_as_root() {
             // Otherwise mosquitto drops to the `mosquitto` user, which cannot write to `dir`.
             conf.push_str("user root\n");
