@@ -40,9 +40,9 @@ pub const GATEWAY_HEADER: &str = "x-slotgate-gateway";
 pub struct Driver {
     url: String,
     client: reqwest::Client,
-    token: Option<String>,
-    api_key: Option<String>,
-    hmac_key: Option<Vec<u8>>,
+    token: Option<super::Secret>,
+    api_key: Option<super::Secret>,
+    hmac_key: Option<super::Secret>,
     batch_size: usize,
     budget: ReplayBudget,
     /// Revocation holds while this is unchanged.
@@ -87,12 +87,24 @@ impl Driver {
             ],
             &https.url,
         );
+        let token = read(&https.token_file)?;
+        let api_key = read(&https.api_key_file)?;
+        for (secret, file) in [(&token, &https.token_file), (&api_key, &https.api_key_file)] {
+            if let (Some(secret), Some(file)) = (secret, file)
+                && reqwest::header::HeaderValue::from_str(secret.expose()).is_err()
+            {
+                anyhow::bail!(
+                    "{}: not usable in an HTTP header (control characters?)",
+                    file.display()
+                );
+            }
+        }
         Ok(Self {
             url: https.url.clone(),
             client,
-            token: read(&https.token_file)?,
-            api_key: read(&https.api_key_file)?,
-            hmac_key: read(&https.hmac_key_file)?.map(String::into_bytes),
+            token,
+            api_key,
+            hmac_key: read(&https.hmac_key_file)?,
             batch_size: https.batch_size,
             budget: ReplayBudget { rate: config.replay_rate, burst: config.replay_burst },
             fingerprint,
@@ -278,13 +290,17 @@ impl Driver {
             .header("idempotency-key", key)
             .header(GATEWAY_HEADER, format!("{}/{}", shared.origin.venue, shared.origin.gateway));
         if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
+            request = request.bearer_auth(token.expose());
         }
-        if let Some(api_key) = &self.api_key {
-            request = request.header("x-api-key", api_key);
+        if let Some(api_key) = &self.api_key
+            && let Ok(mut value) = reqwest::header::HeaderValue::from_str(api_key.expose())
+        {
+            value.set_sensitive(true);
+            request = request.header("x-api-key", value);
         }
         if let Some(key) = &self.hmac_key {
-            request = request.header(SIGNATURE_HEADER, format!("sha256={}", sign(key, &body)));
+            let signature = sign(key.expose().as_bytes(), &body);
+            request = request.header(SIGNATURE_HEADER, format!("sha256={signature}"));
         }
         request.body(body)
     }

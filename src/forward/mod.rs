@@ -346,9 +346,58 @@ pub(crate) fn clear_revoked(state_dir: &Path, name: &str) {
     let _ = std::fs::remove_file(revocation_path(state_dir, name));
 }
 
+/// A password, token or key: shown as `***` by `Debug`, so no log line can carry it.
+#[derive(Clone, Default)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// Reads a secret file, trimmed of surrounding white space.
-pub(crate) fn read_secret(path: &Path) -> anyhow::Result<String> {
+pub(crate) fn read_secret(path: &Path) -> anyhow::Result<Secret> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the secret file {}", path.display()))?;
-    Ok(text.trim().to_owned())
+    Ok(Secret(text.trim().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DestinationKind, HttpsDestination};
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        tls::install_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "tok-123-secret\n").unwrap();
+        let config = DestinationConfig {
+            name: "d".into(),
+            kind: DestinationKind::Https(HttpsDestination {
+                url: "http://127.0.0.1:1/events".into(),
+                token_file: Some(token.clone()),
+                api_key_file: Some(token.clone()),
+                hmac_key_file: Some(token),
+                batch_size: 10,
+                timeout: Duration::from_secs(1),
+            }),
+            replay_rate: 10,
+            replay_burst: 10,
+            tls: None,
+        };
+        let DestinationKind::Https(https) = &config.kind else { unreachable!() };
+        let driver = https::Driver::new(&config, https).unwrap();
+        let shown = format!("{driver:?}");
+        assert!(!shown.contains("tok-123"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
+    }
 }

@@ -45,7 +45,7 @@ pub struct Driver {
     port: u16,
     client_id: String,
     topic: String,
-    credentials: Option<(String, String)>,
+    credentials: Option<(String, super::Secret)>,
     tls: Option<Arc<rustls::ClientConfig>>,
     keep_alive: Duration,
     window: usize,
@@ -124,7 +124,7 @@ impl Driver {
             .set_request_channel_capacity(self.window + 16)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET);
         if let Some((user, password)) = &self.credentials {
-            options.set_credentials(user, password);
+            options.set_credentials(user, password.expose());
         }
         if let Some(tls) = &self.tls {
             options
