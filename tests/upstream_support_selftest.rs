@@ -74,8 +74,16 @@ fn mosquitto_restarts_on_the_same_port_and_the_subscriber_resubscribes() {
     assert!(dir.path().join("mosquitto.db").exists(), "persistence saved nothing");
     assert!(subscriber.wait_subacks(2, SECS_10), "no resubscription after the restart");
     publish(mqtt_options("pub-2", port, None), "gw/gw-001/events", &["d"]).unwrap();
-    assert!(subscriber.wait_for(4, SECS_10));
-    assert_eq!(payloads(&subscriber), ["a", "b", "c", "d"]);
+    assert!(wait_until(SECS_10, || payloads(&subscriber).contains(&"d".to_owned())));
+    // QoS 1 is at least once: a message in flight to the subscriber when the broker stopped is
+    // delivered again after the restart, so compare first arrivals.
+    let mut first = Vec::new();
+    for payload in payloads(&subscriber) {
+        if !first.contains(&payload) {
+            first.push(payload);
+        }
+    }
+    assert_eq!(first, ["a", "b", "c", "d"]);
     assert!(subscriber.messages().iter().all(|(topic, _)| topic == "gw/gw-001/events"));
 
     broker.stop();
