@@ -547,12 +547,17 @@ fn https_401_revokes_until_the_credentials_change_and_nothing_is_lost() {
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(gw.status(0).state, LinkState::Revoked);
     assert_eq!(receiver.requests().len(), asked);
-    gw.stop();
 
-    // A new token: the backlog is delivered, the alarms with it.
+    // A new token, written while it runs: the backlog is delivered, the alarms with it.
     std::fs::write(&secrets.token, "new-token").unwrap();
-    let gw = Forwarding::start(dir.path(), &dest);
     assert!(receiver.wait_for_events(ids.len(), Duration::from_secs(20)), "{:?}", gw.status(0));
+    assert!(
+        receiver
+            .requests()
+            .iter()
+            .skip(asked)
+            .all(|r| r.header("authorization") == Some("Bearer new-token"))
+    );
     let types: Vec<String> =
         receiver.events().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect();
     assert!(types.iter().any(|t| t == "slotgate.gateway_alarm"), "{types:?}");

@@ -11,7 +11,7 @@
 //! | 2xx, 409 (duplicate) | acknowledged |
 //! | 429, 503 | retried after `Retry-After` (seconds or an HTTP date), else the backoff |
 //! | other 5xx, timeout, connection error | retried with jittered backoff |
-//! | 401, 403 | revoked: nothing more is sent, the journal keeps everything, an alarm stays up until the credentials change (a mark in `<storage.dir>/destinations/` keeps it across restarts) |
+//! | 401, 403 | revoked: nothing more is sent, the journal keeps everything, an alarm stays up until the credential files change, checked every 2 s (a mark in `<storage.dir>/destinations/` keeps it across restarts) |
 //! | other 4xx | the batch is resent one event per request; an event refused alone goes to `<storage.dir>/destinations/<name>.quarantine.jsonl` with an alarm, and is acknowledged |
 
 use std::io::Write;
@@ -35,9 +35,14 @@ pub const SIGNATURE_HEADER: &str = "x-slotgate-signature";
 /// Header naming the gateway: `{venue}/{gateway}`.
 pub const GATEWAY_HEADER: &str = "x-slotgate-gateway";
 
+/// How often a revoked destination looks for changed credentials.
+const CREDENTIALS_CHECK_EVERY: Duration = Duration::from_secs(2);
+
 /// A configured HTTPS destination, its secrets read and its client built.
 #[derive(Debug)]
 pub struct Driver {
+    config: DestinationConfig,
+    https: HttpsDestination,
     url: String,
     client: reqwest::Client,
     token: Option<super::Secret>,
@@ -62,6 +67,25 @@ struct Sent {
     answer: Answer,
 }
 
+/// How a delivery run ended.
+enum Ended {
+    Stopped,
+    /// The receiver refused the credentials; the revocation mark is written.
+    Revoked(String),
+}
+
+/// What a revocation is tied to: the credentials and the client certificate, as files.
+fn fingerprint_of(config: &DestinationConfig, https: &HttpsDestination) -> String {
+    super::credentials_fingerprint(
+        &[
+            https.token_file.as_deref(),
+            https.api_key_file.as_deref(),
+            config.tls.as_ref().and_then(|t| t.client_cert.as_deref()),
+        ],
+        &https.url,
+    )
+}
+
 impl Driver {
     pub fn new(config: &DestinationConfig, https: &HttpsDestination) -> anyhow::Result<Self> {
         let mut builder = reqwest::Client::builder()
@@ -79,14 +103,7 @@ impl Driver {
         }
         let client = builder.build()?;
         let read = |p: &Option<PathBuf>| p.as_deref().map(super::read_secret).transpose();
-        let fingerprint = super::credentials_fingerprint(
-            &[
-                https.token_file.as_deref(),
-                https.api_key_file.as_deref(),
-                config.tls.as_ref().and_then(|t| t.client_cert.as_deref()),
-            ],
-            &https.url,
-        );
+        let fingerprint = fingerprint_of(config, https);
         let token = read(&https.token_file)?;
         let api_key = read(&https.api_key_file)?;
         for (secret, file) in [(&token, &https.token_file), (&api_key, &https.api_key_file)] {
@@ -100,6 +117,8 @@ impl Driver {
             }
         }
         Ok(Self {
+            config: config.clone(),
+            https: https.clone(),
             url: https.url.clone(),
             client,
             token,
@@ -111,13 +130,25 @@ impl Driver {
         })
     }
 
-    pub(crate) async fn run(self, shared: Shared, cancel: CancellationToken) {
-        let mut outbox = shared.outbox(self.budget);
-        if super::still_revoked(&shared.state_dir, &shared.name, &self.fingerprint) {
-            self.stay_revoked(&shared, &outbox, &cancel, "revoked before this start").await;
-            return;
+    pub(crate) async fn run(mut self, shared: Shared, cancel: CancellationToken) {
+        let mut reason = "revoked before this start".to_owned();
+        loop {
+            if super::still_revoked(&shared.state_dir, &shared.name, &self.fingerprint)
+                && !self.await_new_credentials(&shared, &cancel, &reason).await
+            {
+                return;
+            }
+            super::clear_revoked(&shared.state_dir, &shared.name);
+            match self.deliver(&shared, &cancel).await {
+                Ended::Stopped => return,
+                Ended::Revoked(why) => reason = why,
+            }
         }
-        super::clear_revoked(&shared.state_dir, &shared.name);
+    }
+
+    /// Sends until the stop or a revocation.
+    async fn deliver(&self, shared: &Shared, cancel: &CancellationToken) -> Ended {
+        let mut outbox = shared.outbox(self.budget);
         let mut cursor = CursorWriter::new(outbox.cursor());
         let mut backoff = ExponentialBackoff::DEFAULT.start();
         let mut durable = shared.journal.durable();
@@ -172,7 +203,7 @@ impl Driver {
                         continue;
                     }
                     busy[slot] = true;
-                    let request = self.request(&shared, &events);
+                    let request = self.request(shared, &events);
                     requests.spawn(async move {
                         let answer = match request.send().await {
                             Ok(response) => Answer::Status {
@@ -215,9 +246,8 @@ impl Driver {
                             if let Err(error) = super::mark_revoked(&shared.state_dir, &shared.name, &self.fingerprint) {
                                 tracing::error!(destination = %shared.name, %error, "Cannot store the revocation.");
                             }
-                            self.stay_revoked(&shared, &outbox, &cancel, &reason).await;
-                            cursor.maybe_write(&shared, &outbox, true).await;
-                            return;
+                            cursor.maybe_write(shared, &outbox, true).await;
+                            return Ended::Revoked(reason);
                         }
                         Answer::Status { code: code @ (429 | 503), retry_after } => {
                             outbox.failed(&seqs);
@@ -233,30 +263,30 @@ impl Driver {
                                 singles_through[usize::from(sent.lane == Lane::Replay)] = seqs.last().copied();
                                 tracing::warn!(destination = %shared.name, code, events = seqs.len(),
                                     "A batch was refused; resending its events one by one.");
-                            } else if self.quarantine(&shared, &sent.events, code).await {
+                            } else if self.quarantine(shared, &sent.events, code).await {
                                 for seq in &seqs {
                                     outbox.acknowledged(*seq);
                                 }
                             } else {
                                 let reason = format!("HTTP {code}, and the quarantine file is not writable");
-                                self.retry_later(&shared, &mut outbox, &seqs, &mut backoff, &mut paused_until, reason);
+                                self.retry_later(shared, &mut outbox, &seqs, &mut backoff, &mut paused_until, reason);
                             }
                         }
                         Answer::Status { code, .. } => {
                             interrupted = true;
-                            self.retry_later(&shared, &mut outbox, &seqs, &mut backoff, &mut paused_until, format!("HTTP {code}"));
+                            self.retry_later(shared, &mut outbox, &seqs, &mut backoff, &mut paused_until, format!("HTTP {code}"));
                         }
                         Answer::Failed(reason) => {
                             interrupted = true;
-                            self.retry_later(&shared, &mut outbox, &seqs, &mut backoff, &mut paused_until, reason);
+                            self.retry_later(shared, &mut outbox, &seqs, &mut backoff, &mut paused_until, reason);
                         }
                     }
                 }
                 _ = durable.changed() => {}
                 () = tokio::time::sleep(wake) => {}
             }
-            cursor.maybe_write(&shared, &outbox, false).await;
-            progress.tick(&shared, &outbox);
+            cursor.maybe_write(shared, &outbox, false).await;
+            progress.tick(shared, &outbox);
             shared.update(&outbox, |_| {});
         }
         // Let the requests on the wire finish, so their acknowledgements are kept.
@@ -270,9 +300,10 @@ impl Driver {
                 });
             }
         }
-        cursor.maybe_write(&shared, &outbox, true).await;
+        cursor.maybe_write(shared, &outbox, true).await;
         shared.update(&outbox, |s| s.state = LinkState::Down);
         tracing::info!(destination = %shared.name, cursor = outbox.cursor(), "HTTPS forwarder stopped.");
+        Ended::Stopped
     }
 
     fn request(&self, shared: &Shared, events: &[Encoded]) -> reqwest::RequestBuilder {
@@ -324,14 +355,14 @@ impl Driver {
         });
     }
 
-    /// Sends nothing until the stop; the journal keeps everything meanwhile.
-    async fn stay_revoked(
-        &self,
+    /// Sends nothing, the journal keeping everything, until the credential files change (then
+    /// reloads them and returns true) or the stop (false).
+    async fn await_new_credentials(
+        &mut self,
         shared: &Shared,
-        outbox: &Outbox,
         cancel: &CancellationToken,
         reason: &str,
-    ) {
+    ) -> bool {
         let message = format!(
             "destination {}: {reason}; nothing is sent until its credentials change (events stay \
              in the journal)",
@@ -339,11 +370,32 @@ impl Driver {
         );
         tracing::error!(destination = %shared.name, alarm = "destination_revoked", "ALARM: {message}");
         raise_alarm(shared, "destination_revoked", &message).await;
-        shared.update(outbox, |s| {
+        let outbox = shared.outbox(self.budget);
+        shared.update(&outbox, |s| {
             s.state = LinkState::Revoked;
             s.last_error = Some(message.clone());
         });
-        cancel.cancelled().await;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return false,
+                () = tokio::time::sleep(CREDENTIALS_CHECK_EVERY) => {}
+            }
+            if fingerprint_of(&self.config, &self.https) == self.fingerprint {
+                continue;
+            }
+            match Self::new(&self.config, &self.https) {
+                Ok(fresh) => {
+                    *self = fresh;
+                    tracing::warn!(destination = %shared.name, "Credentials changed: sending again.");
+                    return true;
+                }
+                // Half-written files, say: the next look may find them complete.
+                Err(error) => {
+                    tracing::warn!(destination = %shared.name, error = %format!("{error:#}"),
+                        "Changed credentials are not usable yet.");
+                }
+            }
+        }
     }
 
     /// Keeps a refused event where an operator finds it, durably, before it is acknowledged.
