@@ -6,22 +6,30 @@
 //! ```text
 //! cargo bench --bench forward -- replay --events 1000000 --dir /work/bench-data
 //! cargo bench --bench forward -- replay --events 1000000 --https --dir /work/bench-data
+//! cargo bench --bench forward -- load --events 1000000 --dir /work/bench-data
 //! cargo bench --bench forward -- live --machines 250 --seconds 60 --dir /work/bench-data
 //! ```
+//!
+//! `BENCH_CACHE` (e.g. `1GiB`) sets the journal's sled cache, default 16 MiB.
 //!
 //! `cargo bench` passes `--bench`; without it (`cargo test --benches`, `--all-targets`) the
 //! binary prints a note and exits, so no test run ever carries a timed benchmark.
 //!
 //! # Modes
 //! - `replay`: (1, MQTT only) the ceiling: a minimal rumqttc publisher sends `--events` QoS 1
-//!   messages of the same size as slotgate's, 100 in flight, with a QoS 1 subscriber attached;
-//!   rate = messages / (first publish → last message at the subscriber). (2) A journal is filled
-//!   with `--events` synthetic canonical events (≈ 800 B of JSON each, 250 machines) while no
-//!   destination is configured, then reopened with one, so everything is backlog; the forwarder
-//!   replays it with a budget far above the ceiling (the rate limit is not what is measured).
-//!   Rate = events / (forwarder start → last event at the subscriber or receiver). Meanwhile a
-//!   live appender journals `--live-rate` events per second; their latency is journal append →
-//!   arrival at the subscriber (MQTT) or receiver (HTTPS), milliseconds, wall clock.
+//!   messages, 100 in flight, with a QoS 1 subscriber attached; the messages are the CloudEvents
+//!   slotgate would send, encoded before the clock starts, so broker and subscriber do the same
+//!   work per message in both runs. Rate = messages / (first publish → last message at the
+//!   subscriber). (2) A journal is filled with `--events` synthetic canonical events (≈ 800 B of
+//!   JSON each, 250 machines) while no destination is configured, then reopened with one
+//!   (live-first order), so everything is backlog; the forwarder replays it with a budget far
+//!   above the ceiling (the rate limit is not what is measured). Rate = events / (forwarder
+//!   start → last event at the subscriber or receiver). Meanwhile a live appender journals
+//!   `--live-rate` events per second; their latency is journal append → arrival at the
+//!   subscriber (MQTT) or receiver (HTTPS), milliseconds, wall clock. The subscriber runs on a
+//!   thread of its own, as the state system would be on a machine of its own.
+//! - `load`: the forwarder's own work per replayed record without any network: journal reads in
+//!   chunks of `--chunk` (the MQTT window's quarter is 25), then reads and CloudEvents encoding.
 //! - `live`: `slotgate simulate --machines N --rte` and `slotgate run` (these release binaries)
 //!   with an MQTT destination; a subscriber takes every event's latency as arrival − the event's
 //!   `occurred_at` (the gateway's time of the machine's reply), for `--seconds`.
@@ -79,6 +87,16 @@ enum Mode {
         #[arg(long, default_value = "/tmp")]
         dir: PathBuf,
     },
+    /// The forwarder's own cost per replayed record, no network: journal reads of `--chunk`
+    /// records, then the CloudEvents encoding.
+    Load {
+        #[arg(long, default_value_t = 300_000)]
+        events: usize,
+        #[arg(long, default_value_t = 25)]
+        chunk: usize,
+        #[arg(long, default_value = "/tmp")]
+        dir: PathBuf,
+    },
     Live {
         #[arg(long, default_value_t = 250)]
         machines: u16,
@@ -112,6 +130,10 @@ fn main() -> anyhow::Result<()> {
             } else {
                 runtime.block_on(replay_mqtt(work.path(), events, live_rate, window, replay_rate))
             }
+        }
+        Mode::Load { events, chunk, dir } => {
+            let work = tempfile::tempdir_in(&dir)?;
+            runtime.block_on(load(work.path(), events, chunk))
         }
         Mode::Live { machines, seconds, dir } => {
             let work = tempfile::tempdir_in(&dir)?;
@@ -183,15 +205,51 @@ impl Appender {
     }
 }
 
+/// `count` CloudEvents as slotgate would publish them (topic, payload), with ids of their own
+/// (`raw/…`, so they never collide with the replay's), and their mean size.
+fn raw_payloads(count: usize) -> (Vec<(String, Vec<u8>)>, usize) {
+    let origin = slotgate::forward::cloudevent::Origin::new(VENUE, "bench");
+    let now = jiff::Timestamp::now().as_millisecond();
+    let mut bytes = 0;
+    let payloads: Vec<_> = (0..count)
+        .map(|i| {
+            let machine = format!("EGM-{:04}", i % MACHINES);
+            let record = slotgate::journal::Record {
+                header: slotgate::journal::record::Header {
+                    seq: i as u64,
+                    appended_at_ms: now,
+                    class: Class::Financial,
+                    machine: machine.clone(),
+                    machine_seq: Some(i as u64),
+                    body_hash: [0; 32],
+                },
+                prev_hash: [0; 32],
+                body: Some(Body::Event {
+                    canonical_json: event_json(&format!("raw/{machine}"), i as u64, now),
+                    raw: Vec::new(),
+                }),
+            };
+            let json = match slotgate::forward::cloudevent::encode(&record, &origin, true) {
+                Ok(Some(encoded)) => encoded.json,
+                _ => Vec::new(),
+            };
+            bytes += json.len();
+            (format!("slotgate/{VENUE}/{machine}/events"), json)
+        })
+        .collect();
+    (payloads, bytes / count.max(1))
+}
+
 fn write_config(dir: &Path, destination: &str) -> anyhow::Result<Config> {
     let path = dir.join("slotgate.toml");
     std::fs::write(
         &path,
         format!(
             "[venue]\nid = \"{VENUE}\"\ncurrency = \"UAH\"\ntime_zone = \"Europe/Kyiv\"\n\n\
-             [storage]\ndir = \"state\"\n\n[journal]\ncap = \"64GiB\"\ndisk_floor = \"1GiB\"\n\n\
+             [storage]\ndir = \"state\"\n\n[journal]\ncache = \"{}\"\ncap = \"64GiB\"\ndisk_floor = \"1GiB\"\n\n\
              [[line]]\nname = \"unused\"\nkind = \"tcp\"\naddress = \"127.0.0.1:9\"\n  \
-             [[line.machine]]\n  address = 1\n  registry_id = \"EGM-X\"\n\n{destination}\n"
+             [[line.machine]]\n  address = 1\n  registry_id = \"EGM-X\"\n\n{destination}\n",
+            std::env::var("BENCH_CACHE").unwrap_or_else(|_| "16MiB".into())
         ),
     )?;
     Ok(Config::load(&path)?)
@@ -300,36 +358,41 @@ async fn subscribe(
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
     let mut subscribed_tx = Some(subscribed_tx);
     let t = tally.clone();
-    tokio::spawn(async move {
-        while let Ok(event) = eventloop.poll().await {
-            match event {
-                Event::Incoming(Packet::SubAck(_)) => {
-                    if let Some(tx) = subscribed_tx.take() {
-                        let _ = tx.send(());
+    // The subscriber stands in for the state system, which is remote: it runs on a thread of its
+    // own, so that it is never queued behind the tasks of whatever publisher is measured.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            while let Ok(event) = eventloop.poll().await {
+                match event {
+                    Event::Incoming(Packet::SubAck(_)) => {
+                        if let Some(tx) = subscribed_tx.take() {
+                            let _ = tx.send(());
+                        }
                     }
+                    Event::Incoming(Packet::Publish(publish)) => {
+                        let now = jiff::Timestamp::now();
+                        let Ok(head) = serde_json::from_slice::<Head<'_>>(&publish.payload) else {
+                            continue;
+                        };
+                        let mut tally = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        tally.messages += 1;
+                        tally.last_at = Some(Instant::now());
+                        if !head.historical
+                            && let Ok(time) = head.time.parse::<jiff::Timestamp>()
+                        {
+                            let ms = now.as_millisecond() - time.as_millisecond();
+                            tally.live_ms.push(ms);
+                        }
+                        if keep_arrivals {
+                            tally.arrivals.insert(head.id.to_string(), now.as_millisecond());
+                        }
+                        tally.unique.insert(head.id.into_owned());
+                    }
+                    _ => {}
                 }
-                Event::Incoming(Packet::Publish(publish)) => {
-                    let now = jiff::Timestamp::now();
-                    let Ok(head) = serde_json::from_slice::<Head<'_>>(&publish.payload) else {
-                        continue;
-                    };
-                    let mut tally = t.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    tally.messages += 1;
-                    tally.last_at = Some(Instant::now());
-                    if !head.historical
-                        && let Ok(time) = head.time.parse::<jiff::Timestamp>()
-                    {
-                        let ms = now.as_millisecond() - time.as_millisecond();
-                        tally.live_ms.push(ms);
-                    }
-                    if keep_arrivals {
-                        tally.arrivals.insert(head.id.to_string(), now.as_millisecond());
-                    }
-                    tally.unique.insert(head.id.into_owned());
-                }
-                _ => {}
             }
-        }
+        })
     });
     tokio::time::timeout(Duration::from_secs(10), subscribed).await.context("no SUBACK")??;
     Ok((client, tally))
@@ -345,12 +408,10 @@ async fn replay_mqtt(
     replay_rate: u32,
 ) -> anyhow::Result<()> {
     let broker = Mosquitto::start(&dir.join("broker"), MosquittoOptions::default());
-    let payload_len = {
-        let sample = event_json("EGM-0000", 1, 0);
-        sample.len() + 330 // the CloudEvents envelope around it
-    };
-
-    // (1) The broker's own QoS 1 ceiling with a subscriber attached.
+    // (1) The broker's own QoS 1 ceiling with a subscriber attached. The raw publisher sends
+    // the very CloudEvents slotgate would (encoded before the clock starts), so the broker and
+    // the subscriber do the same work per message in both runs and only the publisher differs.
+    let (payloads, payload_len) = raw_payloads(events);
     let ceiling = {
         let (_sub, tally) = subscribe(broker.port(), false).await?;
         let mut options = MqttOptions::new("bench-raw", "127.0.0.1", broker.port());
@@ -369,15 +430,8 @@ async fn replay_mqtt(
             }
         });
         let started = Instant::now();
-        for i in 0..events {
-            let mut body =
-                format!("{{\"id\":\"raw/{i}\",\"historical\":true,\"time\":\"x\",\"pad\":\"")
-                    .into_bytes();
-            body.resize(payload_len - 2, b'x');
-            body.extend_from_slice(b"\"}");
-            client
-                .publish(format!("slotgate/raw/{}", i % MACHINES), QoS::AtLeastOnce, false, body)
-                .await?;
+        for (topic, body) in payloads {
+            client.publish(topic, QoS::AtLeastOnce, false, body).await?;
         }
         wait_count(&tally, events, Duration::from_secs(600)).await;
         let last = tally
@@ -388,7 +442,7 @@ async fn replay_mqtt(
         let secs = last.duration_since(started).as_secs_f64();
         let rate = events as f64 / secs;
         println!(
-            "ceiling: raw QoS 1 publisher, {events} messages of {payload_len} B in {secs:.2} s = {rate:.0} msg/s (PUBACKs {})",
+            "ceiling: raw QoS 1 publisher, {events} messages of ~{payload_len} B in {secs:.2} s = {rate:.0} msg/s (PUBACKs {})",
             acks.load(std::sync::atomic::Ordering::Relaxed)
         );
         rate
@@ -399,7 +453,8 @@ async fn replay_mqtt(
     let burst = (replay_rate / 10).clamp(1, 100_000);
     let destination = format!(
         "[[destination]]\nname = \"bench\"\nkind = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{}\"\n\
-         allow_plaintext = true\nmax_in_flight = {window}\nreplay_rate = {replay_rate}\nreplay_burst = {burst}\n",
+         allow_plaintext = true\nmax_in_flight = {window}\nreplay_rate = {replay_rate}\n\
+         replay_burst = {burst}\norder = \"live-first\"\n",
         broker.port()
     );
     let config = write_config(dir, &destination)?;
@@ -426,6 +481,38 @@ async fn replay_mqtt(
     latencies_report(&format!("live lane during the replay ({} appended)", live.len()), live_ms);
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
+    close(journal, writer).await
+}
+
+async fn load(dir: &Path, events: usize, chunk: usize) -> anyhow::Result<()> {
+    fill(dir, events).await?;
+    let config = write_config(dir, "")?;
+    let (journal, writer) = slotgate::app::open_journal(&config)?;
+    let origin = slotgate::forward::cloudevent::Origin::new(VENUE, "bench");
+    let first = journal.read(0, 1)?.first().map_or(0, |r| r.header.seq);
+    for pass in ["read", "read + encode"] {
+        let started = Instant::now();
+        let (mut seq, mut count, mut bytes) = (first, 0, 0);
+        loop {
+            let records = journal.read(seq, chunk)?;
+            let Some(last) = records.last() else { break };
+            seq = last.header.seq + 1;
+            count += records.len();
+            if pass != "read" {
+                for record in &records {
+                    if let Ok(Some(encoded)) =
+                        slotgate::forward::cloudevent::encode(record, &origin, true)
+                    {
+                        bytes += encoded.json.len();
+                    }
+                }
+            }
+        }
+        let ns = started.elapsed().as_nanos() as f64 / count.max(1) as f64;
+        println!(
+            "{pass}: {count} records in chunks of {chunk}: {ns:.0} ns/record ({bytes} B encoded)"
+        );
+    }
     close(journal, writer).await
 }
 
@@ -460,7 +547,7 @@ async fn replay_https(
     let destination = format!(
         "[[destination]]\nname = \"bench\"\nkind = \"https\"\nurl = \"{}\"\nca_file = \"{}\"\n\
          token_file = \"{}\"\nhmac_key_file = \"{}\"\nbatch_size = {batch}\ntimeout = \"30s\"\n\
-         replay_rate = {replay_rate}\nreplay_burst = {burst}\n",
+         replay_rate = {replay_rate}\nreplay_burst = {burst}\norder = \"live-first\"\n",
         receiver.url(),
         certs.ca.display(),
         dir.join("token").display(),

@@ -69,6 +69,8 @@ pub struct DestinationConfig {
     /// The backlog's rate budget: records per second on average, and at most this many at once.
     pub replay_rate: u32,
     pub replay_burst: u32,
+    /// Whether new events wait for the backlog (requirements R8; `forward::outbox`).
+    pub order: crate::forward::outbox::Order,
     /// TLS material; `None` only for plaintext, which needs `allow_plaintext`.
     pub tls: Option<crate::forward::tls::TlsFiles>,
 }
@@ -230,6 +232,8 @@ struct RawDestination {
     replay_rate: u32,
     #[serde(default = "default_replay_burst")]
     replay_burst: u32,
+    #[serde(default)]
+    order: OrderName,
     // MQTT
     client_id: Option<String>,
     topic: Option<String>,
@@ -256,6 +260,15 @@ struct RawDestination {
 enum DestinationKindName {
     Mqtt,
     Https,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum OrderName {
+    /// Requirements R8: strict until the state system says otherwise.
+    #[default]
+    Strict,
+    LiveFirst,
 }
 
 fn default_replay_rate() -> u32 {
@@ -794,6 +807,10 @@ fn validate_destination(
         kind,
         replay_rate: raw.replay_rate,
         replay_burst: raw.replay_burst,
+        order: match raw.order {
+            OrderName::Strict => crate::forward::outbox::Order::Strict,
+            OrderName::LiveFirst => crate::forward::outbox::Order::LiveFirst,
+        },
         tls,
     })
 }
@@ -1026,6 +1043,23 @@ registry_id = "EGM-1"
         assert_eq!(field_of(&format!("{MINIMAL}\n[journal]\nkey = \"x\"\n")), "journal.key");
         let bad_listen = format!("{MINIMAL}\n[admin]\nmetrics_listen = \"localhost\"\n");
         assert_eq!(field_of(&bad_listen), "admin.metrics_listen");
+    }
+
+    #[test]
+    fn a_destination_replays_in_strict_order_unless_told_live_first() {
+        let destination = "\n[[destination]]\nname = \"d\"\nkind = \"mqtt\"\n\
+                           url = \"mqtt://127.0.0.1:1\"\nallow_plaintext = true\n";
+        let order_of = |extra: &str| {
+            check(&format!("{MINIMAL}{destination}{extra}")).map(|c| c.destinations[0].order)
+        };
+        assert_eq!(order_of("").unwrap(), crate::forward::outbox::Order::Strict);
+        assert_eq!(
+            order_of("order = \"live-first\"\n").unwrap(),
+            crate::forward::outbox::Order::LiveFirst
+        );
+        let e = order_of("order = \"fifo\"\n").unwrap_err();
+        assert_eq!(e.field, "destination[0].order", "{e}");
+        assert!(e.reason.contains("live-first"), "{e}");
     }
 
     #[test]

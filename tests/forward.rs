@@ -211,6 +211,14 @@ fn assert_complete_and_ordered(events: &[Value], ids: &[String]) {
     }
 }
 
+/// Events journalled while no destination is configured: a backlog for the next start.
+fn journalled_offline(dir: &Path, machines: &[&str], count: usize) -> Vec<String> {
+    let gw = Forwarding::start(dir, "");
+    let ids = gw.append(machines, count);
+    gw.stop();
+    ids
+}
+
 const FAST_REPLAY: &str = "replay_rate = 20000\nreplay_burst = 2000";
 
 fn mqtt_destination(name: &str, port: u16, extra: &str) -> String {
@@ -331,14 +339,8 @@ fn mqtt_live_events_overtake_a_backlog_that_replays_within_its_budget() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&dir.path().join("broker"), MosquittoOptions::default());
     let subscriber = Subscriber::start(broker.port(), "slotgate/#", None);
-    // A backlog journalled while the destination was not configured.
-    let backlog = {
-        let gw = Forwarding::start(dir.path(), "");
-        let ids = gw.append(&["EGM-1", "EGM-2"], 1_500);
-        gw.stop();
-        ids
-    };
-    let budget = "replay_rate = 1000\nreplay_burst = 100";
+    let backlog = journalled_offline(dir.path(), &["EGM-1", "EGM-2"], 1_500);
+    let budget = "replay_rate = 1000\nreplay_burst = 100\norder = \"live-first\"";
     let gw = Forwarding::start(dir.path(), &mqtt_destination("state", broker.port(), budget));
     let started = std::time::Instant::now();
     std::thread::sleep(Duration::from_millis(500));
@@ -368,6 +370,50 @@ fn mqtt_live_events_overtake_a_backlog_that_replays_within_its_budget() {
     for event in &events {
         let id = event["id"].as_str().unwrap().to_owned();
         assert_eq!(event["historical"], backlog.contains(&id), "{id}");
+    }
+    gw.stop();
+}
+
+#[test]
+fn mqtt_in_strict_order_nothing_overtakes_the_backlog_and_live_resumes_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&dir.path().join("broker"), MosquittoOptions::default());
+    let subscriber = Subscriber::start(broker.port(), "slotgate/#", None);
+    let backlog = journalled_offline(dir.path(), &["EGM-1", "EGM-2"], 500);
+    // No `order`: strict is the default (requirements R8).
+    let budget = "replay_rate = 1000\nreplay_burst = 100";
+    let gw = Forwarding::start(dir.path(), &mqtt_destination("state", broker.port(), budget));
+    std::thread::sleep(Duration::from_millis(300));
+    let during = gw.append(&["EGM-3", "EGM-1"], 5);
+    let status = gw.status(0);
+    assert!(
+        status.backlog as usize > during.len(),
+        "appended while the backlog drains: {status:?}"
+    );
+    let mut all = backlog.clone();
+    all.extend(during.iter().cloned());
+    assert!(wait_until(Duration::from_secs(20), || received(&subscriber).len() >= all.len()));
+    // Drained: new events are live again, and go out at once.
+    let after = gw.append(&["EGM-3", "EGM-2"], 2);
+    all.extend(after.iter().cloned());
+    assert!(
+        wait_until(Duration::from_secs(5), || received(&subscriber).len() >= all.len()),
+        "events after the drain arrive"
+    );
+    let events = received(&subscriber);
+    assert_complete_and_ordered(&events, &all);
+    let mut seen = BTreeSet::new();
+    let mut previous = None;
+    for event in &events {
+        let id = event["id"].as_str().unwrap().to_owned();
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let seq: u64 = event["gatewayseq"].as_str().unwrap().parse().unwrap();
+        assert!(previous < Some(seq), "{id} (journal seq {seq}) arrived after seq {previous:?}");
+        previous = Some(seq);
+        // What queued behind the backlog was delivered from it.
+        assert_eq!(event["historical"], !after.contains(&id), "{id}");
     }
     gw.stop();
 }

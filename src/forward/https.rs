@@ -160,14 +160,14 @@ impl Driver {
         let mut singles_through: [Option<u64>; 2] = [None, None];
         let mut interrupted = false;
         tracing::info!(destination = %shared.name, url = %self.url, cursor = outbox.cursor(),
-            backlog = outbox.backlog(), "HTTPS forwarder started.");
+            backlog = outbox.backlog(), order = ?shared.order, "HTTPS forwarder started.");
         outbox.connected(*durable.borrow());
         shared.update(&outbox, |s| s.state = LinkState::Up);
         loop {
             // After a failure, what was journalled meanwhile is backlog: once nothing is on the
             // wire it moves to the replay lane (budgeted, historical), as a reconnect does for
             // MQTT.
-            if requests.is_empty() && (shared.follow_journal(&mut outbox) || interrupted) {
+            if requests.is_empty() && interrupted {
                 outbox.connected(*durable.borrow());
                 interrupted = false;
             }

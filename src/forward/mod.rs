@@ -9,12 +9,17 @@
 //!   prefix that the destination acknowledged (MQTT PUBACK; HTTP 2xx or 409). Nothing is held
 //!   only in memory: a crash or restart resends from the cursor (duplicates carry identical ids,
 //!   so the receiver deduplicates). Cursor writes are batched (every [`CURSOR_EVERY`] and at
-//!   stop): a crash resends at most that much.
+//!   stop): a crash resends at most that much. The forwarder reads its cursor once, at start:
+//!   only the forwarder moves it afterwards (the journal's quarantine, which resets positions,
+//!   happens at open, before any forwarder starts; a store reopened after an I/O error keeps
+//!   its cursors, at most behind ours).
 //! - **One destination never stalls another.** One task per destination, its own cursor, its
 //!   own connection, its own backoff.
-//! - **Two lanes** ([`outbox`]): live records go out at once; the backlog present at each
-//!   (re)connection is replayed oldest first within the destination's rate budget, flagged
-//!   `historical`. Within a lane each machine's events go out in `machine_seq` order.
+//! - **Two lanes** ([`outbox`]): the backlog present at each (re)connection is replayed oldest
+//!   first within the destination's rate budget, flagged `historical`; new records go on the
+//!   live lane. In strict order (the default, requirements R8) new records queue behind the
+//!   backlog and nothing ever overtakes an older record; in live-first order they go out at
+//!   once, and each machine's events are in `machine_seq` order within each lane.
 //! - **Delivery is tracked by our code, not the client library's** ([`mqtt`]): rumqttc drops
 //!   its in-flight messages on a clean session or a broker restart (field-lessons.md §B2, §C4),
 //!   so every reconnect starts a new client and resends everything unacknowledged from the
@@ -42,7 +47,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use self::cloudevent::{Encoded, Origin};
-use self::outbox::{Lane, Outbox, ReplayBudget};
+use self::outbox::{Lane, Order, Outbox, ReplayBudget};
 use crate::config::{Config, DestinationConfig, DestinationKind};
 use crate::journal::{Journal, JournalError};
 
@@ -129,6 +134,7 @@ pub fn spawn_all(
             journal: journal.clone(),
             status: tx,
             state_dir: config.storage.dir.join("destinations"),
+            order: destination.order,
         };
         match &destination.kind {
             DestinationKind::Mqtt(mqtt) => {
@@ -155,6 +161,7 @@ pub(crate) struct Shared {
     pub status: watch::Sender<DestinationStatus>,
     /// `<storage.dir>/destinations`: revocation marks and quarantined events.
     pub state_dir: PathBuf,
+    pub order: Order,
 }
 
 impl Shared {
@@ -166,21 +173,7 @@ impl Shared {
 
     pub(crate) fn outbox(&self, budget: ReplayBudget) -> Outbox {
         let (cursor, head) = self.positions();
-        Outbox::new(cursor, head, budget, Instant::now())
-    }
-
-    /// Starts over from the journal's cursor when the journal moved it past ours: only a
-    /// quarantined store does that (the fresh store's seqs jump; module doc of the journal).
-    /// Returns whether it did.
-    pub(crate) fn follow_journal(&self, outbox: &mut Outbox) -> bool {
-        let (cursor, _) = self.positions();
-        if cursor <= outbox.cursor() {
-            return false;
-        }
-        tracing::warn!(destination = %self.name, from = outbox.cursor(), to = cursor,
-            "The journal was replaced; forwarding continues from its new start.");
-        *outbox = self.outbox(outbox.budget());
-        true
+        Outbox::new(cursor, head, budget, self.order, Instant::now())
     }
 
     /// Reads and encodes `seqs` (ascending). Records that carry nothing to send (compacted) or
@@ -392,6 +385,7 @@ mod tests {
             }),
             replay_rate: 10,
             replay_burst: 10,
+            order: Order::Strict,
             tls: None,
         };
         let DestinationKind::Https(https) = &config.kind else { unreachable!() };

@@ -87,7 +87,8 @@ impl Driver {
         let mut backoff = ExponentialBackoff::DEFAULT.start();
         let mut durable = shared.journal.durable();
         tracing::info!(destination = %shared.name, broker = %format!("{}:{}", self.host, self.port),
-            cursor = outbox.cursor(), backlog = outbox.backlog(), "MQTT forwarder started.");
+            cursor = outbox.cursor(), backlog = outbox.backlog(), order = ?shared.order,
+            "MQTT forwarder started.");
         loop {
             shared.update(&outbox, |s| s.state = LinkState::Connecting);
             let ended = self
@@ -171,15 +172,13 @@ impl Driver {
         });
 
         let mut requested: VecDeque<u64> = VecDeque::new();
+        // One topic per machine, built once per connection.
+        let mut topics: HashMap<String, String> = HashMap::new();
         let mut pkids: HashMap<u16, u64> = HashMap::new();
         let mut last_ack = Instant::now();
         let mut progress = Progress::new();
         let mut status_at = Instant::now();
         let ended = loop {
-            if shared.follow_journal(outbox) {
-                // What is in flight belongs to the old store: a new client starts clean.
-                break Ended::Lost("the journal was replaced".into());
-            }
             let head = *durable.borrow();
             let now = Instant::now();
             if outbox.in_flight() == 0 {
@@ -206,7 +205,14 @@ impl Driver {
                 let mut encoded = encoded.into_iter();
                 while let Some(event) = encoded.next() {
                     let seq = event.seq;
-                    let topic = self.topic(shared, &event.subject);
+                    let topic = match topics.get(&event.subject) {
+                        Some(topic) => topic.clone(),
+                        None => {
+                            let topic = self.topic(shared, &event.subject);
+                            topics.insert(event.subject, topic.clone());
+                            topic
+                        }
+                    };
                     if let Err(error) =
                         client.try_publish(topic, QoS::AtLeastOnce, false, event.json)
                     {

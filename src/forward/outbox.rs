@@ -6,12 +6,23 @@
 //!   out of order (two lanes, batches); the cursor moves only over a contiguous acknowledged
 //!   prefix, and only the cursor is persisted in the journal. Acknowledgements above it are kept
 //!   so a reconnect does not resend what already arrived.
-//! - **Lanes.** Records appended while the destination is connected go out at once on the live
-//!   lane. Records that were already in the journal when it (re)connected — the backlog of an
-//!   outage, a restart, or messages lost in flight with a dropped connection — go on the replay
-//!   lane, oldest first, marked historical, within a token-bucket rate budget, so a backlog never
-//!   floods the receiver and never holds back live events. Within each lane seqs go out in
-//!   order, so each machine's events do too.
+//! - **Lanes.** Records that were already in the journal when the destination (re)connected —
+//!   the backlog of an outage, a restart, or messages lost in flight with a dropped connection —
+//!   go on the replay lane, oldest first, marked historical, within a token-bucket rate budget,
+//!   so a backlog never floods the receiver. Records appended later go on the live lane. Within
+//!   each lane seqs go out in order, so each machine's events do too.
+//! - **Order** (requirements R8), a policy per destination:
+//!   - [`Order::Strict`] (the default): journal order, end to end. While the replay lane has
+//!     records to send, the boundary between the lanes follows the journal's head, so what is
+//!     appended meanwhile queues behind the backlog (and is sent as historical, within the
+//!     budget). Once the replay lane has sent everything, the boundary stays put, and the live
+//!     lane opens when everything below it has been acknowledged, so that not even a second
+//!     connection or a retried batch lets a newer event overtake an older one. This is stricter
+//!     than "per machine": which machines a backlog holds is only known by reading all of it,
+//!     and after an uplink outage every machine that played has records in it.
+//!   - [`Order::LiveFirst`]: live records go out at once while the backlog drains beside them,
+//!     so the state system sees the hall in real time during a long replay; each machine's
+//!     events are in order within each lane, and the `historical` flag tells them apart.
 //! - **In flight.** Sent and not yet acknowledged. A failed send puts its records back at the
 //!   front of their lane; a reconnect puts everything unacknowledged back into the replay lane.
 
@@ -32,6 +43,14 @@ pub enum Lane {
 pub struct ReplayBudget {
     pub rate: u32,
     pub burst: u32,
+}
+
+/// Whether new records wait for the backlog; module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    #[default]
+    Strict,
+    LiveFirst,
 }
 
 /// A token bucket counted in millionths of a record, so refills stay exact in integers.
@@ -90,12 +109,16 @@ pub struct Outbox {
     next_live: u64,
     next_replay: u64,
     bucket: TokenBucket,
+    order: Order,
+    /// Strict order: the replay lane has sent everything below `live_from`, which no longer
+    /// follows the head.
+    boundary_fixed: bool,
 }
 
 impl Outbox {
     /// A destination that has acknowledged everything below `cursor`, with the journal's durable
     /// records ending before `head`: everything in between is backlog.
-    pub fn new(cursor: u64, head: u64, budget: ReplayBudget, now: Instant) -> Self {
+    pub fn new(cursor: u64, head: u64, budget: ReplayBudget, order: Order, now: Instant) -> Self {
         let head = head.max(cursor);
         Self {
             cursor,
@@ -105,6 +128,8 @@ impl Outbox {
             next_live: head,
             next_replay: cursor,
             bucket: TokenBucket::new(budget, now),
+            order,
+            boundary_fixed: false,
         }
     }
 
@@ -115,14 +140,34 @@ impl Outbox {
         self.live_from = head.max(self.live_from).max(self.cursor);
         self.next_live = self.live_from;
         self.next_replay = self.cursor;
+        self.boundary_fixed = false;
+    }
+
+    /// Strict order: until the replay lane has sent everything, records appended meanwhile join
+    /// it instead of the live lane.
+    fn follow_head(&mut self, head: u64) {
+        if self.order != Order::Strict || self.boundary_fixed {
+            return;
+        }
+        if self.next_replay >= self.live_from {
+            self.boundary_fixed = true;
+            return;
+        }
+        self.live_from = self.live_from.max(head);
+        self.next_live = self.next_live.max(self.live_from);
     }
 
     /// Up to `room` records to send now on `lane`, with the journal durable up to `head`. Marked in
     /// flight. Replay records also need a token each.
     pub fn take(&mut self, lane: Lane, now: Instant, head: u64, room: usize) -> Vec<u64> {
         let mut seqs = Vec::new();
+        self.follow_head(head);
         match lane {
             Lane::Live => {
+                // Strict order: not before the backlog has been sent and acknowledged.
+                if self.order == Order::Strict && (!self.boundary_fixed || self.replaying()) {
+                    return seqs;
+                }
                 while seqs.len() < room && self.next_live < head {
                     let seq = self.next_live;
                     self.next_live += 1;
@@ -146,6 +191,7 @@ impl Outbox {
                     seqs.push(seq);
                 }
                 self.bucket.take(seqs.len() as u64);
+                self.follow_head(head);
             }
         }
         seqs
@@ -213,11 +259,6 @@ impl Outbox {
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
-
-    /// The configured replay budget.
-    pub fn budget(&self) -> ReplayBudget {
-        self.bucket.budget
-    }
 }
 
 #[cfg(test)]
@@ -226,10 +267,63 @@ mod tests {
 
     const BUDGET: ReplayBudget = ReplayBudget { rate: 10, burst: 5 };
 
+    impl Outbox {
+        fn new_live_first(cursor: u64, head: u64, budget: ReplayBudget, now: Instant) -> Self {
+            Self::new(cursor, head, budget, Order::LiveFirst, now)
+        }
+    }
+
+    #[test]
+    fn in_strict_order_records_appended_during_a_replay_queue_behind_it() {
+        let t0 = Instant::now();
+        let budget = ReplayBudget { rate: 1000, burst: 4 };
+        let mut o = Outbox::new(10, 14, budget, Order::Strict, t0);
+        assert_eq!(o.take(Lane::Live, t0, 16, 100), Vec::<u64>::new(), "the backlog first");
+        assert_eq!(o.take(Lane::Replay, t0, 16, 100), vec![10, 11, 12, 13], "the burst");
+        assert_eq!(o.backlog(), 6, "14 and 15 joined the backlog");
+        let t1 = t0 + Duration::from_millis(10);
+        assert_eq!(o.take(Lane::Live, t1, 17, 100), Vec::<u64>::new());
+        assert_eq!(o.take(Lane::Replay, t1, 17, 100), vec![14, 15, 16], "within the budget");
+        // Everything is sent: the boundary stays at 17. The live lane waits for the acks.
+        assert_eq!(o.take(Lane::Live, t1, 19, 100), Vec::<u64>::new(), "10..17 unacknowledged");
+        assert_eq!(o.take(Lane::Replay, t1, 19, 100), Vec::<u64>::new(), "17, 18 are live");
+        for seq in 10..16 {
+            o.acknowledged(seq);
+        }
+        assert_eq!(o.take(Lane::Live, t1, 19, 100), Vec::<u64>::new(), "16 still in flight");
+        o.acknowledged(16);
+        assert_eq!(o.take(Lane::Live, t1, 19, 100), vec![17, 18]);
+        assert_eq!(o.take(Lane::Live, t1, 20, 100), vec![19], "live from now on");
+    }
+
+    #[test]
+    fn in_strict_order_without_a_backlog_live_records_go_out_at_once() {
+        let t0 = Instant::now();
+        let mut o = Outbox::new(5, 5, BUDGET, Order::Strict, t0);
+        assert_eq!(o.take(Lane::Live, t0, 8, 100), vec![5, 6, 7]);
+        assert_eq!(o.take(Lane::Live, t0, 9, 100), vec![8], "not held for 5..8's acks");
+    }
+
+    #[test]
+    fn in_strict_order_a_reconnect_puts_new_records_behind_what_was_in_flight() {
+        let t0 = Instant::now();
+        let budget = ReplayBudget { rate: 1000, burst: 1000 };
+        let mut o = Outbox::new(0, 0, budget, Order::Strict, t0);
+        assert_eq!(o.take(Lane::Live, t0, 3, 100), vec![0, 1, 2]);
+        o.acknowledged(1);
+        o.connected(5);
+        assert_eq!(o.take(Lane::Live, t0, 6, 100), Vec::<u64>::new(), "0 and 2 go first");
+        assert_eq!(o.take(Lane::Replay, t0, 6, 100), vec![0, 2, 3, 4, 5]);
+        for seq in [0, 2, 3, 4, 5] {
+            o.acknowledged(seq);
+        }
+        assert_eq!(o.take(Lane::Live, t0, 7, 100), vec![6]);
+    }
+
     #[test]
     fn a_fresh_outbox_replays_the_backlog_within_the_burst_and_sends_live_records_at_once() {
         let t0 = Instant::now();
-        let mut o = Outbox::new(10, 30, BUDGET, t0);
+        let mut o = Outbox::new_live_first(10, 30, BUDGET, t0);
         assert_eq!(o.backlog(), 20);
         assert_eq!(o.take(Lane::Live, t0, 30, 100), Vec::<u64>::new(), "nothing live yet");
         assert_eq!(o.take(Lane::Replay, t0, 30, 100), vec![10, 11, 12, 13, 14], "the burst");
@@ -244,7 +338,7 @@ mod tests {
     #[test]
     fn the_replay_lane_can_wait_for_a_full_batch() {
         let t0 = Instant::now();
-        let mut o = Outbox::new(0, 100, ReplayBudget { rate: 1000, burst: 50 }, t0);
+        let mut o = Outbox::new_live_first(0, 100, ReplayBudget { rate: 1000, burst: 50 }, t0);
         assert_eq!(o.take(Lane::Replay, t0, 100, 50).len(), 50);
         // 20 tokens take 20 ms at 1000/s; more than a burst is never asked for.
         assert_eq!(o.replay_ready_for(20), Some(t0 + Duration::from_millis(20)));
@@ -256,7 +350,7 @@ mod tests {
     #[test]
     fn the_cursor_moves_only_over_a_contiguous_acknowledged_prefix() {
         let t0 = Instant::now();
-        let mut o = Outbox::new(0, 0, BUDGET, t0);
+        let mut o = Outbox::new_live_first(0, 0, BUDGET, t0);
         assert_eq!(o.take(Lane::Live, t0, 4, 10), vec![0, 1, 2, 3]);
         assert!(!o.acknowledged(2));
         assert!(!o.acknowledged(1));
@@ -271,7 +365,7 @@ mod tests {
     #[test]
     fn a_reconnect_replays_what_was_in_flight_but_not_what_already_arrived() {
         let t0 = Instant::now();
-        let mut o = Outbox::new(0, 0, ReplayBudget { rate: 1000, burst: 1000 }, t0);
+        let mut o = Outbox::new_live_first(0, 0, ReplayBudget { rate: 1000, burst: 1000 }, t0);
         assert_eq!(o.take(Lane::Live, t0, 5, 10), vec![0, 1, 2, 3, 4]);
         o.acknowledged(1);
         o.acknowledged(3);
@@ -285,7 +379,7 @@ mod tests {
     #[test]
     fn a_failed_send_goes_back_to_the_front_of_its_lane() {
         let t0 = Instant::now();
-        let mut o = Outbox::new(0, 3, ReplayBudget { rate: 1000, burst: 1000 }, t0);
+        let mut o = Outbox::new_live_first(0, 3, ReplayBudget { rate: 1000, burst: 1000 }, t0);
         assert_eq!(o.take(Lane::Replay, t0, 6, 10), vec![0, 1, 2]);
         assert_eq!(o.take(Lane::Live, t0, 6, 10), vec![3, 4, 5]);
         o.failed(&[4, 5]);
@@ -298,7 +392,7 @@ mod tests {
     #[test]
     fn nothing_is_sent_twice_while_in_flight_or_after_it_arrived() {
         let t0 = Instant::now();
-        let mut o = Outbox::new(0, 0, BUDGET, t0);
+        let mut o = Outbox::new_live_first(0, 0, BUDGET, t0);
         assert_eq!(o.take(Lane::Live, t0, 2, 10), vec![0, 1]);
         o.acknowledged(1);
         o.failed(&[0, 1]);
@@ -310,7 +404,7 @@ mod tests {
     fn the_replay_rate_holds_over_time_whatever_the_polling_pattern() {
         let t0 = Instant::now();
         let budget = ReplayBudget { rate: 1000, burst: 10 };
-        let mut o = Outbox::new(0, 1_000_000, budget, t0);
+        let mut o = Outbox::new_live_first(0, 1_000_000, budget, t0);
         let mut sent = 0usize;
         // Ten seconds polled every 7 ms with room for a lot.
         let mut t = t0;
