@@ -383,6 +383,14 @@ fn mqtt_in_strict_order_nothing_overtakes_the_backlog_and_live_resumes_after_it(
     // No `order`: strict is the default (requirements R8).
     let budget = "replay_rate = 1000\nreplay_burst = 100";
     let gw = Forwarding::start(dir.path(), &mqtt_destination("state", broker.port(), budget));
+    strictly_in_order(&gw, backlog, || received(&subscriber));
+    gw.stop();
+}
+
+/// A strict-order destination replaying `backlog` (started just now): events journalled while
+/// it drains arrive after it, and events journalled after the drain arrive live; all in
+/// journal order. `received` returns the events in arrival order.
+fn strictly_in_order(gw: &Forwarding, backlog: Vec<String>, received: impl Fn() -> Vec<Value>) {
     std::thread::sleep(Duration::from_millis(300));
     let during = gw.append(&["EGM-3", "EGM-1"], 5);
     let status = gw.status(0);
@@ -390,21 +398,28 @@ fn mqtt_in_strict_order_nothing_overtakes_the_backlog_and_live_resumes_after_it(
         status.backlog as usize > during.len(),
         "appended while the backlog drains: {status:?}"
     );
-    let mut all = backlog.clone();
-    all.extend(during.iter().cloned());
-    assert!(wait_until(Duration::from_secs(20), || received(&subscriber).len() >= all.len()));
-    // Drained: new events are live again, and go out at once.
+    let mut all = backlog;
+    all.extend(during);
+    let arrived = |n: usize| {
+        let unique: BTreeSet<String> =
+            received().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+        unique.len() >= n
+    };
+    assert!(wait_until(Duration::from_secs(20), || arrived(all.len())), "{:?}", gw.status(0));
     let after = gw.append(&["EGM-3", "EGM-2"], 2);
     all.extend(after.iter().cloned());
-    assert!(
-        wait_until(Duration::from_secs(5), || received(&subscriber).len() >= all.len()),
-        "events after the drain arrive"
-    );
-    let events = received(&subscriber);
+    assert!(wait_until(Duration::from_secs(5), || arrived(all.len())), "{:?}", gw.status(0));
+    let events = received();
     assert_complete_and_ordered(&events, &all);
+    assert_in_journal_order(&events, &after);
+}
+
+/// First arrivals in journal order; what queued behind the backlog delivered from it, flagged
+/// historical, and only the events journalled after the drain (`live`) not.
+fn assert_in_journal_order(events: &[Value], live: &[String]) {
     let mut seen = BTreeSet::new();
     let mut previous = None;
-    for event in &events {
+    for event in events {
         let id = event["id"].as_str().unwrap().to_owned();
         if !seen.insert(id.clone()) {
             continue;
@@ -412,10 +427,8 @@ fn mqtt_in_strict_order_nothing_overtakes_the_backlog_and_live_resumes_after_it(
         let seq: u64 = event["gatewayseq"].as_str().unwrap().parse().unwrap();
         assert!(previous < Some(seq), "{id} (journal seq {seq}) arrived after seq {previous:?}");
         previous = Some(seq);
-        // What queued behind the backlog was delivered from it.
-        assert_eq!(event["historical"], !after.contains(&id), "{id}");
+        assert_eq!(event["historical"], !live.contains(&id), "{id}");
     }
-    gw.stop();
 }
 
 #[test]
@@ -657,6 +670,23 @@ fn https_400_quarantines_only_the_refused_event_and_503_retry_after_is_honoured(
         let event = events.iter().find(|e| e["id"] == id.as_str()).unwrap();
         assert_eq!(event["historical"], true, "{id}");
     }
+    gw.stop();
+}
+
+#[test]
+fn https_in_strict_order_nothing_overtakes_the_backlog_and_live_resumes_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let backlog = journalled_offline(dir.path(), &["EGM-1", "EGM-2"], 500);
+    // Small batches, so the replay takes many requests and the live lane has time to cut in.
+    let destination = https_destination(&receiver, &certs, &secrets, "")
+        .replace("batch_size = 100", "batch_size = 50")
+        .replace("replay_rate = 50000", "replay_rate = 1000")
+        .replace("replay_burst = 5000", "replay_burst = 100");
+    let gw = Forwarding::start(dir.path(), &destination);
+    strictly_in_order(&gw, backlog, || receiver.events());
     gw.stop();
 }
 
