@@ -125,6 +125,9 @@ pub fn spawn_all(
     let mut tasks = JoinSet::new();
     let mut statuses = Vec::new();
     for destination in &config.destinations {
+        if let Some(warning) = slow_strict_replay(destination, config.machine_count()) {
+            tracing::warn!(destination = %destination.name, "{warning}");
+        }
         let cursor = journal.status().borrow().cursors.get(&destination.name).copied().unwrap_or(0);
         let (tx, rx) = watch::channel(DestinationStatus::new(destination, cursor));
         statuses.push(rx);
@@ -150,6 +153,24 @@ pub fn spawn_all(
         }
     }
     Ok((tasks, statuses))
+}
+
+/// Events per second a busy machine reports at most: about 2 a game at up to 15 games a minute
+/// (requirements.md §7.3, sizing), doubled for meter snapshots, doors and bursts.
+const PEAK_EVENTS_PER_MACHINE: u32 = 1;
+
+/// In strict order what is journalled during a replay queues behind it, so a replay budget
+/// below the hall's event rate never drains; a warning names it at start.
+fn slow_strict_replay(destination: &DestinationConfig, machines: usize) -> Option<String> {
+    let peak = u32::try_from(machines).unwrap_or(u32::MAX).saturating_mul(PEAK_EVENTS_PER_MACHINE);
+    (destination.order == Order::Strict && destination.replay_rate < peak).then(|| {
+        format!(
+            "replay_rate = {} is below the ~{peak} events/s that {machines} machines can report: \
+             in strict order events journalled during a replay queue behind it, so a backlog \
+             might never drain. Raise replay_rate or use order = \"live-first\".",
+            destination.replay_rate
+        )
+    })
 }
 
 /// What every forwarder shares with the rest of the gateway.
@@ -366,6 +387,30 @@ pub(crate) fn read_secret(path: &Path) -> anyhow::Result<Secret> {
 mod tests {
     use super::*;
     use crate::config::{DestinationKind, HttpsDestination};
+
+    #[test]
+    fn a_strict_replay_slower_than_the_hall_is_warned_about() {
+        let mut d = DestinationConfig {
+            name: "d".into(),
+            kind: DestinationKind::Https(HttpsDestination {
+                url: "https://127.0.0.1:1/events".into(),
+                token_file: None,
+                api_key_file: None,
+                hmac_key_file: None,
+                batch_size: 10,
+                timeout: Duration::from_secs(1),
+            }),
+            replay_rate: 200,
+            replay_burst: 10,
+            order: Order::Strict,
+            tls: None,
+        };
+        assert!(slow_strict_replay(&d, 150).is_none());
+        let warning = slow_strict_replay(&d, 250).unwrap();
+        assert!(warning.contains("replay_rate = 200") && warning.contains("250 machines"));
+        d.order = Order::LiveFirst;
+        assert!(slow_strict_replay(&d, 250).is_none(), "live events do not wait in live-first");
+    }
 
     #[test]
     fn secrets_never_show_in_debug_output() {
