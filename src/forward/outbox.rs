@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 /// The lane a record travels on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Lane {
-    /// Appended while the destination was connected: sent at once.
+    /// Appended after the destination (re)connected: sent at once (in strict order, once the
+    /// backlog has been acknowledged).
     Live,
     /// In the journal before the destination (re)connected: sent within the replay budget.
     Replay,
