@@ -233,7 +233,7 @@ struct RawDestination {
     #[serde(default = "default_replay_burst")]
     replay_burst: u32,
     #[serde(default)]
-    order: OrderName,
+    order: crate::forward::outbox::Order,
     // MQTT
     client_id: Option<String>,
     topic: Option<String>,
@@ -260,15 +260,6 @@ struct RawDestination {
 enum DestinationKindName {
     Mqtt,
     Https,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-enum OrderName {
-    /// Requirements R8: strict until the state system says otherwise.
-    #[default]
-    Strict,
-    LiveFirst,
 }
 
 fn default_replay_rate() -> u32 {
@@ -807,10 +798,7 @@ fn validate_destination(
         kind,
         replay_rate: raw.replay_rate,
         replay_burst: raw.replay_burst,
-        order: match raw.order {
-            OrderName::Strict => crate::forward::outbox::Order::Strict,
-            OrderName::LiveFirst => crate::forward::outbox::Order::LiveFirst,
-        },
+        order: raw.order,
         tls,
     })
 }

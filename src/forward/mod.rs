@@ -388,23 +388,28 @@ mod tests {
     use super::*;
     use crate::config::{DestinationKind, HttpsDestination};
 
-    #[test]
-    fn a_strict_replay_slower_than_the_hall_is_warned_about() {
-        let mut d = DestinationConfig {
+    /// An HTTPS destination whose three credential files are `secret`, if any.
+    fn https_destination(secret: Option<PathBuf>, replay_rate: u32) -> DestinationConfig {
+        DestinationConfig {
             name: "d".into(),
             kind: DestinationKind::Https(HttpsDestination {
-                url: "https://127.0.0.1:1/events".into(),
-                token_file: None,
-                api_key_file: None,
-                hmac_key_file: None,
+                url: "http://127.0.0.1:1/events".into(),
+                token_file: secret.clone(),
+                api_key_file: secret.clone(),
+                hmac_key_file: secret,
                 batch_size: 10,
                 timeout: Duration::from_secs(1),
             }),
-            replay_rate: 200,
+            replay_rate,
             replay_burst: 10,
             order: Order::Strict,
             tls: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_strict_replay_slower_than_the_hall_is_warned_about() {
+        let mut d = https_destination(None, 200);
         assert!(slow_strict_replay(&d, 150).is_none());
         let warning = slow_strict_replay(&d, 250).unwrap();
         assert!(warning.contains("replay_rate = 200") && warning.contains("250 machines"));
@@ -418,21 +423,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, "tok-123-secret\n").unwrap();
-        let config = DestinationConfig {
-            name: "d".into(),
-            kind: DestinationKind::Https(HttpsDestination {
-                url: "http://127.0.0.1:1/events".into(),
-                token_file: Some(token.clone()),
-                api_key_file: Some(token.clone()),
-                hmac_key_file: Some(token),
-                batch_size: 10,
-                timeout: Duration::from_secs(1),
-            }),
-            replay_rate: 10,
-            replay_burst: 10,
-            order: Order::Strict,
-            tls: None,
-        };
+        let config = https_destination(Some(token), 10);
         let DestinationKind::Https(https) = &config.kind else { unreachable!() };
         let driver = https::Driver::new(&config, https).unwrap();
         let shown = format!("{driver:?}");

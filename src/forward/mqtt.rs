@@ -205,14 +205,10 @@ impl Driver {
                 let mut encoded = encoded.into_iter();
                 while let Some(event) = encoded.next() {
                     let seq = event.seq;
-                    let topic = match topics.get(&event.subject) {
-                        Some(topic) => topic.clone(),
-                        None => {
-                            let topic = self.topic(shared, &event.subject);
-                            topics.insert(event.subject, topic.clone());
-                            topic
-                        }
-                    };
+                    let topic = topics
+                        .entry(event.subject)
+                        .or_insert_with_key(|machine| self.topic(shared, machine))
+                        .clone();
                     if let Err(error) =
                         client.try_publish(topic, QoS::AtLeastOnce, false, event.json)
                     {

@@ -46,9 +46,12 @@ pub struct ReplayBudget {
     pub burst: u32,
 }
 
-/// Whether new records wait for the backlog; module doc.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Whether new records wait for the backlog; module doc. Configured as `strict` or
+/// `live-first`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Order {
+    /// Requirements R8: strict until the state system says otherwise.
     #[default]
     Strict,
     LiveFirst,
@@ -192,7 +195,6 @@ impl Outbox {
                     seqs.push(seq);
                 }
                 self.bucket.take(seqs.len() as u64);
-                self.follow_head(head);
             }
         }
         seqs
