@@ -1,102 +1,327 @@
-//! Wiring of `slotgate run`: the journal, one poller task per line, the status file, and the
-//! ordered stop.
+//! Wiring of `slotgate run`: the state directory's lock, the journal, one poller task per line,
+//! the forwarders, the status file, their supervision and the ordered stop.
 //! This is the one place that knows how the parts fit together; `main` stays thin.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::task::JoinSet;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Endpoint};
-use crate::journal::{self, CheckpointSettings, Journal, JournalConfig};
+use crate::journal::record::Body;
+use crate::journal::{self, CheckpointSettings, Class, Journal, JournalConfig, NewRecord};
 use crate::normalizer::{MachineIdentity, VenueSettings};
 use crate::poller::{self, MachinePoller, Schedule};
 use crate::transport::{SerialConfig, TcpConfig, TransportConfig};
 
 /// How long line pollers get to finish their exchange and make their events durable on stop.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the alarm about a failed task may take to become durable.
+const ALARM_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Runs the gateway until `shutdown` resolves, then stops every poller between exchanges.
+/// Runs the gateway until `shutdown` resolves, then stops every poller between exchanges. Ends
+/// with an error if any task of the daemon ended by itself.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = std::io::Result<()>>,
 ) -> anyhow::Result<()> {
-    if let Some(listen) = config.admin.metrics_listen {
-        crate::telemetry::install(listen)?;
-    }
-    let (journal, writer) = open_journal(&config)?;
-    {
-        let status = journal.status().borrow().clone();
-        tracing::info!(
-            dir = %status.dir.display(),
-            first_seq = status.first_seq,
-            next_seq = status.next_seq,
-            live_bytes = status.live_bytes,
-            "Journal opened."
-        );
-    }
-    let cancel = CancellationToken::new();
-    let mut lines = JoinSet::new();
-    let now = tokio::time::Instant::now().into_std();
-    for line in build_lines(&config, &journal, now)? {
-        let inflight =
-            Some(config.storage.lines_dir().join(poller::inflight::file_name(&line.name)));
-        lines.spawn(poller::run_line(
-            line.name,
-            line.transport,
-            line.machines,
-            inflight,
+    // Journal, in-flight records, status and quarantine hold the venue's financial events:
+    // private to the service's user whatever umask it was started with.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    Daemon::start(&config)?.supervise(shutdown).await
+}
+
+/// The running daemon: its state directory lock, journal and every long-running task.
+struct Daemon {
+    _lock: StateLock,
+    journal: Journal,
+    writer: journal::WriterHandle,
+    /// Stops the line pollers and the status writer.
+    cancel: CancellationToken,
+    lines: JoinSet<()>,
+    line_names: HashMap<tokio::task::Id, String>,
+    /// Stopped after the pollers, so the last events still get a chance to go out.
+    forward_cancel: CancellationToken,
+    forwarders: JoinSet<()>,
+    /// Each forwarder's status; its sender closes when the forwarder's task ends.
+    destinations: Vec<watch::Receiver<crate::forward::DestinationStatus>>,
+    status_writer: JoinHandle<()>,
+}
+
+impl Daemon {
+    fn start(config: &Config) -> anyhow::Result<Self> {
+        let lock = StateLock::acquire(&config.storage.dir)?;
+        if let Some(listen) = config.admin.metrics_listen {
+            crate::telemetry::install(listen)?;
+        }
+        let (journal, writer) = open_journal(config)?;
+        {
+            let status = journal.status().borrow().clone();
+            tracing::info!(
+                dir = %status.dir.display(),
+                first_seq = status.first_seq,
+                next_seq = status.next_seq,
+                live_bytes = status.live_bytes,
+                "Journal opened."
+            );
+        }
+        let cancel = CancellationToken::new();
+        let forward_cancel = CancellationToken::new();
+        let now = tokio::time::Instant::now().into_std();
+        let lines = build_lines(config, &journal, now)?;
+        let (forwarders, destinations) =
+            crate::forward::spawn_all(config, &journal, &forward_cancel)?;
+        let status_writer = tokio::spawn(write_status(
+            config.storage.status_file(),
             journal.clone(),
+            destinations.clone(),
             cancel.clone(),
         ));
+        let mut daemon = Self {
+            _lock: lock,
+            journal,
+            writer,
+            cancel,
+            lines: JoinSet::new(),
+            line_names: HashMap::new(),
+            forward_cancel,
+            forwarders,
+            destinations,
+            status_writer,
+        };
+        for line in lines {
+            let inflight =
+                Some(config.storage.lines_dir().join(poller::inflight::file_name(&line.name)));
+            let task = poller::run_line(
+                line.name.clone(),
+                line.transport,
+                line.machines,
+                inflight,
+                daemon.journal.clone(),
+                daemon.cancel.clone(),
+            );
+            daemon.spawn_line(line.name, task);
+        }
+        tracing::info!(lines = config.lines.len(), machines = config.machine_count(), "Polling.");
+        Ok(daemon)
     }
-    // Forwarders stop after the pollers, so the last events still get a chance to go out.
-    let forward_cancel = CancellationToken::new();
-    let (mut forwarders, destinations) =
-        crate::forward::spawn_all(&config, &journal, &forward_cancel)?;
-    let status_task = tokio::spawn(write_status(
-        config.storage.status_file(),
-        journal.clone(),
-        destinations,
-        cancel.clone(),
-    ));
-    tracing::info!(lines = config.lines.len(), machines = config.machine_count(), "Polling.");
 
-    let outcome = tokio::select! {
-        signal = shutdown => signal.context("waiting for the shutdown signal"),
-        Some(ended) = lines.join_next() => Err(match ended {
-            Ok(()) => anyhow::anyhow!("a line poller stopped by itself"),
-            Err(e) => anyhow::anyhow!("a line poller failed: {e}"),
-        }),
-    };
-    cancel.cancel();
-    if tokio::time::timeout(DRAIN_DEADLINE, async { while lines.join_next().await.is_some() {} })
-        .await
-        .is_err()
-    {
-        tracing::error!("Line pollers did not stop within the drain deadline.");
-        lines.abort_all();
+    fn spawn_line(&mut self, name: String, task: impl Future<Output = ()> + Send + 'static) {
+        let id = self.lines.spawn(task).id();
+        self.line_names.insert(id, name);
     }
-    forward_cancel.cancel();
-    if tokio::time::timeout(DRAIN_DEADLINE, async {
-        while forwarders.join_next().await.is_some() {}
+
+    /// Waits for `shutdown` or for a task to end by itself, then stops everything in order:
+    /// pollers (bounded), forwarders (bounded), status writer, journal writer. A task that
+    /// ended by itself or panicked is an alarm record (so it reaches the regulator) and the
+    /// error returned (so the service manager restarts the daemon).
+    async fn supervise(
+        self,
+        shutdown: impl Future<Output = std::io::Result<()>>,
+    ) -> anyhow::Result<()> {
+        let Self {
+            _lock,
+            journal,
+            writer,
+            cancel,
+            mut lines,
+            line_names,
+            forward_cancel,
+            mut forwarders,
+            destinations,
+            mut status_writer,
+        } = self;
+        let mut journal_status = journal.status();
+        let line_name = |id: tokio::task::Id| {
+            format!("line poller {}", line_names.get(&id).map_or("?", String::as_str))
+        };
+        // A forwarder's task owns its status sender, so the ended one is the one whose sender
+        // is gone (while stopping, those that stopped normally are listed too).
+        let forwarder_name = |_: tokio::task::Id| {
+            let ended: Vec<String> = destinations
+                .iter()
+                .filter(|d| d.has_changed().is_err())
+                .map(|d| d.borrow().name.clone())
+                .collect();
+            format!("forwarder {}", ended.join(", "))
+        };
+        let mut failures = Vec::new();
+        let mut status_writer_done = false;
+        tokio::select! {
+            signal = shutdown => {
+                if let Err(error) = signal {
+                    failures.push(format!("cannot wait for the shutdown signal: {error}"));
+                }
+            }
+            Some(ended) = lines.join_next_with_id() => {
+                let (id, ended) = split(ended);
+                failures.push(ended_by_itself(&line_name(id), ended));
+            }
+            Some(ended) = forwarders.join_next_with_id() => {
+                let (id, ended) = split(ended);
+                failures.push(ended_by_itself(&forwarder_name(id), ended));
+            }
+            ended = &mut status_writer => {
+                status_writer_done = true;
+                failures.push(ended_by_itself("status writer", ended));
+            }
+            () = async { while journal_status.changed().await.is_ok() {} } => {
+                failures.push("the journal writer stopped".to_owned());
+            }
+        }
+        for failure in &failures {
+            raise_task_alarm(&journal, failure).await;
+        }
+
+        cancel.cancel();
+        for failure in drain(&mut lines, "Line pollers", &line_name).await {
+            raise_task_alarm(&journal, &failure).await;
+            failures.push(failure);
+        }
+        forward_cancel.cancel();
+        for failure in drain(&mut forwarders, "Forwarders", &forwarder_name).await {
+            raise_task_alarm(&journal, &failure).await;
+            failures.push(failure);
+        }
+        if !status_writer_done && let Err(e) = status_writer.await {
+            let failure = ended_by_itself("status writer", Err(e));
+            raise_task_alarm(&journal, &failure).await;
+            failures.push(failure);
+        }
+        drop(journal);
+        tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .context("joining the journal writer")?
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!("Stopped.");
+        match failures.is_empty() {
+            true => Ok(()),
+            false => Err(anyhow::anyhow!("{}", failures.join("; "))),
+        }
+    }
+}
+
+/// Waits (bounded) for every task of `set` to end after its stop; returns those that panicked
+/// meanwhile.
+async fn drain(
+    set: &mut JoinSet<()>,
+    what: &str,
+    name: &impl Fn(tokio::task::Id) -> String,
+) -> Vec<String> {
+    let stopped = tokio::time::timeout(DRAIN_DEADLINE, async {
+        let mut panicked = Vec::new();
+        while let Some(ended) = set.join_next_with_id().await {
+            let (id, ended) = split(ended);
+            if ended.as_ref().is_err_and(tokio::task::JoinError::is_panic) {
+                panicked.push(ended_by_itself(&name(id), ended));
+            }
+        }
+        panicked
     })
-    .await
-    .is_err()
-    {
-        tracing::error!("Forwarders did not stop within the drain deadline.");
-        forwarders.abort_all();
+    .await;
+    stopped.unwrap_or_else(|_| {
+        tracing::error!("{what} did not stop within the drain deadline.");
+        set.abort_all();
+        Vec::new()
+    })
+}
+
+fn split(
+    ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+) -> (tokio::task::Id, Result<(), tokio::task::JoinError>) {
+    match ended {
+        Ok((id, ())) => (id, Ok(())),
+        Err(e) => (e.id(), Err(e)),
     }
-    let _ = status_task.await;
-    drop(journal);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .context("joining the journal writer")?
-        .map_err(anyhow::Error::msg)?;
-    tracing::info!("Stopped.");
-    outcome
+}
+
+/// What to say about a task that ended before the daemon was stopped (or panicked while it
+/// stopped).
+fn ended_by_itself(task: &str, ended: Result<(), tokio::task::JoinError>) -> String {
+    match ended {
+        Ok(()) => format!("the {task} stopped by itself"),
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            format!("the {task} panicked: {message}")
+        }
+        Err(e) => format!("the {task} was cancelled: {e}"),
+    }
+}
+
+/// Logs a failed task and journals it as an alarm record, so it goes upstream as well.
+async fn raise_task_alarm(journal: &Journal, failure: &str) {
+    tracing::error!(alarm = "task_failed", "ALARM: {failure}; stopping.");
+    let record = NewRecord {
+        class: Class::Alarm,
+        machine: String::new(),
+        machine_seq: None,
+        body: Body::Alarm {
+            alarm: "task_failed".into(),
+            level: "error".into(),
+            message: format!("{failure}; the gateway stops and restarts"),
+        },
+        snapshot_of: None,
+    };
+    match tokio::time::timeout(ALARM_DEADLINE, journal.append(vec![record])).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::error!(%error, "Cannot journal the alarm."),
+        Err(_) => tracing::error!("Cannot journal the alarm: the journal did not answer in time."),
+    }
+}
+
+/// `<storage.dir>/slotgate.pid`, locked (flock) for as long as a daemon uses the state
+/// directory and holding its pid: two daemons on one journal would corrupt it.
+struct StateLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+impl StateLock {
+    fn acquire(dir: &Path) -> anyhow::Result<Self> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+        let path = dir.join("slotgate.pid");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                lock.set_len(0)
+                    .and_then(|()| lock.rewind())
+                    .and_then(|()| writeln!(lock, "{}", std::process::id()))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                Ok(Self(lock))
+            }
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = match pid.trim() {
+                    "" => "unknown".to_owned(),
+                    pid => pid.to_owned(),
+                };
+                anyhow::bail!("another slotgate (pid {pid}) is using {}", dir.display())
+            }
+            Err((_, errno)) => Err(anyhow::Error::new(errno))
+                .with_context(|| format!("cannot lock {}", path.display())),
+        }
+    }
 }
 
 /// One configured line, ready for [`poller::run_line`].
@@ -162,7 +387,7 @@ pub const STATUS_EVERY: Duration = Duration::from_secs(2);
 async fn write_status(
     path: std::path::PathBuf,
     journal: Journal,
-    destinations: Vec<tokio::sync::watch::Receiver<crate::forward::DestinationStatus>>,
+    destinations: Vec<watch::Receiver<crate::forward::DestinationStatus>>,
     cancel: CancellationToken,
 ) {
     let mut status = journal.status();
@@ -190,7 +415,7 @@ async fn write_status(
     }
 }
 
-fn write_atomically(path: &std::path::Path, file: &StatusFile) -> std::io::Result<()> {
+fn write_atomically(path: &Path, file: &StatusFile) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?)?;
     std::fs::rename(&tmp, path)
@@ -254,4 +479,114 @@ pub fn build_lines(
         lines.push(Line { name: line.name.clone(), transport, machines });
     }
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> Config {
+        // A line nobody answers (a port just closed) keeps its poller busy reconnecting.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let text = format!(
+            "[venue]\nid = \"UA-1\"\ncurrency = \"UAH\"\ntime_zone = \"Europe/Kyiv\"\n\n\
+             [storage]\ndir = \"state\"\n\n[[line]]\nname = \"a\"\nkind = \"tcp\"\n\
+             address = \"127.0.0.1:{port}\"\n\n[[line.machine]]\naddress = 1\n\
+             registry_id = \"EGM-1\"\n"
+        );
+        Config::from_toml_str(&dir.join("slotgate.toml"), &text).unwrap()
+    }
+
+    /// The alarm records of the journal at `dir`, as `slotgate journal export` prints them.
+    fn exported_alarms(dir: &Path) -> Vec<serde_json::Value> {
+        let snapshot = journal::verify::Snapshot::open(dir).unwrap();
+        let mut out = Vec::new();
+        journal::verify::export(&snapshot, &mut out, |_| {}).unwrap();
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter_map(|r| r.get("alarm").filter(|a| !a.is_null()).cloned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panics_is_an_alarm_record_and_an_error_after_an_orderly_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let mut daemon = Daemon::start(&config).unwrap();
+        daemon.spawn_line("injected".into(), async {
+            tokio::task::yield_now().await;
+            panic!("injected failure");
+        });
+        let outcome = daemon.supervise(std::future::pending()).await;
+        let error = outcome.expect_err("a panicked task ends the daemon with an error");
+        assert!(error.to_string().contains("line poller injected panicked"), "{error}");
+        assert!(error.to_string().contains("injected failure"), "{error}");
+        let alarms = exported_alarms(&config.storage.journal_dir());
+        assert!(
+            alarms.iter().any(|a| a["alarm"] == "task_failed"
+                && a["message"].as_str().unwrap().contains("injected failure")),
+            "{alarms:?}"
+        );
+        // The stop was orderly: the status writer's last word is "not running".
+        let status: StatusFile =
+            serde_json::from_slice(&std::fs::read(config.storage.status_file()).unwrap()).unwrap();
+        assert!(!status.running);
+    }
+
+    #[tokio::test]
+    async fn a_forwarder_that_panics_is_named_in_the_alarm() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let mut daemon = Daemon::start(&config).unwrap();
+        let (status, rx) = watch::channel(crate::forward::DestinationStatus {
+            name: "central".into(),
+            kind: "https".into(),
+            state: crate::forward::LinkState::Connecting,
+            cursor: 0,
+            unacknowledged: 0,
+            backlog: 0,
+            in_flight: 0,
+            delivered: 0,
+            quarantined: 0,
+            replay_rate: 1,
+            drain_eta_seconds: None,
+            last_error: None,
+        });
+        daemon.destinations.push(rx);
+        daemon.forwarders.spawn(async move {
+            let _status = status;
+            tokio::task::yield_now().await;
+            panic!("assertion failed: client id");
+        });
+        let error = daemon.supervise(std::future::pending()).await.unwrap_err();
+        assert!(error.to_string().contains("forwarder central panicked"), "{error}");
+        let alarms = exported_alarms(&config.storage.journal_dir());
+        assert!(
+            alarms.iter().any(|a| a["message"].as_str().unwrap().contains("forwarder central")),
+            "{alarms:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_that_returns_early_is_a_failure_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let mut daemon = Daemon::start(&config).unwrap();
+        daemon.spawn_line("quitter".into(), async {});
+        let error = daemon.supervise(std::future::pending()).await.unwrap_err();
+        assert!(error.to_string().contains("line poller quitter stopped by itself"), "{error}");
+        let alarms = exported_alarms(&config.storage.journal_dir());
+        assert!(alarms.iter().any(|a| a["alarm"] == "task_failed"), "{alarms:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stop_by_signal_is_a_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let daemon = Daemon::start(&config).unwrap();
+        daemon.supervise(async { Ok(()) }).await.unwrap();
+        assert!(exported_alarms(&config.storage.journal_dir()).is_empty());
+    }
 }

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 /// slotgate polls slot machines over SAS, journals every event durably and forwards it to the
 /// state monitoring system.
 #[derive(Debug, Parser)]
-#[command(name = "slotgate", version, about, long_about = None)]
+#[command(name = "slotgate", version, about, long_about = None, after_help = EXIT_STATUS_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -20,10 +20,14 @@ pub enum Command {
     /// Watch slotgate work without hardware: simulated machines polled by the real gateway.
     Demo(crate::demo::DemoArgs),
     /// Poll every configured machine and write their canonical events until SIGINT or SIGTERM.
+    /// Checks every file the configuration names first, as `config check` does, and exits with
+    /// status 2 if one cannot be used.
     Run {
         /// The configuration file (see config/slotgate.example.toml).
         #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
         config: PathBuf,
+        #[command(flatten)]
+        checks: Checks,
     },
     /// Simulate SAS slot machines (EGMs) over TCP or pseudo-terminals, for tests and demos.
     Simulate(Box<crate::simulator::SimulateArgs>),
@@ -96,15 +100,41 @@ pub enum JournalCommand {
 /// `slotgate config …`
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Validate a configuration file offline: exit status 0 if it is usable, 2 with the file,
-    /// field and reason if not. Nothing is opened but the file and the profiles it names.
+    /// Validate a configuration file: exit status 0 if it is usable, 2 with the file, field and
+    /// reason if not. Reads the profiles, keys, certificates and secret files it names (as the
+    /// user running the check) and checks that serial devices exist and are accessible; nothing
+    /// is connected to.
     Check {
         /// The configuration file.
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        #[command(flatten)]
+        checks: Checks,
     },
 }
 
+/// What is checked besides the configuration file itself.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Checks {
+    /// Do not check that serial devices exist and are accessible (a staging box without the
+    /// hardware). Keys, certificates and secret files are always checked.
+    #[arg(long)]
+    pub skip_device_checks: bool,
+}
+
+/// Exit status for a runtime failure (a task of the daemon failed, the journal cannot be
+/// opened, `journal verify` found a broken link).
+pub const EXIT_FAILURE: u8 = 1;
 /// Exit status for a configuration that cannot be used: distinct from runtime failures (1) so that
 /// a service manager can stop restarting on it.
 pub const EXIT_CONFIG: u8 = 2;
+/// Exit status of `slotgate status` when the daemon is not running.
+pub const EXIT_NOT_RUNNING: u8 = 3;
+
+const EXIT_STATUS_HELP: &str = "Exit status:
+  0  success (also when the reader of the output goes away, as with `| head`)
+  1  runtime failure: a task of the daemon failed, the journal cannot be opened, another
+     slotgate uses the state directory, `journal verify` found a broken link
+  2  unusable configuration: the file, a key, certificate or secret file it names, a serial
+     device (the message names the field); restarting cannot help
+  3  `slotgate status`: the daemon is not running";

@@ -637,6 +637,110 @@ impl Config {
     pub fn machine_count(&self) -> usize {
         self.lines.iter().map(|l| l.machines.len()).sum()
     }
+
+    /// Checks the files the configuration names as the daemon will use them, as the user running
+    /// this: keys, certificates and secrets exist and can be read and parsed, secrets are not
+    /// readable by group or others, and (with `devices`) every serial device exists and can be
+    /// opened for reading and writing. `config check` and the start of `run` both call it, so
+    /// an unusable file is a configuration error (exit status 2) naming its field.
+    pub fn check_files(&self, devices: bool) -> Result<(), ConfigError> {
+        let error = |field: String, reason: String| ConfigError {
+            file: self.file.display().to_string(),
+            field,
+            reason,
+        };
+        if let Some(key) = &self.journal.signing_key {
+            crate::journal::checkpoint::load_signing_key(key)
+                .map_err(|e| error("journal.signing_key".into(), e.to_string()))?;
+        }
+        for (i, key) in self.journal.trusted_keys.iter().enumerate() {
+            crate::journal::checkpoint::load_public_key(key)
+                .map_err(|e| error(format!("journal.trusted_keys[{i}]"), e.to_string()))?;
+        }
+        for (i, d) in self.destinations.iter().enumerate() {
+            let at = |field: &str| format!("destination[{i}].{field}");
+            let secrets = match &d.kind {
+                DestinationKind::Mqtt(m) => vec![("password_file", &m.password_file)],
+                DestinationKind::Https(h) => vec![
+                    ("token_file", &h.token_file),
+                    ("api_key_file", &h.api_key_file),
+                    ("hmac_key_file", &h.hmac_key_file),
+                ],
+            };
+            for (field, path) in secrets {
+                if let Some(path) = path {
+                    secret_file(path).map_err(|r| error(at(field), r))?;
+                }
+            }
+            let Some(tls) = &d.tls else { continue };
+            for (field, path) in [("ca_file", &tls.ca_file), ("client_cert", &tls.client_cert)] {
+                if let Some(path) = path {
+                    readable_file(path).map_err(|r| error(at(field), r))?;
+                }
+            }
+            if let Some(path) = &tls.client_key {
+                secret_file(path).map_err(|r| error(at("client_key"), r))?;
+            }
+            // What is left to fail is the content: a certificate that is not one, a key that is
+            // not the certificate's, no CA at all.
+            let field = if tls.client_cert.is_some() { "client_cert" } else { "ca_file" };
+            crate::forward::tls::client_config(tls)
+                .map_err(|e| error(at(field), format!("{e:#}")))?;
+        }
+        if devices {
+            for (i, line) in self.lines.iter().enumerate() {
+                if let Endpoint::Serial { device, .. } = &line.endpoint {
+                    serial_device(device).map_err(|r| error(format!("line[{i}].device"), r))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A file that can be opened and read, not a directory.
+fn readable_file(path: &Path) -> Result<std::fs::Metadata, String> {
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if meta.is_dir() {
+        return Err(format!("{shown} is a directory, not a file"));
+    }
+    Ok(meta)
+}
+
+/// A password, token or key: readable, not empty, and private to its owner (as the journal's
+/// signing key must be).
+fn secret_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = readable_file(path)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by group or others (mode {mode:03o}); chmod 600 it",
+            path.display()
+        ));
+    }
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if text.trim_ascii().is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(())
+}
+
+/// A character device this process may read and write (opening it could disturb a line in
+/// use, so only its permissions are checked).
+fn serial_device(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+    if !meta.file_type().is_char_device() {
+        return Err(format!("{shown} is not a serial device (not a character device)"));
+    }
+    nix::unistd::access(path, nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK)
+        .map_err(|e| {
+            format!("{shown} cannot be opened for reading and writing: {e} (is the user in the dialout group?)")
+        })
 }
 
 /// toml's multi-line message (location, source excerpt with carets, reason) as one line:
@@ -669,40 +773,49 @@ fn validate_destination(
         return Err(("name", format!("`{}` must be 1–64 characters of A–Z a–z 0–9 - _", raw.name)));
     }
     let anchor = |p: &PathBuf| if p.is_relative() { base.join(p) } else { p.clone() };
-    // Files are read when the daemon starts (an unreadable one stops it, naming the file), not
-    // here: `config check` runs on machines that do not hold the secrets.
-    let readable = |_field: &'static str,
-                    p: &Option<PathBuf>|
-     -> Result<Option<PathBuf>, FieldError> { Ok(p.as_ref().map(anchor)) };
-    let (scheme, rest) = raw
-        .url
-        .split_once("://")
-        .ok_or_else(|| ("url", format!("`{}` is not a URL like \"mqtts://host:8883\"", raw.url)))?;
+    // The files are checked by `Config::check_files`, which also reads them.
+    let file = |p: &Option<PathBuf>| p.as_ref().map(anchor);
+    // A user name and password in the URL would be printed wherever the URL is (logs, status):
+    // refused without echoing it. Messages below show the URL without its query, which may
+    // carry a token.
+    let (scheme, rest) = raw.url.split_once("://").unwrap_or(("", &raw.url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err((
+            "url",
+            "must not carry a user name or password (user:password@host); put the credential in \
+             password_file (MQTT) or token_file (HTTPS)"
+                .into(),
+        ));
+    }
+    let shown = raw.url.split(['?', '#']).next().unwrap_or_default();
+    if scheme.is_empty() {
+        return Err(("url", format!("`{shown}` is not a URL like \"mqtts://host:8883\"")));
+    }
     let secure = match (raw.kind, scheme) {
         (DestinationKindName::Mqtt, "mqtts") | (DestinationKindName::Https, "https") => true,
         (DestinationKindName::Mqtt, "mqtt") | (DestinationKindName::Https, "http") => false,
         (DestinationKindName::Mqtt, _) => {
-            return Err(("url", format!("`{}`: an MQTT destination needs mqtts://", raw.url)));
+            return Err(("url", format!("`{shown}`: an MQTT destination needs mqtts://")));
         }
         (DestinationKindName::Https, _) => {
-            return Err(("url", format!("`{}`: an HTTPS destination needs https://", raw.url)));
+            return Err(("url", format!("`{shown}`: an HTTPS destination needs https://")));
         }
     };
     if !secure && !raw.allow_plaintext {
         return Err((
             "url",
             format!(
-                "`{}` is plaintext: events and credentials would cross the network readable; use \
-                 TLS, or set allow_plaintext = true (tests only)",
-                raw.url
+                "`{shown}` is plaintext: events and credentials would cross the network readable; \
+                 use TLS, or set allow_plaintext = true (tests only)"
             ),
         ));
     }
     let tls = if secure {
         let files = crate::forward::tls::TlsFiles {
-            ca_file: readable("ca_file", &raw.ca_file)?,
-            client_cert: readable("client_cert", &raw.client_cert)?,
-            client_key: readable("client_key", &raw.client_key)?,
+            ca_file: file(&raw.ca_file),
+            client_cert: file(&raw.client_cert),
+            client_key: file(&raw.client_key),
         };
         if files.client_cert.is_some() != files.client_key.is_some() {
             return Err(("client_key", "client_cert and client_key go together".into()));
@@ -734,13 +847,13 @@ fn validate_destination(
                 Some((host, port)) => {
                     let port = port
                         .parse::<u16>()
-                        .map_err(|_| ("url", format!("`{}`: bad port `{port}`", raw.url)))?;
+                        .map_err(|_| ("url", format!("`{shown}`: bad port `{port}`")))?;
                     (host.to_owned(), port)
                 }
                 None => (rest.trim_end_matches('/').to_owned(), if secure { 8883 } else { 1883 }),
             };
             if host.is_empty() || host.contains('/') {
-                return Err(("url", format!("`{}`: expected scheme://host[:port]", raw.url)));
+                return Err(("url", format!("`{shown}`: expected scheme://host[:port]")));
             }
             let topic = raw.topic.clone().unwrap_or_else(|| DEFAULT_TOPIC.to_owned());
             if topic.is_empty() || topic.contains(['+', '#']) || !topic.contains("{machine}") {
@@ -758,16 +871,27 @@ fn validate_destination(
             if raw.keep_alive < Duration::from_secs(1) {
                 return Err(("keep_alive", "must be at least 1s".into()));
             }
+            let client_id = raw
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("slotgate-{}-{}", venue.id, venue.gateway_id));
+            // The session is persistent, which needs a client id (rumqttc asserts it).
+            if client_id.is_empty()
+                || client_id.len() > 256
+                || client_id.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err((
+                    "client_id",
+                    format!("`{client_id}` must be 1–256 characters without spaces"),
+                ));
+            }
             DestinationKind::Mqtt(MqttDestination {
                 host,
                 port,
-                client_id: raw
-                    .client_id
-                    .clone()
-                    .unwrap_or_else(|| format!("slotgate-{}-{}", venue.id, venue.gateway_id)),
+                client_id,
                 topic,
                 username: raw.username.clone(),
-                password_file: readable("password_file", &raw.password_file)?,
+                password_file: file(&raw.password_file),
                 keep_alive: raw.keep_alive,
                 max_in_flight: raw.max_in_flight,
                 stuck_after: raw.stuck_after,
@@ -785,9 +909,9 @@ fn validate_destination(
             }
             DestinationKind::Https(HttpsDestination {
                 url: raw.url.clone(),
-                token_file: readable("token_file", &raw.token_file)?,
-                api_key_file: readable("api_key_file", &raw.api_key_file)?,
-                hmac_key_file: readable("hmac_key_file", &raw.hmac_key_file)?,
+                token_file: file(&raw.token_file),
+                api_key_file: file(&raw.api_key_file),
+                hmac_key_file: file(&raw.hmac_key_file),
                 batch_size: raw.batch_size,
                 timeout: raw.timeout,
             })
@@ -1048,6 +1172,42 @@ registry_id = "EGM-1"
         let e = order_of("order = \"fifo\"\n").unwrap_err();
         assert_eq!(e.field, "destination[0].order", "{e}");
         assert!(e.reason.contains("live-first"), "{e}");
+    }
+
+    #[test]
+    fn an_mqtt_destination_needs_a_client_id() {
+        let destination = "\n[[destination]]\nname = \"d\"\nkind = \"mqtt\"\n\
+                           url = \"mqtt://127.0.0.1:1\"\nallow_plaintext = true\n";
+        for id in ["", " ", "gw 1"] {
+            let text = format!("{MINIMAL}{destination}client_id = \"{id}\"\n");
+            assert_eq!(field_of(&text), "destination[0].client_id", "{id:?}");
+        }
+        let text = format!("{MINIMAL}{destination}client_id = \"gw-1\"\n");
+        assert!(check(&text).is_ok());
+    }
+
+    #[test]
+    fn credentials_in_a_destination_url_are_refused_without_being_echoed() {
+        for url in [
+            "https://user:hunter2@central.example.com/events",
+            "https://hunter2@central.example.com/events?x=1",
+            "mqtts://gw:hunter2@broker.example.com:8883",
+            "user:hunter2@broker.example.com",
+        ] {
+            let kind = if url.starts_with("https") { "https" } else { "mqtt" };
+            let text = format!(
+                "{MINIMAL}\n[[destination]]\nname = \"d\"\nkind = \"{kind}\"\nurl = \"{url}\"\n"
+            );
+            let e = check(&text).unwrap_err();
+            assert_eq!(e.field, "destination[0].url", "{url}: {e}");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
+        let token = format!(
+            "{MINIMAL}\n[[destination]]\nname = \"d\"\nkind = \"https\"\n\
+             url = \"http://central.example.com/events?token=hunter2\"\n"
+        );
+        let e = check(&token).unwrap_err();
+        assert!(e.reason.contains("plaintext") && !e.reason.contains("hunter2"), "{e}");
     }
 
     #[test]

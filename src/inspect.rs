@@ -122,32 +122,69 @@ fn export(snapshot: &Snapshot, out: Option<&Path>) -> anyhow::Result<()> {
         }
         None => {
             let stdout = std::io::stdout();
-            let mut w = std::io::BufWriter::new(stdout.lock());
-            let n = verify::export(snapshot, &mut w, progress)?;
+            let mut w = std::io::BufWriter::new(PipeWatch { inner: stdout.lock(), closed: false });
+            let n = verify::export(snapshot, &mut w, progress);
+            if w.get_ref().closed {
+                return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe).into());
+            }
             w.flush().context("writing standard output")?;
-            n
+            n?
         }
     };
     bar.finish_and_clear();
-    eprintln!("Exported {written} record(s).");
+    // Standard error may be the closed pipe too (`2>&1 | head`): nothing to tell then.
+    let _ = writeln!(std::io::stderr(), "Exported {written} record(s).");
     Ok(())
 }
 
-/// `slotgate status`: the daemon's last status file.
-pub fn status(config_file: &Path, json: bool) -> anyhow::Result<()> {
+/// Notes whether the reader of the output went away (`| head`), which the export reports only
+/// as text.
+struct PipeWatch<W> {
+    inner: W,
+    closed: bool,
+}
+
+impl<W: Write> Write for PipeWatch<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write_all(buf).inspect_err(|e| self.closed |= is_broken_pipe(e))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush().inspect_err(|e| self.closed |= is_broken_pipe(e))
+    }
+}
+
+fn is_broken_pipe(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::BrokenPipe
+}
+
+/// `slotgate status`: the daemon's last status file. `Ok(false)` when the daemon is not running
+/// (no status file, stopped, or silent for too long).
+pub fn status(config_file: &Path, json: bool) -> anyhow::Result<bool> {
     let config = Config::load(config_file)?;
     let path = config.storage.status_file();
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!("no status at {} (has the daemon run with this configuration?)", path.display())
-    })?;
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!(
+                "slotgate: not running (no status at {}: has the daemon run with this \
+                 configuration?)",
+                path.display()
+            );
+            return Ok(false);
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
     let file: StatusFile = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a status file", path.display()))?;
-    if json {
-        println!("{text}");
-        return Ok(());
-    }
     let age = jiff::Timestamp::now().duration_since(file.written_at);
     let stale = age.as_secs() > 3 * crate::app::STATUS_EVERY.as_secs() as i64;
+    let running = file.running && !stale;
+    if json {
+        println!("{text}");
+        return Ok(running);
+    }
     let state = match (file.running, stale) {
         (true, false) => format!("running (pid {})", file.pid),
         (true, true) => format!("NOT RESPONDING or killed: last status {}s ago", age.as_secs()),
@@ -204,5 +241,5 @@ pub fn status(config_file: &Path, json: bool) -> anyhow::Result<()> {
             println!("  last error: {error}");
         }
     }
-    Ok(())
+    Ok(running)
 }

@@ -4,7 +4,8 @@
 //! # Layout
 //! - `firmware_protocols` (workspace crate): the sans-IO SAS protocol, framing and firmware
 //!   profiles. No I/O and no clock.
-//! - [`app`]: the wiring of `slotgate run`: journal, line pollers, status file, ordered stop.
+//! - [`app`]: the wiring of `slotgate run`: state directory lock, journal, line pollers,
+//!   forwarders, status file, supervision, ordered stop.
 //! - [`cli`]: the command line.
 //! - [`demo`]: `slotgate demo`, a simulated floor polled by the real gateway in one process.
 //! - [`config`]: the configuration file, parsed and validated into typed values.

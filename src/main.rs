@@ -1,11 +1,12 @@
 //! Thin entry point: parse the command line, start logging and the runtime, run the subcommand,
-//! and map failures to an exit code.
+//! and map failures to an exit code (the table is `slotgate --help`'s, in `cli`).
 
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use slotgate::cli::{Cli, Command, ConfigCommand, EXIT_CONFIG};
-use slotgate::config::Config;
+use slotgate::cli::{Cli, Command, ConfigCommand, EXIT_CONFIG, EXIT_FAILURE, EXIT_NOT_RUNNING};
+use slotgate::config::{Config, ConfigError};
 use slotgate::inspect::Outcome;
 use tracing_subscriber::EnvFilter;
 
@@ -13,38 +14,45 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // rustls with ring only, before anything builds a TLS configuration (field-lessons.md §B5).
     slotgate::forward::tls::install_provider();
+    // Colour only for a person at a terminal: escape codes in journald or a log file are noise
+    // (https://no-color.org).
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
     match cli.command {
-        Command::Run { config } => match Config::load(&config) {
-            Ok(config) => {
-                run_async(slotgate::app::run(config, slotgate::shutdown::signal_received()))
+        Command::Run { config, checks } => {
+            match Config::load(&config)
+                .and_then(|c| c.check_files(!checks.skip_device_checks).map(|()| c))
+            {
+                Ok(config) => {
+                    run_async(slotgate::app::run(config, slotgate::shutdown::signal_received()))
+                }
+                Err(error) => fail(&error.into()),
             }
-            Err(error) => {
-                eprintln!("slotgate: {error}");
-                ExitCode::from(EXIT_CONFIG)
+        }
+        Command::Config(ConfigCommand::Check { file, checks }) => {
+            match Config::load(&file)
+                .and_then(|c| c.check_files(!checks.skip_device_checks).map(|()| c))
+            {
+                Ok(config) => {
+                    println!(
+                        "{}: OK ({} line(s), {} machine(s), venue {})",
+                        file.display(),
+                        config.lines.len(),
+                        config.machine_count(),
+                        config.venue.id
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => fail(&error.into()),
             }
-        },
-        Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
-            Ok(config) => {
-                println!(
-                    "{}: OK ({} line(s), {} machine(s), venue {})",
-                    file.display(),
-                    config.lines.len(),
-                    config.machine_count(),
-                    config.venue.id
-                );
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("slotgate: {error}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        }
         Command::Demo(args) => run_async(async move {
             slotgate::demo::run(args, slotgate::shutdown::signal_received()).await
         }),
@@ -53,18 +61,13 @@ fn main() -> ExitCode {
         }),
         Command::Journal(command) => match slotgate::inspect::journal(command) {
             Ok(Outcome::Done) => ExitCode::SUCCESS,
-            Ok(Outcome::Tampered) => ExitCode::FAILURE,
-            Err(error) => {
-                eprintln!("slotgate: {error:#}");
-                ExitCode::from(EXIT_CONFIG)
-            }
+            Ok(Outcome::Tampered) => ExitCode::from(EXIT_FAILURE),
+            Err(error) => fail_printing(&error),
         },
         Command::Status { config, json } => match slotgate::inspect::status(&config, json) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("slotgate: {error:#}");
-                ExitCode::FAILURE
-            }
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(EXIT_NOT_RUNNING),
+            Err(error) => fail_printing(&error),
         },
     }
 }
@@ -73,15 +76,33 @@ fn run_async(job: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("slotgate: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
+            return fail(&anyhow::Error::new(error).context("cannot start the async runtime"));
         }
     };
     match runtime.block_on(job) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("slotgate: {error:#}");
-            ExitCode::FAILURE
-        }
+        Err(error) => fail(&error),
+    }
+}
+
+/// For the commands that print what they read: the reader of the output going away (`| head`)
+/// is a quiet success, anything else is [`fail`].
+fn fail_printing(error: &anyhow::Error) -> ExitCode {
+    let broken_pipe = error.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if broken_pipe { ExitCode::SUCCESS } else { fail(error) }
+}
+
+/// Reports `error` and picks the exit status: 2 for a configuration that cannot be used, 1
+/// otherwise.
+fn fail(error: &anyhow::Error) -> ExitCode {
+    // Standard error may be a closed pipe (`2>&1 | head`); there is nobody left to tell then.
+    let _ = writeln!(std::io::stderr(), "slotgate: {error:#}");
+    if error.chain().any(|e| e.is::<ConfigError>()) {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::from(EXIT_FAILURE)
     }
 }
