@@ -6,6 +6,7 @@
 //!   profiles. No I/O and no clock.
 //! - [`app`]: the wiring of `slotgate run`: journal, line pollers, status file, ordered stop.
 //! - [`cli`]: the command line.
+//! - [`durable`]: fsync helpers: what survives a power cut, not only a kill.
 //! - [`demo`]: `slotgate demo`, a simulated floor polled by the real gateway in one process.
 //! - [`config`]: the configuration file, parsed and validated into typed values.
 //! - [`inspect`]: `slotgate journal verify|stats|export|keygen` and `slotgate status`.
@@ -29,6 +30,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod durable;
 pub mod event;
 pub mod forward;
 pub mod inspect;
