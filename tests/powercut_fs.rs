@@ -7,6 +7,7 @@ mod powercut;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -78,6 +79,26 @@ fn unsynced_writes_are_gone_after_a_cut() {
     f.set_len(2).unwrap();
     t.fs.cut();
     assert_eq!(fs::read(&file).unwrap(), b"synced");
+}
+
+#[test]
+fn fsync_keeps_overwrites_truncations_and_extensions_exactly() {
+    let t = fixture();
+    let file = t.fs.path().join("f");
+    let mut f = OpenOptions::new().create_new(true).read(true).write(true).open(&file).unwrap();
+    sync_dir(t.fs.path());
+    f.write_all(b"abcdefgh").unwrap();
+    f.sync_all().unwrap();
+    f.write_all_at(b"XY", 2).unwrap();
+    f.set_len(3).unwrap();
+    f.set_len(5).unwrap();
+    f.write_all_at(b"Z", 6).unwrap();
+    f.sync_data().unwrap();
+    f.write_all_at(b"lost", 0).unwrap();
+
+    t.fs.cut();
+
+    assert_eq!(fs::read(&file).unwrap(), b"abX\0\0\0Z");
 }
 
 #[test]

@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -120,6 +121,9 @@ struct Inode {
     mtime: SystemTime,
     live: Version,
     durable: Version,
+    /// The bytes of a file's live data changed since its last fsync (they may lie past its
+    /// end), so an fsync copies only those and not the whole file.
+    dirty: Option<Range<usize>>,
 }
 
 impl Inode {
@@ -136,6 +140,7 @@ impl Inode {
             mtime: SystemTime::now(),
             live: Version { content, perm },
             durable: Version { content: empty, perm },
+            dirty: None,
         }
     }
 
@@ -195,6 +200,7 @@ impl State {
     fn cut(&mut self) {
         for inode in self.inodes.values_mut() {
             inode.live = inode.durable.clone();
+            inode.dirty = None;
         }
         let mut reachable = BTreeSet::from([1u64]);
         let mut parents = BTreeMap::new();
@@ -259,13 +265,18 @@ impl State {
         }
     }
 
-    fn file_mut(&mut self, ino: INodeNo) -> Result<&mut Vec<u8>, Errno> {
+    /// A file's live data, for a change to the bytes in `changed`.
+    fn file_mut(&mut self, ino: INodeNo, changed: Range<usize>) -> Result<&mut Vec<u8>, Errno> {
         let inode = self.inode_mut(ino)?;
+        let Content::File(data) = &mut inode.live.content else {
+            return Err(Errno::EISDIR);
+        };
         inode.mtime = SystemTime::now();
-        match &mut inode.live.content {
-            Content::File(data) => Ok(data),
-            Content::Dir(_) => Err(Errno::EISDIR),
-        }
+        inode.dirty = Some(match inode.dirty.take() {
+            Some(d) => d.start.min(changed.start)..d.end.max(changed.end),
+            None => changed,
+        });
+        Ok(data)
     }
 
     fn lookup(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, Errno> {
@@ -354,11 +365,11 @@ impl State {
         let len = u32::try_from(data.len()).map_err(|_| Errno::EINVAL)?;
         let end =
             offset.checked_add(u64::from(len)).filter(|&e| e <= MAX_FILE).ok_or(Errno::EFBIG)?;
-        let file = self.file_mut(ino)?;
         let (start, end) = (
             usize::try_from(offset).map_err(|_| Errno::EFBIG)?,
             usize::try_from(end).map_err(|_| Errno::EFBIG)?,
         );
+        let file = self.file_mut(ino, start..end)?;
         if file.len() < end {
             file.resize(end, 0);
         }
@@ -381,14 +392,32 @@ impl State {
             return Err(Errno::EFBIG);
         }
         let size = usize::try_from(size).map_err(|_| Errno::EFBIG)?;
-        self.file_mut(ino)?.resize(size, 0);
+        let old = match &self.inode(ino)?.live.content {
+            Content::File(data) => data.len(),
+            Content::Dir(_) => return Err(Errno::EISDIR),
+        };
+        self.file_mut(ino, old.min(size)..old.max(size))?.resize(size, 0);
         Ok(())
     }
 
     fn sync(&mut self, ino: INodeNo, fh: FileHandle) -> Result<(), Errno> {
         self.check_fh(fh)?;
         let inode = self.inode_mut(ino)?;
-        inode.durable = inode.live.clone();
+        inode.durable.perm = inode.live.perm;
+        match (&inode.live.content, &mut inode.durable.content) {
+            (Content::File(live), Content::File(durable)) => {
+                durable.resize(live.len(), 0);
+                if let Some(dirty) = inode.dirty.take() {
+                    let end = dirty.end.min(live.len());
+                    if let (Some(from), Some(to)) =
+                        (live.get(dirty.start..end), durable.get_mut(dirty.start..end))
+                    {
+                        to.copy_from_slice(from);
+                    }
+                }
+            }
+            (live, durable) => *durable = live.clone(),
+        }
         Ok(())
     }
 }
