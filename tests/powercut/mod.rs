@@ -17,6 +17,9 @@
 //! cached by the kernel (TTL 0) and files are opened with direct I/O, so after a cut the kernel
 //! asks again and sees the dropped state. The reported free space can be set to simulate a
 //! full disk (reported only: writes still succeed).
+//!
+//! Mount it on the state directory only: a configuration or key the test writes there without
+//! fsyncing it is cut too. Mounting needs root (or fuse3's `fusermount3`) and `/dev/fuse`.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::{BTreeMap, BTreeSet};
