@@ -20,6 +20,22 @@ pub enum Outcome {
     Tampered,
 }
 
+/// Journals moved to quarantine beside the journal `dir` (`journal-<time>` in the state
+/// directory's `quarantine/`), oldest first.
+fn quarantined_beside(dir: &Path) -> Vec<PathBuf> {
+    let Some(quarantine) = dir.parent().map(|p| p.join("quarantine")) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(&quarantine) else { return Vec::new() };
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("journal-"))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 /// The journal directory and the trusted public keys a target names.
 fn resolve(target: &JournalTarget) -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
     match (&target.config, &target.dir) {
@@ -51,12 +67,51 @@ pub fn journal(command: JournalCommand) -> anyhow::Result<Outcome> {
             let trusted = keys.iter().map(|p| load_public_key(p)).collect::<Result<Vec<_>, _>>()?;
             let snapshot = Snapshot::open(&dir)?;
             let report = verify::verify(&snapshot, &trusted)?;
+            // A quarantined journal is evidence of an incident: verified with the same keys and
+            // reported, and what it lost (records flushed before the damage, per its own mark)
+            // fails the verification, as a break in the live journal would.
+            let quarantined: Vec<Quarantined> = if target.config.is_some() {
+                quarantined_beside(&dir)
+                    .into_iter()
+                    .map(|path| {
+                        let report = Snapshot::open(&path)
+                            .and_then(|s| verify::verify(&s, &trusted))
+                            .map_err(|e| e.reason);
+                        Quarantined { path, report }
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let ok = report.ok() && quarantined.iter().all(Quarantined::ok);
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                let out = serde_json::json!({
+                    "ok": ok,
+                    "journal": report,
+                    "quarantined": quarantined,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 print_report(&dir, &report, trusted.len());
+                for q in &quarantined {
+                    match &q.report {
+                        Ok(r) => {
+                            println!("Quarantined journal (kept as evidence):");
+                            print_report(&q.path, r, trusted.len());
+                        }
+                        Err(reason) => {
+                            println!(
+                                "Quarantined journal {}: UNREADABLE: {reason}",
+                                q.path.display()
+                            );
+                        }
+                    }
+                }
+                if !quarantined.is_empty() {
+                    println!("{}", if ok { "OK (with quarantined journals)" } else { "FAILED" });
+                }
             }
-            Ok(if report.ok() { Outcome::Done } else { Outcome::Tampered })
+            Ok(if ok { Outcome::Done } else { Outcome::Tampered })
         }
         JournalCommand::Stats { target } => {
             let (dir, _) = resolve(&target)?;
@@ -70,6 +125,20 @@ pub fn journal(command: JournalCommand) -> anyhow::Result<Outcome> {
             export(&snapshot, out.as_deref())?;
             Ok(Outcome::Done)
         }
+    }
+}
+
+/// A quarantined journal and what verifying it found.
+#[derive(Debug, serde::Serialize)]
+struct Quarantined {
+    path: PathBuf,
+    report: Result<verify::VerifyReport, String>,
+}
+
+impl Quarantined {
+    /// Intact and complete: the damage that quarantined it cost no flushed record.
+    fn ok(&self) -> bool {
+        self.report.as_ref().is_ok_and(verify::VerifyReport::ok)
     }
 }
 

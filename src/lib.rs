@@ -7,6 +7,7 @@
 //! - [`app`]: the wiring of `slotgate run`: state directory lock, journal, line pollers,
 //!   forwarders, status file, supervision, ordered stop.
 //! - [`cli`]: the command line.
+//! - [`durable`]: fsync helpers: what survives a power cut, not only a kill.
 //! - [`demo`]: `slotgate demo`, a simulated floor polled by the real gateway in one process.
 //! - [`config`]: the configuration file, parsed and validated into typed values.
 //! - [`inspect`]: `slotgate journal verify|stats|export|keygen` and `slotgate status`.
@@ -30,6 +31,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod durable;
 pub mod event;
 pub mod forward;
 pub mod inspect;

@@ -314,3 +314,42 @@ fn after_a_key_rotation_old_checkpoints_verify_with_the_old_public_key() {
     assert!(new_only.checkpoint_problems.iter().all(|p| p.reason.contains("untrusted")));
     assert!(new_only.checkpoints_verified >= 1, "the new key's checkpoints still verify");
 }
+
+#[test]
+fn verify_with_the_config_reports_quarantined_journals_and_the_records_they_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("slotgate.toml");
+    std::fs::write(
+        &config_file,
+        "[venue]\nid = \"UA-TEST-1\"\ncurrency = \"UAH\"\ntime_zone = \"Europe/Kyiv\"\n\n\
+         [storage]\ndir = \"state\"\n\n[[line]]\nname = \"line-0\"\nkind = \"tcp\"\n\
+         address = \"127.0.0.1:9\"\n\n  [[line.machine]]\n  address = 1\n  registry_id = \"M1\"\n",
+    )
+    .unwrap();
+    let config = JournalConfig::in_dir(&dir.path().join("state/journal"));
+    build(&config, 200, 5);
+    let verify = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_slotgate"))
+            .args(["journal", "verify", "--config"])
+            .arg(&config_file)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, text) = verify();
+    assert_eq!(code, Some(0), "a clean journal verifies: {text}");
+    // Damage that sled recovers away in silence; the open quarantines the store and starts a
+    // fresh, intact journal, which alone would verify.
+    let db = config.dir.join("db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 64].fill(0xA5);
+    std::fs::write(&db, bytes).unwrap();
+    let (journal, writer) = Journal::open(config.clone()).unwrap();
+    close(journal, writer);
+    let moved = quarantined_dirs(&config).pop().unwrap();
+    let (code, text) = verify();
+    assert_eq!(code, Some(1), "records lost to the quarantine fail the verification: {text}");
+    assert!(text.contains(&moved.display().to_string()), "names the quarantined journal: {text}");
+    assert!(text.contains("LOST") && text.contains("to 199 were flushed"), "{text}");
+}

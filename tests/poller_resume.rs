@@ -168,12 +168,12 @@ async fn a_record_left_sent_makes_the_first_message_a_retry_of_it_once_the_line_
     assert_eq!(
         at_second,
         Some(Record {
-            state: State::Sent,
-            address: 0,
+            state: State::Confirmed,
+            address: 1,
             rte_on: false,
-            bytes: vec![0x80],
+            bytes: vec![0x81],
             next_machine_seq: 0,
         }),
-        "the record follows the line"
+        "the resumed poll's answer is durable; the `80` after it leaves nothing to record"
     );
 }

@@ -57,7 +57,12 @@
 //! # Durability points
 //!
 //! Only [`store::Store::flush`], called by the writer after each group's batch and after each
-//! cursor update. sled's background flusher is off, so nothing else decides. A flush error is
+//! cursor update. sled's background flusher is off, so nothing else decides. "Durable" means
+//! against a power cut, not only a kill: sled's own flush is not enough (it ends in
+//! `sync_file_range`), so the store follows it with `fdatasync` of sled's log and `fsync` of
+//! its directories, and every directory the journal creates or renames into is synced
+//! ([`crate::durable`]). `tests/journal_crash.rs` cuts the power under the writer on a FUSE file
+//! system that drops whatever was not synced. A flush error is
 //! answered as an error to every request in the group (the pollers keep the machines
 //! unacknowledged and retry); the writer then reopens the store (sled latches its first I/O
 //! error) and recovers its counters from what is actually on disk.
@@ -462,7 +467,7 @@ impl Journal {
     /// Opens (or creates) the journal and starts its writer thread. A store that cannot be
     /// opened as corrupt is quarantined and replaced (module doc, Recovery).
     pub fn open(config: JournalConfig) -> Result<(Self, WriterHandle), OpenError> {
-        std::fs::create_dir_all(config.dir.parent().unwrap_or(&config.dir))
+        crate::durable::create_dir_all(config.dir.parent().unwrap_or(&config.dir))
             .map_err(|e| OpenError::Invalid { dir: config.dir.clone(), reason: e.to_string() })?;
         let mut quarantined = None;
         let (store, state) = match open_store(&config) {
@@ -684,8 +689,8 @@ fn quarantine(config: &JournalConfig) -> Result<PathBuf, OpenError> {
         n += 1;
     }
     let fail = |source| OpenError::Quarantine { from: config.dir.clone(), to: to.clone(), source };
-    std::fs::create_dir_all(&config.quarantine_dir).map_err(fail)?;
-    std::fs::rename(&config.dir, &to).map_err(fail)?;
+    crate::durable::create_dir_all(&config.quarantine_dir).map_err(fail)?;
+    crate::durable::rename(&config.dir, &to).map_err(fail)?;
     Ok(to)
 }
 

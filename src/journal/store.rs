@@ -111,12 +111,30 @@ impl Store for Unavailable {
 ///   by its own cap and floor, not by sled's segment cleaning.
 /// - Default segment size (512 KiB) and no compression (the canonical JSON is short and the
 ///   crate is built without the compression feature).
+///
+/// sled's own flush is not a durability point: it ends in `sync_file_range`, which commits
+/// neither the log file's size nor the disk's cache, and sled never syncs its `conf` file or
+/// its directory (a FUSE power-cut model lost 4,047 of 4,350 acknowledged events that way,
+/// issue 15). So [`Store::flush`] follows sled's flush with `fdatasync` of the log file it just
+/// wrote, and with `fsync` of sled's directories whenever their entries changed (a snapshot
+/// renamed in, an old one removed, a blob written); [`SledStore::open`] commits every file sled
+/// created. The order makes the store durable before the journal's watermark says so.
 #[derive(Debug)]
 pub struct SledStore {
     path: PathBuf,
     db: sled::Db,
     tree: sled::Tree,
+    /// sled's log file, opened again for `fdatasync` (any descriptor of the inode commits it).
+    log: std::fs::File,
+    /// The modification times of sled's directories at the last sync: a change means entries
+    /// were created, renamed or removed, which only an `fsync` of the directory commits.
+    dir_stamps: std::sync::Mutex<Vec<Option<std::time::SystemTime>>>,
 }
+
+/// sled's files in its directory: the log, its configuration, and where big values go.
+const LOG_FILE: &str = "db";
+const CONF_FILE: &str = "conf";
+const BLOB_DIR: &str = "blobs";
 
 /// The one tree all journal keys live in, so that `apply_batch` covers them all atomically.
 const TREE: &[u8] = b"journal";
@@ -151,8 +169,68 @@ impl SledStore {
             }
         };
         let tree = db.open_tree(TREE).map_err(|e| error(path, "open tree", &e))?;
-        Ok(Self { path: path.to_path_buf(), db, tree })
+        let io = |operation| move |e: std::io::Error| io_error(path, operation, &e);
+        let log = std::fs::File::open(path.join(LOG_FILE)).map_err(io("open log"))?;
+        let store = Self {
+            path: path.to_path_buf(),
+            db,
+            tree,
+            log,
+            dir_stamps: std::sync::Mutex::new(Vec::new()),
+        };
+        // sled creates its directory, `conf` and log without syncing any of them.
+        store.db.flush().map_err(|e| error(path, "flush", &e))?;
+        std::fs::File::open(path.join(CONF_FILE))
+            .and_then(|f| f.sync_all())
+            .map_err(io("sync conf"))?;
+        store.log.sync_all().map_err(io("sync log"))?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::durable::sync_dir(parent).map_err(io("sync parent directory"))?;
+        }
+        store.sync_dirs(true)?;
+        Ok(store)
     }
+
+    fn dirs(&self) -> [PathBuf; 2] {
+        [self.path.clone(), self.path.join(BLOB_DIR)]
+    }
+
+    /// Commits sled's directories if their entries changed since the last call (or always).
+    fn sync_dirs(&self, always: bool) -> Result<(), StoreError> {
+        let mut stamps = self.dir_stamps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now: Vec<_> = self
+            .dirs()
+            .iter()
+            .map(|d| std::fs::metadata(d).and_then(|m| m.modified()).ok())
+            .collect();
+        if !always && *stamps == now {
+            return Ok(());
+        }
+        // Blob files (values too big for a log segment) are written by sled and never synced:
+        // sync those present whenever the blob directory changed. There are few or none.
+        let blobs_changed = always || stamps.get(1) != now.get(1);
+        if blobs_changed && let Ok(entries) = std::fs::read_dir(self.path.join(BLOB_DIR)) {
+            for entry in entries.flatten() {
+                match std::fs::File::open(entry.path()).and_then(|f| f.sync_all()) {
+                    // Removed by sled's garbage collection meanwhile.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    other => other.map_err(|e| io_error(&self.path, "sync blob", &e))?,
+                }
+            }
+        }
+        for (dir, stamp) in self.dirs().iter().zip(&now) {
+            if stamp.is_some() {
+                crate::durable::sync_dir(dir)
+                    .map_err(|e| io_error(&self.path, "sync directory", &e))?;
+            }
+        }
+        *stamps = now;
+        Ok(())
+    }
+}
+
+fn io_error(path: &Path, operation: &'static str, e: &std::io::Error) -> StoreError {
+    StoreError { path: path.to_path_buf(), operation, message: e.to_string(), corrupt: false }
 }
 
 fn error(path: &Path, operation: &'static str, e: &sled::Error) -> StoreError {
@@ -187,7 +265,9 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(drop).map_err(|e| error(&self.path, "flush", &e))
+        self.db.flush().map_err(|e| error(&self.path, "flush", &e))?;
+        self.log.sync_data().map_err(|e| io_error(&self.path, "sync log", &e))?;
+        self.sync_dirs(false)
     }
 
     fn range(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {

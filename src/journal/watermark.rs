@@ -8,8 +8,11 @@
 //! quarantine with an alarm.
 //!
 //! The mark is written with `pwrite` after every flush (it survives the death of the process)
-//! and fsynced on the writer's tick; so after a power cut it may lag the store, never lead it,
-//! and a store behind its mark has really lost records. Format: `SGWM`, next seq (u64 LE), head
+//! and fsynced on the writer's tick. The store's flush is durable before the mark is written
+//! (`store::SledStore`'s flush ends in `fdatasync`), so after a power cut the mark may lag the
+//! store, never lead it, and a store behind its mark has really lost records. (Before that
+//! `fdatasync`, sled's `sync_file_range` let a synced mark lead a store the cut had rolled back,
+//! and every restart after a power cut quarantined the journal.) Format: `SGWM`, next seq (u64 LE), head
 //! (32 bytes), CRC-32 of the preceding bytes; anything else reads as no mark.
 
 use std::fs::{File, OpenOptions};
@@ -76,6 +79,8 @@ impl Watermark {
             .create(true)
             .truncate(false)
             .open(path(dir))?;
+        file.sync_all()?;
+        crate::durable::sync_dir(dir)?;
         Ok(Self { file, dirty: false })
     }
 

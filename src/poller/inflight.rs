@@ -28,14 +28,15 @@
 //!
 //! # Durability
 //!
-//! The record is written with `pwrite` and never fsynced: one write per message, microseconds,
-//! into the page cache, which survives the death of the process (SIGKILL, panic, OOM kill), the
-//! case this exists for. An OS crash or power cut can lose the last write; the record then reads
-//! as an older one or as nothing. That costs something only if it falls in the ~1 ms between a
-//! reply and its journal flush; the successor then starts with the `80` and the machine forgets
-//! that one report, exactly as without this file. A power cut also resets most machines' link,
-//! which keeps their queue (they chirp, lose sync and report again), so the exposure is a host
-//! crash with the machines powered on.
+//! A `Sent` record is made durable (`fdatasync`) before its message goes on the wire: after a
+//! power cut the successor must still know the message, or its `80` acknowledges a report that
+//! never reached the journal. Writes that change nothing are skipped, and the sync poll and
+//! broadcasts (address 0) are not recorded at all (the line task's `record_sent`): they leave
+//! nothing unacknowledged, and a record of the poll before them, resumed, is a stale resume the
+//! machine takes as a new poll. So a machine polled `80 81 80 81` costs no write; a long poll,
+//! or the first poll after an exchange that carried events, costs one `fdatasync`. `Confirmed`
+//! is written but not synced: losing it costs nothing, since the journal's per-machine number,
+//! already durable, tells the successor that the answer was stored.
 //!
 //! # Format
 //!
@@ -179,10 +180,14 @@ impl InflightFile {
     /// the record a previous process left there, if a valid one.
     pub fn open(path: &Path) -> io::Result<(Self, Option<Record>)> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::durable::create_dir_all(dir)?;
         }
         let file =
             OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        file.sync_all()?;
+        if let Some(dir) = path.parent() {
+            crate::durable::sync_dir(dir)?;
+        }
         let mut data = vec![0u8; RECORD_LEN + 1];
         let mut read = 0;
         // One extra byte: a longer file is not a record either.
@@ -217,11 +222,12 @@ impl InflightFile {
             return Ok(());
         }
         match record.encode() {
-            Some(data) => self.write(data, Some(record)),
+            Some(data) => self.write(data, Some(record))?,
             // Nothing slotgate sends is this long; should it ever be, the stale record must go,
             // or a successor would resume a message that is no longer the last one.
-            None => self.write([0u8; RECORD_LEN], None),
+            None => self.write([0u8; RECORD_LEN], None)?,
         }
+        self.file.sync_data().inspect_err(|_| self.current = None)
     }
 
     /// Records that the events of the exchange recorded as sent are durable and confirmed.

@@ -330,7 +330,9 @@ fn record_sent(
     let Some(file) = file else { return };
     let address = match &tx.message {
         HostMessage::GeneralPoll(a) | HostMessage::LongPoll(a, _) => a.get(),
-        HostMessage::SyncPoll | HostMessage::Broadcast(_) => 0,
+        // They acknowledge and leave nothing unacknowledged: the record keeps the poll before
+        // them, whose resume would be stale and harmless, and no write is spent (inflight doc).
+        HostMessage::SyncPoll | HostMessage::Broadcast(_) => return,
     };
     let machine = machines.iter().find(|m| m.address().get() == address);
     let rte_on = machine.is_some_and(|m| m.session.rte_enabled());
