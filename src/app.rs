@@ -286,11 +286,9 @@ struct StateLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 impl StateLock {
     fn acquire(dir: &Path) -> anyhow::Result<Self> {
         use std::io::{Read, Seek, Write};
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
+        use std::os::unix::fs::OpenOptionsExt;
+        // 0700 by `run`'s umask; durably, since the journal will live in it.
+        crate::durable::create_dir_all(dir)
             .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
         let path = dir.join("slotgate.pid");
         let file = std::fs::OpenOptions::new()
