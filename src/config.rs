@@ -659,17 +659,24 @@ impl Config {
         }
         for (i, d) in self.destinations.iter().enumerate() {
             let at = |field: &str| format!("destination[{i}].{field}");
+            // (field, file, whether it goes into an HTTP header as it is)
             let secrets = match &d.kind {
-                DestinationKind::Mqtt(m) => vec![("password_file", &m.password_file)],
+                DestinationKind::Mqtt(m) => vec![("password_file", &m.password_file, false)],
                 DestinationKind::Https(h) => vec![
-                    ("token_file", &h.token_file),
-                    ("api_key_file", &h.api_key_file),
-                    ("hmac_key_file", &h.hmac_key_file),
+                    ("token_file", &h.token_file, true),
+                    ("api_key_file", &h.api_key_file, true),
+                    ("hmac_key_file", &h.hmac_key_file, false),
                 ],
             };
-            for (field, path) in secrets {
-                if let Some(path) = path {
-                    secret_file(path).map_err(|r| error(at(field), r))?;
+            for (field, path, header) in secrets {
+                let Some(path) = path else { continue };
+                let text = secret_file(path).map_err(|r| error(at(field), r))?;
+                if header && text.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                    let reason = format!(
+                        "{} holds control characters, which cannot go in an HTTP header",
+                        path.display()
+                    );
+                    return Err(error(at(field), reason));
                 }
             }
             let Some(tls) = &d.tls else { continue };
@@ -710,8 +717,8 @@ fn readable_file(path: &Path) -> Result<std::fs::Metadata, String> {
 }
 
 /// A password, token or key: readable, not empty, and private to its owner (as the journal's
-/// signing key must be).
-fn secret_file(path: &Path) -> Result<(), String> {
+/// signing key must be). Returns its content without surrounding white space, as it is used.
+fn secret_file(path: &Path) -> Result<Vec<u8>, String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = readable_file(path)?;
     let mode = meta.permissions().mode() & 0o777;
@@ -722,10 +729,11 @@ fn secret_file(path: &Path) -> Result<(), String> {
         ));
     }
     let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if text.trim_ascii().is_empty() {
+    let text = text.trim_ascii();
+    if text.is_empty() {
         return Err(format!("{} is empty", path.display()));
     }
-    Ok(())
+    Ok(text.to_vec())
 }
 
 /// A character device this process may read and write (opening it could disturb a line in

@@ -130,6 +130,12 @@ fn missing_keys_certificates_secrets_and_devices_are_configuration_errors_naming
         "destination[0].api_key_file",
         "empty",
     );
+    let control = private(&d.join("control"), "key\x01with-a-control-character\n");
+    assert_refused(
+        &config_with(d, &https("api_key_file", &control)),
+        "destination[0].api_key_file",
+        "HTTP header",
+    );
     let not_pem = d.join("not.pem");
     std::fs::write(&not_pem, "not a certificate").unwrap();
     assert_refused(
