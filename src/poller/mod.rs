@@ -48,7 +48,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use machine::{MachinePoller, Schedule};
 
-use inflight::{InflightFile, Record, State};
+use firmware_protocols::sas::{Exception, LongPoll};
+use inflight::{InflightFile, Owed, Record, State};
 
 use crate::event::CanonicalEvent;
 use crate::journal::Journal;
@@ -117,6 +118,9 @@ pub async fn run_line<C>(
     let resuming = match &mut inflight {
         Some((_, previous)) => {
             let previous = previous.take();
+            if let Some(record) = &previous {
+                restore_follow_ups(&name, record, &mut machines);
+            }
             resume(&name, previous, &mut machines, Instant::now().into_std())
         }
         None => false,
@@ -328,19 +332,74 @@ fn record_sent(
     machines: &[MachinePoller],
 ) {
     let Some(file) = file else { return };
+    let owed = owed_follow_ups(line, machines);
     let address = match &tx.message {
         HostMessage::GeneralPoll(a) | HostMessage::LongPoll(a, _) => a.get(),
         // They acknowledge and leave nothing unacknowledged: the record keeps the poll before
-        // them, whose resume would be stale and harmless, and no write is spent (inflight doc).
-        HostMessage::SyncPoll | HostMessage::Broadcast(_) => return,
+        // them, whose resume would be stale and harmless, and takes only the follow-ups owed,
+        // which must be durable before this acknowledgement (inflight doc).
+        HostMessage::SyncPoll | HostMessage::Broadcast(_) => {
+            if let Err(error) = file.owing(owed) {
+                tracing::warn!(line, file = %file.path().display(), %error,
+                    "The follow-ups owed could not be recorded; a crash now may lose them.");
+            }
+            return;
+        }
     };
     let machine = machines.iter().find(|m| m.address().get() == address);
     let rte_on = machine.is_some_and(|m| m.session.rte_enabled());
     let next_seq = machine.map_or(0, MachinePoller::next_seq);
     let bytes: Vec<u8> = tx.bytes().collect();
-    if let Err(error) = file.sent(address, &bytes, rte_on, next_seq) {
+    if let Err(error) = file.sent(address, &bytes, rte_on, next_seq, owed) {
         tracing::warn!(line, file = %file.path().display(), %error,
             "The in-flight record could not be written; a crash now may lose a report.");
+    }
+}
+
+/// The follow-up polls the line's sessions owe their machines, as the in-flight record keeps
+/// them.
+fn owed_follow_ups(line: &str, machines: &[MachinePoller]) -> Vec<Owed> {
+    let mut owed: Vec<Owed> = machines
+        .iter()
+        .flat_map(|m| {
+            let address = m.address().get();
+            m.session.owed_follow_ups().iter().map(move |(poll, exception)| Owed {
+                address,
+                command: poll.command(),
+                exception: exception.code(),
+            })
+        })
+        .collect();
+    if owed.len() > inflight::MAX_OWED {
+        tracing::warn!(
+            line,
+            owed = owed.len(),
+            kept = inflight::MAX_OWED,
+            "More follow-ups owed than the in-flight record holds; a crash now may lose the rest."
+        );
+        owed.truncate(inflight::MAX_OWED);
+    }
+    owed
+}
+
+/// Hands the follow-ups a previous process owed back to the sessions of their machines.
+fn restore_follow_ups(line: &str, record: &Record, machines: &mut [MachinePoller]) {
+    for m in machines.iter_mut() {
+        let address = m.address().get();
+        let polls: Vec<_> = record
+            .owed
+            .iter()
+            .filter(|o| o.address == address)
+            .filter_map(|o| {
+                let poll = LongPoll::decode(&[address, o.command]).ok()?;
+                Some((poll, Exception::from_code(o.exception)))
+            })
+            .collect();
+        if !polls.is_empty() {
+            tracing::info!(line, machine = %m.registry_id(), polls = ?polls,
+                "Reading the follow-ups the previous run owed.");
+            m.session.restore_follow_ups(polls);
+        }
     }
 }
 
@@ -502,6 +561,7 @@ mod tests {
             rte_on: true,
             bytes: bytes.to_vec(),
             next_machine_seq: 5,
+            owed: Vec::new(),
         };
         assert_eq!(resumed(sent(2, &[0x02, 0x1C])), (true, vec![false, true]));
         let stored = Record { next_machine_seq: 4, ..sent(1, &[0x81]) };

@@ -146,6 +146,10 @@ pub enum SessionEvent {
     Chirp,
     /// A general poll returned this exception (never an idle one).
     Exception(Exception),
+    /// A follow-up poll owed for `exception` (see [`HostSession::owed_follow_ups`]) was given
+    /// up: what the machine would have told about the exception (a handpay's amount, a bill's
+    /// denomination) is lost. Replaces the [`Self::PollFailed`] such a poll would give.
+    FollowUpLost { exception: Exception, poll: LongPoll, error: PollError },
     /// No answer on `timing.offline_after` consecutive exchanges, or a chirp while the link was
     /// up.
     LinkDown,
@@ -325,6 +329,11 @@ pub struct HostSession {
     /// followed it may never have reached the machine.
     ack_in_doubt: bool,
 
+    /// Follow-up polls queued for an exception already delivered, oldest first, with that
+    /// exception. Once the exception is acknowledged the machine will not report it again, so
+    /// these are the caller's to keep durable across a restart ([`Self::owed_follow_ups`]).
+    owed: Vec<(LongPoll, Exception)>,
+
     events: VecDeque<SessionEvent>,
     /// Events needing confirmation were handed out and not yet confirmed.
     delivered_unconfirmed: bool,
@@ -421,6 +430,7 @@ impl HostSession {
             rom_seed: None,
             last_report: None,
             ack_in_doubt: false,
+            owed: Vec::new(),
             events: VecDeque::new(),
             delivered_unconfirmed: false,
             stats: SessionStats::default(),
@@ -556,6 +566,53 @@ impl HostSession {
     /// the session are not confirmed by this call.
     pub fn confirm_events(&mut self) {
         self.delivered_unconfirmed = false;
+    }
+
+    /// Follow-up polls this session still owes the machine, oldest first, each with the
+    /// exception it is for: queued for an exception already delivered and not yet answered or
+    /// given up. The machine forgets the exception once it is acknowledged, so a caller that
+    /// can be restarted keeps this list durable before the next transmission (which may be
+    /// that acknowledgement) and hands it to the next session with
+    /// [`Self::restore_follow_ups`]; otherwise a restart loses, say, a handpay's amount.
+    pub fn owed_follow_ups(&self) -> &[(LongPoll, Exception)] {
+        &self.owed
+    }
+
+    /// Queues the follow-up polls a previous session owed (from [`Self::owed_follow_ups`]),
+    /// first and in order. Each ends as a [`SessionEvent::Reply`] or, if the machine can no
+    /// longer answer it, as a [`SessionEvent::FollowUpLost`].
+    pub fn restore_follow_ups(&mut self, owed: impl IntoIterator<Item = (LongPoll, Exception)>) {
+        let owed: Vec<_> = owed.into_iter().collect();
+        for (poll, exception) in owed.into_iter().rev() {
+            self.owe(poll, exception);
+        }
+    }
+
+    /// Queues `poll` first as a follow-up owed for `exception`.
+    fn owe(&mut self, poll: LongPoll, exception: Exception) {
+        if self.refuses(&poll) {
+            return;
+        }
+        self.queue_front(poll.clone());
+        self.owed.retain(|(owed, _)| *owed != poll);
+        self.owed.insert(0, (poll, exception));
+    }
+
+    /// A long poll was given up: a follow-up owed for an exception is reported as lost, any
+    /// other as failed.
+    fn poll_failed(&mut self, poll: LongPoll, error: PollError) {
+        match self.owed.iter().position(|(owed, _)| *owed == poll) {
+            Some(i) => {
+                let (poll, exception) = self.owed.remove(i);
+                self.events.push_back(SessionEvent::FollowUpLost { exception, poll, error });
+            }
+            None => self.events.push_back(SessionEvent::PollFailed { poll, error }),
+        }
+    }
+
+    /// The answer to `poll` was delivered: whatever was owed with it is paid.
+    fn poll_answered(&mut self, poll: &LongPoll) {
+        self.owed.retain(|(owed, _)| owed != poll);
     }
 
     /// The next event, if any.
@@ -695,14 +752,14 @@ impl HostSession {
                 if self.refuses(&poll) {
                     let command = poll.command();
                     let error = PollError::Unsupported { command };
-                    self.events.push_back(SessionEvent::PollFailed { poll, error });
+                    self.poll_failed(poll, error);
                     continue;
                 }
                 match self.planned(poll, 0) {
                     Ok(planned) => return self.alternate_if_repeated(planned),
                     Err((poll, error)) => {
                         let error = PollError::Encode(error);
-                        self.events.push_back(SessionEvent::PollFailed { poll, error });
+                        self.poll_failed(poll, error);
                     }
                 }
             }
@@ -880,6 +937,12 @@ impl HostSession {
         self.events.push_back(SessionEvent::Unsupported(command));
         self.previous_answered = false;
         self.general_turn = true;
+        // A follow-up owed with it will never be answered now.
+        if let Some(i) = self.owed.iter().position(|(owed, _)| owed == poll) {
+            let (poll, exception) = self.owed.remove(i);
+            let error = PollError::Unsupported { command };
+            self.events.push_back(SessionEvent::FollowUpLost { exception, poll, error });
+        }
     }
 
     /// Retries identically while tries remain (implied NACK), else gives up.
@@ -915,7 +978,7 @@ impl HostSession {
         match message {
             HostMessage::LongPoll(_, poll) => {
                 self.general_turn = true;
-                self.events.push_back(SessionEvent::PollFailed { poll, error });
+                self.poll_failed(poll, error);
             }
             HostMessage::GeneralPoll(_) => self.general_turn = false,
             HostMessage::SyncPoll | HostMessage::Broadcast(_) => {}
@@ -970,6 +1033,7 @@ impl HostSession {
                 Reply::RomSignature(sig),
             ) => {
                 self.general_turn = true;
+                self.poll_answered(&LongPoll::RomSignature { seed });
                 let event = SessionEvent::RomSignature { seed: Some(seed), signature: sig };
                 self.events.push_back(event);
             }
@@ -982,6 +1046,7 @@ impl HostSession {
                         _ => {}
                     }
                 }
+                self.poll_answered(&poll);
                 self.events.push_back(SessionEvent::Reply { poll, reply });
             }
             (HostMessage::GeneralPoll(_), Reply::Exception(exception)) => {
@@ -1047,16 +1112,16 @@ impl HostSession {
     /// 90 legacy bonus) are the caller's, who sees the exception.
     fn follow_up(&mut self, exception: Exception, with_data: bool) {
         match exception {
-            Exception::HandpayPending => self.queue_front(LongPoll::SendHandpayInfo),
+            Exception::HandpayPending => self.owe(LongPoll::SendHandpayInfo, exception),
             // Bills: the RTE 4F frame carries country, denomination and count already.
             e if matches!(e.code(), 0x47..=0x50) && !with_data => {
-                self.queue_front(LongPoll::SendLastBill);
+                self.owe(LongPoll::SendLastBill, exception);
             }
             // Without RTE the game end carries no win: read the meters (§6).
-            Exception::GameEnded if !with_data => self.queue_front(LongPoll::SendMeters),
-            Exception::TicketInserted => self.queue_front(LongPoll::SendTicketValidationData),
+            Exception::GameEnded if !with_data => self.owe(LongPoll::SendMeters, exception),
+            Exception::TicketInserted => self.owe(LongPoll::SendTicketValidationData, exception),
             // A cash-out ticket moves the cancelled-credits meter, which LP0F has and LP1C lacks.
-            Exception::CashoutTicketPrinted => self.queue_front(LongPoll::SendMeters10To15),
+            Exception::CashoutTicketPrinted => self.owe(LongPoll::SendMeters10To15, exception),
             _ => {}
         }
         if exception.requires_resync() {
@@ -1068,7 +1133,7 @@ impl HostSession {
                 LongPoll::SendVersionAndSerial,
             ];
             for poll in resync.into_iter().rev() {
-                self.queue_front(poll);
+                self.owe(poll, exception);
             }
         }
     }
