@@ -216,7 +216,7 @@ async fn a_handpay_amount_is_read_after_a_kill_right_after_the_51_was_acknowledg
     let events = case(
         0x51,
         &[0x1B],
-        |command| (command == 0x1B).then(|| Reply::HandpayInfo(info)),
+        |command| (command == 0x1B).then_some(Reply::HandpayInfo(info)),
         |events| !kinds(events, "handpay").is_empty(),
     )
     .await;
@@ -230,7 +230,7 @@ async fn a_bill_is_read_after_a_kill_right_after_its_exception_was_acknowledged(
     let events = case(
         0x4F,
         &[0x48],
-        |command| (command == 0x48).then(|| Reply::LastBill(bill)),
+        |command| (command == 0x48).then_some(Reply::LastBill(bill)),
         |events| !kinds(events, "bill_details").is_empty(),
     )
     .await;
