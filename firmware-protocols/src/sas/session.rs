@@ -1139,7 +1139,7 @@ impl HostSession {
 /// The part of a message that machines compare to detect an implied NACK (§4.2): the general-poll
 /// byte, or the address and command bytes of a long poll.
 fn identity(bytes: &[u8]) -> &[u8] {
-    &bytes[..bytes.len().min(2)]
+    bytes.get(..2).unwrap_or(bytes)
 }
 
 /// Bytes the decoder slid past or left unread when the exchange ended.
