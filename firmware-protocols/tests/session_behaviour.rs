@@ -1286,3 +1286,23 @@ fn resume_refuses_bytes_that_are_no_poll_to_this_machine_and_the_session_starts_
     pair.run(1);
     assert_eq!(pair.session.resume(pair.now, &[0x81], false), Err(ResumeError::AlreadyStarted));
 }
+
+#[test]
+fn noise_that_never_stops_does_not_hold_the_sync_poll_open() {
+    // A peer that floods the line (#15): the sync poll waits out noise, but not for ever, or
+    // the exchange never ends and the poller can neither poll nor stop.
+    let profile = profile();
+    let start = Instant::now();
+    let mut session = HostSession::new(addr(1), &profile, start);
+    let sync = session.poll_transmit(start).expect("sync poll");
+    assert_eq!(sync.message, HostMessage::SyncPoll);
+    let mut now = start;
+    while session.is_exchanging() {
+        assert!(now - start < Duration::from_secs(1), "the sync poll is still open after 1 s");
+        now += Duration::from_millis(1);
+        session.handle_input(now, &[Character { byte: 0x00, wakeup: false }]);
+        session.handle_timeout(now);
+    }
+    let general = session.poll_transmit(now).expect("the cycle goes on");
+    assert_eq!(general.message, HostMessage::GeneralPoll(addr(1)));
+}

@@ -106,6 +106,8 @@ pub async fn run_line<C>(
     let mut last_answer = Instant::now();
     let mut next_listen = Instant::now() + LISTEN_AFTER;
     let mut listen_until: Option<Instant> = None;
+    // Bytes that were waiting on the line when a poll was due: late answers, noise, a flood.
+    let mut discarded: u64 = 0;
     tracing::info!(line = %name, machines = machines.len(), "Line poller started.");
     let mut inflight = inflight.and_then(|path| open_inflight(&name, &path));
     // The first message of this process must reach the machine: a resumed message must be the
@@ -189,7 +191,12 @@ pub async fn run_line<C>(
                 // Only what reaches the wire is recorded: a message into a line that is down
                 // acknowledges nothing, and must not replace the one that did reach a machine.
                 record_sent(&name, inflight.as_mut(), &tx, &machines);
-                line.clear_input();
+                let stale = line.clear_input();
+                if stale > 0 {
+                    discarded = discarded.saturating_add(stale);
+                    metrics::counter!("slotgate_line_discarded_bytes_total", "line" => name.clone())
+                        .increment(stale);
+                }
                 if let Err(error) = line.send(&tx.characters).await {
                     tracing::warn!(line = %name, %error, "Sending failed; reconnecting.");
                     state = LineState::Waiting(Instant::now() + backoff.next_delay());
@@ -243,6 +250,7 @@ pub async fn run_line<C>(
             () = tokio::time::sleep_until(deadline) => {}
         }
     }
+    tracing::info!(line = %name, discarded_bytes = discarded, "Line statistics.");
     for m in &machines {
         let stats = m.session.stats();
         tracing::info!(
@@ -253,6 +261,7 @@ pub async fn run_line<C>(
             timeouts = stats.timeouts,
             crc_errors = stats.crc_errors,
             decode_errors = stats.decode_errors,
+            skipped_bytes = stats.skipped_bytes,
             failed_exchanges = stats.failed_exchanges,
             busy = stats.busy,
             chirps = stats.chirps,

@@ -95,7 +95,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::codec::{Expect, ReplyDecoder};
+use super::codec::{Expect, MAX_FRAME_LEN, ReplyDecoder};
 use super::message::{HostMessage, LongPoll, RealTimeEvent, Reply, ReplyLen};
 use super::{Address, Character, Exception};
 use crate::error::{DecodeError, EncodeError};
@@ -367,8 +367,13 @@ impl Exchange {
         };
         let idle = self.last_byte_at.map(|t| t + quiet);
         match (&self.planned.message, idle) {
-            // Nothing is expected: wait out the whole window, and any noise in it.
-            (HostMessage::SyncPoll, Some(idle)) => idle.max(self.reply_by),
+            // Nothing is expected: wait out the whole window, and any noise in it, but no longer
+            // than the late end of the longest frame could take: noise that goes on past that
+            // is not a reply being finished, and a peer that never pauses would otherwise hold
+            // the line in this exchange for good (#15).
+            (HostMessage::SyncPoll, Some(idle)) => idle
+                .max(self.reply_by)
+                .min(self.reply_by + CHARACTER_TIME * MAX_FRAME_LEN as u32 + quiet),
             (_, Some(idle)) => idle,
             (_, None) => self.reply_by,
         }
