@@ -658,6 +658,7 @@ async fn run_gateway(
             inflight,
             journal.clone(),
             cancel.clone(),
+            tokio::sync::watch::Sender::new(poller::LineStatus::connecting("bench")),
         ));
     }
 

@@ -97,3 +97,49 @@ fn a_flooding_peer_does_not_keep_the_line_from_stopping_and_its_bytes_are_counte
     let discarded = logged_number(&log, "Line statistics.", "discarded_bytes");
     assert!(discarded.is_some_and(|n| n > 0), "discarded {discarded:?}; log:\n{log}");
 }
+
+/// What `slotgate status` prints for `config`.
+fn status_text(config: &Path) -> String {
+    let out =
+        std::process::Command::new(BIN).args(["status", "--config"]).arg(config).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// On main a line whose connection was refused ran its sessions into the void: `status` said
+/// nothing about lines, the log said "No machine answers; listening for chirps", and the
+/// statistics counted a timeout for every poll that never left the gateway.
+#[test]
+fn a_line_that_cannot_connect_is_reported_down_with_the_reason_and_polls_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port that was just free: nothing listens there, so every connection is refused.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let machine =
+        Simulated { address: 1, serial: "DOWN".into(), endpoint: closed.clone(), pty: false };
+    let config = write_config(dir.path(), &[machine]);
+    let log = dir.path().join("gateway.log");
+    let gateway = run_gateway(&config, &log);
+
+    let mut status = String::new();
+    wait_until("status shows the line down", Duration::from_secs(20), || {
+        status = status_text(&config);
+        status.contains("line line-0: DOWN")
+    });
+    let line = status.lines().find(|l| l.starts_with("line line-0:")).unwrap();
+    assert!(line.contains(&closed) && line.contains("refused"), "{status}");
+    assert!(line.contains("(retrying every "), "{status}");
+    // Long enough for a general poll's three tries to time out several times over, had any
+    // been sent: the reply window is tens of milliseconds.
+    wait_until("a few connection attempts", Duration::from_secs(20), || {
+        log_text(&log).matches("Line down: it cannot be opened").count() >= 3
+    });
+    assert!(gateway.terminate().success());
+
+    let log = log_text(&log);
+    assert!(!log.contains("listening for chirps"), "log:\n{log}");
+    let machine_stats = log
+        .lines()
+        .find(|l| l.contains("Line statistics.") && l.contains("machine="))
+        .unwrap_or_else(|| panic!("no machine statistics; log:\n{log}"));
+    assert!(machine_stats.contains(" tries=0 "), "{machine_stats}");
+    assert!(machine_stats.contains(" timeouts=0 "), "{machine_stats}");
+}

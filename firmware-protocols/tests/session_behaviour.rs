@@ -1306,3 +1306,15 @@ fn noise_that_never_stops_does_not_hold_the_sync_poll_open() {
     let general = session.poll_transmit(now).expect("the cycle goes on");
     assert_eq!(general.message, HostMessage::GeneralPoll(addr(1)));
 }
+
+#[test]
+fn a_line_that_cannot_be_opened_takes_the_link_down_at_once_and_only_once() {
+    let profile = profile();
+    let mut session = HostSession::new(addr(1), &profile, Instant::now());
+    session.line_lost();
+    session.line_lost();
+    assert_eq!(session.link(), LinkState::Down);
+    assert_eq!(session.poll_event(), Some(SessionEvent::LinkDown));
+    assert_eq!(session.poll_event(), None, "reported once");
+    assert_eq!(session.stats().timeouts, 0);
+}

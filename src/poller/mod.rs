@@ -13,10 +13,13 @@
 //! - **Shared lines.** A poll to one address is an implied ACK for every other machine on the line
 //!   (sas-protocol.md §4.2). So nothing is sent while any session holds unconfirmed events, and a
 //!   session with a retry (implied NACK) pending goes before every other.
-//! - **A lost connection is silence.** While the line is down, sessions go on and their messages
-//!   go nowhere: they time out, and the machines are reported offline after the profile's
-//!   `offline_after` failures, exactly as for a machine that stopped answering. Reconnection runs
+//! - **A line that is down is not machines that are silent.** Nothing is sent while the line is
+//!   not open, so no timeout is counted for a poll that never left; a line that cannot be opened
+//!   takes its machines offline at once ([`HostSession::line_lost`]), and its state, last error
+//!   and retry interval are published ([`status`]) for `slotgate status`. Reconnection runs
 //!   concurrently with jittered exponential back-off.
+//!
+//! [`HostSession::line_lost`]: firmware_protocols::sas::session::HostSession::line_lost
 //! - **Listening on silent lines.** Any address byte keeps every machine on a line from chirping
 //!   (§4.1), so a machine set to an address the configuration does not list would stay invisible
 //!   while the gateway polls. When no machine of a line has answered for [`LISTEN_AFTER`], the
@@ -34,6 +37,7 @@
 
 pub mod inflight;
 pub mod machine;
+pub mod status;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -47,6 +51,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use machine::{MachinePoller, Schedule};
+pub use status::{LineConnection, LineStatus};
 
 use inflight::{InflightFile, Record, State};
 
@@ -87,6 +92,7 @@ enum LineInput<L> {
 
 /// Polls every machine of one line until `cancel` fires. `inflight` is the line's in-flight
 /// record ([`inflight`]); without one a restart cannot resume an exchange a crash interrupted.
+/// The line's state is published on `status`.
 pub async fn run_line<C>(
     name: String,
     connector: C,
@@ -94,6 +100,7 @@ pub async fn run_line<C>(
     inflight: Option<PathBuf>,
     journal: Journal,
     cancel: CancellationToken,
+    status: tokio::sync::watch::Sender<LineStatus>,
 ) where
     C: Connect + Clone + 'static,
 {
@@ -167,7 +174,11 @@ pub async fn run_line<C>(
         if machines.iter().any(|m| m.session.link() == LinkState::Up) {
             last_answer = tokio_now;
         }
-        if listen_until.is_none()
+        let line_up = matches!(state, LineState::Up(_));
+        // Listening is for machines that do not answer on a line that works; on a line that is
+        // down nothing could be heard, and the connection errors say why.
+        if line_up
+            && listen_until.is_none()
             && !exchanging
             && tokio_now >= next_listen
             && tokio_now.duration_since(last_answer) >= LISTEN_AFTER
@@ -180,9 +191,12 @@ pub async fn run_line<C>(
         if !listening {
             listen_until = None;
         }
+        // Nothing is sent into a line that is down: it would reach no machine, and its timeouts
+        // would read as machines that do not answer.
         if !exchanging
             && !listening
             && !waiting_for_line
+            && line_up
             && let Some((i, tx)) = next_transmit(&mut machines, now, &mut next_turn)
         {
             machines[i].start_exchange();
@@ -194,12 +208,15 @@ pub async fn run_line<C>(
                 let stale = line.clear_input();
                 if stale > 0 {
                     discarded = discarded.saturating_add(stale);
+                    status.send_modify(|s| s.discarded_bytes = discarded);
                     metrics::counter!("slotgate_line_discarded_bytes_total", "line" => name.clone())
                         .increment(stale);
                 }
                 if let Err(error) = line.send(&tx.characters).await {
                     tracing::warn!(line = %name, %error, "Sending failed; reconnecting.");
-                    state = LineState::Waiting(Instant::now() + backoff.next_delay());
+                    let delay = backoff.next_delay();
+                    status.send_modify(|s| s.down(error.to_string(), Some(delay)));
+                    state = LineState::Waiting(Instant::now() + delay);
                 }
             }
             continue;
@@ -208,6 +225,8 @@ pub async fn run_line<C>(
         let deadline = machines
             .iter()
             .filter_map(MachinePoller::next_deadline)
+            // While the line is down nothing is sent, so a poll that is due is no reason to wake.
+            .filter(|at| line_up || *at > now)
             .min()
             .filter(|_| !waiting_for_line)
             .map_or_else(|| Instant::now() + Duration::from_secs(1), Instant::from_std);
@@ -225,10 +244,13 @@ pub async fn run_line<C>(
                 }
                 LineInput::Lost(error) => {
                     tracing::warn!(line = %name, %error, "Line lost; reconnecting.");
-                    state = LineState::Waiting(Instant::now() + backoff.next_delay());
+                    let delay = backoff.next_delay();
+                    status.send_modify(|s| s.down(error.to_string(), Some(delay)));
+                    state = LineState::Waiting(Instant::now() + delay);
                 }
                 LineInput::Opened(line) => {
                     tracing::info!(line = %name, via = %line.describe(), "Line connected.");
+                    status.send_modify(LineStatus::up);
                     state = LineState::Up(line);
                     // A resumed message goes first on the first connection; after that, and
                     // always without one, every session starts the line with the sync poll.
@@ -242,7 +264,11 @@ pub async fn run_line<C>(
                     // they time out into the void and report their machines offline.
                     waiting_for_line &= resuming;
                     let delay = backoff.next_delay();
-                    tracing::warn!(line = %name, %error, retry_in = ?delay, "Connecting failed.");
+                    tracing::warn!(line = %name, %error, retry_in = ?delay,
+                        "Line down: it cannot be opened; nothing is sent until it is.");
+                    status.send_modify(|s| s.down(error.to_string(), Some(delay)));
+                    // Its machines are offline now, not after exchanges that could not be sent.
+                    machines.iter_mut().for_each(|m| m.session.line_lost());
                     state = LineState::Waiting(Instant::now() + delay);
                 }
                 LineInput::RetryNow => state = LineState::Connecting(connect(&connector)),
@@ -250,7 +276,8 @@ pub async fn run_line<C>(
             () = tokio::time::sleep_until(deadline) => {}
         }
     }
-    tracing::info!(line = %name, discarded_bytes = discarded, "Line statistics.");
+    let connection = status.borrow().state;
+    tracing::info!(line = %name, ?connection, discarded_bytes = discarded, "Line statistics.");
     for m in &machines {
         let stats = m.session.stats();
         tracing::info!(

@@ -209,7 +209,7 @@ where
         }
     }
 
-    /// Reads what is already buffered, up to [`CLEAR_LIMIT`] bytes, without waiting, and drops
+    /// Reads what is already buffered, up to `CLEAR_LIMIT` bytes, without waiting, and drops
     /// it, still through the decoder: a flag byte without its data byte must stay paired with
     /// the data byte that comes next, or the stream would be misread from then on. Bytes beyond
     /// the limit are left for `recv`, whose caller counts them as unexpected. End of stream and

@@ -146,8 +146,8 @@ pub enum SessionEvent {
     Chirp,
     /// A general poll returned this exception (never an idle one).
     Exception(Exception),
-    /// No answer on `timing.offline_after` consecutive exchanges, or a chirp while the link was
-    /// up.
+    /// No answer on `timing.offline_after` consecutive exchanges, a chirp while the link was
+    /// up, or the line could not be opened ([`HostSession::line_lost`]).
     LinkDown,
     /// The machine answered, for the first time or for the first time after [`Self::LinkDown`].
     LinkUp,
@@ -247,7 +247,8 @@ pub enum LinkState {
     Unknown,
     /// The last exchanges were answered.
     Up,
-    /// `timing.offline_after` consecutive exchanges failed, or the machine chirped.
+    /// `timing.offline_after` consecutive exchanges failed, the machine chirped, or the line
+    /// could not be opened.
     Down,
 }
 
@@ -429,6 +430,19 @@ impl HostSession {
             events: VecDeque::new(),
             delivered_unconfirmed: false,
             stats: SessionStats::default(),
+        }
+    }
+
+    /// The line to the machine cannot be opened (a refused connection, a missing device), so
+    /// nothing sent can reach the machine. The link goes down at once, reported as after
+    /// `offline_after` failed exchanges, rather than after exchanges into the void that would
+    /// count as timeouts; the caller sends nothing until the line is back and calls
+    /// [`Self::line_reestablished`]. Nothing queued or awaiting a retry is dropped.
+    pub fn line_lost(&mut self) {
+        if self.link != LinkState::Down {
+            self.link = LinkState::Down;
+            self.rte_on = false;
+            self.events.push_back(SessionEvent::LinkDown);
         }
     }
 
