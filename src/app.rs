@@ -39,10 +39,14 @@ pub async fn run(
     }
     let cancel = CancellationToken::new();
     let mut lines = JoinSet::new();
+    let mut line_status = Vec::with_capacity(config.lines.len());
     let now = tokio::time::Instant::now().into_std();
     for line in build_lines(&config, &journal, now)? {
         let inflight =
             Some(config.storage.lines_dir().join(poller::inflight::file_name(&line.name)));
+        let (status, watched) =
+            tokio::sync::watch::channel(poller::LineStatus::connecting(&line.name));
+        line_status.push(watched);
         lines.spawn(poller::run_line(
             line.name,
             line.transport,
@@ -50,6 +54,7 @@ pub async fn run(
             inflight,
             journal.clone(),
             cancel.clone(),
+            status,
         ));
     }
     // Forwarders stop after the pollers, so the last events still get a chance to go out.
@@ -59,6 +64,7 @@ pub async fn run(
     let status_task = tokio::spawn(write_status(
         config.storage.status_file(),
         journal.clone(),
+        line_status,
         destinations,
         cancel.clone(),
     ));
@@ -153,6 +159,8 @@ pub struct StatusFile {
     pub running: bool,
     pub journal: journal::JournalStatus,
     #[serde(default)]
+    pub lines: Vec<poller::LineStatus>,
+    #[serde(default)]
     pub destinations: Vec<crate::forward::DestinationStatus>,
 }
 
@@ -162,6 +170,7 @@ pub const STATUS_EVERY: Duration = Duration::from_secs(2);
 async fn write_status(
     path: std::path::PathBuf,
     journal: Journal,
+    lines: Vec<tokio::sync::watch::Receiver<poller::LineStatus>>,
     destinations: Vec<tokio::sync::watch::Receiver<crate::forward::DestinationStatus>>,
     cancel: CancellationToken,
 ) {
@@ -175,6 +184,7 @@ async fn write_status(
             pid: std::process::id(),
             running: !stopping,
             journal: status.borrow_and_update().clone(),
+            lines: lines.iter().map(|l| l.borrow().clone()).collect(),
             destinations: destinations.iter().map(|d| d.borrow().clone()).collect(),
         };
         if let Err(error) = write_atomically(&path, &file) {

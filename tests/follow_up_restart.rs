@@ -121,6 +121,7 @@ fn start(
         Some(dir.join("lines").join("line-1.inflight")),
         journal.clone(),
         CancellationToken::new(),
+        tokio::sync::watch::Sender::new(poller::LineStatus::connecting("line-1")),
     ));
     (journal, writer, egm, task)
 }

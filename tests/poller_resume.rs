@@ -124,6 +124,7 @@ async fn run_after(previous: Record) -> (Vec<u8>, Vec<u8>, String, Option<Record
         Some(inflight.clone()),
         journal.clone(),
         cancel.clone(),
+        tokio::sync::watch::Sender::new(poller::LineStatus::connecting("line-1")),
     ));
 
     let mut framer = RequestDecoder::default();

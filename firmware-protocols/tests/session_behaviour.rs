@@ -1345,3 +1345,35 @@ fn a_resumed_follow_up_that_fails_is_reported_lost_once() {
     assert_eq!(lost, 1, "sent {:02X?}; events {events:?}", pair.sent());
     assert!(pair.session.owed_follow_ups().is_empty());
 }
+
+#[test]
+fn noise_that_never_stops_does_not_hold_the_sync_poll_open() {
+    // A peer that floods the line (#15): the sync poll waits out noise, but not for ever, or
+    // the exchange never ends and the poller can neither poll nor stop.
+    let profile = profile();
+    let start = Instant::now();
+    let mut session = HostSession::new(addr(1), &profile, start);
+    let sync = session.poll_transmit(start).expect("sync poll");
+    assert_eq!(sync.message, HostMessage::SyncPoll);
+    let mut now = start;
+    while session.is_exchanging() {
+        assert!(now - start < Duration::from_secs(1), "the sync poll is still open after 1 s");
+        now += Duration::from_millis(1);
+        session.handle_input(now, &[Character { byte: 0x00, wakeup: false }]);
+        session.handle_timeout(now);
+    }
+    let general = session.poll_transmit(now).expect("the cycle goes on");
+    assert_eq!(general.message, HostMessage::GeneralPoll(addr(1)));
+}
+
+#[test]
+fn a_line_that_cannot_be_opened_takes_the_link_down_at_once_and_only_once() {
+    let profile = profile();
+    let mut session = HostSession::new(addr(1), &profile, Instant::now());
+    session.line_lost();
+    session.line_lost();
+    assert_eq!(session.link(), LinkState::Down);
+    assert_eq!(session.poll_event(), Some(SessionEvent::LinkDown));
+    assert_eq!(session.poll_event(), None, "reported once");
+    assert_eq!(session.stats().timeouts, 0);
+}

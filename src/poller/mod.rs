@@ -13,10 +13,13 @@
 //! - **Shared lines.** A poll to one address is an implied ACK for every other machine on the line
 //!   (sas-protocol.md §4.2). So nothing is sent while any session holds unconfirmed events, and a
 //!   session with a retry (implied NACK) pending goes before every other.
-//! - **A lost connection is silence.** While the line is down, sessions go on and their messages
-//!   go nowhere: they time out, and the machines are reported offline after the profile's
-//!   `offline_after` failures, exactly as for a machine that stopped answering. Reconnection runs
+//! - **A line that is down is not machines that are silent.** Nothing is sent while the line is
+//!   not open, so no timeout is counted for a poll that never left; a line that cannot be opened
+//!   takes its machines offline at once ([`HostSession::line_lost`]), and its state, last error
+//!   and retry interval are published ([`status`]) for `slotgate status`. Reconnection runs
 //!   concurrently with jittered exponential back-off.
+//!
+//! [`HostSession::line_lost`]: firmware_protocols::sas::session::HostSession::line_lost
 //! - **Listening on silent lines.** Any address byte keeps every machine on a line from chirping
 //!   (§4.1), so a machine set to an address the configuration does not list would stay invisible
 //!   while the gateway polls. When no machine of a line has answered for [`LISTEN_AFTER`], the
@@ -34,6 +37,7 @@
 
 pub mod inflight;
 pub mod machine;
+pub mod status;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -47,6 +51,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use machine::{MachinePoller, Schedule};
+pub use status::{LineConnection, LineStatus};
 
 use firmware_protocols::sas::{Exception, LongPoll};
 use inflight::{InflightFile, Owed, Record, State};
@@ -88,6 +93,7 @@ enum LineInput<L> {
 
 /// Polls every machine of one line until `cancel` fires. `inflight` is the line's in-flight
 /// record ([`inflight`]); without one a restart cannot resume an exchange a crash interrupted.
+/// The line's state is published on `status`.
 pub async fn run_line<C>(
     name: String,
     connector: C,
@@ -95,6 +101,7 @@ pub async fn run_line<C>(
     inflight: Option<PathBuf>,
     journal: Journal,
     cancel: CancellationToken,
+    status: tokio::sync::watch::Sender<LineStatus>,
 ) where
     C: Connect + Clone + 'static,
 {
@@ -107,6 +114,8 @@ pub async fn run_line<C>(
     let mut last_answer = Instant::now();
     let mut next_listen = Instant::now() + LISTEN_AFTER;
     let mut listen_until: Option<Instant> = None;
+    // Bytes that were waiting on the line when a poll was due: late answers, noise, a flood.
+    let mut discarded: u64 = 0;
     tracing::info!(line = %name, machines = machines.len(), "Line poller started.");
     let mut inflight = inflight.and_then(|path| open_inflight(&name, &path));
     // The first message of this process must reach the machine: a resumed message must be the
@@ -169,7 +178,11 @@ pub async fn run_line<C>(
         if machines.iter().any(|m| m.session.link() == LinkState::Up) {
             last_answer = tokio_now;
         }
-        if listen_until.is_none()
+        let line_up = matches!(state, LineState::Up(_));
+        // Listening is for machines that do not answer on a line that works; on a line that is
+        // down nothing could be heard, and the connection errors say why.
+        if line_up
+            && listen_until.is_none()
             && !exchanging
             && tokio_now >= next_listen
             && tokio_now.duration_since(last_answer) >= LISTEN_AFTER
@@ -182,9 +195,12 @@ pub async fn run_line<C>(
         if !listening {
             listen_until = None;
         }
+        // Nothing is sent into a line that is down: it would reach no machine, and its timeouts
+        // would read as machines that do not answer.
         if !exchanging
             && !listening
             && !waiting_for_line
+            && line_up
             && let Some((i, tx)) = next_transmit(&mut machines, now, &mut next_turn)
         {
             machines[i].start_exchange();
@@ -193,10 +209,18 @@ pub async fn run_line<C>(
                 // Only what reaches the wire is recorded: a message into a line that is down
                 // acknowledges nothing, and must not replace the one that did reach a machine.
                 record_sent(&name, inflight.as_mut(), &tx, &machines);
-                line.clear_input();
+                let stale = line.clear_input();
+                if stale > 0 {
+                    discarded = discarded.saturating_add(stale);
+                    status.send_modify(|s| s.discarded_bytes = discarded);
+                    metrics::counter!("slotgate_line_discarded_bytes_total", "line" => name.clone())
+                        .increment(stale);
+                }
                 if let Err(error) = line.send(&tx.characters).await {
                     tracing::warn!(line = %name, %error, "Sending failed; reconnecting.");
-                    state = LineState::Waiting(Instant::now() + backoff.next_delay());
+                    let delay = backoff.next_delay();
+                    status.send_modify(|s| s.down(error.to_string(), Some(delay)));
+                    state = LineState::Waiting(Instant::now() + delay);
                 }
             }
             continue;
@@ -205,6 +229,8 @@ pub async fn run_line<C>(
         let deadline = machines
             .iter()
             .filter_map(MachinePoller::next_deadline)
+            // While the line is down nothing is sent, so a poll that is due is no reason to wake.
+            .filter(|at| line_up || *at > now)
             .min()
             .filter(|_| !waiting_for_line)
             .map_or_else(|| Instant::now() + Duration::from_secs(1), Instant::from_std);
@@ -222,10 +248,13 @@ pub async fn run_line<C>(
                 }
                 LineInput::Lost(error) => {
                     tracing::warn!(line = %name, %error, "Line lost; reconnecting.");
-                    state = LineState::Waiting(Instant::now() + backoff.next_delay());
+                    let delay = backoff.next_delay();
+                    status.send_modify(|s| s.down(error.to_string(), Some(delay)));
+                    state = LineState::Waiting(Instant::now() + delay);
                 }
                 LineInput::Opened(line) => {
                     tracing::info!(line = %name, via = %line.describe(), "Line connected.");
+                    status.send_modify(LineStatus::up);
                     state = LineState::Up(line);
                     // A resumed message goes first on the first connection; after that, and
                     // always without one, every session starts the line with the sync poll.
@@ -239,7 +268,11 @@ pub async fn run_line<C>(
                     // they time out into the void and report their machines offline.
                     waiting_for_line &= resuming;
                     let delay = backoff.next_delay();
-                    tracing::warn!(line = %name, %error, retry_in = ?delay, "Connecting failed.");
+                    tracing::warn!(line = %name, %error, retry_in = ?delay,
+                        "Line down: it cannot be opened; nothing is sent until it is.");
+                    status.send_modify(|s| s.down(error.to_string(), Some(delay)));
+                    // Its machines are offline now, not after exchanges that could not be sent.
+                    machines.iter_mut().for_each(|m| m.session.line_lost());
                     state = LineState::Waiting(Instant::now() + delay);
                 }
                 LineInput::RetryNow => state = LineState::Connecting(connect(&connector)),
@@ -247,6 +280,8 @@ pub async fn run_line<C>(
             () = tokio::time::sleep_until(deadline) => {}
         }
     }
+    let connection = status.borrow().state;
+    tracing::info!(line = %name, ?connection, discarded_bytes = discarded, "Line statistics.");
     for m in &machines {
         let stats = m.session.stats();
         tracing::info!(
@@ -257,6 +292,7 @@ pub async fn run_line<C>(
             timeouts = stats.timeouts,
             crc_errors = stats.crc_errors,
             decode_errors = stats.decode_errors,
+            skipped_bytes = stats.skipped_bytes,
             failed_exchanges = stats.failed_exchanges,
             busy = stats.busy,
             chirps = stats.chirps,

@@ -95,7 +95,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::codec::{Expect, ReplyDecoder};
+use super::codec::{Expect, MAX_FRAME_LEN, ReplyDecoder};
 use super::message::{HostMessage, LongPoll, RealTimeEvent, Reply, ReplyLen};
 use super::{Address, Character, Exception};
 use crate::error::{DecodeError, EncodeError};
@@ -150,8 +150,8 @@ pub enum SessionEvent {
     /// up: what the machine would have told about the exception (a handpay's amount, a bill's
     /// denomination) is lost. Replaces the [`Self::PollFailed`] such a poll would give.
     FollowUpLost { exception: Exception, poll: LongPoll, error: PollError },
-    /// No answer on `timing.offline_after` consecutive exchanges, or a chirp while the link was
-    /// up.
+    /// No answer on `timing.offline_after` consecutive exchanges, a chirp while the link was
+    /// up, or the line could not be opened ([`HostSession::line_lost`]).
     LinkDown,
     /// The machine answered, for the first time or for the first time after [`Self::LinkDown`].
     LinkUp,
@@ -251,7 +251,8 @@ pub enum LinkState {
     Unknown,
     /// The last exchanges were answered.
     Up,
-    /// `timing.offline_after` consecutive exchanges failed, or the machine chirped.
+    /// `timing.offline_after` consecutive exchanges failed, the machine chirped, or the line
+    /// could not be opened.
     Down,
 }
 
@@ -376,8 +377,13 @@ impl Exchange {
         };
         let idle = self.last_byte_at.map(|t| t + quiet);
         match (&self.planned.message, idle) {
-            // Nothing is expected: wait out the whole window, and any noise in it.
-            (HostMessage::SyncPoll, Some(idle)) => idle.max(self.reply_by),
+            // Nothing is expected: wait out the whole window, and any noise in it, but no longer
+            // than the late end of the longest frame could take: noise that goes on past that
+            // is not a reply being finished, and a peer that never pauses would otherwise hold
+            // the line in this exchange for good (#15).
+            (HostMessage::SyncPoll, Some(idle)) => idle
+                .max(self.reply_by)
+                .min(self.reply_by + CHARACTER_TIME * MAX_FRAME_LEN as u32 + quiet),
             (_, Some(idle)) => idle,
             (_, None) => self.reply_by,
         }
@@ -434,6 +440,19 @@ impl HostSession {
             events: VecDeque::new(),
             delivered_unconfirmed: false,
             stats: SessionStats::default(),
+        }
+    }
+
+    /// The line to the machine cannot be opened (a refused connection, a missing device), so
+    /// nothing sent can reach the machine. The link goes down at once, reported as after
+    /// `offline_after` failed exchanges, rather than after exchanges into the void that would
+    /// count as timeouts; the caller sends nothing until the line is back and calls
+    /// [`Self::line_reestablished`]. Nothing queued or awaiting a retry is dropped.
+    pub fn line_lost(&mut self) {
+        if self.link != LinkState::Down {
+            self.link = LinkState::Down;
+            self.rte_on = false;
+            self.events.push_back(SessionEvent::LinkDown);
         }
     }
 
@@ -1204,7 +1223,7 @@ impl HostSession {
 /// The part of a message that machines compare to detect an implied NACK (§4.2): the general-poll
 /// byte, or the address and command bytes of a long poll.
 fn identity(bytes: &[u8]) -> &[u8] {
-    &bytes[..bytes.len().min(2)]
+    bytes.get(..2).unwrap_or(bytes)
 }
 
 /// Bytes the decoder slid past or left unread when the exchange ended.
