@@ -659,16 +659,21 @@ fn https_400_quarantines_only_the_refused_event_and_503_retry_after_is_honoured(
     let more = gw.append(&["EGM-1"], 5);
     assert!(wait_until(Duration::from_secs(5), || receiver.requests().len() > before));
     let refused_at = std::time::Instant::now();
+    let later = gw.append(&["EGM-1"], 5);
     receiver.set_status(None, None);
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(receiver.requests().len(), before + 1, "waiting out Retry-After");
-    assert!(receiver.wait_for_events(good.len() + more.len() + 1, Duration::from_secs(10)));
+    let all = good.len() + more.len() + later.len() + 1;
+    assert!(receiver.wait_for_events(all, Duration::from_secs(10)));
     assert!(refused_at.elapsed() >= Duration::from_millis(600));
-    // Journalled while the receiver refused: delivered as backlog, flagged historical.
+    // The refused batch goes again byte for byte; what was journalled while the receiver
+    // refused is delivered as backlog, flagged historical.
     let events = receiver.events();
-    for id in &more {
-        let event = events.iter().find(|e| e["id"] == id.as_str()).unwrap();
-        assert_eq!(event["historical"], true, "{id}");
+    for (ids, historical) in [(&more, false), (&later, true)] {
+        for id in ids {
+            let event = events.iter().find(|e| e["id"] == id.as_str()).unwrap();
+            assert_eq!(event["historical"], historical, "{id}");
+        }
     }
     gw.stop();
 }
@@ -721,4 +726,154 @@ fn https_with_a_foreign_ca_or_plaintext_sends_nothing() {
         assert_eq!(error.field, "destination[0].url", "{error}");
         assert!(error.reason.contains("plaintext"), "{error}");
     }
+}
+
+// === Issue 15: silent loss, storms and leaks in forwarding ===
+
+/// The alarm records of the journal whose name starts with `prefix`.
+fn alarms_named(gw: &Forwarding, prefix: &str) -> Vec<String> {
+    gw.alarms().into_iter().filter(|a| a.starts_with(prefix)).collect()
+}
+
+#[test]
+fn https_redirects_are_no_delivery_and_never_take_the_credentials_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    let elsewhere = Receiver::start(&certs, false);
+    receiver.redirect(Some((302, "/ok?sig=LOCATION-SECRET".into())));
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let api_key = dir.path().join("secrets/api-key");
+    std::fs::write(&api_key, "api-key-1").unwrap();
+    let extra = format!("api_key_file = \"{}\"", api_key.display());
+    let gw = Forwarding::start(dir.path(), &https_destination(&receiver, &certs, &secrets, &extra));
+    let ids = gw.append(&["EGM-1"], 21);
+    assert!(wait_until(Duration::from_secs(10), || receiver.requests().len() >= 3));
+    assert!(
+        receiver.requests().iter().all(|r| r.method == "POST" && r.path == "/events"),
+        "the redirect is not followed: {:?}",
+        receiver.requests().iter().map(|r| (&r.method, &r.path)).collect::<Vec<_>>()
+    );
+    assert_eq!(gw.cursor("central"), 0, "a redirect is not a delivery");
+    let status = gw.status(0);
+    assert_eq!((status.delivered, status.quarantined), (0, 0), "{status:?}");
+    let alarms = alarms_named(&gw, "destination_redirect");
+    assert_eq!(alarms.len(), 1, "one alarm while it lasts: {:?}", gw.alarms());
+    assert!(alarms[0].contains("302") && alarms[0].contains("/ok?…"), "{alarms:?}");
+    assert!(!format!("{:?}{status:?}", gw.alarms()).contains("LOCATION-SECRET"));
+
+    // A 307 to another origin: nothing reaches it, the key and the signature least of all.
+    receiver.redirect(Some((307, elsewhere.url())));
+    let asked = receiver.requests().len();
+    assert!(wait_until(Duration::from_secs(10), || receiver.requests().len() > asked));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(elsewhere.requests().is_empty(), "{:?}", elsewhere.requests());
+    assert_eq!(gw.cursor("central"), 0);
+
+    receiver.redirect(None);
+    assert!(receiver.wait_for_events(ids.len() + 1, Duration::from_secs(30)), "{:?}", gw.status(0));
+    assert!(wait_until(Duration::from_secs(10), || gw.cursor("central") == gw.head()));
+    assert!(elsewhere.requests().is_empty());
+    gw.stop();
+}
+
+#[test]
+fn https_404_is_an_endpoint_fault_alarmed_once_that_quarantines_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    receiver.set_status(Some(404), None);
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let gw = Forwarding::start(dir.path(), &https_destination(&receiver, &certs, &secrets, ""));
+    let mut ids = gw.append(&["EGM-1", "EGM-2"], 11);
+    assert!(wait_until(Duration::from_secs(10), || receiver.requests().len() >= 4));
+    ids.extend(gw.append(&["EGM-1"], 3));
+    std::thread::sleep(Duration::from_millis(500));
+    let status = gw.status(0);
+    assert_eq!((status.delivered, status.quarantined), (0, 0), "{status:?}");
+    assert_eq!(gw.cursor("central"), 0, "everything stays in the journal");
+    assert!(!dir.path().join("state/destinations/central.quarantine.jsonl").exists());
+    assert_eq!(gw.alarms().len(), 1, "exactly one alarm: {:?}", gw.alarms());
+    assert!(gw.alarms()[0].starts_with("destination_endpoint"), "{:?}", gw.alarms());
+    assert!(status.last_error.as_deref().is_some_and(|e| e.contains("404")), "{status:?}");
+
+    receiver.set_status(None, None);
+    assert!(receiver.wait_for_events(ids.len() + 1, Duration::from_secs(30)), "{:?}", gw.status(0));
+    assert!(wait_until(Duration::from_secs(10), || gw.cursor("central") == gw.head()));
+    assert_eq!(gw.status(0).quarantined, 0);
+    gw.stop();
+}
+
+#[test]
+fn https_one_refused_event_is_quarantined_once_without_an_alarm_storm() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    // Refuses any body that names the event, its alarm included.
+    receiver.reject_bodies_containing(Some(format!("{VENUE}/EGM-2/7\"")));
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let gw = Forwarding::start(dir.path(), &https_destination(&receiver, &certs, &secrets, ""));
+    let ids = gw.append(&["EGM-1", "EGM-2"], 20);
+    let good: Vec<&String> = ids.iter().filter(|id| !id.ends_with("EGM-2/7")).collect();
+    assert!(receiver.wait_for_events(good.len(), Duration::from_secs(20)), "{:?}", gw.status(0));
+    assert!(wait_until(Duration::from_secs(10), || gw.cursor("central") == gw.head()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(gw.cursor("central"), gw.head(), "no alarm keeps coming");
+    let kept =
+        std::fs::read_to_string(dir.path().join("state/destinations/central.quarantine.jsonl"))
+            .unwrap();
+    let refused = kept.lines().filter(|l| l.contains(r#""id":"UA-TEST-1/EGM-2/7""#)).count();
+    assert_eq!(refused, 1, "{kept}");
+    assert!(kept.lines().count() <= 2, "the event, and at most the alarm naming it: {kept}");
+    assert!(gw.alarms().len() <= 2, "{:?}", gw.alarms());
+    assert_eq!(alarms_named(&gw, "upstream_quarantine").len(), 1, "{:?}", gw.alarms());
+    let stored: BTreeSet<String> = receiver.event_ids().into_iter().collect();
+    assert!(good.iter().all(|id| stored.contains(*id)));
+    gw.stop();
+}
+
+/// Every request's key, whether each key always came with the same body, and whether each
+/// first event id always came with the same key.
+fn assert_keys_follow_content(receiver: &Receiver) {
+    let mut by_key: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut by_first: BTreeMap<String, String> = BTreeMap::new();
+    for request in receiver.requests() {
+        let key = request.header("idempotency-key").unwrap().to_owned();
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        let Some(first) = body.as_array().unwrap().first() else { continue };
+        let first = first["id"].as_str().unwrap().to_owned();
+        let earlier = by_key.entry(key.clone()).or_insert_with(|| request.body.clone());
+        assert_eq!(*earlier, request.body, "key {key} with two bodies");
+        let earlier = by_first.entry(first.clone()).or_insert_with(|| key.clone());
+        assert_eq!(*earlier, key, "a retry starting at {first} changed its key");
+    }
+}
+
+#[test]
+fn https_a_retried_batch_keeps_its_bytes_and_idempotency_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let dest = https_destination(&receiver, &certs, &secrets, "").replace("\"3s\"", "\"1s\"");
+    let gw = Forwarding::start(dir.path(), &dest);
+    let mut ids = Vec::new();
+    // A 503, then a request that times out; more is journalled before each retry.
+    for fault in ["503", "timeout"] {
+        match fault {
+            "503" => receiver.set_status(Some(503), Some("1")),
+            _ => receiver.stall(Some(Duration::from_secs(3))),
+        }
+        let before = receiver.requests().len();
+        ids.extend(gw.append(&["EGM-1"], 5));
+        assert!(wait_until(Duration::from_secs(10), || receiver.requests().len() > before));
+        ids.extend(gw.append(&["EGM-1", "EGM-2"], 15));
+        assert!(wait_until(Duration::from_secs(10), || receiver.requests().len() > before + 1));
+        receiver.set_status(None, None);
+        receiver.stall(None);
+        assert!(receiver.wait_for_events(ids.len(), Duration::from_secs(20)), "{:?}", gw.status(0));
+    }
+    assert_keys_follow_content(&receiver);
+    assert!(receiver.requests().iter().filter(|r| r.status == 0).count() >= 2, "timed out");
+    gw.stop();
 }

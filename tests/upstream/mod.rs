@@ -681,6 +681,8 @@ impl FaultProxy {
 pub struct RequestInfo {
     /// The status answered; 0 when the connection was dropped instead of answering.
     pub status: u16,
+    pub method: String,
+    pub path: String,
     /// Header names are lower case.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -701,6 +703,12 @@ struct ReceiverState {
     drop_every: u32,
     stored_batches: u32,
     reject: Option<String>,
+    /// Answer 400 to a body containing this text anywhere (an alarm that names a refused id).
+    reject_body: Option<String>,
+    /// Answer `POST /events` with this redirect; `/ok` answers 200 to anything.
+    redirect: Option<(u16, String)>,
+    /// Record the request, then wait this long and close the connection without an answer.
+    stall: Option<Duration>,
     order: Vec<String>,
     events: HashMap<String, (Value, usize)>,
     duplicates: usize,
@@ -750,24 +758,49 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let is_post = request.method() == Method::POST && request.uri().path() == "/events";
+    let is_ok = request.uri().path() == "/ok";
+    let (method, path) = (request.method().to_string(), request.uri().path().to_owned());
     let headers = request
         .headers()
         .iter()
         .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into()))
         .collect();
     let body = request.into_body().collect().await.map_err(std::io::Error::other)?.to_bytes();
-    let light = state.lock().unwrap().light;
+    let (light, stall) = {
+        let state = state.lock().unwrap();
+        (state.light, state.stall)
+    };
+    if let Some(stall) = stall {
+        let info = RequestInfo { status: 0, method, path, headers, body: body.to_vec(), events: 0 };
+        state.lock().unwrap().requests.push(info);
+        tokio::time::sleep(stall).await;
+        return Err(std::io::Error::other("receiver stalls: no answer"));
+    }
     let batch = if light { light_batch_ids(&body) } else { batch_ids(&body) };
     let mut guard = state.lock().unwrap();
     let state = &mut *guard;
     let mut info = RequestInfo {
         status: 0,
+        method,
+        path,
         headers,
         body: body.to_vec(),
         events: batch.as_ref().map_or(0, Vec::len),
     };
-    let answer = if !is_post {
+    let answer = if is_ok {
+        response(200, None, "{}".into())
+    } else if !is_post {
         response(404, None, r#"{"error":"POST /events only"}"#.into())
+    } else if let Some((status, location)) = state.redirect.clone() {
+        let mut answer = response(status, None, String::new());
+        answer.headers_mut().insert("location", location.parse().unwrap());
+        answer
+    } else if state
+        .reject_body
+        .as_ref()
+        .is_some_and(|needle| String::from_utf8_lossy(&body).contains(needle.as_str()))
+    {
+        response(400, None, r#"{"error":"rejected body"}"#.into())
     } else if let Some((status, retry_after)) = state.status.clone() {
         response(status, retry_after.as_deref(), r#"{"error":"switched"}"#.into())
     } else if let Some(batch) = batch {
@@ -867,6 +900,23 @@ impl Receiver {
     /// Answer 400 and store nothing for a batch with an id containing `needle`.
     pub fn reject_ids_containing(&self, needle: Option<String>) {
         self.state.lock().unwrap().reject = needle;
+    }
+
+    /// Answer 400 and store nothing for a body containing `needle` anywhere.
+    pub fn reject_bodies_containing(&self, needle: Option<String>) {
+        self.state.lock().unwrap().reject_body = needle;
+    }
+
+    /// `Some((status, location))`: answer every `POST /events` with that redirect (`/ok`
+    /// always answers 200); `None`: back to normal.
+    pub fn redirect(&self, redirect: Option<(u16, String)>) {
+        self.state.lock().unwrap().redirect = redirect;
+    }
+
+    /// `Some(wait)`: record each request, store nothing, and close its connection without an
+    /// answer after `wait`; `None`: back to normal.
+    pub fn stall(&self, wait: Option<Duration>) {
+        self.state.lock().unwrap().stall = wait;
     }
 
     /// Unique events (first body seen), in first-arrival order.
