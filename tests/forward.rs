@@ -877,3 +877,226 @@ fn https_a_retried_batch_keeps_its_bytes_and_idempotency_key() {
     assert!(receiver.requests().iter().filter(|r| r.status == 0).count() >= 2, "timed out");
     gw.stop();
 }
+
+/// `slotgate run` on `config`, its log (stderr) in `log`, with `env` set and every proxy
+/// variable not in it removed.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(config: &Path, log: &Path, env: &[(&str, &str)]) -> Self {
+        let log = std::fs::File::create(log).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_slotgate"));
+        command
+            .args(["run", "--config"])
+            .arg(config)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info,slotgate=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        for name in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"] {
+            command.env_remove(name).env_remove(name.to_lowercase());
+        }
+        command.envs(env.iter().copied());
+        Self(command.spawn().unwrap())
+    }
+
+    /// SIGTERM, then waits (SIGKILL after 20 s).
+    fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        if !wait_until(Duration::from_secs(20), || self.0.try_wait().unwrap().is_some()) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn https_ignores_proxies_named_by_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let ids = journalled_offline(dir.path(), &["EGM-1"], 10);
+    // A "proxy" that would relay to the receiver: it must see no connection at all.
+    let proxy = FaultProxy::start(receiver.addr());
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port());
+    let config = config_text(dir.path(), &https_destination(&receiver, &certs, &secrets, ""));
+    let log = dir.path().join("run.log");
+    let env: Vec<(&str, &str)> = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+        .into_iter()
+        .chain(["HTTP_PROXY", "http_proxy"])
+        .map(|name| (name, proxy_url.as_str()))
+        .collect();
+    let daemon = Daemon::start(&config, &log, &env);
+    let arrived = receiver.wait_for_events(ids.len(), Duration::from_secs(20));
+    daemon.stop();
+    assert!(arrived, "{}", std::fs::read_to_string(&log).unwrap());
+    assert_eq!(proxy.connections(), 0, "the proxy was used");
+}
+
+#[test]
+fn no_configured_secret_reaches_the_logs_or_the_status_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let options = MosquittoOptions {
+        users: vec![("gw-1".into(), "mqtt-PASSWORD-secret".into())],
+        ..Default::default()
+    };
+    let broker = Mosquitto::start(&dir.path().join("broker"), options);
+    let receiver = Receiver::start(&certs, false);
+    receiver.set_status(Some(500), None);
+    let files = dir.path().join("secrets");
+    std::fs::create_dir_all(&files).unwrap();
+    let secret_texts = [
+        ("token", "bearer-TOKEN-secret"),
+        ("api-key", "api-KEY-secret"),
+        ("hmac", "hmac-KEY-secret"),
+        ("mqtt-password", "mqtt-PASSWORD-secret"),
+    ];
+    for (file, text) in secret_texts {
+        std::fs::write(files.join(file), text).unwrap();
+    }
+    let file = |name: &str| files.join(name).display().to_string();
+    let https = |name: &str, url: String| {
+        format!(
+            "[[destination]]\nname = \"{name}\"\nkind = \"https\"\nurl = \"{url}\"\nca_file = \"{}\"\n\
+             token_file = \"{}\"\napi_key_file = \"{}\"\nhmac_key_file = \"{}\"\ntimeout = \"1s\"\n",
+            certs.ca.display(),
+            file("token"),
+            file("api-key"),
+            file("hmac")
+        )
+    };
+    let dead = upstream::free_port();
+    let destinations = format!(
+        "{}\n{}\n{}",
+        https("central", format!("{}?token=QUERY-secret-1", receiver.url())),
+        https("dead", format!("https://localhost:{dead}/events?token=QUERY-secret-2")),
+        mqtt_destination(
+            "state",
+            broker.port(),
+            &format!("username = \"gw-1\"\npassword_file = \"{}\"", file("mqtt-password"))
+        ),
+    );
+    let ids = journalled_offline(dir.path(), &["EGM-1"], 10);
+    let config = config_text(dir.path(), &destinations);
+    let log = dir.path().join("run.log");
+    let daemon = Daemon::start(&config, &log, &[]);
+    assert!(wait_until(Duration::from_secs(15), || receiver.requests().len() >= 2));
+    receiver.set_status(None, None);
+    assert!(receiver.wait_for_events(ids.len(), Duration::from_secs(20)));
+    let status_file = dir.path().join("state/status.json");
+    let dead_reported = || {
+        let status: Value =
+            serde_json::from_slice(&std::fs::read(&status_file).unwrap_or_default())
+                .unwrap_or_default();
+        status["destinations"][1]["last_error"].is_string()
+            && status["destinations"][2]["state"] == "up"
+    };
+    assert!(wait_until(Duration::from_secs(15), dead_reported));
+    daemon.stop();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let status = std::fs::read_to_string(&status_file).unwrap();
+    assert!(logged.contains("HTTPS forwarder started"), "{logged}");
+    assert!(logged.contains("?…"), "the URL is logged, its query hidden: {logged}");
+    for secret in secret_texts.iter().map(|(_, text)| *text).chain(["QUERY-secret"]) {
+        assert!(!logged.contains(secret), "{secret} in the log:\n{logged}");
+        assert!(!status.contains(secret), "{secret} in status.json:\n{status}");
+    }
+}
+
+#[test]
+fn status_figures_are_true_before_the_first_connection_during_an_outage_and_when_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let backlog = journalled_offline(dir.path(), &["EGM-1"], 40).len() as u64;
+    let dead = upstream::free_port();
+    let destinations = mqtt_destination("state", dead, "");
+
+    // Before any forwarder has run: what the status file is first written from.
+    let config = Config::load(&config_text(dir.path(), &destinations)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (journal, writer) = slotgate::app::open_journal(&config).unwrap();
+    let cancel = CancellationToken::new();
+    let (mut tasks, statuses) = {
+        let _guard = rt.enter();
+        slotgate::forward::spawn_all(&config, &journal, &cancel).unwrap()
+    };
+    let first = statuses[0].borrow().clone();
+    assert_eq!((first.unacknowledged, first.backlog), (backlog, backlog), "{first:?}");
+    assert_eq!(first.drain_eta_seconds, None, "nothing drains yet: {first:?}");
+    cancel.cancel();
+    rt.block_on(async { while tasks.join_next().await.is_some() {} });
+    drop(journal);
+    writer.join().unwrap();
+
+    // The broker is unreachable: what is journalled meanwhile piles up in the backlog.
+    let gw = Forwarding::start(dir.path(), &destinations);
+    assert!(wait_until(Duration::from_secs(10), || gw.status(0).state == LinkState::Down));
+    gw.append(&["EGM-1"], 25);
+    let piling = || {
+        let s = gw.status(0);
+        s.backlog == backlog + 25 && s.unacknowledged == backlog + 25
+    };
+    assert!(wait_until(Duration::from_secs(5), piling), "{:?}", gw.status(0));
+    assert_eq!(gw.status(0).drain_eta_seconds, None, "{:?}", gw.status(0));
+    gw.stop();
+
+    // Revoked: a backlog, and no promise of a drain.
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    receiver.set_status(Some(401), None);
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let gw = Forwarding::start(dir.path(), &https_destination(&receiver, &certs, &secrets, ""));
+    assert!(wait_until(Duration::from_secs(10), || gw.status(0).state == LinkState::Revoked));
+    gw.append(&["EGM-1"], 5);
+    let head = gw.head();
+    let revoked = || {
+        let s = gw.status(0);
+        s.backlog == head && s.unacknowledged == head && s.drain_eta_seconds.is_none()
+    };
+    assert!(wait_until(Duration::from_secs(5), revoked), "{:?}", gw.status(0));
+    gw.stop();
+}
+
+#[test]
+fn mqtt_a_refused_login_revokes_until_the_password_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = MosquittoOptions {
+        users: vec![("gw-1".into(), "right-password".into())],
+        ..Default::default()
+    };
+    let broker = Mosquitto::start(&dir.path().join("broker"), options);
+    let proxy = FaultProxy::start(broker.addr());
+    let password = dir.path().join("mqtt.password");
+    std::fs::write(&password, "wrong-password").unwrap();
+    let extra = format!("username = \"gw-1\"\npassword_file = \"{}\"", password.display());
+    let gw = Forwarding::start(dir.path(), &mqtt_destination("state", proxy.port(), &extra));
+    gw.append(&["EGM-1"], 5);
+    assert!(
+        wait_until(Duration::from_secs(10), || gw.status(0).state == LinkState::Revoked),
+        "{:?}",
+        gw.status(0)
+    );
+    assert_eq!(alarms_named(&gw, "destination_revoked").len(), 1, "{:?}", gw.alarms());
+    let tries = proxy.connections();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(proxy.connections(), tries, "no endless retry with the same credentials");
+    assert_eq!(gw.cursor("state"), 0);
+
+    std::fs::write(&password, "right-password").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || gw.cursor("state") == gw.head()),
+        "{:?}",
+        gw.status(0)
+    );
+    assert_eq!(gw.status(0).state, LinkState::Up);
+    gw.stop();
+}
