@@ -19,8 +19,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use upstream::{
-    Certs, FaultProxy, Mosquitto, MosquittoOptions, Receiver, Subscriber, hmac_sha256_hex,
-    wait_until,
+    Certs, FaultProxy, HUGE_BODY, Mosquitto, MosquittoOptions, RawMode, RawReceiver, Receiver,
+    Subscriber, hmac_sha256_hex, wait_until,
 };
 
 const VENUE: &str = "UA-TEST-1";
@@ -1098,5 +1098,92 @@ fn mqtt_a_refused_login_revokes_until_the_password_changes() {
         gw.status(0)
     );
     assert_eq!(gw.status(0).state, LinkState::Up);
+    gw.stop();
+}
+
+#[test]
+fn https_contract_409_acknowledges_5xx_retries_and_403_revokes() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let gw = Forwarding::start(dir.path(), &https_destination(&receiver, &certs, &secrets, ""));
+    // 409: the receiver has them already.
+    receiver.set_status(Some(409), None);
+    gw.append(&["EGM-1"], 5);
+    assert!(wait_until(Duration::from_secs(10), || gw.cursor("central") == gw.head()));
+    assert_eq!(gw.status(0).delivered, 5);
+    for code in [500, 502, 504] {
+        receiver.set_status(Some(code), None);
+        let before = receiver.requests().len();
+        let ids = gw.append(&["EGM-1"], 3);
+        assert!(wait_until(Duration::from_secs(10), || receiver.requests().len() >= before + 2));
+        assert!(gw.cursor("central") < gw.head(), "HTTP {code} is no delivery");
+        assert_eq!(gw.status(0).quarantined, 0);
+        assert!(gw.alarms().is_empty(), "a 5xx is retried, not alarmed: {:?}", gw.alarms());
+        receiver.set_status(None, None);
+        assert!(wait_until(Duration::from_secs(10), || gw.cursor("central") == gw.head()));
+        let stored: BTreeSet<String> = receiver.event_ids().into_iter().collect();
+        assert!(ids.iter().all(|id| stored.contains(id)), "HTTP {code}");
+    }
+    // 403 is a revocation, as 401 is.
+    receiver.set_status(Some(403), None);
+    gw.append(&["EGM-1"], 3);
+    assert!(wait_until(Duration::from_secs(10), || gw.status(0).state == LinkState::Revoked));
+    let asked = receiver.requests().len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(receiver.requests().len(), asked, "nothing sent while revoked");
+    assert!(gw.cursor("central") < gw.head());
+    assert_eq!(alarms_named(&gw, "destination_revoked").len(), 1, "{:?}", gw.alarms());
+    gw.stop();
+}
+
+#[test]
+fn https_contract_resets_huge_bodies_and_slow_loris_cost_a_retry_at_most() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let raw = RawReceiver::start(&certs);
+    let destination = format!(
+        "[[destination]]\nname = \"central\"\nkind = \"https\"\nurl = \"{}\"\nca_file = \"{}\"\n\
+         timeout = \"2s\"\n{FAST_REPLAY}\n",
+        raw.url(),
+        certs.ca.display()
+    );
+    let gw = Forwarding::start(dir.path(), &destination);
+    let stored = |ids: &[String]| {
+        let got: BTreeSet<String> = raw.ids().into_iter().collect();
+        ids.iter().all(|id| got.contains(id))
+    };
+
+    // The connection reset halfway through the request body: sent again.
+    raw.set_mode(RawMode::ResetMidBody);
+    let ids = gw.append(&["EGM-1"], 50);
+    assert!(wait_until(Duration::from_secs(10), || raw.requests() >= 2));
+    assert_eq!(gw.cursor("central"), 0);
+    raw.set_mode(RawMode::Normal);
+    assert!(wait_until(Duration::from_secs(10), || gw.cursor("central") == gw.head()));
+    assert!(stored(&ids));
+
+    // 200 with a 100 MB body: the status decides, the body is not read.
+    raw.set_mode(RawMode::HugeBody);
+    let ids = gw.append(&["EGM-1"], 5);
+    assert!(wait_until(Duration::from_secs(10), || gw.cursor("central") == gw.head()));
+    assert!(stored(&ids));
+    std::thread::sleep(Duration::from_millis(500));
+    let taken = raw.body_bytes_sent();
+    assert!(taken < HUGE_BODY / 5, "{taken} bytes of the body were taken");
+
+    // The status line dribbled a byte at a time: each try ends at the 2 s timeout.
+    raw.set_mode(RawMode::Dribble);
+    let before = raw.requests();
+    let ids = gw.append(&["EGM-1"], 5);
+    let started = std::time::Instant::now();
+    assert!(wait_until(Duration::from_secs(10), || raw.requests() >= before + 2));
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(gw.cursor("central") < gw.head());
+    assert_eq!(gw.status(0).state, LinkState::Down, "{:?}", gw.status(0));
+    raw.set_mode(RawMode::Normal);
+    assert!(wait_until(Duration::from_secs(15), || gw.cursor("central") == gw.head()));
+    assert!(stored(&ids));
     gw.stop();
 }
