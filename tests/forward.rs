@@ -810,7 +810,7 @@ fn https_one_refused_event_is_quarantined_once_without_an_alarm_storm() {
     let certs = Certs::generate(&dir.path().join("pki"));
     let receiver = Receiver::start(&certs, false);
     // Refuses any body that names the event, its alarm included.
-    receiver.reject_bodies_containing(Some(format!("{VENUE}/EGM-2/7\"")));
+    receiver.reject_bodies_containing(Some(format!("{VENUE}/EGM-2/7")));
     let secrets = secrets(&dir.path().join("secrets"), "t");
     let gw = Forwarding::start(dir.path(), &https_destination(&receiver, &certs, &secrets, ""));
     let ids = gw.append(&["EGM-1", "EGM-2"], 20);
