@@ -1187,3 +1187,69 @@ fn https_contract_resets_huge_bodies_and_slow_loris_cost_a_retry_at_most() {
     assert!(stored(&ids));
     gw.stop();
 }
+
+/// The value of gauge `name` for `destination` in a Prometheus text exposition.
+fn gauge(exposition: &str, name: &str, destination: &str) -> Option<String> {
+    let prefix = format!("{name}{{destination=\"{destination}\"}} ");
+    exposition.lines().find_map(|line| line.strip_prefix(&prefix)).map(str::to_owned)
+}
+
+#[test]
+fn gauges_and_status_show_the_backlog_and_no_drain_time_while_nothing_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    receiver.set_status(Some(401), None);
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let backlog = journalled_offline(dir.path(), &["EGM-1"], 40).len();
+    let metrics = upstream::free_port();
+    let destinations = format!(
+        "[admin]\nmetrics_listen = \"127.0.0.1:{metrics}\"\n\n{}\n{}",
+        https_destination(&receiver, &certs, &secrets, ""),
+        mqtt_destination("state", upstream::free_port(), "")
+    );
+    let config = config_text(dir.path(), &destinations);
+    let log = dir.path().join("run.log");
+    let daemon = Daemon::start(&config, &log, &[]);
+    let scrape = || {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", metrics)) else {
+            return String::new();
+        };
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    };
+    let status = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_slotgate"))
+            .args(["status", "--config"])
+            .arg(&config)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The journal holds the backlog and the revocation's alarm.
+    let backlog = backlog + 1;
+    let settled = wait_until(Duration::from_secs(15), || {
+        let text = scrape();
+        let backlog_gauge = |d| gauge(&text, "slotgate_forward_backlog_records", d);
+        gauge(&text, "slotgate_forward_up", "central").as_deref() == Some("-1")
+            && gauge(&text, "slotgate_forward_up", "state").as_deref() == Some("0")
+            && ["central", "state"].map(backlog_gauge)
+                == [Some(backlog.to_string()), Some(backlog.to_string())]
+            && status().matches(&format!("replay backlog {backlog})")).count() == 2
+    });
+    let (text, shown) = (scrape(), status());
+    daemon.stop();
+    assert!(settled, "{text}\n{shown}\n{}", std::fs::read_to_string(&log).unwrap());
+    for destination in ["central", "state"] {
+        let backlog_gauge = gauge(&text, "slotgate_forward_backlog_records", destination);
+        assert_eq!(backlog_gauge, Some(backlog.to_string()), "{destination}: {text}");
+        let eta = gauge(&text, "slotgate_forward_drain_eta_seconds", destination);
+        assert_eq!(eta.as_deref(), Some("NaN"), "{destination}: no drain time: {text}");
+    }
+    assert_eq!(shown.matches(&format!("replay backlog {backlog})")).count(), 2, "{shown}");
+    assert!(!shown.contains("to drain"), "{shown}");
+}
