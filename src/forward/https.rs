@@ -666,6 +666,34 @@ mod tests {
     }
 
     #[test]
+    fn only_400_and_422_blame_the_content_and_redirects_are_endpoint_faults() {
+        let status = |code: u16, location: Option<&str>| {
+            verdict(&Answer::Status {
+                code,
+                retry_after: None,
+                location: location.map(str::to_owned),
+            })
+        };
+        assert_eq!(status(200, None), Verdict::Delivered);
+        assert_eq!(status(409, None), Verdict::Delivered);
+        assert_eq!(status(403, None), Verdict::Revoked(403));
+        assert_eq!(status(422, None), Verdict::Refused(422));
+        for code in [404, 405, 410, 413, 415, 418] {
+            let Verdict::Again(fault) = status(code, None) else { panic!("{code}") };
+            assert_eq!(fault.alarm, Some("destination_endpoint"), "{code}");
+        }
+        let Verdict::Again(fault) = status(302, Some("https://u:p@elsewhere/ok?sig=1")) else {
+            panic!("a redirect is no delivery")
+        };
+        assert_eq!(fault.alarm, Some("destination_redirect"));
+        assert!(fault.reason.contains("https://elsewhere/ok?…"), "{}", fault.reason);
+        assert!(!fault.reason.contains("sig=1") && !fault.reason.contains("u:p"));
+        for code in [500, 502, 504] {
+            assert_eq!(status(code, None), Verdict::Again(Fault::retry(format!("HTTP {code}"))));
+        }
+    }
+
+    #[test]
     fn retry_after_reads_seconds_and_http_dates() {
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());

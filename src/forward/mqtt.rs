@@ -457,3 +457,28 @@ async fn wait_connack(
     }
     Err(Ended::Lost("event loop ended".into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use rumqttc::ConnAck;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_login_is_a_revocation_and_other_refusals_are_retried() {
+        for (code, revoked) in [
+            (ConnectReturnCode::BadUserNamePassword, true),
+            (ConnectReturnCode::NotAuthorized, true),
+            (ConnectReturnCode::ServiceUnavailable, false),
+        ] {
+            let (tx, mut rx) = mpsc::channel(1);
+            tx.send(Ok(Event::Incoming(Packet::ConnAck(ConnAck::new(code, false))))).await.unwrap();
+            let ended = wait_connack(&mut rx).await;
+            assert_eq!(matches!(ended, Err(Ended::Revoked(_))), revoked, "{code:?}");
+            let (tx, mut rx) = mpsc::channel(1);
+            tx.send(Err(rumqttc::ConnectionError::ConnectionRefused(code))).await.unwrap();
+            let ended = wait_connack(&mut rx).await;
+            assert_eq!(matches!(ended, Err(Ended::Revoked(_))), revoked, "{code:?} as an error");
+        }
+    }
+}
