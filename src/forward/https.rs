@@ -47,7 +47,6 @@ pub const SIGNATURE_HEADER: &str = "x-slotgate-signature";
 pub const GATEWAY_HEADER: &str = "x-slotgate-gateway";
 
 /// A configured HTTPS destination, its secrets read and its client built.
-#[derive(Debug)]
 pub struct Driver {
     config: DestinationConfig,
     https: HttpsDestination,
@@ -60,6 +59,20 @@ pub struct Driver {
     budget: ReplayBudget,
     /// Revocation holds while this is unchanged.
     fingerprint: String,
+}
+
+/// By hand: the URL's query and user info are secrets too.
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("url", &super::redact_url(&self.url))
+            .field("token", &self.token)
+            .field("api_key", &self.api_key)
+            .field("hmac_key", &self.hmac_key)
+            .field("batch_size", &self.batch_size)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Events refused alone in a row, with nothing accepted in between, that make a refusal of

@@ -544,7 +544,7 @@ mod tests {
         DestinationConfig {
             name: "d".into(),
             kind: DestinationKind::Https(HttpsDestination {
-                url: "http://127.0.0.1:1/events".into(),
+                url: "http://127.0.0.1:1/events?token=query-secret".into(),
                 token_file: secret.clone(),
                 api_key_file: secret.clone(),
                 hmac_key_file: secret,
@@ -589,7 +589,7 @@ mod tests {
         let DestinationKind::Https(https) = &config.kind else { unreachable!() };
         let driver = https::Driver::new(&config, https).unwrap();
         let shown = format!("{driver:?}");
-        assert!(!shown.contains("tok-123"), "{shown}");
+        assert!(!shown.contains("tok-123") && !shown.contains("query-secret"), "{shown}");
         assert!(shown.contains("***"), "{shown}");
     }
 }
