@@ -15,11 +15,10 @@
 //!   session with a retry (implied NACK) pending goes before every other.
 //! - **A line that is down is not machines that are silent.** Nothing is sent while the line is
 //!   not open, so no timeout is counted for a poll that never left; a line that cannot be opened
-//!   takes its machines offline at once ([`HostSession::line_lost`]), and its state, last error
-//!   and retry interval are published ([`status`]) for `slotgate status`. Reconnection runs
-//!   concurrently with jittered exponential back-off.
-//!
-//! [`HostSession::line_lost`]: firmware_protocols::sas::session::HostSession::line_lost
+//!   takes its machines offline at once
+//!   ([`HostSession::line_lost`](firmware_protocols::sas::session::HostSession::line_lost)), and
+//!   its state, last error and retry interval are published ([`status`]) for `slotgate status`.
+//!   Reconnection runs concurrently with jittered exponential back-off.
 //! - **Listening on silent lines.** Any address byte keeps every machine on a line from chirping
 //!   (§4.1), so a machine set to an address the configuration does not list would stay invisible
 //!   while the gateway polls. When no machine of a line has answered for [`LISTEN_AFTER`], the
@@ -264,8 +263,8 @@ pub async fn run_line<C>(
                     waiting_for_line = false;
                 }
                 LineInput::OpenFailed(error) => {
-                    // Without a resume there is no reason to hold the sessions back any longer:
-                    // they time out into the void and report their machines offline.
+                    // Without a resume there is no reason to hold the sessions back any longer
+                    // once the line is up; until then nothing is sent anyway.
                     waiting_for_line &= resuming;
                     let delay = backoff.next_delay();
                     tracing::warn!(line = %name, %error, retry_in = ?delay,

@@ -20,8 +20,8 @@ use super::{Character, Line, LineDiagnostics, TransportError, WakeupMethod};
 
 /// Bytes read from the stream per call.
 const READ_CHUNK: usize = 512;
-/// Most bytes one `clear_input` drops: four of the longest SAS frames (260 characters, two bytes
-/// each), far more than a late answer. A peer that has more than that waiting is flooding the
+/// Most bytes one `clear_input` drops: about four of the longest SAS frames (260 characters, two
+/// bytes each), far more than a late answer. A peer that has more than that waiting is flooding the
 /// line; reading on until its stream ran dry would never return (#15).
 const CLEAR_LIMIT: usize = 4 * READ_CHUNK;
 /// Bytes per second read from the peer, and the burst allowed: about nineteen times what a SAS
