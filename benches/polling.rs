@@ -239,8 +239,8 @@ impl Line for RecordedLine {
         Ok(n)
     }
 
-    fn clear_input(&mut self) {
-        self.inner.clear_input();
+    fn clear_input(&mut self) -> u64 {
+        self.inner.clear_input()
     }
 
     fn describe(&self) -> String {
@@ -658,6 +658,7 @@ async fn run_gateway(
             inflight,
             journal.clone(),
             cancel.clone(),
+            tokio::sync::watch::Sender::new(poller::LineStatus::connecting("bench")),
         ));
     }
 

@@ -74,11 +74,16 @@ impl Daemon {
         let forward_cancel = CancellationToken::new();
         let now = tokio::time::Instant::now().into_std();
         let lines = build_lines(config, &journal, now)?;
+        let (line_status, watched): (Vec<_>, Vec<_>) = lines
+            .iter()
+            .map(|line| watch::channel(poller::LineStatus::connecting(&line.name)))
+            .unzip();
         let (forwarders, destinations) =
             crate::forward::spawn_all(config, &journal, &forward_cancel)?;
         let status_writer = tokio::spawn(write_status(
             config.storage.status_file(),
             journal.clone(),
+            watched,
             destinations.clone(),
             cancel.clone(),
         ));
@@ -94,7 +99,7 @@ impl Daemon {
             destinations,
             status_writer,
         };
-        for line in lines {
+        for (line, status) in lines.into_iter().zip(line_status) {
             let inflight =
                 Some(config.storage.lines_dir().join(poller::inflight::file_name(&line.name)));
             let task = poller::run_line(
@@ -104,6 +109,7 @@ impl Daemon {
                 inflight,
                 daemon.journal.clone(),
                 daemon.cancel.clone(),
+                status,
             );
             daemon.spawn_line(line.name, task);
         }
@@ -376,6 +382,8 @@ pub struct StatusFile {
     pub running: bool,
     pub journal: journal::JournalStatus,
     #[serde(default)]
+    pub lines: Vec<poller::LineStatus>,
+    #[serde(default)]
     pub destinations: Vec<crate::forward::DestinationStatus>,
 }
 
@@ -385,6 +393,7 @@ pub const STATUS_EVERY: Duration = Duration::from_secs(2);
 async fn write_status(
     path: std::path::PathBuf,
     journal: Journal,
+    lines: Vec<watch::Receiver<poller::LineStatus>>,
     destinations: Vec<watch::Receiver<crate::forward::DestinationStatus>>,
     cancel: CancellationToken,
 ) {
@@ -398,6 +407,7 @@ async fn write_status(
             pid: std::process::id(),
             running: !stopping,
             journal: status.borrow_and_update().clone(),
+            lines: lines.iter().map(|l| l.borrow().clone()).collect(),
             destinations: destinations.iter().map(|d| d.borrow().clone()).collect(),
         };
         if let Err(error) = write_atomically(&path, &file) {

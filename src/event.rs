@@ -266,6 +266,17 @@ pub enum EventKind {
     /// The machine's exception queue overflowed (exception 70): events were lost on the machine.
     /// The next meter snapshot reconciles the gap.
     EventGap {},
+    /// A follow-up poll owed for an exception the machine has since forgotten (LP1B after a
+    /// handpay's 51, LP48 after a bill, LP70 after a ticket, LP0F after a cash-out ticket, the
+    /// resync polls) was given up: the machine no longer answers it (it was reset, say), so what
+    /// it would have told is lost. The exception itself was journalled before.
+    FollowUpLost {
+        /// The exception the poll followed up.
+        exception: u8,
+        command: u8,
+        poll: String,
+        error: String,
+    },
     /// Another machine chirped on this machine's line (its address with the wakeup bit).
     ForeignChirp { address: u8 },
     /// A game ended with a prize, possibly 0. From RTE 7F, or derived from the coin-out and
@@ -372,6 +383,7 @@ impl EventKind {
         "credits_in",
         "credits_out",
         "event_gap",
+        "follow_up_lost",
         "foreign_chirp",
         "game_ended",
         "game_phase",
@@ -403,6 +415,7 @@ impl EventKind {
             Self::CreditsIn { .. } => "credits_in",
             Self::CreditsOut { .. } => "credits_out",
             Self::EventGap {} => "event_gap",
+            Self::FollowUpLost { .. } => "follow_up_lost",
             Self::ForeignChirp { .. } => "foreign_chirp",
             Self::GameEnded { .. } => "game_ended",
             Self::GamePhase { .. } => "game_phase",

@@ -291,6 +291,9 @@ pub fn status(config_file: &Path, json: bool) -> anyhow::Result<bool> {
     if let Some(q) = &j.quarantined {
         println!("  quarantined store: {}", q.display());
     }
+    for line in &file.lines {
+        println!("{line}");
+    }
     for d in &file.destinations {
         let eta = d.drain_eta_seconds.map_or(String::new(), |s| format!(", about {s}s to drain"));
         println!(

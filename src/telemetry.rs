@@ -33,11 +33,11 @@ pub fn install(listen: SocketAddr) -> anyhow::Result<()> {
     );
     metrics::describe_gauge!(
         "slotgate_forward_backlog_records",
-        "Records of a destination's replay lane not yet acknowledged."
+        "Records of a destination's replay lane not yet acknowledged; while it is not up, every unacknowledged record."
     );
     metrics::describe_gauge!(
         "slotgate_forward_drain_eta_seconds",
-        "The replay backlog over the destination's replay rate."
+        "The replay backlog over the destination's replay rate; NaN while nothing drains (down, revoked)."
     );
     metrics::describe_gauge!(
         "slotgate_forward_in_flight",

@@ -157,6 +157,12 @@ fn samples() -> Vec<EventKind> {
             game_number: 0,
             meters: BTreeMap::from([("coin_in".to_owned(), reading)]),
         },
+        EventKind::FollowUpLost {
+            exception: 0x51,
+            command: 0x1B,
+            poll: "SendHandpayInfo".into(),
+            error: "long poll 0x1b is not supported by this machine".into(),
+        },
         EventKind::PollFailed {
             command: 0x1B,
             poll: "SendHandpayInfo".into(),

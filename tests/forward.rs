@@ -19,8 +19,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use upstream::{
-    Certs, FaultProxy, Mosquitto, MosquittoOptions, Receiver, Subscriber, hmac_sha256_hex,
-    wait_until,
+    Certs, FaultProxy, HUGE_BODY, Mosquitto, MosquittoOptions, RawMode, RawReceiver, Receiver,
+    Subscriber, hmac_sha256_hex, wait_until,
 };
 
 const VENUE: &str = "UA-TEST-1";
@@ -517,6 +517,11 @@ fn secrets(dir: &Path, token: &str) -> Secrets {
     let s = Secrets { token: dir.join("token"), hmac: dir.join("hmac") };
     std::fs::write(&s.token, format!("{token}\n")).unwrap();
     std::fs::write(&s.hmac, "hmac-key-for-tests").unwrap();
+    // `slotgate run` refuses secret files others can read.
+    for file in [&s.token, &s.hmac] {
+        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
     s
 }
 
@@ -659,16 +664,21 @@ fn https_400_quarantines_only_the_refused_event_and_503_retry_after_is_honoured(
     let more = gw.append(&["EGM-1"], 5);
     assert!(wait_until(Duration::from_secs(5), || receiver.requests().len() > before));
     let refused_at = std::time::Instant::now();
+    let later = gw.append(&["EGM-1"], 5);
     receiver.set_status(None, None);
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(receiver.requests().len(), before + 1, "waiting out Retry-After");
-    assert!(receiver.wait_for_events(good.len() + more.len() + 1, Duration::from_secs(10)));
+    let all = good.len() + more.len() + later.len() + 1;
+    assert!(receiver.wait_for_events(all, Duration::from_secs(10)));
     assert!(refused_at.elapsed() >= Duration::from_millis(600));
-    // Journalled while the receiver refused: delivered as backlog, flagged historical.
+    // The refused batch goes again byte for byte; what was journalled while the receiver
+    // refused is delivered as backlog, flagged historical.
     let events = receiver.events();
-    for id in &more {
-        let event = events.iter().find(|e| e["id"] == id.as_str()).unwrap();
-        assert_eq!(event["historical"], true, "{id}");
+    for (ids, historical) in [(&more, false), (&later, true)] {
+        for id in ids {
+            let event = events.iter().find(|e| e["id"] == id.as_str()).unwrap();
+            assert_eq!(event["historical"], historical, "{id}");
+        }
     }
     gw.stop();
 }
@@ -721,4 +731,533 @@ fn https_with_a_foreign_ca_or_plaintext_sends_nothing() {
         assert_eq!(error.field, "destination[0].url", "{error}");
         assert!(error.reason.contains("plaintext"), "{error}");
     }
+}
+
+// === Issue 15: silent loss, storms and leaks in forwarding ===
+
+/// The alarm records of the journal whose name starts with `prefix`.
+fn alarms_named(gw: &Forwarding, prefix: &str) -> Vec<String> {
+    gw.alarms().into_iter().filter(|a| a.starts_with(prefix)).collect()
+}
+
+#[test]
+fn https_redirects_are_no_delivery_and_never_take_the_credentials_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    let elsewhere = Receiver::start(&certs, false);
+    receiver.redirect(Some((302, "/ok?sig=LOCATION-SECRET".into())));
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let api_key = dir.path().join("secrets/api-key");
+    std::fs::write(&api_key, "api-key-1").unwrap();
+    let extra = format!("api_key_file = \"{}\"", api_key.display());
+    let gw = Forwarding::start(dir.path(), &https_destination(&receiver, &certs, &secrets, &extra));
+    let ids = gw.append(&["EGM-1"], 21);
+    assert!(wait_until(Duration::from_secs(10), || receiver.requests().len() >= 3));
+    assert!(
+        receiver.requests().iter().all(|r| r.method == "POST" && r.path == "/events"),
+        "the redirect is not followed: {:?}",
+        receiver.requests().iter().map(|r| (&r.method, &r.path)).collect::<Vec<_>>()
+    );
+    assert_eq!(gw.cursor("central"), 0, "a redirect is not a delivery");
+    let status = gw.status(0);
+    assert_eq!((status.delivered, status.quarantined), (0, 0), "{status:?}");
+    let alarms = alarms_named(&gw, "destination_redirect");
+    assert_eq!(alarms.len(), 1, "one alarm while it lasts: {:?}", gw.alarms());
+    assert!(alarms[0].contains("302") && alarms[0].contains("/ok?…"), "{alarms:?}");
+    assert!(!format!("{:?}{status:?}", gw.alarms()).contains("LOCATION-SECRET"));
+
+    // A 307 to another origin: nothing reaches it, the key and the signature least of all.
+    receiver.redirect(Some((307, elsewhere.url())));
+    let asked = receiver.requests().len();
+    assert!(wait_until(Duration::from_secs(10), || receiver.requests().len() > asked));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(elsewhere.requests().is_empty(), "{:?}", elsewhere.requests());
+    assert_eq!(gw.cursor("central"), 0);
+
+    receiver.redirect(None);
+    assert!(receiver.wait_for_events(ids.len() + 1, Duration::from_secs(30)), "{:?}", gw.status(0));
+    assert!(wait_until(Duration::from_secs(10), || gw.cursor("central") == gw.head()));
+    assert!(elsewhere.requests().is_empty());
+    gw.stop();
+}
+
+#[test]
+fn https_404_is_an_endpoint_fault_alarmed_once_that_quarantines_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    receiver.set_status(Some(404), None);
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let gw = Forwarding::start(dir.path(), &https_destination(&receiver, &certs, &secrets, ""));
+    let mut ids = gw.append(&["EGM-1", "EGM-2"], 11);
+    assert!(wait_until(Duration::from_secs(10), || receiver.requests().len() >= 4));
+    ids.extend(gw.append(&["EGM-1"], 3));
+    std::thread::sleep(Duration::from_millis(500));
+    let status = gw.status(0);
+    assert_eq!((status.delivered, status.quarantined), (0, 0), "{status:?}");
+    assert_eq!(gw.cursor("central"), 0, "everything stays in the journal");
+    assert!(!dir.path().join("state/destinations/central.quarantine.jsonl").exists());
+    assert_eq!(gw.alarms().len(), 1, "exactly one alarm: {:?}", gw.alarms());
+    assert!(gw.alarms()[0].starts_with("destination_endpoint"), "{:?}", gw.alarms());
+    assert!(status.last_error.as_deref().is_some_and(|e| e.contains("404")), "{status:?}");
+
+    receiver.set_status(None, None);
+    assert!(receiver.wait_for_events(ids.len() + 1, Duration::from_secs(30)), "{:?}", gw.status(0));
+    assert!(wait_until(Duration::from_secs(10), || gw.cursor("central") == gw.head()));
+    assert_eq!(gw.status(0).quarantined, 0);
+    gw.stop();
+}
+
+#[test]
+fn https_one_refused_event_is_quarantined_once_without_an_alarm_storm() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    // Refuses any body that names the event, its alarm included.
+    receiver.reject_bodies_containing(Some(format!("{VENUE}/EGM-2/7")));
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let gw = Forwarding::start(dir.path(), &https_destination(&receiver, &certs, &secrets, ""));
+    let ids = gw.append(&["EGM-1", "EGM-2"], 20);
+    let good: Vec<&String> = ids.iter().filter(|id| !id.ends_with("EGM-2/7")).collect();
+    assert!(receiver.wait_for_events(good.len(), Duration::from_secs(20)), "{:?}", gw.status(0));
+    assert!(wait_until(Duration::from_secs(10), || gw.cursor("central") == gw.head()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(gw.cursor("central"), gw.head(), "no alarm keeps coming");
+    let kept =
+        std::fs::read_to_string(dir.path().join("state/destinations/central.quarantine.jsonl"))
+            .unwrap();
+    let refused = kept.lines().filter(|l| l.contains(r#""id":"UA-TEST-1/EGM-2/7""#)).count();
+    assert_eq!(refused, 1, "{kept}");
+    assert!(kept.lines().count() <= 2, "the event, and at most the alarm naming it: {kept}");
+    assert!(gw.alarms().len() <= 2, "{:?}", gw.alarms());
+    assert_eq!(alarms_named(&gw, "upstream_quarantine").len(), 1, "{:?}", gw.alarms());
+    let stored: BTreeSet<String> = receiver.event_ids().into_iter().collect();
+    assert!(good.iter().all(|id| stored.contains(*id)));
+    gw.stop();
+}
+
+/// Every request's key, whether each key always came with the same body, and whether each
+/// first event id always came with the same key.
+fn assert_keys_follow_content(receiver: &Receiver) {
+    let mut by_key: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut by_first: BTreeMap<String, String> = BTreeMap::new();
+    for request in receiver.requests() {
+        let key = request.header("idempotency-key").unwrap().to_owned();
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        let Some(first) = body.as_array().unwrap().first() else { continue };
+        let first = first["id"].as_str().unwrap().to_owned();
+        let earlier = by_key.entry(key.clone()).or_insert_with(|| request.body.clone());
+        assert_eq!(*earlier, request.body, "key {key} with two bodies");
+        let earlier = by_first.entry(first.clone()).or_insert_with(|| key.clone());
+        assert_eq!(*earlier, key, "a retry starting at {first} changed its key");
+    }
+}
+
+#[test]
+fn https_a_retried_batch_keeps_its_bytes_and_idempotency_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let dest = https_destination(&receiver, &certs, &secrets, "").replace("\"3s\"", "\"1s\"");
+    let gw = Forwarding::start(dir.path(), &dest);
+    let mut ids = Vec::new();
+    // A 503, then a request that times out; more is journalled before each retry.
+    for fault in ["503", "timeout"] {
+        match fault {
+            "503" => receiver.set_status(Some(503), Some("1")),
+            _ => receiver.stall(Some(Duration::from_secs(3))),
+        }
+        let before = receiver.requests().len();
+        ids.extend(gw.append(&["EGM-1"], 5));
+        assert!(wait_until(Duration::from_secs(10), || receiver.requests().len() > before));
+        ids.extend(gw.append(&["EGM-1", "EGM-2"], 15));
+        assert!(wait_until(Duration::from_secs(10), || receiver.requests().len() > before + 1));
+        receiver.set_status(None, None);
+        receiver.stall(None);
+        assert!(receiver.wait_for_events(ids.len(), Duration::from_secs(20)), "{:?}", gw.status(0));
+    }
+    assert_keys_follow_content(&receiver);
+    assert!(receiver.requests().iter().filter(|r| r.status == 0).count() >= 2, "timed out");
+    gw.stop();
+}
+
+/// `slotgate run` on `config`, its log (stderr) in `log`, with `env` set and every proxy
+/// variable not in it removed.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(config: &Path, log: &Path, env: &[(&str, &str)]) -> Self {
+        let log = std::fs::File::create(log).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_slotgate"));
+        command
+            .args(["run", "--config"])
+            .arg(config)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info,slotgate=debug")
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        for name in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"] {
+            command.env_remove(name).env_remove(name.to_lowercase());
+        }
+        command.envs(env.iter().copied());
+        Self(command.spawn().unwrap())
+    }
+
+    /// SIGTERM, then waits (SIGKILL after 20 s).
+    fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        if !wait_until(Duration::from_secs(20), || self.0.try_wait().unwrap().is_some()) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn https_ignores_proxies_named_by_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let ids = journalled_offline(dir.path(), &["EGM-1"], 10);
+    // A "proxy" that would relay to the receiver: it must see no connection at all.
+    let proxy = FaultProxy::start(receiver.addr());
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port());
+    let config = config_text(dir.path(), &https_destination(&receiver, &certs, &secrets, ""));
+    let log = dir.path().join("run.log");
+    let env: Vec<(&str, &str)> = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+        .into_iter()
+        .chain(["HTTP_PROXY", "http_proxy"])
+        .map(|name| (name, proxy_url.as_str()))
+        .collect();
+    let daemon = Daemon::start(&config, &log, &env);
+    let arrived = receiver.wait_for_events(ids.len(), Duration::from_secs(20));
+    daemon.stop();
+    assert!(arrived, "{}", std::fs::read_to_string(&log).unwrap());
+    assert_eq!(proxy.connections(), 0, "the proxy was used");
+}
+
+#[test]
+fn no_configured_secret_reaches_the_logs_or_the_status_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let options = MosquittoOptions {
+        users: vec![("gw-1".into(), "mqtt-PASSWORD-secret".into())],
+        ..Default::default()
+    };
+    let broker = Mosquitto::start(&dir.path().join("broker"), options);
+    let receiver = Receiver::start(&certs, false);
+    receiver.set_status(Some(500), None);
+    let files = dir.path().join("secrets");
+    std::fs::create_dir_all(&files).unwrap();
+    let secret_texts = [
+        ("token", "bearer-TOKEN-secret"),
+        ("api-key", "api-KEY-secret"),
+        ("hmac", "hmac-KEY-secret"),
+        ("mqtt-password", "mqtt-PASSWORD-secret"),
+    ];
+    for (file, text) in secret_texts {
+        std::fs::write(files.join(file), text).unwrap();
+        let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+        std::fs::set_permissions(files.join(file), private).unwrap();
+    }
+    let file = |name: &str| files.join(name).display().to_string();
+    let https = |name: &str, url: String| {
+        format!(
+            "[[destination]]\nname = \"{name}\"\nkind = \"https\"\nurl = \"{url}\"\nca_file = \"{}\"\n\
+             token_file = \"{}\"\napi_key_file = \"{}\"\nhmac_key_file = \"{}\"\ntimeout = \"1s\"\n",
+            certs.ca.display(),
+            file("token"),
+            file("api-key"),
+            file("hmac")
+        )
+    };
+    let dead = upstream::free_port();
+    let destinations = format!(
+        "{}\n{}\n{}",
+        https("central", format!("{}?token=QUERY-secret-1", receiver.url())),
+        https("dead", format!("https://localhost:{dead}/events?token=QUERY-secret-2")),
+        mqtt_destination(
+            "state",
+            broker.port(),
+            &format!("username = \"gw-1\"\npassword_file = \"{}\"", file("mqtt-password"))
+        ),
+    );
+    let ids = journalled_offline(dir.path(), &["EGM-1"], 10);
+    let config = config_text(dir.path(), &destinations);
+    let log = dir.path().join("run.log");
+    let daemon = Daemon::start(&config, &log, &[]);
+    assert!(wait_until(Duration::from_secs(15), || receiver.requests().len() >= 2));
+    receiver.set_status(None, None);
+    assert!(receiver.wait_for_events(ids.len(), Duration::from_secs(20)));
+    let status_file = dir.path().join("state/status.json");
+    let dead_reported = || {
+        let status: Value =
+            serde_json::from_slice(&std::fs::read(&status_file).unwrap_or_default())
+                .unwrap_or_default();
+        status["destinations"][1]["last_error"].is_string()
+            && status["destinations"][2]["state"] == "up"
+    };
+    assert!(wait_until(Duration::from_secs(15), dead_reported));
+    daemon.stop();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let status = std::fs::read_to_string(&status_file).unwrap();
+    assert!(logged.contains("HTTPS forwarder started"), "{logged}");
+    assert!(logged.contains("?…"), "the URL is logged, its query hidden: {logged}");
+    for secret in secret_texts.iter().map(|(_, text)| *text).chain(["QUERY-secret"]) {
+        assert!(!logged.contains(secret), "{secret} in the log:\n{logged}");
+        assert!(!status.contains(secret), "{secret} in status.json:\n{status}");
+    }
+}
+
+#[test]
+fn status_figures_are_true_before_the_first_connection_during_an_outage_and_when_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let backlog = journalled_offline(dir.path(), &["EGM-1"], 40).len() as u64;
+    let dead = upstream::free_port();
+    let destinations = mqtt_destination("state", dead, "");
+
+    // Before any forwarder has run: what the status file is first written from.
+    let config = Config::load(&config_text(dir.path(), &destinations)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (journal, writer) = slotgate::app::open_journal(&config).unwrap();
+    let cancel = CancellationToken::new();
+    let (mut tasks, statuses) = {
+        let _guard = rt.enter();
+        slotgate::forward::spawn_all(&config, &journal, &cancel).unwrap()
+    };
+    let first = statuses[0].borrow().clone();
+    assert_eq!((first.unacknowledged, first.backlog), (backlog, backlog), "{first:?}");
+    assert_eq!(first.drain_eta_seconds, None, "nothing drains yet: {first:?}");
+    cancel.cancel();
+    rt.block_on(async { while tasks.join_next().await.is_some() {} });
+    drop(journal);
+    writer.join().unwrap();
+
+    // The broker is unreachable: what is journalled meanwhile piles up in the backlog.
+    let gw = Forwarding::start(dir.path(), &destinations);
+    assert!(wait_until(Duration::from_secs(10), || gw.status(0).state == LinkState::Down));
+    gw.append(&["EGM-1"], 25);
+    let piling = || {
+        let s = gw.status(0);
+        s.backlog == backlog + 25 && s.unacknowledged == backlog + 25
+    };
+    assert!(wait_until(Duration::from_secs(5), piling), "{:?}", gw.status(0));
+    assert_eq!(gw.status(0).drain_eta_seconds, None, "{:?}", gw.status(0));
+    gw.stop();
+
+    // Revoked: a backlog, and no promise of a drain.
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    receiver.set_status(Some(401), None);
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let gw = Forwarding::start(dir.path(), &https_destination(&receiver, &certs, &secrets, ""));
+    assert!(wait_until(Duration::from_secs(10), || gw.status(0).state == LinkState::Revoked));
+    gw.append(&["EGM-1"], 5);
+    let head = gw.head();
+    let revoked = || {
+        let s = gw.status(0);
+        s.backlog == head && s.unacknowledged == head && s.drain_eta_seconds.is_none()
+    };
+    assert!(wait_until(Duration::from_secs(5), revoked), "{:?}", gw.status(0));
+    gw.stop();
+}
+
+#[test]
+fn mqtt_a_refused_login_revokes_until_the_password_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = MosquittoOptions {
+        users: vec![("gw-1".into(), "right-password".into())],
+        ..Default::default()
+    };
+    let broker = Mosquitto::start(&dir.path().join("broker"), options);
+    let proxy = FaultProxy::start(broker.addr());
+    let password = dir.path().join("mqtt.password");
+    std::fs::write(&password, "wrong-password").unwrap();
+    let extra = format!("username = \"gw-1\"\npassword_file = \"{}\"", password.display());
+    let gw = Forwarding::start(dir.path(), &mqtt_destination("state", proxy.port(), &extra));
+    gw.append(&["EGM-1"], 5);
+    assert!(
+        wait_until(Duration::from_secs(10), || gw.status(0).state == LinkState::Revoked),
+        "{:?}",
+        gw.status(0)
+    );
+    assert_eq!(alarms_named(&gw, "destination_revoked").len(), 1, "{:?}", gw.alarms());
+    let tries = proxy.connections();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(proxy.connections(), tries, "no endless retry with the same credentials");
+    assert_eq!(gw.cursor("state"), 0);
+
+    std::fs::write(&password, "right-password").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || gw.cursor("state") == gw.head()),
+        "{:?}",
+        gw.status(0)
+    );
+    assert_eq!(gw.status(0).state, LinkState::Up);
+    gw.stop();
+}
+
+#[test]
+fn https_contract_409_acknowledges_5xx_retries_and_403_revokes() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let gw = Forwarding::start(dir.path(), &https_destination(&receiver, &certs, &secrets, ""));
+    // 409: the receiver has them already.
+    receiver.set_status(Some(409), None);
+    gw.append(&["EGM-1"], 5);
+    assert!(wait_until(Duration::from_secs(10), || gw.cursor("central") == gw.head()));
+    assert_eq!(gw.status(0).delivered, 5);
+    for code in [500, 502, 504] {
+        receiver.set_status(Some(code), None);
+        let before = receiver.requests().len();
+        let ids = gw.append(&["EGM-1"], 3);
+        assert!(wait_until(Duration::from_secs(10), || receiver.requests().len() >= before + 2));
+        assert!(gw.cursor("central") < gw.head(), "HTTP {code} is no delivery");
+        assert_eq!(gw.status(0).quarantined, 0);
+        assert!(gw.alarms().is_empty(), "a 5xx is retried, not alarmed: {:?}", gw.alarms());
+        receiver.set_status(None, None);
+        assert!(wait_until(Duration::from_secs(10), || gw.cursor("central") == gw.head()));
+        let stored: BTreeSet<String> = receiver.event_ids().into_iter().collect();
+        assert!(ids.iter().all(|id| stored.contains(id)), "HTTP {code}");
+    }
+    // 403 is a revocation, as 401 is.
+    receiver.set_status(Some(403), None);
+    gw.append(&["EGM-1"], 3);
+    assert!(wait_until(Duration::from_secs(10), || gw.status(0).state == LinkState::Revoked));
+    let asked = receiver.requests().len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(receiver.requests().len(), asked, "nothing sent while revoked");
+    assert!(gw.cursor("central") < gw.head());
+    assert_eq!(alarms_named(&gw, "destination_revoked").len(), 1, "{:?}", gw.alarms());
+    gw.stop();
+}
+
+#[test]
+fn https_contract_resets_huge_bodies_and_slow_loris_cost_a_retry_at_most() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let raw = RawReceiver::start(&certs);
+    let destination = format!(
+        "[[destination]]\nname = \"central\"\nkind = \"https\"\nurl = \"{}\"\nca_file = \"{}\"\n\
+         timeout = \"2s\"\n{FAST_REPLAY}\n",
+        raw.url(),
+        certs.ca.display()
+    );
+    let gw = Forwarding::start(dir.path(), &destination);
+    let stored = |ids: &[String]| {
+        let got: BTreeSet<String> = raw.ids().into_iter().collect();
+        ids.iter().all(|id| got.contains(id))
+    };
+
+    // The connection reset halfway through the request body: sent again.
+    raw.set_mode(RawMode::ResetMidBody);
+    let ids = gw.append(&["EGM-1"], 50);
+    assert!(wait_until(Duration::from_secs(10), || raw.requests() >= 2));
+    assert_eq!(gw.cursor("central"), 0);
+    raw.set_mode(RawMode::Normal);
+    assert!(wait_until(Duration::from_secs(10), || gw.cursor("central") == gw.head()));
+    assert!(stored(&ids));
+
+    // 200 with a 100 MB body: the status decides, the body is not read.
+    raw.set_mode(RawMode::HugeBody);
+    let ids = gw.append(&["EGM-1"], 5);
+    assert!(wait_until(Duration::from_secs(10), || gw.cursor("central") == gw.head()));
+    assert!(stored(&ids));
+    std::thread::sleep(Duration::from_millis(500));
+    let taken = raw.body_bytes_sent();
+    assert!(taken < HUGE_BODY / 5, "{taken} bytes of the body were taken");
+
+    // The status line dribbled a byte at a time: each try ends at the 2 s timeout.
+    raw.set_mode(RawMode::Dribble);
+    let before = raw.requests();
+    let ids = gw.append(&["EGM-1"], 5);
+    let started = std::time::Instant::now();
+    assert!(wait_until(Duration::from_secs(10), || raw.requests() >= before + 2));
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(gw.cursor("central") < gw.head());
+    assert_eq!(gw.status(0).state, LinkState::Down, "{:?}", gw.status(0));
+    raw.set_mode(RawMode::Normal);
+    assert!(wait_until(Duration::from_secs(15), || gw.cursor("central") == gw.head()));
+    assert!(stored(&ids));
+    gw.stop();
+}
+
+/// The value of gauge `name` for `destination` in a Prometheus text exposition.
+fn gauge(exposition: &str, name: &str, destination: &str) -> Option<String> {
+    let prefix = format!("{name}{{destination=\"{destination}\"}} ");
+    exposition.lines().find_map(|line| line.strip_prefix(&prefix)).map(str::to_owned)
+}
+
+#[test]
+fn gauges_and_status_show_the_backlog_and_no_drain_time_while_nothing_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    receiver.set_status(Some(401), None);
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let backlog = journalled_offline(dir.path(), &["EGM-1"], 40).len();
+    let metrics = upstream::free_port();
+    let destinations = format!(
+        "[admin]\nmetrics_listen = \"127.0.0.1:{metrics}\"\n\n{}\n{}",
+        https_destination(&receiver, &certs, &secrets, ""),
+        mqtt_destination("state", upstream::free_port(), "")
+    );
+    let config = config_text(dir.path(), &destinations);
+    let log = dir.path().join("run.log");
+    let daemon = Daemon::start(&config, &log, &[]);
+    let scrape = || {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", metrics)) else {
+            return String::new();
+        };
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    };
+    let status = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_slotgate"))
+            .args(["status", "--config"])
+            .arg(&config)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The journal holds the backlog, the revocation's alarm and the offline event of the
+    // configuration's line, which cannot be opened.
+    let backlog = backlog + 2;
+    let settled = wait_until(Duration::from_secs(15), || {
+        let text = scrape();
+        let backlog_gauge = |d| gauge(&text, "slotgate_forward_backlog_records", d);
+        gauge(&text, "slotgate_forward_up", "central").as_deref() == Some("-1")
+            && gauge(&text, "slotgate_forward_up", "state").as_deref() == Some("0")
+            && ["central", "state"].map(backlog_gauge)
+                == [Some(backlog.to_string()), Some(backlog.to_string())]
+            && status().matches(&format!("replay backlog {backlog})")).count() == 2
+    });
+    let (text, shown) = (scrape(), status());
+    daemon.stop();
+    assert!(settled, "{text}\n{shown}\n{}", std::fs::read_to_string(&log).unwrap());
+    for destination in ["central", "state"] {
+        let backlog_gauge = gauge(&text, "slotgate_forward_backlog_records", destination);
+        assert_eq!(backlog_gauge, Some(backlog.to_string()), "{destination}: {text}");
+        let eta = gauge(&text, "slotgate_forward_drain_eta_seconds", destination);
+        assert_eq!(eta.as_deref(), Some("NaN"), "{destination}: no drain time: {text}");
+    }
+    assert_eq!(shown.matches(&format!("replay backlog {backlog})")).count(), 2, "{shown}");
+    assert!(!shown.contains("to drain"), "{shown}");
 }

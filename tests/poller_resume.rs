@@ -99,8 +99,14 @@ async fn run_after(previous: Record) -> (Vec<u8>, Vec<u8>, String, Option<Record
     let dir = tempfile::tempdir().unwrap();
     let inflight = dir.path().join("lines").join("line-1.inflight");
     let (mut file, _) = InflightFile::open(&inflight).unwrap();
-    file.sent(previous.address, &previous.bytes, previous.rte_on, previous.next_machine_seq)
-        .unwrap();
+    file.sent(
+        previous.address,
+        &previous.bytes,
+        previous.rte_on,
+        previous.next_machine_seq,
+        previous.owed.clone(),
+    )
+    .unwrap();
     if previous.state == State::Confirmed {
         file.confirmed().unwrap();
     }
@@ -118,6 +124,7 @@ async fn run_after(previous: Record) -> (Vec<u8>, Vec<u8>, String, Option<Record
         Some(inflight.clone()),
         journal.clone(),
         cancel.clone(),
+        tokio::sync::watch::Sender::new(poller::LineStatus::connecting("line-1")),
     ));
 
     let mut framer = RequestDecoder::default();
@@ -160,6 +167,7 @@ async fn a_record_left_sent_makes_the_first_message_a_retry_of_it_once_the_line_
         rte_on: false,
         bytes: vec![0x81],
         next_machine_seq: 0,
+        owed: Vec::new(),
     };
     let (first, second, events, at_second) = run_after(previous).await;
     assert_eq!(first, [0x81], "the interrupted poll again, not the `80` that would ACK it away");
@@ -173,6 +181,7 @@ async fn a_record_left_sent_makes_the_first_message_a_retry_of_it_once_the_line_
             rte_on: false,
             bytes: vec![0x81],
             next_machine_seq: 0,
+            owed: Vec::new(),
         }),
         "the resumed poll's answer is durable; the `80` after it leaves nothing to record"
     );

@@ -42,13 +42,11 @@ pub fn encode_into(value: u64, out: &mut [u8]) -> Result<(), BcdError> {
 
 /// Encodes `value` as `width` bytes of packed BCD, appended to `out`.
 pub fn encode(value: u64, width: usize, out: &mut Vec<u8>) -> Result<(), BcdError> {
-    let start = out.len();
-    out.resize(start + width, 0);
-    let result = encode_into(value, &mut out[start..]);
-    if result.is_err() {
-        out.truncate(start);
-    }
-    result
+    let mut buf = [0; MAX_BYTES];
+    let field = buf.get_mut(..width).ok_or(BcdError::TooWide { bytes: width })?;
+    encode_into(value, field)?;
+    out.extend_from_slice(field);
+    Ok(())
 }
 
 /// The largest value `bytes` BCD bytes can hold, plus one: where a meter of that width rolls over.

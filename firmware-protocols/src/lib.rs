@@ -11,6 +11,10 @@
 //! - [`profile`]: firmware profiles, parsed from TOML text.
 //! - [`error`]: decode, encode and BCD errors.
 
+// Wire bytes come from machines and peers we do not control: an index out of range is a panic
+// on hostile input, so every access goes through `get` and fails as a `DecodeError`.
+#![deny(clippy::indexing_slicing)]
+
 pub mod bcd;
 pub mod crc;
 pub mod error;

@@ -1286,3 +1286,94 @@ fn resume_refuses_bytes_that_are_no_poll_to_this_machine_and_the_session_starts_
     pair.run(1);
     assert_eq!(pair.session.resume(pair.now, &[0x81], false), Err(ResumeError::AlreadyStarted));
 }
+
+// === Follow-ups owed across a restart ===
+
+#[test]
+fn a_follow_up_is_owed_from_its_exception_until_its_answer() {
+    let mut pair = Pair::new(&profile());
+    pair.machine.general.push_back(vec![0x51]);
+    pair.run_until_sent(&[0x81]);
+    let owed: Vec<_> = pair.session.owed_follow_ups().to_vec();
+    assert_eq!(owed, [(LongPoll::SendHandpayInfo, Exception::HandpayPending)]);
+    pair.run_until_sent(&[0x01, 0x1B]);
+    assert!(pair.session.owed_follow_ups().is_empty(), "answered: nothing owed");
+}
+
+#[test]
+fn a_restored_follow_up_goes_first_and_one_the_machine_no_longer_answers_is_reported_lost() {
+    for silent_first_try_after_an_answer in [false, true] {
+        let mut pair = Pair::new(&profile());
+        pair.session.restore_follow_ups([(LongPoll::SendLastBill, Exception::BillAccepted)]);
+        pair.machine.script(0x48, [None, None, None]);
+        if !silent_first_try_after_an_answer {
+            // Silent from the start: the poll fails rather than being learned unsupported.
+            pair.machine.silent = true;
+        }
+        pair.run(30);
+        let events = pair.take_events();
+        let lost: Vec<_> =
+            events.iter().filter(|e| matches!(e, SessionEvent::FollowUpLost { .. })).collect();
+        if silent_first_try_after_an_answer {
+            assert!(pair.sent().contains(&vec![0x01, 0x48]), "{:02X?}", pair.sent());
+            assert_eq!(lost.len(), 1, "{events:?}");
+            assert!(
+                matches!(
+                    lost[0],
+                    SessionEvent::FollowUpLost { exception: Exception::BillAccepted, .. }
+                ),
+                "{lost:?}"
+            );
+            assert!(pair.session.owed_follow_ups().is_empty());
+        } else {
+            assert!(lost.is_empty(), "nothing is sent while the link is down: {events:?}");
+            assert_eq!(pair.session.owed_follow_ups().len(), 1, "still owed");
+        }
+    }
+}
+
+#[test]
+fn a_resumed_follow_up_that_fails_is_reported_lost_once() {
+    let mut pair = Pair::new(&profile());
+    pair.session
+        .restore_follow_ups([(LongPoll::SendMachineInfo, Exception::OperatorChangedOptions)]);
+    pair.session.resume(pair.now, &[0x01, 0x1F], false).expect("resumed");
+    pair.machine.script(0x1F, [None, None, None, None, None, None]);
+    pair.run(40);
+    let events = pair.take_events();
+    let lost = events.iter().filter(|e| matches!(e, SessionEvent::FollowUpLost { .. })).count();
+    assert_eq!(lost, 1, "sent {:02X?}; events {events:?}", pair.sent());
+    assert!(pair.session.owed_follow_ups().is_empty());
+}
+
+#[test]
+fn noise_that_never_stops_does_not_hold_the_sync_poll_open() {
+    // A peer that floods the line (#15): the sync poll waits out noise, but not for ever, or
+    // the exchange never ends and the poller can neither poll nor stop.
+    let profile = profile();
+    let start = Instant::now();
+    let mut session = HostSession::new(addr(1), &profile, start);
+    let sync = session.poll_transmit(start).expect("sync poll");
+    assert_eq!(sync.message, HostMessage::SyncPoll);
+    let mut now = start;
+    while session.is_exchanging() {
+        assert!(now - start < Duration::from_secs(1), "the sync poll is still open after 1 s");
+        now += Duration::from_millis(1);
+        session.handle_input(now, &[Character { byte: 0x00, wakeup: false }]);
+        session.handle_timeout(now);
+    }
+    let general = session.poll_transmit(now).expect("the cycle goes on");
+    assert_eq!(general.message, HostMessage::GeneralPoll(addr(1)));
+}
+
+#[test]
+fn a_line_that_cannot_be_opened_takes_the_link_down_at_once_and_only_once() {
+    let profile = profile();
+    let mut session = HostSession::new(addr(1), &profile, Instant::now());
+    session.line_lost();
+    session.line_lost();
+    assert_eq!(session.link(), LinkState::Down);
+    assert_eq!(session.poll_event(), Some(SessionEvent::LinkDown));
+    assert_eq!(session.poll_event(), None, "reported once");
+    assert_eq!(session.stats().timeouts, 0);
+}

@@ -44,6 +44,8 @@ pub struct Encoded {
     pub subject: String,
     /// The CloudEvents `id`: the event's idempotency key.
     pub id: String,
+    /// A gateway alarm rather than a machine's event.
+    pub alarm: bool,
     pub json: Vec<u8>,
 }
 
@@ -142,6 +144,7 @@ pub fn encode(
                 seq,
                 subject: head.machine.registry_id.into_owned(),
                 id: head.idempotency_key.into_owned(),
+                alarm: false,
                 json,
             }
         }
@@ -167,7 +170,7 @@ pub fn encode(
                 historical,
             };
             let json = with_data(&envelope, &data, seq)?;
-            Encoded { seq, subject: origin.gateway.clone(), id, json }
+            Encoded { seq, subject: origin.gateway.clone(), id, alarm: true, json }
         }
     };
     Ok(Some(event))

@@ -2,18 +2,30 @@
 //!
 //! Each lane has at most one request in flight, so each lane's batches arrive in order and a
 //! retried batch is retried before anything after it. Every request carries the batch's
-//! idempotency key (SHA-256 of its event ids, so a retry of the same batch has the same key),
-//! the configured bearer token or API key, and an HMAC-SHA256 of the body under the configured
-//! key, so the receiver can check where it came from.
+//! idempotency key (SHA-256 of its event ids), the configured bearer token or API key, and an
+//! HMAC-SHA256 of the body under the configured key, so the receiver can check where it came
+//! from. A batch that got no verdict on its content (no answer, 5xx, 429, 3xx, an endpoint
+//! fault) is sent again byte for byte, so its key and signature stay the same. Redirects are
+//! never followed and proxies named by the environment never used; only the status decides,
+//! and a response body is never read.
 //!
 //! | answer | what happens |
 //! |---|---|
 //! | 2xx, 409 (duplicate) | acknowledged |
-//! | 429, 503 | retried after `Retry-After` (seconds or an HTTP date), else the backoff |
-//! | other 5xx, timeout, connection error | retried with jittered backoff |
+//! | 429, 503 | the same batch again after `Retry-After` (seconds or an HTTP date), else the backoff |
+//! | other 5xx, timeout, connection error | the same batch again after a jittered backoff |
+//! | 3xx, 4xx other than those below | an endpoint fault (wrong URL, method, size, media type): the same batch again after the backoff, one alarm while it lasts |
 //! | 401, 403 | revoked: nothing more is sent, the journal keeps everything, an alarm stays up until the credential files change, checked every 2 s (a mark in `<storage.dir>/destinations/` keeps it across restarts) |
-//! | other 4xx | the batch is resent one event per request; an event refused alone goes to `<storage.dir>/destinations/<name>.quarantine.jsonl` with an alarm, and is acknowledged |
+//! | 400, 422 | a batch is resent one event per request; an event refused alone is quarantined (below) |
+//!
+//! An event refused alone stays in flight as a suspect until the receiver accepts something
+//! else (another event, or an empty batch `[]` sent when nothing else is on the wire): then it
+//! goes to `<storage.dir>/destinations/<name>.quarantine.jsonl` with an alarm and is
+//! acknowledged. A receiver that refuses the empty batch too, or [`MAX_SUSPECTS`] events alone
+//! in a row, refuses everything: an endpoint fault, and nothing is quarantined. A refused
+//! gateway alarm is quarantined without an alarm of its own, so alarms cannot feed themselves.
 
+use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,9 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::cloudevent::{BATCH_CONTENT_TYPE, Encoded, batch};
 use super::outbox::{Lane, Outbox, ReplayBudget};
-use super::{CursorWriter, LinkState, Progress, Shared};
+use super::{Alarms, CursorWriter, LinkState, Progress, Shared};
 use crate::config::{DestinationConfig, HttpsDestination};
-use crate::journal::{Body, Class, NewRecord};
 use crate::transport::backoff::ExponentialBackoff;
 
 /// Header carrying the body's HMAC: `sha256=<hex>`.
@@ -35,11 +46,7 @@ pub const SIGNATURE_HEADER: &str = "x-slotgate-signature";
 /// Header naming the gateway: `{venue}/{gateway}`.
 pub const GATEWAY_HEADER: &str = "x-slotgate-gateway";
 
-/// How often a revoked destination looks for changed credentials.
-const CREDENTIALS_CHECK_EVERY: Duration = Duration::from_secs(2);
-
 /// A configured HTTPS destination, its secrets read and its client built.
-#[derive(Debug)]
 pub struct Driver {
     config: DestinationConfig,
     https: HttpsDestination,
@@ -54,17 +61,114 @@ pub struct Driver {
     fingerprint: String,
 }
 
+/// By hand: the URL's query and user info are secrets too.
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("url", &super::redact_url(&self.url))
+            .field("token", &self.token)
+            .field("api_key", &self.api_key)
+            .field("hmac_key", &self.hmac_key)
+            .field("batch_size", &self.batch_size)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Events refused alone in a row, with nothing accepted in between, that make a refusal of
+/// everything rather than of these events.
+const MAX_SUSPECTS: usize = 3;
+
 /// How one request ended.
 #[derive(Debug)]
 enum Answer {
-    Status { code: u16, retry_after: Option<Duration> },
+    Status { code: u16, retry_after: Option<Duration>, location: Option<String> },
     Failed(String),
 }
 
 struct Sent {
-    lane: Lane,
+    /// `None` for the empty probe batch.
+    lane: Option<Lane>,
     events: Vec<Encoded>,
     answer: Answer,
+}
+
+/// What an answer says about the batch that got it.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// 2xx, or 409 (a duplicate).
+    Delivered,
+    /// 401, 403.
+    Revoked(u16),
+    /// 400, 422: the receiver refused the content.
+    Refused(u16),
+    /// Nothing about the content: the same batch goes again after a wait.
+    Again(Fault),
+}
+
+/// Why nothing was delivered, when the content is not to blame.
+#[derive(Debug, PartialEq, Eq)]
+struct Fault {
+    reason: String,
+    /// `Retry-After`; the backoff when `None`.
+    wait: Option<Duration>,
+    /// An alarm raised once while the fault lasts: the endpoint is misconfigured, which no
+    /// retry mends.
+    alarm: Option<&'static str>,
+}
+
+impl Fault {
+    fn retry(reason: String) -> Self {
+        Self { reason, wait: None, alarm: None }
+    }
+
+    fn endpoint(alarm: &'static str, reason: String) -> Self {
+        Self { reason, wait: None, alarm: Some(alarm) }
+    }
+}
+
+/// The status-code policy (module doc).
+fn verdict(answer: &Answer) -> Verdict {
+    let (code, retry_after, location) = match answer {
+        Answer::Failed(reason) => return Verdict::Again(Fault::retry(reason.clone())),
+        Answer::Status { code, retry_after, location } => (*code, *retry_after, location),
+    };
+    match code {
+        200..=299 | 409 => Verdict::Delivered,
+        401 | 403 => Verdict::Revoked(code),
+        400 | 422 => Verdict::Refused(code),
+        429 | 503 => Verdict::Again(Fault {
+            reason: format!("HTTP {code}: the receiver asks to wait"),
+            wait: retry_after,
+            alarm: None,
+        }),
+        300..=399 => {
+            let to = location
+                .as_deref()
+                .map_or_else(|| "nowhere (no Location)".into(), super::redact_url);
+            Verdict::Again(Fault::endpoint(
+                "destination_redirect",
+                format!(
+                    "HTTP {code} redirect to {to}: redirects are not followed, set the url to the final address"
+                ),
+            ))
+        }
+        402..=499 => Verdict::Again(Fault::endpoint(
+            "destination_endpoint",
+            format!(
+                "HTTP {code} for a whole batch: the endpoint does not take events (wrong path, \
+                 method, size limit or media type?)"
+            ),
+        )),
+        _ => Verdict::Again(Fault::retry(format!("HTTP {code}"))),
+    }
+}
+
+/// Suspected events go back to their lanes, to be sent again.
+fn release(outbox: &mut Outbox, suspects: &mut Vec<Encoded>) {
+    for event in suspects.drain(..) {
+        outbox.failed(&[event.seq]);
+    }
 }
 
 /// How a delivery run ended.
@@ -93,6 +197,13 @@ impl Driver {
             .connect_timeout(https.timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .http1_only()
+            // A redirect is not a delivery: followed, a 302 turns the POST into a GET whose 200
+            // would acknowledge events nobody stored, and a 307 re-sends the credentials and the
+            // signature to whatever origin it names.
+            .redirect(reqwest::redirect::Policy::none())
+            // The regulator's traffic goes where the configuration says, never through a proxy
+            // named by the environment (HTTPS_PROXY, ALL_PROXY, HTTP_PROXY).
+            .no_proxy()
             .user_agent(concat!("slotgate/", env!("CARGO_PKG_VERSION")));
         match &config.tls {
             Some(files) => {
@@ -131,6 +242,7 @@ impl Driver {
     }
 
     pub(crate) async fn run(mut self, shared: Shared, cancel: CancellationToken) {
+        let mut alarms = Alarms::default();
         let mut reason = "revoked before this start".to_owned();
         loop {
             if super::still_revoked(&shared.state_dir, &shared.name, &self.fingerprint)
@@ -139,7 +251,7 @@ impl Driver {
                 return;
             }
             super::clear_revoked(&shared.state_dir, &shared.name);
-            match self.deliver(&shared, &cancel).await {
+            match self.deliver(&shared, &mut alarms, &cancel).await {
                 Ended::Stopped => return,
                 Ended::Revoked(why) => reason = why,
             }
@@ -147,7 +259,12 @@ impl Driver {
     }
 
     /// Sends until the stop or a revocation.
-    async fn deliver(&self, shared: &Shared, cancel: &CancellationToken) -> Ended {
+    async fn deliver(
+        &self,
+        shared: &Shared,
+        alarms: &mut Alarms,
+        cancel: &CancellationToken,
+    ) -> Ended {
         let mut outbox = shared.outbox(self.budget);
         let mut cursor = CursorWriter::new(outbox.cursor());
         let mut backoff = ExponentialBackoff::DEFAULT.start();
@@ -155,19 +272,30 @@ impl Driver {
         let mut progress = Progress::new();
         let mut requests: JoinSet<Sent> = JoinSet::new();
         let mut busy = [false, false];
+        // Per lane: a batch that got no verdict on its content, sent again byte for byte (same
+        // Idempotency-Key, same signature) before anything else of its lane.
+        let mut held: [Option<Vec<Encoded>>; 2] = [None, None];
         let mut paused_until = Instant::now();
         // Per lane: seqs up to this one go one per request, since a batch with them was refused.
         let mut singles_through: [Option<u64>; 2] = [None, None];
+        // Events refused alone (400/422), kept in flight: quarantined once the receiver takes
+        // something else, sent again if it takes nothing.
+        let mut suspects: Vec<Encoded> = Vec::new();
         let mut interrupted = false;
-        tracing::info!(destination = %shared.name, url = %self.url, cursor = outbox.cursor(),
-            backlog = outbox.backlog(), order = ?shared.order, "HTTPS forwarder started.");
+        tracing::info!(destination = %shared.name, url = %super::redact_url(&self.url),
+            cursor = outbox.cursor(), backlog = outbox.backlog(), order = ?shared.order,
+            "HTTPS forwarder started.");
         outbox.connected(*durable.borrow());
         shared.update(&outbox, |s| s.state = LinkState::Up);
         loop {
             // After a failure, what was journalled meanwhile is backlog: once nothing is on the
-            // wire it moves to the replay lane (budgeted, historical), as a reconnect does for
-            // MQTT.
-            if requests.is_empty() && interrupted {
+            // wire, held or suspected, it moves to the replay lane (budgeted, historical), as a
+            // reconnect does for MQTT.
+            if interrupted
+                && requests.is_empty()
+                && held.iter().all(Option::is_none)
+                && suspects.is_empty()
+            {
                 outbox.connected(*durable.borrow());
                 interrupted = false;
             }
@@ -178,42 +306,24 @@ impl Driver {
                         continue;
                     }
                     let head = *durable.borrow();
-                    let room = if singles_through[slot].is_some() { 1 } else { self.batch_size };
-                    // A budgeted replay sends full batches, not a request per token.
-                    if lane == Lane::Replay
-                        && outbox.replay_ready_for(room as u64).is_some_and(|at| at > now)
-                    {
-                        continue;
-                    }
-                    let seqs = outbox.take(lane, now, head, room);
-                    if let (Some(through), Some(&first)) = (singles_through[slot], seqs.first())
-                        && first > through
-                    {
-                        singles_through[slot] = None;
-                    }
-                    let events = match shared.load(&mut outbox, &seqs, lane) {
-                        Ok(events) => events,
-                        Err(error) => {
-                            tracing::warn!(destination = %shared.name, %error, "Cannot read the journal.");
-                            outbox.failed(&seqs);
-                            continue;
-                        }
+                    let next = match held[slot].take() {
+                        Some(events) => Some(events),
+                        None => self.next_batch(
+                            shared,
+                            &mut outbox,
+                            (lane, now, head),
+                            &mut singles_through[slot],
+                        ),
                     };
-                    if events.is_empty() {
-                        continue;
+                    if let Some(events) = next {
+                        busy[slot] = true;
+                        requests.spawn(self.send(shared, Some(lane), events));
                     }
-                    busy[slot] = true;
-                    let request = self.request(shared, &events);
-                    requests.spawn(async move {
-                        let answer = match request.send().await {
-                            Ok(response) => Answer::Status {
-                                code: response.status().as_u16(),
-                                retry_after: retry_after(response.headers()),
-                            },
-                            Err(error) => Answer::Failed(error_chain(&error)),
-                        };
-                        Sent { lane, events, answer }
-                    });
+                }
+                // Nothing else on the wire to tell a refusal of these events from a refusal of
+                // everything: an empty batch asks.
+                if requests.is_empty() && !suspects.is_empty() {
+                    requests.spawn(self.send(shared, None, Vec::new()));
                 }
             }
             let wake = outbox
@@ -225,21 +335,38 @@ impl Driver {
                 () = cancel.cancelled() => break,
                 Some(done) = requests.join_next() => {
                     let Ok(sent) = done else { continue };
-                    busy[usize::from(sent.lane == Lane::Replay)] = false;
+                    let slot = sent.lane.map(|lane| usize::from(lane == Lane::Replay));
+                    if let Some(slot) = slot {
+                        busy[slot] = false;
+                    }
                     let seqs: Vec<u64> = sent.events.iter().map(|e| e.seq).collect();
-                    match sent.answer {
-                        Answer::Status { code, .. } if (200..300).contains(&code) || code == 409 => {
+                    let mut fault = None;
+                    match verdict(&sent.answer) {
+                        Verdict::Delivered => {
                             for seq in &seqs {
                                 outbox.acknowledged(*seq);
                             }
                             backoff.reset();
+                            alarms.clear(shared);
                             shared.status.send_modify(|s| {
                                 s.delivered += seqs.len() as u64;
                                 s.state = LinkState::Up;
                                 s.last_error = None;
                             });
+                            // The receiver takes events: those it refused alone were refused
+                            // for what they are.
+                            if !suspects.is_empty() {
+                                if self.quarantine(shared, alarms, &suspects).await {
+                                    suspects.drain(..).for_each(|e| {
+                                        outbox.acknowledged(e.seq);
+                                    });
+                                } else {
+                                    release(&mut outbox, &mut suspects);
+                                    fault = Some(Fault::retry("the quarantine file is not writable".into()));
+                                }
+                            }
                         }
-                        Answer::Status { code: code @ (401 | 403), .. } => {
+                        Verdict::Revoked(code) => {
                             outbox.failed(&seqs);
                             requests.abort_all();
                             let reason = format!("the receiver refused our credentials (HTTP {code})");
@@ -249,37 +376,42 @@ impl Driver {
                             cursor.maybe_write(shared, &outbox, true).await;
                             return Ended::Revoked(reason);
                         }
-                        Answer::Status { code: code @ (429 | 503), retry_after } => {
-                            outbox.failed(&seqs);
-                            interrupted = true;
-                            let delay = retry_after.unwrap_or_else(|| backoff.next_delay());
-                            paused_until = Instant::now() + delay;
-                            tracing::warn!(destination = %shared.name, code, retry_in = ?delay, "The receiver asks to wait.");
-                            shared.update(&outbox, |s| s.last_error = Some(format!("HTTP {code}, retry in {delay:?}")));
+                        Verdict::Refused(code) if sent.events.is_empty() => {
+                            let ids: Vec<&str> = suspects.iter().map(|e| e.id.as_str()).collect();
+                            let reason = format!("HTTP {code} for an empty batch as for event(s) {} sent alone: \
+                                the receiver refuses everything", ids.join(", "));
+                            release(&mut outbox, &mut suspects);
+                            fault = Some(Fault::endpoint("destination_endpoint", reason));
                         }
-                        Answer::Status { code, .. } if (400..500).contains(&code) => {
-                            if seqs.len() > 1 {
-                                outbox.failed(&seqs);
-                                singles_through[usize::from(sent.lane == Lane::Replay)] = seqs.last().copied();
-                                tracing::warn!(destination = %shared.name, code, events = seqs.len(),
-                                    "A batch was refused; resending its events one by one.");
-                            } else if self.quarantine(shared, &sent.events, code).await {
-                                for seq in &seqs {
-                                    outbox.acknowledged(*seq);
-                                }
-                            } else {
-                                let reason = format!("HTTP {code}, and the quarantine file is not writable");
-                                self.retry_later(shared, &mut outbox, &seqs, &mut backoff, &mut paused_until, reason);
+                        Verdict::Refused(code) if seqs.len() > 1 => {
+                            outbox.failed(&seqs);
+                            if let Some(slot) = slot {
+                                singles_through[slot] = seqs.last().copied();
+                            }
+                            tracing::warn!(destination = %shared.name, code, events = seqs.len(),
+                                "A batch was refused; resending its events one by one.");
+                        }
+                        Verdict::Refused(code) => {
+                            suspects.extend(sent.events);
+                            if suspects.len() >= MAX_SUSPECTS {
+                                let reason = format!("HTTP {code} for each of {} events sent alone in a row: \
+                                    the receiver refuses everything", suspects.len());
+                                release(&mut outbox, &mut suspects);
+                                fault = Some(Fault::endpoint("destination_endpoint", reason));
                             }
                         }
-                        Answer::Status { code, .. } => {
-                            interrupted = true;
-                            self.retry_later(shared, &mut outbox, &seqs, &mut backoff, &mut paused_until, format!("HTTP {code}"));
+                        Verdict::Again(again) => {
+                            match slot {
+                                Some(slot) => held[slot] = Some(sent.events),
+                                // A probe with no answer on the events: they are sent again.
+                                None => release(&mut outbox, &mut suspects),
+                            }
+                            fault = Some(again);
                         }
-                        Answer::Failed(reason) => {
-                            interrupted = true;
-                            self.retry_later(shared, &mut outbox, &seqs, &mut backoff, &mut paused_until, reason);
-                        }
+                    }
+                    if let Some(fault) = fault {
+                        interrupted = true;
+                        self.fault(shared, alarms, &outbox, &mut backoff, &mut paused_until, fault).await;
                     }
                 }
                 _ = durable.changed() => {}
@@ -292,9 +424,7 @@ impl Driver {
         // Let the requests on the wire finish, so their acknowledgements are kept.
         let grace = tokio::time::Instant::now() + Duration::from_secs(2);
         while let Ok(Some(Ok(sent))) = tokio::time::timeout_at(grace, requests.join_next()).await {
-            if let Answer::Status { code, .. } = sent.answer
-                && ((200..300).contains(&code) || code == 409)
-            {
+            if verdict(&sent.answer) == Verdict::Delivered {
                 sent.events.iter().for_each(|e| {
                     outbox.acknowledged(e.seq);
                 });
@@ -304,6 +434,97 @@ impl Driver {
         shared.update(&outbox, |s| s.state = LinkState::Down);
         tracing::info!(destination = %shared.name, cursor = outbox.cursor(), "HTTPS forwarder stopped.");
         Ended::Stopped
+    }
+
+    /// The next batch of a lane, read from the journal (`at`: lane, now, durable head); `None`
+    /// when it has nothing to send now.
+    fn next_batch(
+        &self,
+        shared: &Shared,
+        outbox: &mut Outbox,
+        (lane, now, head): (Lane, Instant, u64),
+        singles_through: &mut Option<u64>,
+    ) -> Option<Vec<Encoded>> {
+        let room = if singles_through.is_some() { 1 } else { self.batch_size };
+        // A budgeted replay sends full batches, not a request per token.
+        if lane == Lane::Replay && outbox.replay_ready_for(room as u64).is_some_and(|at| at > now) {
+            return None;
+        }
+        let seqs = outbox.take(lane, now, head, room);
+        if let (Some(through), Some(&first)) = (*singles_through, seqs.first())
+            && first > through
+        {
+            *singles_through = None;
+        }
+        match shared.load(outbox, &seqs, lane) {
+            Ok(events) => (!events.is_empty()).then_some(events),
+            Err(error) => {
+                tracing::warn!(destination = %shared.name, %error, "Cannot read the journal.");
+                outbox.failed(&seqs);
+                None
+            }
+        }
+    }
+
+    /// The request for `events` as a future that owns everything it needs; `lane` is `None`
+    /// for the empty probe batch.
+    fn send(
+        &self,
+        shared: &Shared,
+        lane: Option<Lane>,
+        events: Vec<Encoded>,
+    ) -> impl Future<Output = Sent> + Send + 'static {
+        let request = self.request(shared, &events);
+        async move {
+            let answer = match request.send().await {
+                // The status decides; the body is never read, so a receiver cannot make the
+                // gateway buffer or wait for it.
+                Ok(response) => {
+                    let headers = response.headers();
+                    Answer::Status {
+                        code: response.status().as_u16(),
+                        retry_after: retry_after(headers),
+                        location: headers
+                            .get(reqwest::header::LOCATION)
+                            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                    }
+                }
+                // reqwest's message names the URL, query string and all.
+                Err(error) => Answer::Failed(error_chain(&error.without_url())),
+            };
+            Sent { lane, events, answer }
+        }
+    }
+
+    /// Nothing was delivered and the content is not to blame: waits (`Retry-After` or the
+    /// backoff), marks the destination down, and raises the fault's alarm once.
+    async fn fault(
+        &self,
+        shared: &Shared,
+        alarms: &mut Alarms,
+        outbox: &Outbox,
+        backoff: &mut crate::transport::backoff::Backoff,
+        paused_until: &mut Instant,
+        fault: Fault,
+    ) {
+        let delay = fault.wait.unwrap_or_else(|| backoff.next_delay());
+        *paused_until = Instant::now() + delay;
+        let mut reason = fault.reason;
+        if let Some(alarm) = fault.alarm {
+            let message = format!(
+                "destination {}: {reason}; events stay in the journal and are sent again",
+                shared.name
+            );
+            let times = alarms.raise(shared, alarm, alarm, &message).await;
+            if times > 1 {
+                reason = format!("{reason} ({times} times in a row)");
+            }
+        }
+        tracing::warn!(destination = %shared.name, %reason, retry_in = ?delay, "Sending failed.");
+        shared.update(outbox, |s| {
+            s.state = LinkState::Down;
+            s.last_error = Some(reason);
+        });
     }
 
     fn request(&self, shared: &Shared, events: &[Encoded]) -> reqwest::RequestBuilder {
@@ -336,25 +557,6 @@ impl Driver {
         request.body(body)
     }
 
-    fn retry_later(
-        &self,
-        shared: &Shared,
-        outbox: &mut Outbox,
-        seqs: &[u64],
-        backoff: &mut crate::transport::backoff::Backoff,
-        paused_until: &mut Instant,
-        reason: String,
-    ) {
-        outbox.failed(seqs);
-        let delay = backoff.next_delay();
-        *paused_until = Instant::now() + delay;
-        tracing::warn!(destination = %shared.name, %reason, retry_in = ?delay, "Sending failed.");
-        shared.update(outbox, |s| {
-            s.state = LinkState::Down;
-            s.last_error = Some(reason);
-        });
-    }
-
     /// Sends nothing, the journal keeping everything, until the credential files change (then
     /// reloads them and returns true) or the stop (false).
     async fn await_new_credentials(
@@ -363,25 +565,13 @@ impl Driver {
         cancel: &CancellationToken,
         reason: &str,
     ) -> bool {
-        let message = format!(
-            "destination {}: {reason}; nothing is sent until its credentials change (events stay \
-             in the journal)",
-            shared.name
-        );
-        tracing::error!(destination = %shared.name, alarm = "destination_revoked", "ALARM: {message}");
-        raise_alarm(shared, "destination_revoked", &message).await;
         let outbox = shared.outbox(self.budget);
-        shared.update(&outbox, |s| {
-            s.state = LinkState::Revoked;
-            s.last_error = Some(message.clone());
-        });
+        super::revoked(shared, &outbox, reason).await;
         loop {
-            tokio::select! {
-                () = cancel.cancelled() => return false,
-                () = tokio::time::sleep(CREDENTIALS_CHECK_EVERY) => {}
-            }
-            if fingerprint_of(&self.config, &self.https) == self.fingerprint {
-                continue;
+            let refused = self.fingerprint.clone();
+            let changed = || fingerprint_of(&self.config, &self.https) != refused;
+            if !super::wait_until_changed(shared, &outbox, cancel, changed).await {
+                return false;
             }
             match Self::new(&self.config, &self.https) {
                 Ok(fresh) => {
@@ -398,9 +588,11 @@ impl Driver {
         }
     }
 
-    /// Keeps a refused event where an operator finds it, durably, before it is acknowledged.
-    /// Returns whether it was kept; if not, it must not be acknowledged.
-    async fn quarantine(&self, shared: &Shared, events: &[Encoded], code: u16) -> bool {
+    /// Keeps refused events where an operator finds them, durably, before they are
+    /// acknowledged. Returns whether they were kept; if not, they must not be acknowledged.
+    /// A refused gateway alarm raises no alarm of its own: an alarm about a destination that
+    /// refuses it would otherwise feed itself.
+    async fn quarantine(&self, shared: &Shared, alarms: &mut Alarms, events: &[Encoded]) -> bool {
         let path = shared.state_dir.join(format!("{}.quarantine.jsonl", shared.name));
         let written = (|| -> std::io::Result<()> {
             std::fs::create_dir_all(&shared.state_dir)?;
@@ -417,15 +609,21 @@ impl Driver {
                 "Cannot write the quarantine file.");
             return false;
         }
-        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        let ids = |alarm: bool| -> Vec<&str> {
+            events.iter().filter(|e| e.alarm == alarm).map(|e| e.id.as_str()).collect()
+        };
+        let (refused, refused_alarms) = (ids(false), ids(true));
         let message = format!(
-            "destination {}: HTTP {code} refused event(s) {}; kept in {}",
+            "destination {}: refused event(s) {}; kept in {}",
             shared.name,
-            ids.join(", "),
+            refused.iter().chain(&refused_alarms).copied().collect::<Vec<_>>().join(", "),
             path.display()
         );
-        tracing::error!(destination = %shared.name, alarm = "upstream_quarantine", "ALARM: {message}");
-        raise_alarm(shared, "upstream_quarantine", &message).await;
+        if refused.is_empty() {
+            tracing::error!(destination = %shared.name, "{message}");
+        } else {
+            alarms.raise(shared, "upstream_quarantine", "upstream_quarantine", &message).await;
+        }
         shared.status.send_modify(|s| {
             s.quarantined += events.len() as u64;
             s.last_error = Some(message);
@@ -433,24 +631,6 @@ impl Driver {
         metrics::counter!("slotgate_forward_quarantined_total", "destination" => shared.name.clone())
             .increment(events.len() as u64);
         true
-    }
-}
-
-/// Journals an alarm record, so it reaches every destination that still accepts events.
-async fn raise_alarm(shared: &Shared, alarm: &str, message: &str) {
-    let record = NewRecord {
-        class: Class::Alarm,
-        machine: String::new(),
-        machine_seq: None,
-        body: Body::Alarm {
-            alarm: alarm.to_owned(),
-            level: "error".into(),
-            message: message.to_owned(),
-        },
-        snapshot_of: None,
-    };
-    if let Err(error) = shared.journal.append(vec![record]).await {
-        tracing::warn!(destination = %shared.name, %error, "Cannot journal the alarm.");
     }
 }
 
@@ -496,6 +676,34 @@ mod tests {
             sign(b"Jefe", b"what do ya want for nothing?"),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn only_400_and_422_blame_the_content_and_redirects_are_endpoint_faults() {
+        let status = |code: u16, location: Option<&str>| {
+            verdict(&Answer::Status {
+                code,
+                retry_after: None,
+                location: location.map(str::to_owned),
+            })
+        };
+        assert_eq!(status(200, None), Verdict::Delivered);
+        assert_eq!(status(409, None), Verdict::Delivered);
+        assert_eq!(status(403, None), Verdict::Revoked(403));
+        assert_eq!(status(422, None), Verdict::Refused(422));
+        for code in [404, 405, 410, 413, 415, 418] {
+            let Verdict::Again(fault) = status(code, None) else { panic!("{code}") };
+            assert_eq!(fault.alarm, Some("destination_endpoint"), "{code}");
+        }
+        let Verdict::Again(fault) = status(302, Some("https://u:p@elsewhere/ok?sig=1")) else {
+            panic!("a redirect is no delivery")
+        };
+        assert_eq!(fault.alarm, Some("destination_redirect"));
+        assert!(fault.reason.contains("https://elsewhere/ok?…"), "{}", fault.reason);
+        assert!(!fault.reason.contains("sig=1") && !fault.reason.contains("u:p"));
+        for code in [500, 502, 504] {
+            assert_eq!(status(code, None), Verdict::Again(Fault::retry(format!("HTTP {code}"))));
+        }
     }
 
     #[test]

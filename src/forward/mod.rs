@@ -24,10 +24,17 @@
 //!   its in-flight messages on a clean session or a broker restart (field-lessons.md §B2, §C4),
 //!   so every reconnect starts a new client and resends everything unacknowledged from the
 //!   journal.
-//! - **Refusals are never silent** ([`https`]): 401/403 revokes the destination (nothing more is
-//!   sent, the journal keeps everything, an alarm stays up) until its credentials change; other
-//!   4xx move the rejected events to a quarantine file with an alarm, one event at a time so
-//!   one bad event does not quarantine its batch.
+//! - **Refusals are never silent, and never a storm** ([`https`]): 401/403 (MQTT: a login
+//!   refused with CONNACK 4 or 5) revokes the destination (nothing more is sent, the journal
+//!   keeps everything, an alarm stays up) until its credentials change; only an event refused
+//!   alone (400/422) while the receiver takes others is moved to a quarantine file; a redirect
+//!   or any other 4xx is a fault of the endpoint, retried with everything kept. A condition
+//!   raises one alarm until it clears ([`Alarms`]), and a refused alarm raises none.
+//! - **No secret in logs, status or alarms**: URLs are shown without user info or query
+//!   ([`redact_url`]).
+//! - **Status figures are true in every state**: before the first connection and while down
+//!   or revoked, everything unacknowledged counts as backlog, and no drain time is given while
+//!   nothing drains.
 //!
 //! The wire format is [`cloudevent`] (reference: `docs/upstream-protocol.md`); TLS is [`tls`].
 
@@ -79,7 +86,8 @@ pub struct DestinationStatus {
     /// Durable records not yet acknowledged, both lanes.
     #[serde(default)]
     pub unacknowledged: u64,
-    /// Records of the replay lane still to deliver.
+    /// Records of the replay lane still to deliver; while not up, every unacknowledged record
+    /// (the replay that follows the next connection).
     pub backlog: u64,
     pub in_flight: usize,
     /// Records acknowledged since start.
@@ -87,13 +95,16 @@ pub struct DestinationStatus {
     /// Records moved to the quarantine file since start.
     pub quarantined: u64,
     pub replay_rate: u32,
-    /// Backlog over the replay rate, while a backlog drains.
+    /// Backlog over the replay rate, while a backlog drains (up); `None` while nothing drains.
     pub drain_eta_seconds: Option<u64>,
     pub last_error: Option<String>,
 }
 
 impl DestinationStatus {
-    fn new(config: &DestinationConfig, cursor: u64) -> Self {
+    /// The figures known before the forwarder runs: everything between the cursor and the
+    /// journal's durable end is unacknowledged, and will be replayed once connected.
+    fn new(config: &DestinationConfig, cursor: u64, head: u64) -> Self {
+        let unacknowledged = head.saturating_sub(cursor);
         Self {
             name: config.name.clone(),
             kind: match config.kind {
@@ -102,8 +113,8 @@ impl DestinationStatus {
             },
             state: LinkState::Connecting,
             cursor,
-            unacknowledged: 0,
-            backlog: 0,
+            unacknowledged,
+            backlog: unacknowledged,
             in_flight: 0,
             delivered: 0,
             quarantined: 0,
@@ -129,7 +140,8 @@ pub fn spawn_all(
             tracing::warn!(destination = %destination.name, "{warning}");
         }
         let cursor = journal.status().borrow().cursors.get(&destination.name).copied().unwrap_or(0);
-        let (tx, rx) = watch::channel(DestinationStatus::new(destination, cursor));
+        let head = *journal.durable().borrow();
+        let (tx, rx) = watch::channel(DestinationStatus::new(destination, cursor, head));
         statuses.push(rx);
         let shared = Shared {
             name: destination.name.clone(),
@@ -234,16 +246,26 @@ impl Shared {
         Ok(out)
     }
 
+    /// Applies `f`, then recomputes the figures from the outbox and the journal's head.
     pub(crate) fn update(&self, outbox: &Outbox, f: impl FnOnce(&mut DestinationStatus)) {
         let head = *self.journal.durable().borrow();
         self.status.send_modify(|s| {
+            f(s);
             s.cursor = outbox.cursor();
             s.unacknowledged = head.saturating_sub(outbox.cursor());
-            s.backlog = outbox.backlog();
             s.in_flight = outbox.in_flight();
-            s.drain_eta_seconds =
-                (s.backlog > 0).then(|| s.backlog / u64::from(s.replay_rate.max(1)));
-            f(s);
+            // While nothing is delivered, everything unacknowledged piles up for the replay
+            // that follows the next connection, and no drain time can be promised.
+            (s.backlog, s.drain_eta_seconds) = match s.state {
+                LinkState::Up => {
+                    let backlog = outbox.backlog();
+                    let rate = u64::from(s.replay_rate.max(1));
+                    (backlog, (backlog > 0).then(|| backlog.div_ceil(rate)))
+                }
+                LinkState::Connecting | LinkState::Down | LinkState::Revoked => {
+                    (s.unacknowledged, None)
+                }
+            };
         });
         let s = self.status.borrow();
         let name = self.name.clone();
@@ -253,8 +275,9 @@ impl Shared {
             .set(s.in_flight as f64);
         metrics::gauge!("slotgate_forward_delivered", "destination" => name.clone())
             .set(s.delivered as f64);
+        // NaN, not 0, while nothing drains: "unknown" must not read as "drained".
         metrics::gauge!("slotgate_forward_drain_eta_seconds", "destination" => name.clone())
-            .set(s.drain_eta_seconds.unwrap_or(0) as f64);
+            .set(s.drain_eta_seconds.map_or(f64::NAN, |eta| eta as f64));
         let state = match s.state {
             LinkState::Up => 1.0,
             LinkState::Connecting | LinkState::Down => 0.0,
@@ -262,6 +285,91 @@ impl Shared {
         };
         metrics::gauge!("slotgate_forward_up", "destination" => name).set(state);
     }
+}
+
+/// A destination's alarms, one per condition until it clears: a fault that repeats on every
+/// retry is journalled once (an alarm is an event forwarded like any other, so one per retry
+/// would flood the journal and the receiver), and its repeats are counted.
+#[derive(Debug, Default)]
+pub(crate) struct Alarms {
+    /// Condition → times seen since it was raised.
+    raised: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Alarms {
+    /// Journals `alarm` unless `condition` is raised already. Returns how often the condition
+    /// was seen since it was raised.
+    pub(crate) async fn raise(
+        &mut self,
+        shared: &Shared,
+        condition: &'static str,
+        alarm: &str,
+        message: &str,
+    ) -> u64 {
+        let seen = self.raised.entry(condition).or_insert(0);
+        *seen += 1;
+        let seen = *seen;
+        if seen == 1 {
+            tracing::error!(destination = %shared.name, alarm, "ALARM: {message}");
+            journal_alarm(shared, alarm, message).await;
+        }
+        seen
+    }
+
+    /// The destination works again: every condition is over.
+    pub(crate) fn clear(&mut self, shared: &Shared) {
+        for (condition, times) in std::mem::take(&mut self.raised) {
+            tracing::info!(destination = %shared.name, condition, times, "Alarm condition cleared.");
+        }
+    }
+}
+
+/// Journals an alarm record, so it reaches every destination that still accepts events.
+pub(crate) async fn journal_alarm(shared: &Shared, alarm: &str, message: &str) {
+    let record = crate::journal::NewRecord {
+        class: crate::journal::Class::Alarm,
+        machine: String::new(),
+        machine_seq: None,
+        body: crate::journal::Body::Alarm {
+            alarm: alarm.to_owned(),
+            level: "error".into(),
+            message: message.to_owned(),
+        },
+        snapshot_of: None,
+    };
+    if let Err(error) = shared.journal.append(vec![record]).await {
+        tracing::warn!(destination = %shared.name, %error, "Cannot journal the alarm.");
+    }
+}
+
+/// `url` fit for logs, status and alarms: no user name or password, and `?…` for a query or
+/// fragment (tokens travel there). Works on relative references (`Location: /ok?sig=…`) too.
+pub fn redact_url(url: &str) -> String {
+    let (url, hidden) = match url.find(['?', '#']) {
+        Some(at) => (url.get(..at).unwrap_or_default(), true),
+        None => (url, false),
+    };
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let (authority, path) = match (scheme, rest.find('/')) {
+        (None, _) => ("", rest),
+        (Some(_), Some(at)) => rest.split_at(at),
+        (Some(_), None) => (rest, ""),
+    };
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let mut out = String::new();
+    if let Some(scheme) = scheme {
+        out.push_str(scheme);
+        out.push_str("://");
+    }
+    out.push_str(host);
+    out.push_str(path);
+    if hidden {
+        out.push_str("?…");
+    }
+    out
 }
 
 /// Persists the cursor when it moved and [`CURSOR_EVERY`] has passed (or `force`).
@@ -360,6 +468,49 @@ pub(crate) fn clear_revoked(state_dir: &Path, name: &str) {
     let _ = std::fs::remove_file(revocation_path(state_dir, name));
 }
 
+/// How often a revoked destination looks for changed credentials.
+const CREDENTIALS_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// A destination was revoked for `reason`: the alarm and the status say so.
+pub(crate) async fn revoked(shared: &Shared, outbox: &Outbox, reason: &str) {
+    let message = format!(
+        "destination {}: {reason}; nothing is sent until its credentials change (events stay in \
+         the journal)",
+        shared.name
+    );
+    tracing::error!(destination = %shared.name, alarm = "destination_revoked", "ALARM: {message}");
+    journal_alarm(shared, "destination_revoked", &message).await;
+    shared.update(outbox, |s| {
+        s.state = LinkState::Revoked;
+        s.last_error = Some(message);
+    });
+}
+
+/// Waits until `changed()` (looked at every [`CREDENTIALS_CHECK_EVERY`]), true, or the stop,
+/// false; what is journalled meanwhile shows in the status as waiting.
+pub(crate) async fn wait_until_changed(
+    shared: &Shared,
+    outbox: &Outbox,
+    cancel: &CancellationToken,
+    changed: impl Fn() -> bool,
+) -> bool {
+    let mut durable = shared.journal.durable();
+    let mut check = tokio::time::interval(CREDENTIALS_CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    check.reset();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return false,
+            _ = check.tick() => {
+                if changed() {
+                    return true;
+                }
+            }
+            Ok(()) = durable.changed() => shared.update(outbox, |_| {}),
+        }
+    }
+}
+
 /// A password, token or key: shown as `***` by `Debug`, so no log line can carry it.
 #[derive(Clone, Default)]
 pub(crate) struct Secret(String);
@@ -393,7 +544,7 @@ mod tests {
         DestinationConfig {
             name: "d".into(),
             kind: DestinationKind::Https(HttpsDestination {
-                url: "http://127.0.0.1:1/events".into(),
+                url: "http://127.0.0.1:1/events?token=query-secret".into(),
                 token_file: secret.clone(),
                 api_key_file: secret.clone(),
                 hmac_key_file: secret,
@@ -418,6 +569,17 @@ mod tests {
     }
 
     #[test]
+    fn urls_lose_their_credentials_and_queries() {
+        assert_eq!(
+            redact_url("https://user:pass@host:8443/events?token=abc#x"),
+            "https://host:8443/events?…"
+        );
+        assert_eq!(redact_url("https://host/events"), "https://host/events");
+        assert_eq!(redact_url("/ok?sig=123"), "/ok?…");
+        assert_eq!(redact_url("mqtts://u:p@broker"), "mqtts://broker");
+    }
+
+    #[test]
     fn secrets_never_show_in_debug_output() {
         tls::install_provider();
         let dir = tempfile::tempdir().unwrap();
@@ -427,7 +589,7 @@ mod tests {
         let DestinationKind::Https(https) = &config.kind else { unreachable!() };
         let driver = https::Driver::new(&config, https).unwrap();
         let shown = format!("{driver:?}");
-        assert!(!shown.contains("tok-123"), "{shown}");
+        assert!(!shown.contains("tok-123") && !shown.contains("query-secret"), "{shown}");
         assert!(shown.contains("***"), "{shown}");
     }
 }

@@ -41,6 +41,10 @@ const MAX_PACKET: usize = 1 << 20;
 /// A configured MQTT destination, its secrets read and its TLS built.
 #[derive(Debug)]
 pub struct Driver {
+    config: DestinationConfig,
+    mqtt: MqttDestination,
+    /// Revocation holds while this is unchanged.
+    fingerprint: String,
     host: String,
     port: u16,
     client_id: String,
@@ -56,6 +60,19 @@ pub struct Driver {
 enum Ended {
     Stopped,
     Lost(String),
+    /// The broker refused the login (CONNACK 4 or 5).
+    Revoked(String),
+}
+
+/// What a revocation is tied to: the user name, the password file and the client certificate.
+fn fingerprint_of(config: &DestinationConfig, mqtt: &MqttDestination) -> String {
+    super::credentials_fingerprint(
+        &[
+            mqtt.password_file.as_deref(),
+            config.tls.as_ref().and_then(|t| t.client_cert.as_deref()),
+        ],
+        &format!("{}:{}:{}", mqtt.host, mqtt.port, mqtt.username.as_deref().unwrap_or_default()),
+    )
 }
 
 impl Driver {
@@ -68,6 +85,9 @@ impl Driver {
             (None, None) => None,
         };
         Ok(Self {
+            config: config.clone(),
+            mqtt: mqtt.clone(),
+            fingerprint: fingerprint_of(config, mqtt),
             host: mqtt.host.clone(),
             port: mqtt.port,
             client_id: mqtt.client_id.clone(),
@@ -81,22 +101,78 @@ impl Driver {
         })
     }
 
-    pub(crate) async fn run(self, shared: Shared, cancel: CancellationToken) {
+    pub(crate) async fn run(mut self, shared: Shared, cancel: CancellationToken) {
+        let mut reason = "revoked before this start".to_owned();
+        loop {
+            if super::still_revoked(&shared.state_dir, &shared.name, &self.fingerprint)
+                && !self.await_new_credentials(&shared, &cancel, &reason).await
+            {
+                return;
+            }
+            super::clear_revoked(&shared.state_dir, &shared.name);
+            match self.deliver(&shared, &cancel).await {
+                Some(why) => reason = why,
+                None => return,
+            }
+        }
+    }
+
+    /// Sends nothing, the journal keeping everything, until the credential files change (then
+    /// reloads them and returns true) or the stop (false).
+    async fn await_new_credentials(
+        &mut self,
+        shared: &Shared,
+        cancel: &CancellationToken,
+        reason: &str,
+    ) -> bool {
+        let outbox = shared.outbox(self.budget);
+        super::revoked(shared, &outbox, reason).await;
+        loop {
+            let refused = self.fingerprint.clone();
+            let changed = || fingerprint_of(&self.config, &self.mqtt) != refused;
+            if !super::wait_until_changed(shared, &outbox, cancel, changed).await {
+                return false;
+            }
+            match Self::new(&self.config, &self.mqtt) {
+                Ok(fresh) => {
+                    *self = fresh;
+                    tracing::warn!(destination = %shared.name, "Credentials changed: connecting again.");
+                    return true;
+                }
+                Err(error) => {
+                    tracing::warn!(destination = %shared.name, error = %format!("{error:#}"),
+                        "Changed credentials are not usable yet.");
+                }
+            }
+        }
+    }
+
+    /// Connects and sends until the stop (`None`) or a refused login (the reason).
+    async fn deliver(&self, shared: &Shared, cancel: &CancellationToken) -> Option<String> {
         let mut outbox = shared.outbox(self.budget);
         let mut cursor = CursorWriter::new(outbox.cursor());
         let mut backoff = ExponentialBackoff::DEFAULT.start();
         let mut durable = shared.journal.durable();
-        tracing::info!(destination = %shared.name, broker = %format!("{}:{}", self.host, self.port),
-            cursor = outbox.cursor(), backlog = outbox.backlog(), order = ?shared.order,
-            "MQTT forwarder started.");
-        loop {
+        // The host may carry a user name and password (`user:pass@host`).
+        let broker = super::redact_url(&format!("mqtt://{}:{}", self.host, self.port));
+        tracing::info!(destination = %shared.name, %broker, cursor = outbox.cursor(),
+            backlog = outbox.backlog(), order = ?shared.order, "MQTT forwarder started.");
+        let revoked = loop {
             shared.update(&outbox, |s| s.state = LinkState::Connecting);
             let ended = self
-                .connection(&shared, &mut outbox, &mut durable, &mut cursor, &cancel, &mut backoff)
+                .connection(shared, &mut outbox, &mut durable, &mut cursor, cancel, &mut backoff)
                 .await;
-            cursor.maybe_write(&shared, &outbox, true).await;
+            cursor.maybe_write(shared, &outbox, true).await;
             match ended {
-                Ended::Stopped => break,
+                Ended::Stopped => break None,
+                Ended::Revoked(reason) => {
+                    if let Err(error) =
+                        super::mark_revoked(&shared.state_dir, &shared.name, &self.fingerprint)
+                    {
+                        tracing::error!(destination = %shared.name, %error, "Cannot store the revocation.");
+                    }
+                    break Some(reason);
+                }
                 Ended::Lost(reason) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(destination = %shared.name, %reason, retry_in = ?delay,
@@ -105,15 +181,26 @@ impl Driver {
                         s.state = LinkState::Down;
                         s.last_error = Some(reason);
                     });
-                    tokio::select! {
-                        () = cancel.cancelled() => break,
-                        () = tokio::time::sleep(delay) => {}
+                    let until = tokio::time::Instant::now() + delay;
+                    loop {
+                        tokio::select! {
+                            () = cancel.cancelled() => break,
+                            () = tokio::time::sleep_until(until) => break,
+                            // What is journalled during the outage shows as waiting.
+                            Ok(()) = durable.changed() => shared.update(&outbox, |_| {}),
+                        }
+                    }
+                    if cancel.is_cancelled() {
+                        break None;
                     }
                 }
             }
+        };
+        if revoked.is_none() {
+            shared.update(&outbox, |s| s.state = LinkState::Down);
+            tracing::info!(destination = %shared.name, cursor = outbox.cursor(), "MQTT forwarder stopped.");
         }
-        shared.update(&outbox, |s| s.state = LinkState::Down);
-        tracing::info!(destination = %shared.name, cursor = outbox.cursor(), "MQTT forwarder stopped.");
+        revoked
     }
 
     fn options(&self) -> MqttOptions {
@@ -160,7 +247,7 @@ impl Driver {
         };
         match connected {
             Ok(Ok(())) => {}
-            Ok(Err(reason)) => return Ended::Lost(reason),
+            Ok(Err(ended)) => return ended,
             Err(_) => return Ended::Lost(format!("no CONNACK within {CONNECT_TIMEOUT:?}")),
         }
         backoff.reset();
@@ -347,20 +434,51 @@ async fn pump(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, rumqttc::
     }
 }
 
+/// The CONNACK; a refused login (return code 4 or 5, like HTTP 401/403) revokes the
+/// destination, since retrying the same credentials cannot succeed.
 async fn wait_connack(
     events: &mut mpsc::Receiver<Result<Event, rumqttc::ConnectionError>>,
-) -> Result<(), String> {
+) -> Result<(), Ended> {
     while let Some(event) = events.recv().await {
-        match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) if ack.code == ConnectReturnCode::Success => {
-                return Ok(());
+        let code = match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => ack.code,
+            // rumqttc reports a refusing CONNACK as an error carrying its code.
+            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => code,
+            Ok(_) => continue,
+            Err(error) => return Err(Ended::Lost(error.to_string())),
+        };
+        return match code {
+            ConnectReturnCode::Success => Ok(()),
+            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => {
+                Err(Ended::Revoked(format!("the broker refused our login: {code:?}")))
             }
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                return Err(format!("the broker refused the connection: {:?}", ack.code));
-            }
-            Ok(_) => {}
-            Err(error) => return Err(error.to_string()),
+            code => Err(Ended::Lost(format!("the broker refused the connection: {code:?}"))),
+        };
+    }
+    Err(Ended::Lost("event loop ended".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use rumqttc::ConnAck;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_login_is_a_revocation_and_other_refusals_are_retried() {
+        for (code, revoked) in [
+            (ConnectReturnCode::BadUserNamePassword, true),
+            (ConnectReturnCode::NotAuthorized, true),
+            (ConnectReturnCode::ServiceUnavailable, false),
+        ] {
+            let (tx, mut rx) = mpsc::channel(1);
+            tx.send(Ok(Event::Incoming(Packet::ConnAck(ConnAck::new(code, false))))).await.unwrap();
+            let ended = wait_connack(&mut rx).await;
+            assert_eq!(matches!(ended, Err(Ended::Revoked(_))), revoked, "{code:?}");
+            let (tx, mut rx) = mpsc::channel(1);
+            tx.send(Err(rumqttc::ConnectionError::ConnectionRefused(code))).await.unwrap();
+            let ended = wait_connack(&mut rx).await;
+            assert_eq!(matches!(ended, Err(Ended::Revoked(_))), revoked, "{code:?} as an error");
         }
     }
-    Err("event loop ended".into())
 }

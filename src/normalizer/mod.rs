@@ -265,6 +265,15 @@ impl Normalizer {
                 };
                 self.exception(*exception, source, &mut drafts);
             }
+            SessionEvent::FollowUpLost { exception, poll, error } => drafts.push(Draft::plain(
+                EventKind::FollowUpLost {
+                    exception: exception.code(),
+                    command: poll.command(),
+                    poll: format!("{poll:?}"),
+                    error: error.to_string(),
+                },
+                long_poll_source(poll),
+            )),
             SessionEvent::LinkDown => self.link_down(now, &mut drafts),
             SessionEvent::LinkUp => self.link_up(&mut drafts),
             SessionEvent::PollFailed { poll, error } => drafts.push(Draft::plain(

@@ -13,10 +13,12 @@
 //! - **Shared lines.** A poll to one address is an implied ACK for every other machine on the line
 //!   (sas-protocol.md §4.2). So nothing is sent while any session holds unconfirmed events, and a
 //!   session with a retry (implied NACK) pending goes before every other.
-//! - **A lost connection is silence.** While the line is down, sessions go on and their messages
-//!   go nowhere: they time out, and the machines are reported offline after the profile's
-//!   `offline_after` failures, exactly as for a machine that stopped answering. Reconnection runs
-//!   concurrently with jittered exponential back-off.
+//! - **A line that is down is not machines that are silent.** Nothing is sent while the line is
+//!   not open, so no timeout is counted for a poll that never left; a line that cannot be opened
+//!   takes its machines offline at once
+//!   ([`HostSession::line_lost`](firmware_protocols::sas::session::HostSession::line_lost)), and
+//!   its state, last error and retry interval are published ([`status`]) for `slotgate status`.
+//!   Reconnection runs concurrently with jittered exponential back-off.
 //! - **Listening on silent lines.** Any address byte keeps every machine on a line from chirping
 //!   (§4.1), so a machine set to an address the configuration does not list would stay invisible
 //!   while the gateway polls. When no machine of a line has answered for [`LISTEN_AFTER`], the
@@ -34,6 +36,7 @@
 
 pub mod inflight;
 pub mod machine;
+pub mod status;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -47,8 +50,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use machine::{MachinePoller, Schedule};
+pub use status::{LineConnection, LineStatus};
 
-use inflight::{InflightFile, Record, State};
+use firmware_protocols::sas::{Exception, LongPoll};
+use inflight::{InflightFile, Owed, Record, State};
 
 use crate::event::CanonicalEvent;
 use crate::journal::Journal;
@@ -87,6 +92,7 @@ enum LineInput<L> {
 
 /// Polls every machine of one line until `cancel` fires. `inflight` is the line's in-flight
 /// record ([`inflight`]); without one a restart cannot resume an exchange a crash interrupted.
+/// The line's state is published on `status`.
 pub async fn run_line<C>(
     name: String,
     connector: C,
@@ -94,6 +100,7 @@ pub async fn run_line<C>(
     inflight: Option<PathBuf>,
     journal: Journal,
     cancel: CancellationToken,
+    status: tokio::sync::watch::Sender<LineStatus>,
 ) where
     C: Connect + Clone + 'static,
 {
@@ -106,6 +113,8 @@ pub async fn run_line<C>(
     let mut last_answer = Instant::now();
     let mut next_listen = Instant::now() + LISTEN_AFTER;
     let mut listen_until: Option<Instant> = None;
+    // Bytes that were waiting on the line when a poll was due: late answers, noise, a flood.
+    let mut discarded: u64 = 0;
     tracing::info!(line = %name, machines = machines.len(), "Line poller started.");
     let mut inflight = inflight.and_then(|path| open_inflight(&name, &path));
     // The first message of this process must reach the machine: a resumed message must be the
@@ -117,6 +126,9 @@ pub async fn run_line<C>(
     let resuming = match &mut inflight {
         Some((_, previous)) => {
             let previous = previous.take();
+            if let Some(record) = &previous {
+                restore_follow_ups(&name, record, &mut machines);
+            }
             resume(&name, previous, &mut machines, Instant::now().into_std())
         }
         None => false,
@@ -165,7 +177,11 @@ pub async fn run_line<C>(
         if machines.iter().any(|m| m.session.link() == LinkState::Up) {
             last_answer = tokio_now;
         }
-        if listen_until.is_none()
+        let line_up = matches!(state, LineState::Up(_));
+        // Listening is for machines that do not answer on a line that works; on a line that is
+        // down nothing could be heard, and the connection errors say why.
+        if line_up
+            && listen_until.is_none()
             && !exchanging
             && tokio_now >= next_listen
             && tokio_now.duration_since(last_answer) >= LISTEN_AFTER
@@ -178,9 +194,12 @@ pub async fn run_line<C>(
         if !listening {
             listen_until = None;
         }
+        // Nothing is sent into a line that is down: it would reach no machine, and its timeouts
+        // would read as machines that do not answer.
         if !exchanging
             && !listening
             && !waiting_for_line
+            && line_up
             && let Some((i, tx)) = next_transmit(&mut machines, now, &mut next_turn)
         {
             machines[i].start_exchange();
@@ -189,10 +208,18 @@ pub async fn run_line<C>(
                 // Only what reaches the wire is recorded: a message into a line that is down
                 // acknowledges nothing, and must not replace the one that did reach a machine.
                 record_sent(&name, inflight.as_mut(), &tx, &machines);
-                line.clear_input();
+                let stale = line.clear_input();
+                if stale > 0 {
+                    discarded = discarded.saturating_add(stale);
+                    status.send_modify(|s| s.discarded_bytes = discarded);
+                    metrics::counter!("slotgate_line_discarded_bytes_total", "line" => name.clone())
+                        .increment(stale);
+                }
                 if let Err(error) = line.send(&tx.characters).await {
                     tracing::warn!(line = %name, %error, "Sending failed; reconnecting.");
-                    state = LineState::Waiting(Instant::now() + backoff.next_delay());
+                    let delay = backoff.next_delay();
+                    status.send_modify(|s| s.down(error.to_string(), Some(delay)));
+                    state = LineState::Waiting(Instant::now() + delay);
                 }
             }
             continue;
@@ -201,6 +228,8 @@ pub async fn run_line<C>(
         let deadline = machines
             .iter()
             .filter_map(MachinePoller::next_deadline)
+            // While the line is down nothing is sent, so a poll that is due is no reason to wake.
+            .filter(|at| line_up || *at > now)
             .min()
             .filter(|_| !waiting_for_line)
             .map_or_else(|| Instant::now() + Duration::from_secs(1), Instant::from_std);
@@ -218,10 +247,13 @@ pub async fn run_line<C>(
                 }
                 LineInput::Lost(error) => {
                     tracing::warn!(line = %name, %error, "Line lost; reconnecting.");
-                    state = LineState::Waiting(Instant::now() + backoff.next_delay());
+                    let delay = backoff.next_delay();
+                    status.send_modify(|s| s.down(error.to_string(), Some(delay)));
+                    state = LineState::Waiting(Instant::now() + delay);
                 }
                 LineInput::Opened(line) => {
                     tracing::info!(line = %name, via = %line.describe(), "Line connected.");
+                    status.send_modify(LineStatus::up);
                     state = LineState::Up(line);
                     // A resumed message goes first on the first connection; after that, and
                     // always without one, every session starts the line with the sync poll.
@@ -231,11 +263,15 @@ pub async fn run_line<C>(
                     waiting_for_line = false;
                 }
                 LineInput::OpenFailed(error) => {
-                    // Without a resume there is no reason to hold the sessions back any longer:
-                    // they time out into the void and report their machines offline.
+                    // Without a resume there is no reason to hold the sessions back any longer
+                    // once the line is up; until then nothing is sent anyway.
                     waiting_for_line &= resuming;
                     let delay = backoff.next_delay();
-                    tracing::warn!(line = %name, %error, retry_in = ?delay, "Connecting failed.");
+                    tracing::warn!(line = %name, %error, retry_in = ?delay,
+                        "Line down: it cannot be opened; nothing is sent until it is.");
+                    status.send_modify(|s| s.down(error.to_string(), Some(delay)));
+                    // Its machines are offline now, not after exchanges that could not be sent.
+                    machines.iter_mut().for_each(|m| m.session.line_lost());
                     state = LineState::Waiting(Instant::now() + delay);
                 }
                 LineInput::RetryNow => state = LineState::Connecting(connect(&connector)),
@@ -243,6 +279,8 @@ pub async fn run_line<C>(
             () = tokio::time::sleep_until(deadline) => {}
         }
     }
+    let connection = status.borrow().state;
+    tracing::info!(line = %name, ?connection, discarded_bytes = discarded, "Line statistics.");
     for m in &machines {
         let stats = m.session.stats();
         tracing::info!(
@@ -253,6 +291,7 @@ pub async fn run_line<C>(
             timeouts = stats.timeouts,
             crc_errors = stats.crc_errors,
             decode_errors = stats.decode_errors,
+            skipped_bytes = stats.skipped_bytes,
             failed_exchanges = stats.failed_exchanges,
             busy = stats.busy,
             chirps = stats.chirps,
@@ -328,19 +367,74 @@ fn record_sent(
     machines: &[MachinePoller],
 ) {
     let Some(file) = file else { return };
+    let owed = owed_follow_ups(line, machines);
     let address = match &tx.message {
         HostMessage::GeneralPoll(a) | HostMessage::LongPoll(a, _) => a.get(),
         // They acknowledge and leave nothing unacknowledged: the record keeps the poll before
-        // them, whose resume would be stale and harmless, and no write is spent (inflight doc).
-        HostMessage::SyncPoll | HostMessage::Broadcast(_) => return,
+        // them, whose resume would be stale and harmless, and takes only the follow-ups owed,
+        // which must be durable before this acknowledgement (inflight doc).
+        HostMessage::SyncPoll | HostMessage::Broadcast(_) => {
+            if let Err(error) = file.owing(owed) {
+                tracing::warn!(line, file = %file.path().display(), %error,
+                    "The follow-ups owed could not be recorded; a crash now may lose them.");
+            }
+            return;
+        }
     };
     let machine = machines.iter().find(|m| m.address().get() == address);
     let rte_on = machine.is_some_and(|m| m.session.rte_enabled());
     let next_seq = machine.map_or(0, MachinePoller::next_seq);
     let bytes: Vec<u8> = tx.bytes().collect();
-    if let Err(error) = file.sent(address, &bytes, rte_on, next_seq) {
+    if let Err(error) = file.sent(address, &bytes, rte_on, next_seq, owed) {
         tracing::warn!(line, file = %file.path().display(), %error,
             "The in-flight record could not be written; a crash now may lose a report.");
+    }
+}
+
+/// The follow-up polls the line's sessions owe their machines, as the in-flight record keeps
+/// them.
+fn owed_follow_ups(line: &str, machines: &[MachinePoller]) -> Vec<Owed> {
+    let mut owed: Vec<Owed> = machines
+        .iter()
+        .flat_map(|m| {
+            let address = m.address().get();
+            m.session.owed_follow_ups().iter().map(move |(poll, exception)| Owed {
+                address,
+                command: poll.command(),
+                exception: exception.code(),
+            })
+        })
+        .collect();
+    if owed.len() > inflight::MAX_OWED {
+        tracing::warn!(
+            line,
+            owed = owed.len(),
+            kept = inflight::MAX_OWED,
+            "More follow-ups owed than the in-flight record holds; a crash now may lose the rest."
+        );
+        owed.truncate(inflight::MAX_OWED);
+    }
+    owed
+}
+
+/// Hands the follow-ups a previous process owed back to the sessions of their machines.
+fn restore_follow_ups(line: &str, record: &Record, machines: &mut [MachinePoller]) {
+    for m in machines.iter_mut() {
+        let address = m.address().get();
+        let polls: Vec<_> = record
+            .owed
+            .iter()
+            .filter(|o| o.address == address)
+            .filter_map(|o| {
+                let poll = LongPoll::decode(&[address, o.command]).ok()?;
+                Some((poll, Exception::from_code(o.exception)))
+            })
+            .collect();
+        if !polls.is_empty() {
+            tracing::info!(line, machine = %m.registry_id(), polls = ?polls,
+                "Reading the follow-ups the previous run owed.");
+            m.session.restore_follow_ups(polls);
+        }
     }
 }
 
@@ -502,6 +596,7 @@ mod tests {
             rte_on: true,
             bytes: bytes.to_vec(),
             next_machine_seq: 5,
+            owed: Vec::new(),
         };
         assert_eq!(resumed(sent(2, &[0x02, 0x1C])), (true, vec![false, true]));
         let stored = Record { next_machine_seq: 4, ..sent(1, &[0x81]) };

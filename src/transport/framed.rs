@@ -3,6 +3,10 @@
 //! specified in `firmware-protocols/README.md` and implemented by
 //! [`firmware_protocols::sas::ninebit`]. TCP and the in-memory pair are this type over a
 //! `TcpStream` and a `DuplexStream`, so they share every line of the framing logic.
+//!
+//! A peer at the other end may not be a SAS line at all, or may babble: what one call takes
+//! from it is bounded ([`CLEAR_LIMIT`], [`READ_RATE`]), so a flood costs the poller neither its
+//! ability to stop nor a whole core.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -10,11 +14,20 @@ use std::time::Duration;
 
 use firmware_protocols::sas::ninebit::{Decoder, encode_character};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
 
 use super::{Character, Line, LineDiagnostics, TransportError, WakeupMethod};
 
 /// Bytes read from the stream per call.
 const READ_CHUNK: usize = 512;
+/// Most bytes one `clear_input` drops: about four of the longest SAS frames (260 characters, two
+/// bytes each), far more than a late answer. A peer that has more than that waiting is flooding the
+/// line; reading on until its stream ran dry would never return (#15).
+const CLEAR_LIMIT: usize = 4 * READ_CHUNK;
+/// Bytes per second read from the peer, and the burst allowed: about nineteen times what a SAS
+/// line at 19 200 baud carries (1,745 characters a second, two bytes each on the wire). A real
+/// line never comes near it; a flood is read no faster, and the rest waits in the socket.
+const READ_RATE: u64 = 64 * 1024;
 
 /// 9-bit characters over a byte stream `S`.
 #[derive(Debug)]
@@ -31,7 +44,50 @@ pub struct FramedLine<S> {
     writing: bool,
     encoded: Vec<u8>,
     read_buf: Box<[u8; READ_CHUNK]>,
+    budget: ReadBudget,
     post_wakeup_delay: Duration,
+}
+
+/// A token bucket over the bytes read from the peer ([`READ_RATE`]).
+#[derive(Debug)]
+struct ReadBudget {
+    /// Bytes that may be read now; negative after a read larger than what was left.
+    available: i64,
+    /// When `available` was last topped up; `None` before the first read.
+    at: Option<Instant>,
+}
+
+impl ReadBudget {
+    const CAPACITY: i64 = READ_RATE as i64;
+    const NANOS: u128 = 1_000_000_000;
+
+    fn new() -> Self {
+        Self { available: Self::CAPACITY, at: None }
+    }
+
+    /// How long to wait before the next read, after topping up for the time passed.
+    fn wait(&mut self, now: Instant) -> Option<Duration> {
+        let at = *self.at.get_or_insert(now);
+        let gained =
+            now.saturating_duration_since(at).as_nanos() * u128::from(READ_RATE) / Self::NANOS;
+        // A top-up that gains nothing keeps `at`, so frequent calls still add up.
+        if gained > 0 {
+            let gained = i64::try_from(gained).unwrap_or(i64::MAX);
+            self.available = self.available.saturating_add(gained).min(Self::CAPACITY);
+            self.at = Some(now);
+        }
+        if self.available > 0 {
+            return None;
+        }
+        let missing = u128::from(self.available.unsigned_abs()) + 1;
+        let nanos = missing * Self::NANOS / u128::from(READ_RATE) + 1;
+        Some(Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)))
+    }
+
+    fn spend(&mut self, bytes: usize) {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.available = self.available.saturating_sub(bytes);
+    }
 }
 
 impl<S> FramedLine<S>
@@ -48,6 +104,7 @@ where
             writing: false,
             encoded: Vec::new(),
             read_buf: Box::new([0; READ_CHUNK]),
+            budget: ReadBudget::new(),
             post_wakeup_delay: Duration::ZERO,
         }
     }
@@ -125,11 +182,15 @@ where
         Ok(())
     }
 
-    /// Cancel-safe: the only await is one `read`, which either returns bytes (decoded before
-    /// the next await) or consumes nothing.
+    /// Cancel-safe: the awaits are the wait for read budget, which consumes nothing, and one
+    /// `read`, which either returns bytes (decoded before the next await) or consumes nothing.
     async fn recv(&mut self, out: &mut Vec<Character>) -> Result<usize, TransportError> {
         loop {
             self.check_usable()?;
+            if let Some(wait) = self.budget.wait(Instant::now()) {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             let n = self
                 .io
                 .read(&mut self.read_buf[..])
@@ -138,6 +199,7 @@ where
             if n == 0 {
                 return Err(TransportError::Closed { line: self.name.clone() });
             }
+            self.budget.spend(n);
             let appended = self.decode(n, Some(out));
             if appended > 0 {
                 // Characters decoded before a bad flag byte are delivered; the error follows on
@@ -147,27 +209,30 @@ where
         }
     }
 
-    /// Reads whatever is already buffered without waiting and drops it, still through the
-    /// decoder: a flag byte without its data byte must stay paired with the data byte that
-    /// comes next, or the stream would be misread from then on. End of stream and errors are
-    /// left for the next `recv` to report.
-    fn clear_input(&mut self) {
+    /// Reads what is already buffered, up to `CLEAR_LIMIT` bytes, without waiting, and drops
+    /// it, still through the decoder: a flag byte without its data byte must stay paired with
+    /// the data byte that comes next, or the stream would be misread from then on. Bytes beyond
+    /// the limit are left for `recv`, whose caller counts them as unexpected. End of stream and
+    /// errors are left for the next `recv` to report.
+    fn clear_input(&mut self) -> u64 {
         let mut cx = Context::from_waker(Waker::noop());
-        loop {
+        let mut dropped = 0;
+        while dropped < CLEAR_LIMIT {
             let mut buf = ReadBuf::new(&mut self.read_buf[..]);
             match Pin::new(&mut self.io).poll_read(&mut cx, &mut buf) {
                 Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
                     let n = buf.filled().len();
-                    let dropped = self.decode(n, None);
-                    tracing::debug!(
-                        line = %self.name,
-                        characters = dropped,
-                        "Discarded stale input."
-                    );
+                    self.decode(n, None);
+                    dropped += n;
                 }
                 _ => break,
             }
         }
+        if dropped > 0 {
+            self.budget.spend(dropped);
+            tracing::debug!(line = %self.name, bytes = dropped, "Discarded stale input.");
+        }
+        u64::try_from(dropped).unwrap_or(u64::MAX)
     }
 
     fn describe(&self) -> String {
@@ -210,6 +275,50 @@ mod tests {
         let mut out = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), line.recv(&mut out)).await.unwrap().unwrap();
         assert_eq!(out, [ch(0x01, true)]);
+    }
+
+    /// Framed zero characters, `bytes` bytes of them, written into the pipe by a task.
+    fn flood(mut peer: tokio::io::DuplexStream, bytes: usize) {
+        tokio::spawn(async move {
+            let _ = peer.write_all(&vec![0; bytes]).await;
+            // Keep the pipe open: the reader, not an end of stream, decides when it stops.
+            std::future::pending::<()>().await;
+        });
+    }
+
+    #[tokio::test]
+    async fn clearing_input_drops_a_bounded_amount_and_leaves_the_rest_aligned() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mut line = FramedLine::new(a, "test");
+        flood(b, 64 * 1024 + 1);
+        tokio::task::yield_now().await;
+        let dropped = line.clear_input();
+        assert_eq!(dropped, CLEAR_LIMIT as u64, "one clear drops at most CLEAR_LIMIT bytes");
+        let mut out = Vec::new();
+        line.recv(&mut out).await.unwrap();
+        assert!(out.iter().all(|c| *c == ch(0, false)), "still paired after the clear: {out:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_is_read_no_faster_than_the_read_rate_and_a_sas_line_never_waits() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mut line = FramedLine::new(a, "test");
+        let total = 4 * READ_RATE as usize;
+        flood(b, total);
+        let start = Instant::now();
+        let mut out = Vec::new();
+        // A second's worth of a busy SAS line (3,490 bytes) comes at once.
+        while out.len() * 2 < 3_490 {
+            line.recv(&mut out).await.unwrap();
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        while out.len() * 2 < total {
+            line.recv(&mut out).await.unwrap();
+        }
+        // One second of burst, then READ_RATE a second: three seconds for the other three.
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(2_990), "{took:?}");
+        assert!(took <= Duration::from_millis(3_100), "{took:?}");
     }
 
     #[tokio::test]

@@ -24,6 +24,9 @@
 //! - **Half duplex, one owner.** A line belongs to one poller task (ARCHITECTURE.md). Before a
 //!   poll the poller calls [`Line::clear_input`] so that stale bytes (a late answer to the
 //!   previous poll, line noise) are not taken for the new reply (style guide habit 3).
+//! - **Bounded work.** No call does work in proportion to what a peer sends: `clear_input` drops
+//!   a bounded amount and returns how much, and a framed line reads at a bounded rate, so a
+//!   flooding peer can neither keep a poller from stopping nor take a core.
 //! - **`recv` is cancel-safe.** It is meant to race a reply timer in `tokio::select!`; when it
 //!   loses, no received character is lost: bytes already read stay in the line's decoder and are
 //!   returned by the next call.
@@ -89,9 +92,11 @@ pub trait Line: Send {
         out: &mut Vec<Character>,
     ) -> impl Future<Output = Result<usize, TransportError>> + Send;
 
-    /// Discards input that has arrived and not been returned yet, without waiting. Called before
-    /// every poll on a half-duplex line.
-    fn clear_input(&mut self);
+    /// Discards input that has arrived and not been returned yet, without waiting, and returns
+    /// how many bytes that was (as far as the line can tell). Called before every poll on a
+    /// half-duplex line. Bounded: a peer that sends without pause cannot keep it from returning;
+    /// what is left over reaches `recv`.
+    fn clear_input(&mut self) -> u64;
 
     /// Names the line for logs: device or address and the wakeup method.
     fn describe(&self) -> String;
@@ -324,7 +329,7 @@ impl Line for AnyLine {
         }
     }
 
-    fn clear_input(&mut self) {
+    fn clear_input(&mut self) -> u64 {
         match self {
             #[cfg(target_os = "linux")]
             Self::Serial(l) => l.clear_input(),

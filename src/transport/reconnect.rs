@@ -191,10 +191,8 @@ impl<C: Connect> Line for Reconnecting<C> {
         result
     }
 
-    fn clear_input(&mut self) {
-        if let Some(line) = &mut self.line {
-            line.clear_input();
-        }
+    fn clear_input(&mut self) -> u64 {
+        self.line.as_mut().map_or(0, Line::clear_input)
     }
 
     fn describe(&self) -> String {

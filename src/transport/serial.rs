@@ -250,12 +250,16 @@ impl Line for SerialLine {
         }
     }
 
-    fn clear_input(&mut self) {
+    fn clear_input(&mut self) -> u64 {
+        // The kernel's count just before the flush; bytes arriving in between are flushed too.
+        let pending = self.stream.bytes_to_read().map_or(0, u64::from);
         if let Err(error) = self.stream.clear(ClearBuffer::Input) {
             tracing::debug!(line = %self.name, %error, "Flushing the input buffer failed.");
         }
         self.parser.reset();
+        let parsed = u64::try_from(self.marked.len()).unwrap_or(u64::MAX);
         self.marked.clear();
+        pending.saturating_add(parsed)
     }
 
     fn describe(&self) -> String {

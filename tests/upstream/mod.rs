@@ -224,6 +224,11 @@ impl Certs {
         ] {
             std::fs::write(path, pem).unwrap();
         }
+        // `slotgate run` refuses private keys others can read.
+        for key in [&certs.server_key, &certs.client_key] {
+            std::fs::set_permissions(key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+        }
         certs
     }
 
@@ -681,6 +686,8 @@ impl FaultProxy {
 pub struct RequestInfo {
     /// The status answered; 0 when the connection was dropped instead of answering.
     pub status: u16,
+    pub method: String,
+    pub path: String,
     /// Header names are lower case.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -701,6 +708,12 @@ struct ReceiverState {
     drop_every: u32,
     stored_batches: u32,
     reject: Option<String>,
+    /// Answer 400 to a body containing this text anywhere (an alarm that names a refused id).
+    reject_body: Option<String>,
+    /// Answer `POST /events` with this redirect; `/ok` answers 200 to anything.
+    redirect: Option<(u16, String)>,
+    /// Record the request, then wait this long and close the connection without an answer.
+    stall: Option<Duration>,
     order: Vec<String>,
     events: HashMap<String, (Value, usize)>,
     duplicates: usize,
@@ -750,24 +763,49 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let is_post = request.method() == Method::POST && request.uri().path() == "/events";
+    let is_ok = request.uri().path() == "/ok";
+    let (method, path) = (request.method().to_string(), request.uri().path().to_owned());
     let headers = request
         .headers()
         .iter()
         .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into()))
         .collect();
     let body = request.into_body().collect().await.map_err(std::io::Error::other)?.to_bytes();
-    let light = state.lock().unwrap().light;
+    let (light, stall) = {
+        let state = state.lock().unwrap();
+        (state.light, state.stall)
+    };
+    if let Some(stall) = stall {
+        let info = RequestInfo { status: 0, method, path, headers, body: body.to_vec(), events: 0 };
+        state.lock().unwrap().requests.push(info);
+        tokio::time::sleep(stall).await;
+        return Err(std::io::Error::other("receiver stalls: no answer"));
+    }
     let batch = if light { light_batch_ids(&body) } else { batch_ids(&body) };
     let mut guard = state.lock().unwrap();
     let state = &mut *guard;
     let mut info = RequestInfo {
         status: 0,
+        method,
+        path,
         headers,
         body: body.to_vec(),
         events: batch.as_ref().map_or(0, Vec::len),
     };
-    let answer = if !is_post {
+    let answer = if is_ok {
+        response(200, None, "{}".into())
+    } else if !is_post {
         response(404, None, r#"{"error":"POST /events only"}"#.into())
+    } else if let Some((status, location)) = state.redirect.clone() {
+        let mut answer = response(status, None, String::new());
+        answer.headers_mut().insert("location", location.parse().unwrap());
+        answer
+    } else if state
+        .reject_body
+        .as_ref()
+        .is_some_and(|needle| String::from_utf8_lossy(&body).contains(needle.as_str()))
+    {
+        response(400, None, r#"{"error":"rejected body"}"#.into())
     } else if let Some((status, retry_after)) = state.status.clone() {
         response(status, retry_after.as_deref(), r#"{"error":"switched"}"#.into())
     } else if let Some(batch) = batch {
@@ -869,6 +907,23 @@ impl Receiver {
         self.state.lock().unwrap().reject = needle;
     }
 
+    /// Answer 400 and store nothing for a body containing `needle` anywhere.
+    pub fn reject_bodies_containing(&self, needle: Option<String>) {
+        self.state.lock().unwrap().reject_body = needle;
+    }
+
+    /// `Some((status, location))`: answer every `POST /events` with that redirect (`/ok`
+    /// always answers 200); `None`: back to normal.
+    pub fn redirect(&self, redirect: Option<(u16, String)>) {
+        self.state.lock().unwrap().redirect = redirect;
+    }
+
+    /// `Some(wait)`: record each request, store nothing, and close its connection without an
+    /// answer after `wait`; `None`: back to normal.
+    pub fn stall(&self, wait: Option<Duration>) {
+        self.state.lock().unwrap().stall = wait;
+    }
+
     /// Unique events (first body seen), in first-arrival order.
     pub fn events(&self) -> Vec<Value> {
         let state = self.state.lock().unwrap();
@@ -917,4 +972,173 @@ pub fn hmac_sha256_hex(key: &[u8], body: &[u8]) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
     mac.update(body);
     mac.finalize().into_bytes().iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTPS receiver: hostile answers hyper will not give
+
+/// How a [`RawReceiver`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawMode {
+    /// 200 with a short body; the batch's ids are stored.
+    Normal,
+    /// 200 with a declared body of [`HUGE_BODY`] bytes, written as fast as the client reads;
+    /// the ids are stored.
+    HugeBody,
+    /// The status line one byte every 200 ms, never finished; nothing stored.
+    Dribble,
+    /// Half the request body read, then the connection reset (RST); nothing stored.
+    ResetMidBody,
+}
+
+/// The declared size of a [`RawMode::HugeBody`] answer: 100 MB.
+pub const HUGE_BODY: u64 = 100 * 1024 * 1024;
+
+#[derive(Debug)]
+struct RawState {
+    mode: RawMode,
+    requests: usize,
+    ids: Vec<String>,
+    body_bytes_sent: u64,
+}
+
+/// An HTTPS/1.1 receiver written on the socket, for answers a well-behaved server never gives.
+#[derive(Debug)]
+pub struct RawReceiver {
+    addr: SocketAddr,
+    state: Arc<Mutex<RawState>>,
+    _runtime: OwnRuntime,
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn raw_exchange(
+    mut tls: tokio_rustls::server::TlsStream<TcpStream>,
+    state: Arc<Mutex<RawState>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let head_end = loop {
+            if let Some(at) = find(&buf, b"\r\n\r\n") {
+                break at + 4;
+            }
+            let n = tls.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let mode = {
+            let mut state = state.lock().unwrap();
+            state.requests += 1;
+            state.mode
+        };
+        let wanted = if mode == RawMode::ResetMidBody { length / 2 } else { length };
+        while buf.len() < head_end + wanted {
+            let n = tls.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body: Vec<u8> = buf.drain(..head_end + wanted).skip(head_end).collect();
+        let store = |state: &Mutex<RawState>| {
+            let ids = batch_ids(&body).unwrap_or_default();
+            state.lock().unwrap().ids.extend(ids.into_iter().map(|(id, _)| id));
+        };
+        match mode {
+            RawMode::Normal => {
+                store(&state);
+                tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").await?;
+                tls.flush().await?;
+            }
+            RawMode::HugeBody => {
+                store(&state);
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {HUGE_BODY}\r\n\r\n");
+                tls.write_all(head.as_bytes()).await?;
+                let zeros = vec![b'0'; 64 * 1024];
+                let mut sent = 0u64;
+                while sent < HUGE_BODY {
+                    tls.write_all(&zeros).await?;
+                    sent += zeros.len() as u64;
+                    state.lock().unwrap().body_bytes_sent = sent;
+                }
+                return Ok(());
+            }
+            RawMode::Dribble => {
+                for byte in b"HTTP/1.1 200 OK\r\n" {
+                    tls.write_all(&[*byte]).await?;
+                    tls.flush().await?;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                return Ok(());
+            }
+            RawMode::ResetMidBody => {
+                tls.get_ref().0.set_zero_linger()?;
+                return Ok(()); // dropped with SO_LINGER 0: a reset
+            }
+        }
+    }
+}
+
+impl RawReceiver {
+    pub fn start(certs: &Certs) -> Self {
+        let acceptor = TlsAcceptor::from(certs.server_config(false));
+        let (listener, addr) = loopback_listener();
+        let state = Arc::new(Mutex::new(RawState {
+            mode: RawMode::Normal,
+            requests: 0,
+            ids: Vec::new(),
+            body_bytes_sent: 0,
+        }));
+        let runtime = OwnRuntime::new("raw-receiver");
+        let task_state = state.clone();
+        runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let (acceptor, state) = (acceptor.clone(), task_state.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        let _ = raw_exchange(tls, state).await;
+                    }
+                });
+            }
+        });
+        Self { addr, state, _runtime: runtime }
+    }
+
+    /// `https://localhost:PORT/events`
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}/events", self.addr.port())
+    }
+
+    pub fn set_mode(&self, mode: RawMode) {
+        self.state.lock().unwrap().mode = mode;
+    }
+
+    /// Requests whose head arrived.
+    pub fn requests(&self) -> usize {
+        self.state.lock().unwrap().requests
+    }
+
+    /// Event ids stored, with repeats.
+    pub fn ids(&self) -> Vec<String> {
+        self.state.lock().unwrap().ids.clone()
+    }
+
+    /// Bytes of the last [`RawMode::HugeBody`] body the client took.
+    pub fn body_bytes_sent(&self) -> u64 {
+        self.state.lock().unwrap().body_bytes_sent
+    }
 }

@@ -171,7 +171,7 @@ impl ReplyDecoder {
 
     fn attempt(&self, line_idle: bool) -> Attempt {
         let addr = self.address.get();
-        let b0 = self.buf[0];
+        let Some(&b0) = self.buf.first() else { return Attempt::Incomplete };
         let b1 = self.buf.get(1).copied();
         match self.expect {
             Expect::Nothing => {
@@ -267,10 +267,8 @@ impl ReplyDecoder {
 
     fn data_frame(&self, len: ReplyLen) -> Attempt {
         let ReplyLen::Fixed(len) = len else { return Attempt::Incomplete };
-        if self.buf.len() < len {
-            return Attempt::Incomplete;
-        }
-        match Reply::decode_frame(self.address, &self.buf[..len]) {
+        let Some(frame) = self.buf.get(..len) else { return Attempt::Incomplete };
+        match Reply::decode_frame(self.address, frame) {
             Ok(reply) => Attempt::Done(reply, len),
             Err(error) => Attempt::Corrupt(error, len),
         }
@@ -284,7 +282,7 @@ impl ReplyDecoder {
         // A code whose payload we do not know: the frame ends where the CRC residue first
         // reaches zero. The code is still preserved as an unknown event.
         let scan_end = self.buf.len().min(MAX_FRAME_LEN);
-        match (5..=scan_end).find(|&len| has_valid_crc(&self.buf[..len])) {
+        match (5..=scan_end).find(|&len| self.buf.get(..len).is_some_and(has_valid_crc)) {
             Some(len) => self.data_frame(ReplyLen::Fixed(len)),
             None if self.buf.len() < MAX_FRAME_LEN => Attempt::Incomplete,
             None => Attempt::Invalid(DecodeError::BadCrc { len: self.buf.len() }),

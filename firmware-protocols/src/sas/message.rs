@@ -255,10 +255,7 @@ impl LongPoll {
         if Self::request_len(command, None).is_none() {
             return Err(DecodeError::UnknownCommand { command });
         }
-        if !has_valid_crc(bytes) {
-            return Err(DecodeError::BadCrc { len: bytes.len() });
-        }
-        let mut r = Reader::new(command, &bytes[2..bytes.len() - 2]);
+        let mut r = Reader::new(command, checked_body(bytes)?);
         let poll = match command {
             SHUTDOWN => Self::Shutdown,
             STARTUP => Self::Startup,
@@ -559,10 +556,7 @@ impl Reply {
         if command == 0x00 && bytes.len() == 2 {
             return Ok(Self::Busy);
         }
-        if !has_valid_crc(bytes) {
-            return Err(DecodeError::BadCrc { len: bytes.len() });
-        }
-        let mut r = Reader::new(command, &bytes[2..bytes.len() - 2]);
+        let mut r = Reader::new(command, checked_body(bytes)?);
         let reply = match command {
             RTE_MARKER => Self::Event(RealTimeEvent::decode_body(&mut r)?),
             ROM_SIGNATURE => Self::RomSignature(r.u16_le()?),
@@ -1204,6 +1198,20 @@ impl RealTimeEvent {
 
 // === Byte reader ===
 
+/// The body of a checked frame `addr cmd body… crc`: between the command byte and the CRC.
+fn checked_body(frame: &[u8]) -> Result<&[u8], DecodeError> {
+    if !has_valid_crc(frame) {
+        return Err(DecodeError::BadCrc { len: frame.len() });
+    }
+    // Three bytes can have a zero CRC residue (`01 89 11`), but a frame has at least an address,
+    // a command and two CRC bytes.
+    frame
+        .len()
+        .checked_sub(2)
+        .and_then(|end| frame.get(2..end))
+        .ok_or(DecodeError::Truncated { received: frame.len(), expected: 4 })
+}
+
 fn push_length_prefixed(
     out: &mut Vec<u8>,
     body: &[u8],
@@ -1250,7 +1258,8 @@ impl<'a> Reader<'a> {
     }
 
     fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.bytes(1)?[0])
+        let [byte] = self.array()?;
+        Ok(byte)
     }
 
     fn u16_le(&mut self) -> Result<u16, DecodeError> {

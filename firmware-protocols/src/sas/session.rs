@@ -95,7 +95,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::codec::{Expect, ReplyDecoder};
+use super::codec::{Expect, MAX_FRAME_LEN, ReplyDecoder};
 use super::message::{HostMessage, LongPoll, RealTimeEvent, Reply, ReplyLen};
 use super::{Address, Character, Exception};
 use crate::error::{DecodeError, EncodeError};
@@ -146,8 +146,12 @@ pub enum SessionEvent {
     Chirp,
     /// A general poll returned this exception (never an idle one).
     Exception(Exception),
-    /// No answer on `timing.offline_after` consecutive exchanges, or a chirp while the link was
-    /// up.
+    /// A follow-up poll owed for `exception` (see [`HostSession::owed_follow_ups`]) was given
+    /// up: what the machine would have told about the exception (a handpay's amount, a bill's
+    /// denomination) is lost. Replaces the [`Self::PollFailed`] such a poll would give.
+    FollowUpLost { exception: Exception, poll: LongPoll, error: PollError },
+    /// No answer on `timing.offline_after` consecutive exchanges, a chirp while the link was
+    /// up, or the line could not be opened ([`HostSession::line_lost`]).
     LinkDown,
     /// The machine answered, for the first time or for the first time after [`Self::LinkDown`].
     LinkUp,
@@ -247,7 +251,8 @@ pub enum LinkState {
     Unknown,
     /// The last exchanges were answered.
     Up,
-    /// `timing.offline_after` consecutive exchanges failed, or the machine chirped.
+    /// `timing.offline_after` consecutive exchanges failed, the machine chirped, or the line
+    /// could not be opened.
     Down,
 }
 
@@ -325,6 +330,11 @@ pub struct HostSession {
     /// followed it may never have reached the machine.
     ack_in_doubt: bool,
 
+    /// Follow-up polls queued for an exception already delivered, oldest first, with that
+    /// exception. Once the exception is acknowledged the machine will not report it again, so
+    /// these are the caller's to keep durable across a restart ([`Self::owed_follow_ups`]).
+    owed: Vec<(LongPoll, Exception)>,
+
     events: VecDeque<SessionEvent>,
     /// Events needing confirmation were handed out and not yet confirmed.
     delivered_unconfirmed: bool,
@@ -367,8 +377,13 @@ impl Exchange {
         };
         let idle = self.last_byte_at.map(|t| t + quiet);
         match (&self.planned.message, idle) {
-            // Nothing is expected: wait out the whole window, and any noise in it.
-            (HostMessage::SyncPoll, Some(idle)) => idle.max(self.reply_by),
+            // Nothing is expected: wait out the whole window, and any noise in it, but no longer
+            // than the late end of the longest frame could take: noise that goes on past that
+            // is not a reply being finished, and a peer that never pauses would otherwise hold
+            // the line in this exchange for good (#15).
+            (HostMessage::SyncPoll, Some(idle)) => idle
+                .max(self.reply_by)
+                .min(self.reply_by + CHARACTER_TIME * MAX_FRAME_LEN as u32 + quiet),
             (_, Some(idle)) => idle,
             (_, None) => self.reply_by,
         }
@@ -421,9 +436,23 @@ impl HostSession {
             rom_seed: None,
             last_report: None,
             ack_in_doubt: false,
+            owed: Vec::new(),
             events: VecDeque::new(),
             delivered_unconfirmed: false,
             stats: SessionStats::default(),
+        }
+    }
+
+    /// The line to the machine cannot be opened (a refused connection, a missing device), so
+    /// nothing sent can reach the machine. The link goes down at once, reported as after
+    /// `offline_after` failed exchanges, rather than after exchanges into the void that would
+    /// count as timeouts; the caller sends nothing until the line is back and calls
+    /// [`Self::line_reestablished`]. Nothing queued or awaiting a retry is dropped.
+    pub fn line_lost(&mut self) {
+        if self.link != LinkState::Down {
+            self.link = LinkState::Down;
+            self.rte_on = false;
+            self.events.push_back(SessionEvent::LinkDown);
         }
     }
 
@@ -556,6 +585,53 @@ impl HostSession {
     /// the session are not confirmed by this call.
     pub fn confirm_events(&mut self) {
         self.delivered_unconfirmed = false;
+    }
+
+    /// Follow-up polls this session still owes the machine, oldest first, each with the
+    /// exception it is for: queued for an exception already delivered and not yet answered or
+    /// given up. The machine forgets the exception once it is acknowledged, so a caller that
+    /// can be restarted keeps this list durable before the next transmission (which may be
+    /// that acknowledgement) and hands it to the next session with
+    /// [`Self::restore_follow_ups`]; otherwise a restart loses, say, a handpay's amount.
+    pub fn owed_follow_ups(&self) -> &[(LongPoll, Exception)] {
+        &self.owed
+    }
+
+    /// Queues the follow-up polls a previous session owed (from [`Self::owed_follow_ups`]),
+    /// first and in order. Each ends as a [`SessionEvent::Reply`] or, if the machine can no
+    /// longer answer it, as a [`SessionEvent::FollowUpLost`].
+    pub fn restore_follow_ups(&mut self, owed: impl IntoIterator<Item = (LongPoll, Exception)>) {
+        let owed: Vec<_> = owed.into_iter().collect();
+        for (poll, exception) in owed.into_iter().rev() {
+            self.owe(poll, exception);
+        }
+    }
+
+    /// Queues `poll` first as a follow-up owed for `exception`.
+    fn owe(&mut self, poll: LongPoll, exception: Exception) {
+        if self.refuses(&poll) {
+            return;
+        }
+        self.queue_front(poll.clone());
+        self.owed.retain(|(owed, _)| *owed != poll);
+        self.owed.insert(0, (poll, exception));
+    }
+
+    /// A long poll was given up: a follow-up owed for an exception is reported as lost, any
+    /// other as failed.
+    fn poll_failed(&mut self, poll: LongPoll, error: PollError) {
+        match self.owed.iter().position(|(owed, _)| *owed == poll) {
+            Some(i) => {
+                let (poll, exception) = self.owed.remove(i);
+                self.events.push_back(SessionEvent::FollowUpLost { exception, poll, error });
+            }
+            None => self.events.push_back(SessionEvent::PollFailed { poll, error }),
+        }
+    }
+
+    /// The answer to `poll` was delivered: whatever was owed with it is paid.
+    fn poll_answered(&mut self, poll: &LongPoll) {
+        self.owed.retain(|(owed, _)| owed != poll);
     }
 
     /// The next event, if any.
@@ -695,14 +771,14 @@ impl HostSession {
                 if self.refuses(&poll) {
                     let command = poll.command();
                     let error = PollError::Unsupported { command };
-                    self.events.push_back(SessionEvent::PollFailed { poll, error });
+                    self.poll_failed(poll, error);
                     continue;
                 }
                 match self.planned(poll, 0) {
                     Ok(planned) => return self.alternate_if_repeated(planned),
                     Err((poll, error)) => {
                         let error = PollError::Encode(error);
-                        self.events.push_back(SessionEvent::PollFailed { poll, error });
+                        self.poll_failed(poll, error);
                     }
                 }
             }
@@ -880,6 +956,12 @@ impl HostSession {
         self.events.push_back(SessionEvent::Unsupported(command));
         self.previous_answered = false;
         self.general_turn = true;
+        // A follow-up owed with it will never be answered now.
+        if let Some(i) = self.owed.iter().position(|(owed, _)| owed == poll) {
+            let (poll, exception) = self.owed.remove(i);
+            let error = PollError::Unsupported { command };
+            self.events.push_back(SessionEvent::FollowUpLost { exception, poll, error });
+        }
     }
 
     /// Retries identically while tries remain (implied NACK), else gives up.
@@ -915,7 +997,7 @@ impl HostSession {
         match message {
             HostMessage::LongPoll(_, poll) => {
                 self.general_turn = true;
-                self.events.push_back(SessionEvent::PollFailed { poll, error });
+                self.poll_failed(poll, error);
             }
             HostMessage::GeneralPoll(_) => self.general_turn = false,
             HostMessage::SyncPoll | HostMessage::Broadcast(_) => {}
@@ -970,6 +1052,7 @@ impl HostSession {
                 Reply::RomSignature(sig),
             ) => {
                 self.general_turn = true;
+                self.poll_answered(&LongPoll::RomSignature { seed });
                 let event = SessionEvent::RomSignature { seed: Some(seed), signature: sig };
                 self.events.push_back(event);
             }
@@ -982,6 +1065,7 @@ impl HostSession {
                         _ => {}
                     }
                 }
+                self.poll_answered(&poll);
                 self.events.push_back(SessionEvent::Reply { poll, reply });
             }
             (HostMessage::GeneralPoll(_), Reply::Exception(exception)) => {
@@ -1047,16 +1131,16 @@ impl HostSession {
     /// 90 legacy bonus) are the caller's, who sees the exception.
     fn follow_up(&mut self, exception: Exception, with_data: bool) {
         match exception {
-            Exception::HandpayPending => self.queue_front(LongPoll::SendHandpayInfo),
+            Exception::HandpayPending => self.owe(LongPoll::SendHandpayInfo, exception),
             // Bills: the RTE 4F frame carries country, denomination and count already.
             e if matches!(e.code(), 0x47..=0x50) && !with_data => {
-                self.queue_front(LongPoll::SendLastBill);
+                self.owe(LongPoll::SendLastBill, exception);
             }
             // Without RTE the game end carries no win: read the meters (§6).
-            Exception::GameEnded if !with_data => self.queue_front(LongPoll::SendMeters),
-            Exception::TicketInserted => self.queue_front(LongPoll::SendTicketValidationData),
+            Exception::GameEnded if !with_data => self.owe(LongPoll::SendMeters, exception),
+            Exception::TicketInserted => self.owe(LongPoll::SendTicketValidationData, exception),
             // A cash-out ticket moves the cancelled-credits meter, which LP0F has and LP1C lacks.
-            Exception::CashoutTicketPrinted => self.queue_front(LongPoll::SendMeters10To15),
+            Exception::CashoutTicketPrinted => self.owe(LongPoll::SendMeters10To15, exception),
             _ => {}
         }
         if exception.requires_resync() {
@@ -1068,7 +1152,7 @@ impl HostSession {
                 LongPoll::SendVersionAndSerial,
             ];
             for poll in resync.into_iter().rev() {
-                self.queue_front(poll);
+                self.owe(poll, exception);
             }
         }
     }
@@ -1139,7 +1223,7 @@ impl HostSession {
 /// The part of a message that machines compare to detect an implied NACK (§4.2): the general-poll
 /// byte, or the address and command bytes of a long poll.
 fn identity(bytes: &[u8]) -> &[u8] {
-    &bytes[..bytes.len().min(2)]
+    bytes.get(..2).unwrap_or(bytes)
 }
 
 /// Bytes the decoder slid past or left unread when the exchange ended.
