@@ -10,90 +10,19 @@
 //! as a machine reset meanwhile would, stays silent.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::{Arc, Mutex};
+mod line_support;
+
 use std::time::Duration;
 
-use firmware_protocols::FirmwareProfile;
 use firmware_protocols::sas::Address;
 use firmware_protocols::sas::codec::RequestDecoder;
 use firmware_protocols::sas::message::{HandpayInfo, LastBill, Reply};
-use jiff::tz::TimeZone;
+use line_support::{MACHINE, OnceLine, chars, machine, next_message};
 use serde_json::Value;
-use slotgate::event::{Currency, RegistryId, VenueId};
 use slotgate::journal::{Body, Journal, JournalConfig};
-use slotgate::normalizer::{MachineIdentity, VenueSettings};
-use slotgate::poller::{self, MachinePoller, Schedule};
-use slotgate::transport::{
-    Character, Connect, Line, MemoryLine, TransportError, WakeupMethod, memory,
-};
+use slotgate::poller;
+use slotgate::transport::{Line, MemoryLine, memory};
 use tokio_util::sync::CancellationToken;
-
-/// Hands out one end of an in-memory line, once.
-#[derive(Clone)]
-struct Once(Arc<Mutex<Option<MemoryLine>>>);
-
-impl Connect for Once {
-    type Line = MemoryLine;
-
-    async fn connect(&self) -> Result<MemoryLine, TransportError> {
-        let line = self.0.lock().unwrap().take();
-        match line {
-            Some(line) => Ok(line),
-            None => std::future::pending().await,
-        }
-    }
-
-    fn describe(&self) -> String {
-        "memory".into()
-    }
-
-    fn planned_wakeup(&self) -> WakeupMethod {
-        WakeupMethod::Framed
-    }
-}
-
-/// The machine's poller, numbering its events on from what the journal holds, as the daemon's.
-fn machine(journal: &Journal, now: std::time::Instant) -> MachinePoller {
-    let venue = VenueSettings {
-        venue_id: VenueId::new("hall-1").unwrap(),
-        currency: Currency::UAH,
-        time_zone: TimeZone::UTC,
-        clock_drift_threshold: Duration::from_secs(60),
-    };
-    let identity = MachineIdentity {
-        registry_id: RegistryId::new("UA-0001").unwrap(),
-        address: Address::new(1).unwrap(),
-        asset_number: None,
-        denomination_code: None,
-    };
-    let mut profile = FirmwareProfile::generic();
-    // Bare exceptions, so that bills and game ends need their follow-ups too.
-    profile.rte.enable = false;
-    let schedule = Schedule {
-        meter_snapshot_interval: Duration::from_secs(3600),
-        clock_sync_interval: Duration::from_secs(3600),
-    };
-    let (next_seq, _) = journal.machine_state("UA-0001").unwrap();
-    MachinePoller::new(venue, identity, &profile, schedule, next_seq, &[], now).unwrap()
-}
-
-/// The next message the machine end receives.
-async fn next_message(egm: &mut MemoryLine, framer: &mut RequestDecoder) -> Vec<u8> {
-    let mut input = Vec::new();
-    loop {
-        tokio::time::timeout(Duration::from_secs(5), egm.recv(&mut input)).await.unwrap().unwrap();
-        let now = std::time::Instant::now();
-        for c in input.drain(..) {
-            if let Some(request) = framer.push(now, c.byte, Some(c.wakeup)) {
-                return request.bytes;
-            }
-        }
-    }
-}
-
-fn chars(bytes: &[u8]) -> Vec<Character> {
-    bytes.iter().map(|&byte| Character { byte, wakeup: false }).collect()
-}
 
 fn events(journal: &Journal) -> Vec<Value> {
     journal
@@ -114,10 +43,12 @@ fn start(
 ) -> (Journal, slotgate::journal::WriterHandle, MemoryLine, tokio::task::JoinHandle<()>) {
     let (journal, writer) = Journal::open(JournalConfig::in_dir(&dir.join("journal"))).unwrap();
     let (host, egm) = memory::pair();
+    // Numbered on from what the journal holds, as the daemon does.
+    let (next_seq, _) = journal.machine_state(MACHINE).unwrap();
     let task = tokio::spawn(poller::run_line(
         "line-1".into(),
-        Once(Arc::new(Mutex::new(Some(host)))),
-        vec![machine(&journal, tokio::time::Instant::now().into_std())],
+        OnceLine::new(host, Duration::ZERO),
+        vec![machine(next_seq, tokio::time::Instant::now().into_std())],
         Some(dir.join("lines").join("line-1.inflight")),
         journal.clone(),
         CancellationToken::new(),

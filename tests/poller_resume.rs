@@ -4,89 +4,18 @@
 //! marked confirmed once the answer's events are durable.
 #![allow(clippy::unwrap_used)]
 
+mod line_support;
+
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use firmware_protocols::FirmwareProfile;
-use firmware_protocols::sas::Address;
 use firmware_protocols::sas::codec::RequestDecoder;
-use jiff::tz::TimeZone;
-use slotgate::event::{Currency, RegistryId, VenueId};
+use line_support::{OnceLine, chars, machine, next_message};
 use slotgate::journal::{Body, Journal, JournalConfig};
-use slotgate::normalizer::{MachineIdentity, VenueSettings};
+use slotgate::poller;
 use slotgate::poller::inflight::{InflightFile, Record, State};
-use slotgate::poller::{self, MachinePoller, Schedule};
-use slotgate::transport::{
-    Character, Connect, Line, MemoryLine, TransportError, WakeupMethod, memory,
-};
+use slotgate::transport::{Line, memory};
 use tokio_util::sync::CancellationToken;
-
-/// Hands out one end of an in-memory line, after a delay longer than every try of a poll, so a
-/// message sent before the line is up would be lost and the next one would be the `80`.
-#[derive(Clone)]
-struct SlowOnce(Arc<Mutex<Option<MemoryLine>>>);
-
-impl Connect for SlowOnce {
-    type Line = MemoryLine;
-
-    async fn connect(&self) -> Result<MemoryLine, TransportError> {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let line = self.0.lock().unwrap().take();
-        match line {
-            Some(line) => Ok(line),
-            None => std::future::pending().await,
-        }
-    }
-
-    fn describe(&self) -> String {
-        "memory".into()
-    }
-
-    fn planned_wakeup(&self) -> WakeupMethod {
-        WakeupMethod::Framed
-    }
-}
-
-fn machine(now: std::time::Instant) -> MachinePoller {
-    let venue = VenueSettings {
-        venue_id: VenueId::new("hall-1").unwrap(),
-        currency: Currency::UAH,
-        time_zone: TimeZone::UTC,
-        clock_drift_threshold: Duration::from_secs(60),
-    };
-    let identity = MachineIdentity {
-        registry_id: RegistryId::new("UA-0001").unwrap(),
-        address: Address::new(1).unwrap(),
-        asset_number: None,
-        denomination_code: None,
-    };
-    let mut profile = FirmwareProfile::generic();
-    profile.rte.enable = false;
-    let schedule = Schedule {
-        meter_snapshot_interval: Duration::from_secs(3600),
-        clock_sync_interval: Duration::from_secs(3600),
-    };
-    MachinePoller::new(venue, identity, &profile, schedule, 0, &[], now).unwrap()
-}
-
-/// The next message the machine end receives, framed as a machine frames it.
-async fn next_message(egm: &mut MemoryLine, framer: &mut RequestDecoder) -> Vec<u8> {
-    let mut input = Vec::new();
-    loop {
-        tokio::time::timeout(Duration::from_secs(5), egm.recv(&mut input)).await.unwrap().unwrap();
-        let now = std::time::Instant::now();
-        for c in input.drain(..) {
-            if let Some(request) = framer.push(now, c.byte, Some(c.wakeup)) {
-                return request.bytes;
-            }
-        }
-    }
-}
-
-fn reply(bytes: &[u8]) -> Vec<Character> {
-    bytes.iter().map(|&byte| Character { byte, wakeup: false }).collect()
-}
 
 fn record(path: &Path) -> Option<Record> {
     InflightFile::open(path).unwrap().1
@@ -114,13 +43,15 @@ async fn run_after(previous: Record) -> (Vec<u8>, Vec<u8>, String, Option<Record
     let (journal, writer) =
         Journal::open(JournalConfig::in_dir(&dir.path().join("journal"))).unwrap();
     let (host, mut egm) = memory::pair();
-    let connector = SlowOnce(Arc::new(Mutex::new(Some(host))));
+    // Later than every try of a poll: a message sent before the line is up would be lost, and
+    // the next one would be the `80`.
+    let connector = OnceLine::new(host, Duration::from_millis(400));
     let cancel = CancellationToken::new();
     let now = tokio::time::Instant::now().into_std();
     let task = tokio::spawn(poller::run_line(
         "line-1".into(),
         connector,
-        vec![machine(now)],
+        vec![machine(0, now)],
         Some(inflight.clone()),
         journal.clone(),
         cancel.clone(),
@@ -130,7 +61,7 @@ async fn run_after(previous: Record) -> (Vec<u8>, Vec<u8>, String, Option<Record
     let mut framer = RequestDecoder::default();
     let first = next_message(&mut egm, &mut framer).await;
     // The machine's previous reply, re-sent for the implied NACK: slot door opened.
-    egm.send(&reply(&[0x11])).await.unwrap();
+    egm.send(&chars(&[0x11])).await.unwrap();
     let second = next_message(&mut egm, &mut framer).await;
     // What is durable in the journal when the second message (the implied ACK) goes out.
     let events: String = journal
