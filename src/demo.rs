@@ -25,6 +25,10 @@ pub struct DemoArgs {
     /// Mean games per minute per machine.
     #[arg(long, default_value_t = 20.0)]
     pub game_rate: f64,
+    /// How long the demo runs before it stops by itself, as a stop by Ctrl-C would (`90s`,
+    /// `5m`); Ctrl-C still stops it earlier.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
 }
 
 /// Runs the simulated floor and the gateway until `shutdown` resolves.
@@ -73,12 +77,25 @@ pub async fn run(
     println!("  configuration   {}", config_path.display());
     println!("  journal         {}", config.storage.journal_dir().display());
     println!("  machine ledger  {}", ledger.display());
-    println!("Press Ctrl-C to stop. Then inspect the journal:");
+    println!(
+        "It stops by itself after {} (Ctrl-C stops it sooner). Then inspect the journal:",
+        humantime::format_duration(args.duration)
+    );
     println!("  slotgate journal verify --config {}", config_path.display());
     println!("  slotgate journal export --config {}", config_path.display());
 
     let progress = tokio::spawn(report_progress(config.storage.status_file()));
-    let outcome = crate::app::run(config, shutdown).await;
+    let duration = args.duration;
+    let stop = async move {
+        tokio::select! {
+            signal = shutdown => signal,
+            () = tokio::time::sleep(duration) => {
+                println!("The demo ran for {}; stopping.", humantime::format_duration(duration));
+                Ok(())
+            }
+        }
+    };
+    let outcome = crate::app::run(config, stop).await;
     progress.abort();
     simulation.stop().await.context("stopping the simulator")?;
     outcome
