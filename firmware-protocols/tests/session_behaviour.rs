@@ -1377,3 +1377,20 @@ fn a_line_that_cannot_be_opened_takes_the_link_down_at_once_and_only_once() {
     assert_eq!(session.poll_event(), None, "reported once");
     assert_eq!(session.stats().timeouts, 0);
 }
+
+#[test]
+fn a_restored_follow_up_the_profile_now_rules_out_is_reported_lost_at_once() {
+    let mut profile = profile();
+    profile.unsupported_long_polls.insert(0x1B);
+    let mut pair = Pair::new(&profile);
+    pair.session.restore_follow_ups([(LongPoll::SendHandpayInfo, Exception::HandpayPending)]);
+    let events = pair.take_events();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [SessionEvent::FollowUpLost { exception: Exception::HandpayPending, .. }]
+        ),
+        "{events:?}"
+    );
+    assert!(pair.session.owed_follow_ups().is_empty());
+}

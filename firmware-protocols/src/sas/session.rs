@@ -603,6 +603,12 @@ impl HostSession {
     pub fn restore_follow_ups(&mut self, owed: impl IntoIterator<Item = (LongPoll, Exception)>) {
         let owed: Vec<_> = owed.into_iter().collect();
         for (poll, exception) in owed.into_iter().rev() {
+            if self.refuses(&poll) {
+                // The profile no longer allows it: it can never be answered now.
+                let error = PollError::Unsupported { command: poll.command() };
+                self.events.push_back(SessionEvent::FollowUpLost { exception, poll, error });
+                continue;
+            }
             self.owe(poll, exception);
         }
     }
