@@ -20,11 +20,9 @@ pub enum Outcome {
     Tampered,
 }
 
-/// Journals moved to quarantine beside the journal `dir` (`journal-<time>` in the state
-/// directory's `quarantine/`), oldest first.
-fn quarantined_beside(dir: &Path) -> Vec<PathBuf> {
-    let Some(quarantine) = dir.parent().map(|p| p.join("quarantine")) else { return Vec::new() };
-    let Ok(entries) = std::fs::read_dir(&quarantine) else { return Vec::new() };
+/// The journals moved to `quarantine` (`journal-<time>`), oldest first.
+fn quarantined_in(quarantine: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(quarantine) else { return Vec::new() };
     let mut found: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
@@ -36,8 +34,15 @@ fn quarantined_beside(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// The journal directory and the trusted public keys a target names.
-fn resolve(target: &JournalTarget) -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
+/// What a target names: the journal directory, the trusted public keys, and, given a
+/// configuration, where it quarantines journals.
+struct Resolved {
+    dir: PathBuf,
+    keys: Vec<PathBuf>,
+    quarantine: Option<PathBuf>,
+}
+
+fn resolve(target: &JournalTarget) -> anyhow::Result<Resolved> {
     match (&target.config, &target.dir) {
         (Some(file), _) => {
             let config = Config::load(file)?;
@@ -45,9 +50,10 @@ fn resolve(target: &JournalTarget) -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
             if let Some(secret) = &config.journal.signing_key {
                 keys.push(checkpoint::public_path(secret));
             }
-            Ok((config.storage.journal_dir(), keys))
+            let quarantine = Some(config.storage.quarantine_dir());
+            Ok(Resolved { dir: config.storage.journal_dir(), keys, quarantine })
         }
-        (None, Some(dir)) => Ok((dir.clone(), Vec::new())),
+        (None, Some(dir)) => Ok(Resolved { dir: dir.clone(), keys: Vec::new(), quarantine: None }),
         (None, None) => anyhow::bail!("give --config FILE or --dir DIR"),
     }
 }
@@ -62,7 +68,7 @@ pub fn journal(command: JournalCommand) -> anyhow::Result<Outcome> {
             Ok(Outcome::Done)
         }
         JournalCommand::Verify { target, trusted_keys, json } => {
-            let (dir, mut keys) = resolve(&target)?;
+            let Resolved { dir, mut keys, quarantine } = resolve(&target)?;
             keys.extend(trusted_keys);
             let trusted = keys.iter().map(|p| load_public_key(p)).collect::<Result<Vec<_>, _>>()?;
             let snapshot = Snapshot::open(&dir)?;
@@ -70,19 +76,18 @@ pub fn journal(command: JournalCommand) -> anyhow::Result<Outcome> {
             // A quarantined journal is evidence of an incident: verified with the same keys and
             // reported, and what it lost (records flushed before the damage, per its own mark)
             // fails the verification, as a break in the live journal would.
-            let quarantined: Vec<Quarantined> = if target.config.is_some() {
-                quarantined_beside(&dir)
-                    .into_iter()
-                    .map(|path| {
-                        let report = Snapshot::open(&path)
-                            .and_then(|s| verify::verify(&s, &trusted))
-                            .map_err(|e| e.reason);
-                        Quarantined { path, report }
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
+            let quarantined: Vec<Quarantined> = quarantine
+                .as_deref()
+                .map(quarantined_in)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|path| {
+                    let report = Snapshot::open(&path)
+                        .and_then(|s| verify::verify(&s, &trusted))
+                        .map_err(|e| e.reason);
+                    Quarantined { path, report }
+                })
+                .collect();
             let ok = report.ok() && quarantined.iter().all(Quarantined::ok);
             if json {
                 let out = serde_json::json!({
@@ -114,13 +119,13 @@ pub fn journal(command: JournalCommand) -> anyhow::Result<Outcome> {
             Ok(if ok { Outcome::Done } else { Outcome::Tampered })
         }
         JournalCommand::Stats { target } => {
-            let (dir, _) = resolve(&target)?;
+            let dir = resolve(&target)?.dir;
             let stats = verify::stats(&Snapshot::open(&dir)?)?;
             println!("{}", serde_json::to_string_pretty(&stats)?);
             Ok(Outcome::Done)
         }
         JournalCommand::Export { target, out } => {
-            let (dir, _) = resolve(&target)?;
+            let dir = resolve(&target)?.dir;
             let snapshot = Snapshot::open(&dir)?;
             export(&snapshot, out.as_deref())?;
             Ok(Outcome::Done)

@@ -126,9 +126,11 @@ pub struct SledStore {
     tree: sled::Tree,
     /// sled's log file, opened again for `fdatasync` (any descriptor of the inode commits it).
     log: std::fs::File,
-    /// The modification times of sled's directories at the last sync: a change means entries
-    /// were created, renamed or removed, which only an `fsync` of the directory commits.
-    dir_stamps: std::sync::Mutex<Vec<Option<std::time::SystemTime>>>,
+    /// sled's directories: its own and the blob directory.
+    dirs: [PathBuf; 2],
+    /// Their modification times at the last sync: a change means entries were created, renamed
+    /// or removed, which only an `fsync` of the directory commits.
+    dir_stamps: std::sync::Mutex<[Option<std::time::SystemTime>; 2]>,
 }
 
 /// sled's files in its directory: the log, its configuration, and where big values go.
@@ -176,7 +178,8 @@ impl SledStore {
             db,
             tree,
             log,
-            dir_stamps: std::sync::Mutex::new(Vec::new()),
+            dirs: [path.to_path_buf(), path.join(BLOB_DIR)],
+            dir_stamps: std::sync::Mutex::new([None; 2]),
         };
         // sled creates its directory, `conf` and log without syncing any of them.
         store.db.flush().map_err(|e| error(path, "flush", &e))?;
@@ -191,25 +194,20 @@ impl SledStore {
         Ok(store)
     }
 
-    fn dirs(&self) -> [PathBuf; 2] {
-        [self.path.clone(), self.path.join(BLOB_DIR)]
-    }
-
     /// Commits sled's directories if their entries changed since the last call (or always).
     fn sync_dirs(&self, always: bool) -> Result<(), StoreError> {
         let mut stamps = self.dir_stamps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now: Vec<_> = self
-            .dirs()
-            .iter()
-            .map(|d| std::fs::metadata(d).and_then(|m| m.modified()).ok())
-            .collect();
+        let now =
+            self.dirs.each_ref().map(|d| std::fs::metadata(d).and_then(|m| m.modified()).ok());
         if !always && *stamps == now {
             return Ok(());
         }
         // Blob files (values too big for a log segment) are written by sled and never synced:
         // sync those present whenever the blob directory changed. There are few or none.
-        let blobs_changed = always || stamps.get(1) != now.get(1);
-        if blobs_changed && let Ok(entries) = std::fs::read_dir(self.path.join(BLOB_DIR)) {
+        let ([_, blobs_then], [_, blobs_now], [_, blobs]) = (*stamps, now, &self.dirs);
+        if (always || blobs_then != blobs_now)
+            && let Ok(entries) = std::fs::read_dir(blobs)
+        {
             for entry in entries.flatten() {
                 match std::fs::File::open(entry.path()).and_then(|f| f.sync_all()) {
                     // Removed by sled's garbage collection meanwhile.
@@ -218,7 +216,7 @@ impl SledStore {
                 }
             }
         }
-        for (dir, stamp) in self.dirs().iter().zip(&now) {
+        for (dir, stamp) in self.dirs.iter().zip(&now) {
             if stamp.is_some() {
                 crate::durable::sync_dir(dir)
                     .map_err(|e| io_error(&self.path, "sync directory", &e))?;

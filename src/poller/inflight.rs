@@ -274,13 +274,7 @@ impl InflightFile {
         if self.current.as_ref() == Some(&record) {
             return Ok(());
         }
-        match record.encode() {
-            Some(data) => self.write(data, Some(record))?,
-            // Nothing slotgate sends is this long; should it ever be, the stale record must go,
-            // or a successor would resume a message that is no longer the last one.
-            None => self.write([0u8; RECORD_LEN], None)?,
-        }
-        self.file.sync_data().inspect_err(|_| self.current = None)
+        self.write_durably(record)
     }
 
     /// Makes `owed` durable before a message that is not recorded (the sync poll, a broadcast)
@@ -301,11 +295,7 @@ impl InflightFile {
                 owed,
             },
         };
-        match record.encode() {
-            Some(data) => self.write(data, Some(record))?,
-            None => self.write([0u8; RECORD_LEN], None)?,
-        }
-        self.file.sync_data().inspect_err(|_| self.current = None)
+        self.write_durably(record)
     }
 
     /// Records that the events of the exchange recorded as sent are durable and confirmed.
@@ -314,18 +304,28 @@ impl InflightFile {
             return Ok(());
         };
         let record = Record { state: State::Confirmed, ..record.clone() };
-        match record.encode() {
-            Some(data) => self.write(data, Some(record)),
-            None => self.write([0u8; RECORD_LEN], None),
-        }
+        self.write(record)
     }
 
-    fn write(&mut self, data: [u8; RECORD_LEN], record: Option<Record>) -> io::Result<()> {
+    /// Writes `record` and makes it durable.
+    fn write_durably(&mut self, record: Record) -> io::Result<()> {
+        self.write(record)?;
+        self.file.sync_data().inspect_err(|_| self.current = None)
+    }
+
+    fn write(&mut self, record: Record) -> io::Result<()> {
         // What the file holds is unknown until the write succeeds; a failed write leaves
         // `current` empty so that the next call writes again.
         self.current = None;
-        self.file.write_all_at(&data, 0)?;
-        self.current = record;
+        match record.encode() {
+            Some(data) => {
+                self.file.write_all_at(&data, 0)?;
+                self.current = Some(record);
+            }
+            // Nothing slotgate sends is this long; should it ever be, the stale record must go,
+            // or a successor would resume a message that is no longer the last one.
+            None => self.file.write_all_at(&[0u8; RECORD_LEN], 0)?,
+        }
         Ok(())
     }
 }
