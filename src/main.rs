@@ -19,9 +19,11 @@ fn main() -> ExitCode {
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            // The demo's live view shows what the logs would; warnings about the outage it
+            // causes itself would only scroll it away.
+            EnvFilter::new(if matches!(cli.command, Command::Demo(_)) { "error" } else { "info" })
+        }))
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .init();

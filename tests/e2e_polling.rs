@@ -338,36 +338,6 @@ fn the_demo_polls_its_simulated_floor_and_stops_cleanly() {
 }
 
 #[test]
-fn the_demo_stops_by_itself_after_its_duration() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let mut demo = Proc(
-        Command::new(BIN)
-            .args(["demo", "--machines", "2", "--game-rate", "60", "--duration", "4s"])
-            .arg("--state-dir")
-            .arg(&state)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let status = loop {
-        if let Some(status) = demo.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the demo did not stop by itself");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut demo.0.stdout.take().unwrap(), &mut out).unwrap();
-    assert!(status.success(), "{out}");
-    assert!(out.contains("The demo ran for 4s; stopping."), "{out}");
-    let demo_dir = std::env::temp_dir().join(format!("slotgate-demo-{}", demo.0.id()));
-    let _ = std::fs::remove_dir_all(&demo_dir);
-}
-
-#[test]
 fn a_serial_line_over_a_pseudo_terminal_reports_exactly_the_ledger() {
     let dir = tempfile::tempdir().unwrap();
     let ledger_path = dir.path().join("ledger.jsonl");

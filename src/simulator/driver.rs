@@ -48,15 +48,17 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// Runs one machine until `cancel` fires; then writes its `stop` record.
+/// Runs one machine until `cancel` fires; then writes its `stop` record. Once `close` fires,
+/// the machine starts no new game.
 pub(crate) async fn drive(
     mut machine: Machine,
     mut port: Port,
     ledger: LedgerSink,
-    cancel: CancellationToken,
+    (cancel, close): (CancellationToken, CancellationToken),
 ) -> io::Result<()> {
     let mut decoder = RequestDecoder::default();
     let mut input = Vec::new();
+    let mut closed = false;
     let result = loop {
         for record in machine.drain_ledger() {
             ledger.send(record).await;
@@ -70,6 +72,10 @@ pub(crate) async fn drive(
         };
         tokio::select! {
             () = cancel.cancelled() => break Ok(()),
+            () = close.cancelled(), if !closed => {
+                closed = true;
+                machine.close_play();
+            }
             () = timer => {
                 let now = now();
                 if let Some(request) = decoder.flush(now) {

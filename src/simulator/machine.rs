@@ -337,6 +337,15 @@ impl Machine {
         }
     }
 
+    /// Closes play: the game in progress ends as it would, and no other starts. What the
+    /// machine did can then all be reported before it stops (the demo's tally needs that).
+    pub fn close_play(&mut self) {
+        self.cfg.play.max_games = Some(self.games_started);
+        if self.game.is_none() {
+            self.next_game_at = None;
+        }
+    }
+
     /// Writes the final `stop` record.
     pub fn stop(&mut self, now: Instant) {
         self.handle_timeout(now);

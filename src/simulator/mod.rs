@@ -398,6 +398,8 @@ pub struct Simulation {
     endpoints: Vec<Endpoint>,
     /// Cancelled by [`stop`](Self::stop); every machine task watches it between exchanges.
     cancel: CancellationToken,
+    /// Cancelled by [`close_play`](Self::close_play).
+    close: CancellationToken,
     /// The machine tasks; each returns its index and how it ended.
     tasks: JoinSet<(u16, std::io::Result<()>)>,
     /// The ledger writer; it ends once every machine task has dropped its sink.
@@ -445,18 +447,26 @@ impl Simulation {
             });
         }
         let cancel = CancellationToken::new();
+        let close = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let now = tokio::time::Instant::now().into_std();
         let wall = SystemTime::now();
         for (cfg, port) in configs.into_iter().zip(ports) {
             let index = cfg.index;
             let machine = Machine::new(cfg, now, wall)?;
-            let run = driver::drive(machine, port, sink.clone(), cancel.clone());
+            let run = driver::drive(machine, port, sink.clone(), (cancel.clone(), close.clone()));
             tasks.spawn(async move { (index, run.await) });
         }
         // Only the machine tasks hold sinks now, so the writer ends when the last one stops.
         drop(sink);
-        Ok(Self { endpoints, cancel, tasks, ledger })
+        Ok(Self { endpoints, cancel, close, tasks, ledger })
+    }
+
+    /// Every machine finishes the game it is playing and starts no other, while still
+    /// answering its host: the floor closes, so that everything can be reported before
+    /// [`stop`](Self::stop).
+    pub fn close_play(&self) {
+        self.close.cancel();
     }
 
     /// Where each machine listens, in machine order.
