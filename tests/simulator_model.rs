@@ -267,6 +267,28 @@ fn shutdown_mid_game_lets_the_game_finish_and_starts_no_new_one_until_startup() 
 }
 
 #[test]
+fn closing_play_lets_the_game_in_progress_finish_and_starts_no_other() {
+    let mut cfg = playing(30.0);
+    cfg.play.game_duration = Duration::from_secs(3);
+    let mut rig = Rig::new(cfg);
+    rig.sync();
+    rig.until(Duration::from_secs(60), |m| m.game_in_progress().is_some());
+    let game = rig.m.game_in_progress().unwrap();
+    rig.m.close_play();
+    assert_eq!(rig.m.game_in_progress(), Some(game), "the game in progress continues");
+    rig.advance_polling(Duration::from_secs(300));
+    assert_eq!((rig.m.game_in_progress(), rig.m.games_started()), (None, game));
+    assert_eq!(rig.count(|e| matches!(e, Entry::Game { .. })), game as usize, "it ended");
+
+    // Closed between games too: the next game, already scheduled, never starts.
+    let mut rig = Rig::new(playing(30.0));
+    rig.sync();
+    rig.m.close_play();
+    rig.advance_polling(Duration::from_secs(300));
+    assert_eq!(rig.m.games_started(), 0);
+}
+
+#[test]
 fn a_power_cycle_queues_18_and_17_keeps_the_queue_and_needs_a_new_sync() {
     let mut cfg = playing(30.0);
     cfg.faults.power_off_duration = Duration::from_secs(3);

@@ -472,15 +472,16 @@ impl View {
         receiver: &Receiver,
     ) {
         let journalled = status.map_or(0, |s| s.journal.records);
-        let (link, backlog, error) = destination.as_ref().map_or(("starting", 0, None), |d| {
-            let link = match d.state {
-                LinkState::Up => "up",
-                LinkState::Down => "DOWN",
-                LinkState::Connecting => "connecting",
-                LinkState::Revoked => "REVOKED",
-            };
-            (link, d.unacknowledged, d.last_error.clone())
-        });
+        let (link, (backlog, unsent), error) =
+            destination.as_ref().map_or(("starting", (0, 0), None), |d| {
+                let link = match d.state {
+                    LinkState::Up => "up",
+                    LinkState::Down => "DOWN",
+                    LinkState::Connecting => "connecting",
+                    LinkState::Revoked => "REVOKED",
+                };
+                (link, (d.backlog, d.unacknowledged), d.last_error.clone())
+            });
         self.max_backlog = self.max_backlog.max(backlog);
         let (received, replayed, games) = {
             let inbox = receiver.inbox();
@@ -521,7 +522,10 @@ impl View {
                 self.url,
                 error.filter(|_| link != "up").map_or(String::new(), |e| format!(" ({e})"))
             ),
-            format!("  upstream   {received} received ({replayed} replayed), backlog {backlog}"),
+            format!(
+                "  upstream   {received} received ({replayed} replayed); backlog {backlog}, \
+                 {unsent} not yet acknowledged"
+            ),
         ];
         let mut out = std::io::stdout().lock();
         if self.drawn > 0 {

@@ -96,7 +96,8 @@ pub struct Tally {
     pub duplicates: u64,
     /// Events delivered as `historical`: the replay after the outage.
     pub replayed: u64,
-    /// The largest backlog the gateway reported during the run.
+    /// The largest backlog (the replay lane; while down, everything unacknowledged) the
+    /// gateway reported during the run.
     pub max_backlog: u64,
 }
 
