@@ -271,6 +271,61 @@ mod tests {
                         "data": {"games": 1, "win": {"credits": 4}}}})
     }
 
+    #[tokio::test]
+    async fn it_serves_https_checks_token_and_signature_and_answers_503_while_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = Credentials::generate(dir.path()).unwrap();
+        let receiver = Receiver::start(&creds).await.unwrap();
+        let files = crate::forward::tls::TlsFiles {
+            ca_file: Some(creds.ca_file.clone()),
+            ..Default::default()
+        };
+        let tls = crate::forward::tls::client_config(&files).unwrap();
+        let client =
+            reqwest::Client::builder().tls_backend_preconfigured((*tls).clone()).build().unwrap();
+        let token = std::fs::read_to_string(&creds.token_file).unwrap();
+        let key = std::fs::read_to_string(&creds.hmac_key_file).unwrap();
+        let signed =
+            |body: &[u8]| format!("sha256={}", crate::forward::https::sign(key.as_bytes(), body));
+        let post = |token: &str, signature: String, body: &[u8]| {
+            let request = client
+                .post(receiver.url())
+                .bearer_auth(token)
+                .header(crate::forward::https::SIGNATURE_HEADER, signature)
+                .body(body.to_vec());
+            async move { request.send().await.unwrap() }
+        };
+        let body = serde_json::to_vec(&[event(1, "A", 0)]).unwrap();
+
+        assert_eq!(post("wrong", signed(&body), &body).await.status(), 401);
+        assert_eq!(post(&token, signed(b"other"), &body).await.status(), 401);
+        receiver.set_up(false);
+        let down = post(&token, signed(&body), &body).await;
+        assert_eq!(
+            (down.status().as_u16(), down.headers()["retry-after"].to_str().unwrap()),
+            (503, "1")
+        );
+        assert!(receiver.inbox().seqs.is_empty(), "nothing kept while refused");
+        receiver.set_up(true);
+        assert_eq!(post(&token, signed(&body), &body).await.status(), 200);
+        assert_eq!(post(&token, signed(b"{}"), b"{}").await.status(), 400);
+        let counts = {
+            let inbox = receiver.inbox();
+            (inbox.seqs.len(), inbox.rejected, inbox.refused_while_down)
+        };
+        assert_eq!(counts, (1, 3, 1));
+        // Only this demo's CA vouches for it: a client trusting another CA refuses it.
+        let other = tempfile::tempdir().unwrap();
+        let other = crate::forward::tls::TlsFiles {
+            ca_file: Some(Credentials::generate(other.path()).unwrap().ca_file),
+            ..Default::default()
+        };
+        let other = crate::forward::tls::client_config(&other).unwrap();
+        let stranger =
+            reqwest::Client::builder().tls_backend_preconfigured((*other).clone()).build().unwrap();
+        assert!(stranger.post(receiver.url()).body(body).send().await.is_err());
+    }
+
     #[test]
     fn events_in_order_are_kept_once_and_disorder_is_counted() {
         let mut inbox = Inbox::default();
