@@ -48,6 +48,17 @@ impl Rig {
         self.ledger.extend(self.m.drain_ledger());
     }
 
+    /// A synchronised machine playing its first 3 s game; the game's number.
+    fn mid_game() -> (Self, u64) {
+        let mut cfg = playing(30.0);
+        cfg.play.game_duration = Duration::from_secs(3);
+        let mut rig = Self::new(cfg);
+        rig.sync();
+        rig.until(Duration::from_secs(60), |m| m.game_in_progress().is_some());
+        let game = rig.m.game_in_progress().unwrap();
+        (rig, game)
+    }
+
     /// Lets time pass without any host traffic.
     fn advance(&mut self, d: Duration) {
         self.now += d;
@@ -235,12 +246,7 @@ fn a_bad_crc_is_nacked_and_unsupported_polls_get_silence() {
 
 #[test]
 fn shutdown_mid_game_lets_the_game_finish_and_starts_no_new_one_until_startup() {
-    let mut cfg = playing(30.0);
-    cfg.play.game_duration = Duration::from_secs(3);
-    let mut rig = Rig::new(cfg);
-    rig.sync();
-    rig.until(Duration::from_secs(60), |m| m.game_in_progress().is_some());
-    let game = rig.m.game_in_progress().unwrap();
+    let (mut rig, game) = Rig::mid_game();
     assert_eq!(rig.long_poll(LongPoll::Shutdown), Some(vec![ADDR]));
     assert_eq!(rig.m.game_in_progress(), Some(game), "the game in progress continues");
     rig.advance_polling(Duration::from_secs(120));
@@ -268,12 +274,7 @@ fn shutdown_mid_game_lets_the_game_finish_and_starts_no_new_one_until_startup() 
 
 #[test]
 fn closing_play_lets_the_game_in_progress_finish_and_starts_no_other() {
-    let mut cfg = playing(30.0);
-    cfg.play.game_duration = Duration::from_secs(3);
-    let mut rig = Rig::new(cfg);
-    rig.sync();
-    rig.until(Duration::from_secs(60), |m| m.game_in_progress().is_some());
-    let game = rig.m.game_in_progress().unwrap();
+    let (mut rig, game) = Rig::mid_game();
     rig.m.close_play();
     assert_eq!(rig.m.game_in_progress(), Some(game), "the game in progress continues");
     rig.advance_polling(Duration::from_secs(300));
