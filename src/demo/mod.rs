@@ -326,7 +326,9 @@ async fn conduct(
             receiver,
         );
         if phase == Phase::Settling {
-            let settled_since = std::time::SystemTime::now() - Duration::from_secs(1);
+            let settled_since = std::time::SystemTime::now()
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or(std::time::UNIX_EPOCH);
             let settled = status.as_ref().is_some_and(|s| {
                 std::time::SystemTime::from(s.written_at) >= settled_since && delivered_all(s)
             });
