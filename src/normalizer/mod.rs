@@ -557,7 +557,10 @@ impl Normalizer {
                     .collect();
                 self.snapshot(now, extended.game, &reads, source, drafts);
             }
-            Reply::HandpayInfo(info) => drafts.push(Draft::plain(handpay(info, &currency), source)),
+            Reply::HandpayInfo(info) => {
+                let kind = handpay(info, self.accounting_denomination(), &currency);
+                drafts.push(Draft::play(kind, source));
+            }
             Reply::MachineInfo(info) => self.learn_machine_info(info, source, drafts),
             Reply::VersionAndSerial(version) => self.learn_serial(version, source, drafts),
             Reply::LastBill(bill) => {
@@ -872,14 +875,27 @@ fn significant(
     Draft::play(kind, source)
 }
 
-fn handpay(info: &HandpayInfo, currency: &Currency) -> EventKind {
+/// LP1B reports a progressive handpay (levels 01–20) in cents and any other (00 non-progressive
+/// win, 40 top award, 80 cancelled credits) in accounting credits (sas-protocol.md §7.2, MON
+/// `LP1BSendHandpayInfoHandler`).
+fn handpay(info: &HandpayInfo, accounting: Option<u8>, currency: &Currency) -> EventKind {
+    let amount = if is_progressive_level(info.level) {
+        Amount::from_hundredths(info.amount, currency)
+    } else {
+        Amount::from_credits(info.amount, accounting, currency)
+    };
     EventKind::Handpay {
-        amount: Amount::from_hundredths(info.amount, currency),
+        amount,
         partial_pay: Amount::from_hundredths(info.partial_pay, currency),
         progressive_group: info.progressive_group,
         level: info.level,
         reset_id: info.reset_id,
     }
+}
+
+/// SAS progressive levels are 01–20 (hex); 00, 40 and 80 are not progressive.
+fn is_progressive_level(level: u8) -> bool {
+    (0x01..=0x20).contains(&level)
 }
 
 /// Text from the machine: printable ASCII as is, anything else as `\xNN`, so nothing is lost or

@@ -815,29 +815,35 @@ fn a_meter_too_large_to_price_is_flagged_as_overflow_not_wrapped_or_panicking() 
     assert_eq!((coin_in.minor_units, coin_in.credits), (None, Some(999_999_999_999_999_999)));
 }
 
+fn handpay_info(level: u8, amount: u64) -> SessionEvent {
+    let info = HandpayInfo { progressive_group: 0, level, amount, partial_pay: 0, reset_id: 0 };
+    SessionEvent::Reply { poll: LongPoll::SendHandpayInfo, reply: Reply::HandpayInfo(info) }
+}
+
 #[test]
-fn handpay_amounts_are_cents_in_minor_units() {
-    let info = HandpayInfo {
-        progressive_group: 0,
-        level: 0,
-        amount: 150_000,
-        partial_pay: 0,
-        reset_id: 0,
-    };
-    let handpay =
-        SessionEvent::Reply { poll: LongPoll::SendHandpayInfo, reply: Reply::HandpayInfo(info) };
+fn handpay_amounts_are_credits_except_progressive_levels_which_are_cents() {
+    let mut n = normalizer();
     let events = run(
-        &mut normalizer(),
+        &mut n,
         0,
         &[
             SessionEvent::Exception(Exception::HandpayPending),
-            handpay,
+            handpay_info(0x00, 1_500),
             SessionEvent::Exception(Exception::HandpayReset),
         ],
     );
     assert_eq!(kinds(&events), ["significant_event", "handpay", "handpay_reset"]);
     let EventKind::Handpay { amount, .. } = &events[1].kind else { unreachable!() };
-    assert_eq!((amount.minor_units, amount.status), (Some(150_000), AmountStatus::Exact));
+    assert_eq!(amount.credits, Some(1_500), "a non-progressive handpay is in credits");
+    assert_eq!(amount.status, AmountStatus::DenominationUnknown, "and LP1F has not been read");
+    // 20 kopiyky a credit.
+    let events = run(&mut n, 10, &[machine_info(0x0B), handpay_info(0x80, 1_500)]);
+    let EventKind::Handpay { amount, .. } = &events[1].kind else { unreachable!() };
+    assert_eq!((amount.minor_units, amount.status), (Some(30_000), AmountStatus::Exact));
+    // Progressive level 3: cents, whatever the denomination.
+    let events = run(&mut n, 20, &[handpay_info(0x03, 150_000)]);
+    let EventKind::Handpay { amount, level, .. } = &events[0].kind else { unreachable!() };
+    assert_eq!((*level, amount.minor_units, amount.credits), (3, Some(150_000), None));
 }
 
 #[test]

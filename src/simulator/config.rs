@@ -177,6 +177,19 @@ pub enum RomSignatureDelivery {
     Direct,
 }
 
+/// How the machine validates tickets (TITO, sas-protocol.md §5: exceptions 3D, 3E, 57, 67, 68).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Validation {
+    /// No ticket printer or validator: LP70/71 are unsupported, cash-outs are paid to the hopper
+    /// or by hand.
+    #[default]
+    None,
+    /// The validation system assigns each ticket's number.
+    System,
+    /// The machine computes the number from its validation ID (LP4C).
+    SecureEnhanced,
+}
+
 /// The player at the machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlayConfig {
@@ -259,6 +272,8 @@ pub struct MachineConfig {
     /// Capacity of the exception FIFO; priority exceptions are held apart.
     pub queue_size: usize,
     pub rom_signature: RomSignatureDelivery,
+    /// Ticket validation: with it, cash-outs print tickets and the player inserts tickets too.
+    pub validation: Validation,
     /// How long a deferred ROM signature takes to compute.
     pub rom_signature_delay: Duration,
     /// LP01 shutdown survives a power cycle.
@@ -297,6 +312,7 @@ impl MachineConfig {
             rte_idle: RteIdle::NoActivity,
             queue_size: SPEC_MIN_QUEUE,
             rom_signature: RomSignatureDelivery::Deferred,
+            validation: Validation::None,
             rom_signature_delay: Duration::from_millis(500),
             persist_shutdown: false,
             clock_offset_secs: 0,

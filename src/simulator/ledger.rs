@@ -49,9 +49,10 @@
 //! - `coin_out` by Σ `win` of `game` records with `paid_by` = `machine`; `jackpot` by Σ
 //!   `credits` of `handpay` records of kind `jackpot` (a handpay win is in its `game` record at
 //!   once, and in the meter when the attendant pays it);
-//! - `cancelled_credits` by Σ `credits` of `cashout` records paid by the machine;
-//!   `handpaid_cancelled_credits` by Σ `credits` of `handpay` records of kind
-//!   `cancelled_credits`; `bill_credits` (= drop) by Σ `credits` of `bill` records;
+//! - `cancelled_credits` by Σ `credits` of `cashout` records paid by the machine plus Σ
+//!   `credits` of `handpay` records of kind `cancelled_credits` (meter 0004 counts every
+//!   cash-out; the hand-paid ones are in 0003 as well); `handpaid_cancelled_credits` by the
+//!   latter alone; `bill_credits` by Σ `credits` of `bill` records;
 //! - `current_credits` = bills + machine-paid wins − bets − cash-outs (both kinds).
 //!
 //! The host received an exception exactly when an `exception_acknowledged` record names its

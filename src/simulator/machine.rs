@@ -34,7 +34,7 @@ use firmware_protocols::sas::Reply;
 use firmware_protocols::sas::codec::Request;
 use firmware_protocols::sas::message::{
     BasicMeters, ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill, MachineInfo, MeterPoll,
-    Meters10To15, SelectedMeters, TicketMessage, VersionAndSerial,
+    Meters10To15, SelectedMeters, VersionAndSerial,
 };
 use firmware_protocols::sas::message::{DateTime, command};
 use firmware_protocols::sas::{
@@ -45,7 +45,7 @@ use rand::{RngExt, SeedableRng};
 
 use super::clock::Clock;
 use super::config::{
-    ConfigError, MachineConfig, RomSignatureDelivery, RteIdle, Weighted, bill_code,
+    ConfigError, MachineConfig, RomSignatureDelivery, RteIdle, Validation, Weighted, bill_code,
 };
 use super::ledger::{
     Entry, EventData, FaultKind, HandpayKind, LinkState, LossReason, PaidBy, PowerState, Record,
@@ -271,12 +271,7 @@ impl Machine {
         }
         let &first = request.bytes.first()?;
         let target = Target::of(first, self.address.get());
-        if target == Target::Own
-            && matches!(
-                request.message,
-                Err(DecodeError::UnknownCommand { .. } | DecodeError::Truncated { .. })
-            )
-        {
+        if target == Target::Own && !self.supports(&request.message) {
             // An unsupported long poll, or one cut short: not a poll at all. The machine stays
             // silent and the message neither acknowledges nor repeats anything (§2.3; MON drops
             // it in its receiver before the implied-ACK check).
@@ -669,6 +664,20 @@ impl Machine {
         }
     }
 
+    /// Whether this machine treats `message` as a poll at all: not when the codec does not know
+    /// it or it was cut short, nor when it belongs to a feature the machine lacks (LP70/71
+    /// without validation).
+    fn supports(&self, message: &Result<HostMessage, DecodeError>) -> bool {
+        match message {
+            Err(DecodeError::UnknownCommand { .. } | DecodeError::Truncated { .. }) => false,
+            Ok(HostMessage::LongPoll(
+                _,
+                LongPoll::SendTicketValidationData | LongPoll::RedeemTicket(_),
+            )) => self.cfg.validation != Validation::None,
+            _ => true,
+        }
+    }
+
     fn signature_ready(&self, now: Instant) -> bool {
         self.rom_signature.is_some_and(|d| d.ready_at <= now)
     }
@@ -809,14 +818,9 @@ impl Machine {
                     meters: values,
                 })
             }
-            // No ticket printer or validator: "no ticket / no validation information"
-            // (status FF) [unverified status code; TITO is out of this simulator's scope].
-            LongPoll::SendTicketValidationData => {
-                Reply::TicketValidationData(TicketMessage { status: 0xFF, detail: None })
-            }
-            LongPoll::RedeemTicket(_) => {
-                Reply::TicketRedemption(TicketMessage { status: 0xFF, detail: None })
-            }
+            // A machine without validation has no ticket printer or validator: LP70 and LP71
+            // are unsupported polls, which are not answered (§2.3).
+            LongPoll::SendTicketValidationData | LongPoll::RedeemTicket(_) => return None,
             LongPoll::SendDateTime => Reply::DateTime(self.clock.egm_date_time(now)),
             LongPoll::SetDateTime(t) => match self.clock.set_egm(now, *t) {
                 Ok(()) => {
@@ -867,7 +871,9 @@ impl Machine {
                 HandpayKind::Jackpot => 0x00,
                 HandpayKind::CancelledCredits => 0x80,
             },
-            amount: on_wire(h.credits.saturating_mul(self.credit_minor_units), 5),
+            // A non-progressive handpay is reported in accounting credits; only progressive
+            // levels (01–20) are in cents (MON `LP1BSendHandpayInfoHandler`).
+            amount: on_wire(h.credits, 5),
             partial_pay: 0,
             reset_id: 0,
         }

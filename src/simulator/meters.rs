@@ -23,7 +23,8 @@ pub struct Meters {
     pub jackpot: u64,
     /// 0003 — cash-outs paid by an attendant.
     pub handpaid_cancelled_credits: u64,
-    /// 0004 — cash-outs paid by the machine.
+    /// 0004 — every cash-out: paid by the machine and hand paid (the hand-paid ones are also in
+    /// 0003 and 0023).
     pub cancelled_credits: u64,
     /// 0005.
     pub games_played: u64,
@@ -124,6 +125,7 @@ impl Meters {
     /// An attendant paid a cash-out; the credits leave the credit meter only now.
     pub fn cashout_handpaid(&mut self, credits: u64) {
         self.handpaid_cancelled_credits += credits;
+        self.cancelled_credits += credits;
         self.current_credits -= credits.min(self.current_credits);
     }
 
