@@ -71,7 +71,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use firmware_protocols::sas::message::{
     BasicMeters, DateTime, HandpayInfo, MachineInfo as SasMachineInfo, MeterPoll, Meters10To15,
-    VersionAndSerial,
+    ValidationRecord, VersionAndSerial,
 };
 use firmware_protocols::sas::meter::denomination_minor_units;
 use firmware_protocols::sas::session::SessionEvent;
@@ -81,7 +81,8 @@ use crate::event::money::bill_value;
 use crate::event::{
     Amount, BillInfo, CanonicalEvent, Category, CreditMethod, Currency, EventKind, GamePhase,
     GameRef, LinkStatus, MachineInfo, MachineRef, RegistryId, SCHEMA_VERSION, SnapshotTrigger,
-    Source, SourceKind, VenueId, WindowContext, event_id, idempotency_key,
+    Source, SourceKind, TicketClass, TicketInfo, TicketNumbers, VenueId, WindowContext, event_id,
+    idempotency_key,
 };
 use exceptions::Mapping;
 use meters::{MeterBook, MeterKey, Outcome, Read, SnapshotContext};
@@ -96,6 +97,8 @@ pub struct VenueSettings {
     pub time_zone: TimeZone,
     /// A machine clock further than this from the gateway's emits `clock_drift`.
     pub clock_drift_threshold: Duration,
+    /// How much of a ticket's validation number leaves the gateway.
+    pub ticket_numbers: TicketNumbers,
 }
 
 /// Who the machine is, from configuration.
@@ -394,13 +397,14 @@ impl Normalizer {
                 drafts.push(Draft::play(EventKind::GameSelected { game_number: None }, source));
                 return;
             }
-            Mapping::BillIn(value) => EventKind::CreditsIn {
-                method: CreditMethod::Bill,
-                amount: value.map(|units| Amount::from_major(units, &currency)),
-                bill: None,
-            },
-            Mapping::TicketOut => {
-                EventKind::CreditsOut { method: CreditMethod::Ticket, amount: None }
+            Mapping::BillIn(value) => {
+                let kind = EventKind::CreditsIn {
+                    method: CreditMethod::Bill,
+                    amount: value.map(|units| Amount::from_major(units, &currency)),
+                    bill: None,
+                };
+                drafts.push(Draft::play(kind, source));
+                return;
             }
             Mapping::EventGap => {
                 self.pending.event_gap = true;
@@ -466,7 +470,7 @@ impl Normalizer {
                 let amount = value.map(|units| Amount::from_major(units, &currency));
                 let kind =
                     EventKind::CreditsIn { method: CreditMethod::Bill, amount, bill: Some(bill) };
-                drafts.push(Draft::plain(kind, source));
+                drafts.push(Draft::play(kind, source));
             }
             RealTimeEvent::ReelStopped { reel, physical_stop } => {
                 let details =
@@ -574,6 +578,7 @@ impl Normalizer {
                 let amount = value.map(|units| Amount::from_major(units, &currency));
                 drafts.push(Draft::plain(EventKind::BillDetails { bill: info, amount }, source));
             }
+            Reply::EnhancedValidation(record) => self.validation_record(record, source, drafts),
             Reply::TicketValidationData(ticket) | Reply::TicketRedemption(ticket) => {
                 let event = match reply {
                     Reply::TicketRedemption(_) => "ticket_redemption_status",
@@ -647,6 +652,45 @@ impl Normalizer {
             details: Default::default(),
         };
         drafts.push(Draft::plain(kind, source));
+    }
+
+    /// An LP4D record: a printed ticket, a handpay receipt or a redeemed ticket, priced in cents.
+    /// An empty record (nothing unread) is no event.
+    fn validation_record(
+        &mut self,
+        record: &ValidationRecord,
+        source: Source,
+        drafts: &mut Vec<Draft>,
+    ) {
+        if record.is_empty() {
+            return;
+        }
+        let amount = Amount::from_hundredths(record.amount, &self.venue.currency);
+        let printed = format!("{:02}{:016}", record.validation_system_id, record.validation_number);
+        let (validation_number, masked) = self.venue.ticket_numbers.apply(&printed);
+        let class = match record.validation_type {
+            0x01 | 0x03 | 0x81 => TicketClass::Restricted,
+            0x82 => TicketClass::NonRestricted,
+            _ => TicketClass::Cashable,
+        };
+        let ticket = TicketInfo {
+            validation_number,
+            masked,
+            validation_type: record.validation_type,
+            class,
+            machine_time: record.date_time.as_ref().and_then(civil_time),
+            ticket_number: record.ticket_number,
+        };
+        let kind = match record.validation_type {
+            0x00..=0x04 => EventKind::TicketOut { amount, ticket },
+            0x10 | 0x20 | 0x40 | 0x60 => EventKind::HandpayReceipt { amount, ticket },
+            0x80..=0x82 => EventKind::TicketIn { amount, ticket },
+            // The number stays out of the description: it may not be masked there.
+            other => EventKind::Unrecognized {
+                description: format!("LP4D validation record of type {other:#04x}"),
+            },
+        };
+        drafts.push(Draft::play(kind, source));
     }
 
     fn learn_machine_info(

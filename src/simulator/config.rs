@@ -209,6 +209,8 @@ pub struct PlayConfig {
     pub handpay_duration: Duration,
     /// Stop playing after this many games.
     pub max_games: Option<u64>,
+    /// With validation: the chance that the player funds play with a ticket instead of a bill.
+    pub ticket_in_probability: f64,
 }
 
 /// Security events unrelated to faults.
@@ -305,6 +307,7 @@ impl MachineConfig {
                 handpay_limit: 120_000,
                 handpay_duration: Duration::from_secs(10),
                 max_games: None,
+                ticket_in_probability: 0.0,
             },
             bills: vec![1, 5, 10, 20, 50, 100],
             bill_country: 0,
@@ -372,6 +375,7 @@ impl MachineConfig {
         let f = &self.faults;
         for (name, value) in [
             ("cashout probability", self.play.cashout_probability),
+            ("ticket-in probability", self.play.ticket_in_probability),
             ("CRC fault probability", f.corrupt_crc),
             ("drop fault probability", f.drop_reply),
             ("late fault probability", f.late_reply),
