@@ -578,6 +578,22 @@ pub struct MachineInfo {
     pub max_bet: Option<u8>,
     pub progressive_group: Option<u8>,
     pub game_options: Option<u16>,
+    /// LPA0 (read at link-up): what the machine has enabled; null until read or if unsupported.
+    pub features: Option<Features>,
+}
+
+/// What LPA0 says a machine supports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Features {
+    /// The feature bytes as sent.
+    pub raw: Vec<u8>,
+    /// `none`, `system`, `secure_enhanced` or `reserved`.
+    pub validation: String,
+    pub ticket_redemption: bool,
+    pub aft: bool,
+    pub legacy_bonus_awards: bool,
+    pub extended_meters: bool,
+    pub multi_denomination: bool,
 }
 
 /// A lifetime meter that went down (before → after, raw machine values).

@@ -241,6 +241,20 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
     assert_eq!(got, expected, "every movement once, with its amount and class (settled {done})");
     assert!(done);
     assert_sequences_gap_free(&events);
+    // LPA0, read at link-up, says which machines validate tickets.
+    for m in &machines {
+        let id = format!("EGM-{}", m.serial);
+        let features = events
+            .iter()
+            .filter(|e| e["machine"]["registry_id"] == id.as_str() && e["kind"] == "machine_info")
+            .filter_map(|e| e["data"]["features"].as_object())
+            .next_back()
+            .unwrap_or_else(|| panic!("{id}: no LPA0 features in machine_info"));
+        let tito = m.serial.starts_with("TIT");
+        let validation = if tito { "secure_enhanced" } else { "none" };
+        assert_eq!(features["validation"], validation, "{id}");
+        assert_eq!(features["ticket_redemption"], tito, "{id}");
+    }
     // The floor really mixed: every kind of movement happened.
     let all: Vec<&Movement> = expected.values().flatten().collect();
     for kind in ["credits_in", "ticket_out", "ticket_in", "handpay", "handpay_receipt"] {

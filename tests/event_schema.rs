@@ -158,6 +158,15 @@ fn samples() -> Vec<EventKind> {
             max_bet: Some(0xC9),
             progressive_group: Some(0x12),
             game_options: Some(0),
+            features: Some(Features {
+                raw: vec![0xC0, 0x48, 0x01],
+                validation: "secure_enhanced".into(),
+                ticket_redemption: true,
+                aft: true,
+                legacy_bonus_awards: false,
+                extended_meters: true,
+                multi_denomination: false,
+            }),
         })),
         EventKind::MeterReset {
             meters: vec![MeterJump { meter: "coin_in".into(), before: 123_456, after: 100 }],

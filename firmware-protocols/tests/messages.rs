@@ -4,9 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use firmware_protocols::sas::message::{
-    BasicMeters, DateTime, ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill, MachineInfo,
-    MeterPoll, Meters10To15, SelectedMeters, TicketDetail, TicketMessage, ValidationRecord,
-    VersionAndSerial,
+    BasicMeters, DateTime, EnabledFeatures, ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill,
+    MachineInfo, MeterPoll, Meters10To15, SelectedMeters, TicketDetail, TicketMessage,
+    ValidationRecord, VersionAndSerial,
 };
 use firmware_protocols::sas::{
     Address, Exception, HostMessage, LongPoll, MeterCode, RealTimeEvent, Reply,
@@ -45,6 +45,21 @@ fn march_15_2024() -> DateTime {
 }
 
 // === Host → machine ===
+
+#[test]
+fn lpa0_enabled_features_request_and_reply() {
+    let poll = LongPoll::SendEnabledFeatures { game: 0 };
+    let bytes = poll.encode(1).unwrap();
+    assert_eq!((bytes[..4].to_vec(), bytes.len()), (vec![0x01, 0xA0, 0x00, 0x00], 6));
+    assert_eq!(HostMessage::decode(&bytes).unwrap(), HostMessage::LongPoll(a(1), poll));
+    let features = EnabledFeatures { game: 0, features: [0xC0, 0x48, 0x01] };
+    let frame = Reply::EnabledFeatures(features).encode(a(1)).unwrap();
+    assert_eq!(frame[..7], [0x01, 0xA0, 0x00, 0x00, 0xC0, 0x48, 0x01]);
+    assert_eq!(Reply::decode_frame(a(1), &frame).unwrap(), Reply::EnabledFeatures(features));
+    assert_eq!(features.validation(), "secure_enhanced");
+    assert!(features.ticket_redemption() && features.aft() && features.extended_meters());
+    assert!(!features.legacy_bonus_awards() && !features.multi_denomination());
+}
 
 #[test]
 fn lp4d_enhanced_validation_request_and_record() {

@@ -199,6 +199,7 @@ impl Normalizer {
                 max_bet: None,
                 progressive_group: None,
                 game_options: None,
+                features: None,
             },
             game_number: None,
             link: Link::Unknown,
@@ -567,6 +568,23 @@ impl Normalizer {
             }
             Reply::MachineInfo(info) => self.learn_machine_info(info, source, drafts),
             Reply::VersionAndSerial(version) => self.learn_serial(version, source, drafts),
+            Reply::EnabledFeatures(f) if f.game == 0 => {
+                let mut updated = self.info.clone();
+                updated.features = Some(crate::event::Features {
+                    raw: f.features.to_vec(),
+                    validation: f.validation().to_owned(),
+                    ticket_redemption: f.ticket_redemption(),
+                    aft: f.aft(),
+                    legacy_bonus_awards: f.legacy_bonus_awards(),
+                    extended_meters: f.extended_meters(),
+                    multi_denomination: f.multi_denomination(),
+                });
+                if updated != self.info {
+                    self.info = updated;
+                    let kind = EventKind::MachineInfo(Box::new(self.info.clone()));
+                    drafts.push(Draft::plain(kind, source));
+                }
+            }
             Reply::LastBill(bill) => {
                 let value = bill_value(bill.denomination_code);
                 let info = BillInfo {

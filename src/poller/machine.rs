@@ -174,6 +174,8 @@ impl MachinePoller {
             tracing::warn!(machine = %self.registry_id, %error, "LP1F cannot be sent.");
         }
         self.enqueue(LongPoll::SendVersionAndSerial);
+        // What the machine supports (validation style, AFT, bonuses): part of `machine_info`.
+        self.enqueue(LongPoll::SendEnabledFeatures { game: 0 });
         self.queue_snapshot();
         self.queue_clock_sync(wall);
         self.next_snapshot = Some(now + self.schedule.meter_snapshot_interval);

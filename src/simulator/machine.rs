@@ -33,8 +33,9 @@ use firmware_protocols::crc::crc16;
 use firmware_protocols::sas::Reply;
 use firmware_protocols::sas::codec::Request;
 use firmware_protocols::sas::message::{
-    BasicMeters, ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill, MachineInfo, MeterPoll,
-    Meters10To15, SelectedMeters, TicketDetail, TicketMessage, ValidationRecord, VersionAndSerial,
+    BasicMeters, EnabledFeatures, ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill,
+    MachineInfo, MeterPoll, Meters10To15, SelectedMeters, TicketDetail, TicketMessage,
+    ValidationRecord, VersionAndSerial,
 };
 use firmware_protocols::sas::message::{DateTime, command};
 use firmware_protocols::sas::{
@@ -848,6 +849,17 @@ impl Machine {
             }),
             LongPoll::RedeemTicket(_) => {
                 Reply::TicketRedemption(TicketMessage { status: 0xFF, detail: None })
+            }
+            LongPoll::SendEnabledFeatures { game } if *game == 0 || *game == GAME_ID => {
+                let validation = match self.cfg.validation {
+                    Validation::None => 0b00,
+                    Validation::System => 0b01,
+                    Validation::SecureEnhanced => 0b10,
+                };
+                let redemption = if self.cfg.validation == Validation::None { 0 } else { 0x80 };
+                // Extended meters (LP6F/AF) always; the 40 ms polling rate.
+                let features = [redemption | validation << 5, 0x08, 0x01];
+                Reply::EnabledFeatures(EnabledFeatures { game: *game, features })
             }
             LongPoll::SendEnhancedValidation { function }
                 if self.cfg.validation != Validation::None =>

@@ -38,6 +38,8 @@ pub mod command {
     pub const SEND_SELECTED_METERS: u8 = 0x2F;
     /// 0x48 — send last accepted bill information.
     pub const SEND_LAST_BILL: u8 = 0x48;
+    /// Send enabled features of a game (0 = the machine).
+    pub const SEND_ENABLED_FEATURES: u8 = 0xA0;
     /// Send enhanced validation information (ticket and receipt records, read-only).
     pub const SEND_ENHANCED_VALIDATION: u8 = 0x4D;
     /// 0x54 — send SAS version and machine serial number.
@@ -140,6 +142,9 @@ pub enum LongPoll {
     /// the oldest unread record (which the machine then marks read), 01–1F = the record at that
     /// buffer index, FF = look ahead without marking.
     SendEnhancedValidation { function: u8 },
+    /// 0xA0 — the features enabled for game N (0 = the machine): validation style, ticket
+    /// redemption, AFT, legacy bonus, extended meters, multi-denomination.
+    SendEnabledFeatures { game: u16 },
     /// 0x54 — SAS version and serial number.
     SendVersionAndSerial,
     /// 0x6F, or 0xAF when `alternate` — extended meters for game N.
@@ -177,6 +182,7 @@ impl LongPoll {
             Self::SendSelectedMeters { .. } => SEND_SELECTED_METERS,
             Self::SendLastBill => SEND_LAST_BILL,
             Self::SendEnhancedValidation { .. } => SEND_ENHANCED_VALIDATION,
+            Self::SendEnabledFeatures { .. } => SEND_ENABLED_FEATURES,
             Self::SendVersionAndSerial => SEND_VERSION_AND_SERIAL,
             Self::SendExtendedMeters { alternate: false, .. } => SEND_EXTENDED_METERS,
             Self::SendExtendedMeters { alternate: true, .. } => SEND_EXTENDED_METERS_ALT,
@@ -210,6 +216,7 @@ impl LongPoll {
             | Self::SendSelectedMeters { .. }
             | Self::SendLastBill
             | Self::SendEnhancedValidation { .. }
+            | Self::SendEnabledFeatures { .. }
             | Self::SendVersionAndSerial
             | Self::SendExtendedMeters { .. }
             | Self::SendTicketValidationData
@@ -272,6 +279,9 @@ impl LongPoll {
             }
             Self::RedeemTicket(ticket) => ticket.encode_body(&mut out)?,
             Self::SendEnhancedValidation { function } => out.push(*function),
+            Self::SendEnabledFeatures { game } => {
+                bcd::encode(u64::from(*game), 2, &mut out).map_err(bcd_encode_field("game"))?;
+            }
             Self::SetDateTime(time) => time.encode_into(&mut out)?,
             _ => {} // Shutdown and Startup carry nothing but their CRC.
         }
@@ -307,6 +317,7 @@ impl LongPoll {
             },
             ROM_SIGNATURE => Self::RomSignature { seed: r.u16_le()? },
             SEND_ENHANCED_VALIDATION => Self::SendEnhancedValidation { function: r.u8()? },
+            SEND_ENABLED_FEATURES => Self::SendEnabledFeatures { game: r.bcd(2, "game")? as u16 },
             SEND_SELECTED_METERS => {
                 let mut body = r.length_prefixed()?;
                 let game = body.bcd(2, "game")? as u16;
@@ -366,7 +377,7 @@ impl LongPoll {
         Some(match command {
             SHUTDOWN | STARTUP => RequestLen::Fixed(4),
             REAL_TIME_EVENT_REPORTING | SEND_ENHANCED_VALIDATION => RequestLen::Fixed(5),
-            ROM_SIGNATURE => RequestLen::Fixed(6),
+            ROM_SIGNATURE | SEND_ENABLED_FEATURES => RequestLen::Fixed(6),
             SET_DATE_TIME => RequestLen::Fixed(11),
             SEND_SELECTED_METERS
             | SEND_EXTENDED_METERS
@@ -492,6 +503,8 @@ pub enum Reply {
     ExtendedMeters(ExtendedMeters),
     /// LP4D.
     EnhancedValidation(ValidationRecord),
+    /// LPA0.
+    EnabledFeatures(EnabledFeatures),
     /// LP70.
     TicketValidationData(TicketMessage),
     /// LP71.
@@ -571,6 +584,11 @@ impl Reply {
                 out.push(SEND_ENHANCED_VALIDATION);
                 record.encode_body(&mut out)?;
             }
+            Self::EnabledFeatures(f) => {
+                out.push(SEND_ENABLED_FEATURES);
+                bcd::encode(u64::from(f.game), 2, &mut out).map_err(bcd_encode_field("game"))?;
+                out.extend_from_slice(&f.features);
+            }
             Self::TicketValidationData(t) => {
                 out.push(SEND_TICKET_VALIDATION_DATA);
                 t.encode_body(&mut out)?;
@@ -625,6 +643,10 @@ impl Reply {
             SEND_ENHANCED_VALIDATION => {
                 Self::EnhancedValidation(ValidationRecord::decode_body(&mut r)?)
             }
+            SEND_ENABLED_FEATURES => Self::EnabledFeatures(EnabledFeatures {
+                game: r.bcd(2, "game")? as u16,
+                features: r.array()?,
+            }),
             REDEEM_TICKET => Self::TicketRedemption(TicketMessage::decode_body(&mut r)?),
             SEND_DATE_TIME => Self::DateTime(DateTime::decode_from(&mut r)?),
             other => match MeterPoll::from_command(other) {
@@ -654,6 +676,7 @@ impl Reply {
             SEND_LAST_BILL => fixed(2 + LastBill::BODY_LEN + 2),
             SEND_DATE_TIME => fixed(2 + DateTime::BODY_LEN + 2),
             SEND_ENHANCED_VALIDATION => fixed(2 + ValidationRecord::BODY_LEN + 2),
+            SEND_ENABLED_FEATURES => fixed(2 + 2 + 3 + 2),
             SEND_SELECTED_METERS
             | SEND_VERSION_AND_SERIAL
             | SEND_EXTENDED_METERS
@@ -1037,6 +1060,57 @@ impl TicketMessage {
             })
         };
         Ok(Self { status, detail })
+    }
+}
+
+/// LPA0: the features enabled for a game, three bit fields (SAS 6.02 layout as recalled
+/// [unverified against the licensed spec]; 6.03 machines may send a fourth byte, which this
+/// decoder refuses as a bad length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EnabledFeatures {
+    pub game: u16,
+    /// Features 1–3, raw: 1 = bit 0 jackpot multiplier, 1 AFT bonus awards, 2 legacy bonus
+    /// awards, 3 tournament, 4 validation extensions, 5–6 validation style (00 none, 01 system,
+    /// 10 secure enhanced), 7 ticket redemption; 2 = bits 0–1 meter model, 2 tickets to total drop
+    /// and cancelled credits, 3 extended meters, 4 component authentication, 6 AFT, 7
+    /// multi-denomination extensions; 3 = bit 0 maximum polling rate (40 ms), 1 multiple SAS
+    /// progressive win reporting.
+    pub features: [u8; 3],
+}
+
+impl EnabledFeatures {
+    /// The validation style of bits 5–6 of the first byte.
+    pub fn validation(&self) -> &'static str {
+        match (self.features[0] >> 5) & 0b11 {
+            0b00 => "none",
+            0b01 => "system",
+            0b10 => "secure_enhanced",
+            _ => "reserved",
+        }
+    }
+
+    fn bit(&self, byte: usize, bit: u8) -> bool {
+        self.features.get(byte).is_some_and(|b| b & (1 << bit) != 0)
+    }
+
+    pub fn ticket_redemption(&self) -> bool {
+        self.bit(0, 7)
+    }
+
+    pub fn legacy_bonus_awards(&self) -> bool {
+        self.bit(0, 2)
+    }
+
+    pub fn aft(&self) -> bool {
+        self.bit(1, 6)
+    }
+
+    pub fn extended_meters(&self) -> bool {
+        self.bit(1, 3)
+    }
+
+    pub fn multi_denomination(&self) -> bool {
+        self.bit(1, 7)
     }
 }
 
