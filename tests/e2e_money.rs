@@ -181,18 +181,7 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
     let config = write_config(dir.path(), &machines, broker.port());
     let gateway = run_gateway(&config, &dir.path().join("run.log"));
 
-    let unique = || {
-        let mut by_id: BTreeMap<String, Value> = BTreeMap::new();
-        for payload in subscriber.payloads() {
-            let event: Value = serde_json::from_slice(&payload).unwrap();
-            by_id.entry(event["id"].as_str().unwrap().to_owned()).or_insert(event);
-        }
-        let mut events: Vec<Value> = by_id.into_values().map(|e| e["data"].clone()).collect();
-        events.sort_by_key(|e| {
-            (e["machine"]["registry_id"].as_str().unwrap().to_owned(), e["machine_seq"].as_u64())
-        });
-        events
-    };
+    let unique = || subscriber.unique_events();
     let ledgers = || {
         let mut all = read_json_lines(&bills_ledger);
         all.extend(read_json_lines(&tito_ledger));
