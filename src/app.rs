@@ -441,6 +441,7 @@ pub fn build_lines(
         currency: config.venue.currency,
         time_zone: config.venue.time_zone.clone(),
         clock_drift_threshold: config.polling.clock_drift_threshold,
+        ticket_numbers: config.venue.ticket_numbers,
     };
     let schedule = Schedule {
         meter_snapshot_interval: config.polling.meter_snapshot_interval,

@@ -13,7 +13,7 @@ use firmware_protocols::sas::Address;
 use serde::Deserialize;
 
 use crate::event::money::Currency;
-use crate::event::{RegistryId, VenueId};
+use crate::event::{RegistryId, TicketNumbers, VenueId};
 
 /// A configuration that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +58,9 @@ pub struct Venue {
     pub time_zone: jiff::tz::TimeZone,
     /// This gateway within the venue: part of the upstream `source` and of alarm ids.
     pub gateway_id: String,
+    /// `ticket_numbers`: `masked` (default; last 4 digits) or `full`. A ticket's validation
+    /// number is a bearer instrument.
+    pub ticket_numbers: TicketNumbers,
 }
 
 /// One upstream destination (the state system's MQTT broker or HTTPS endpoint).
@@ -303,6 +306,8 @@ struct RawVenue {
     time_zone: String,
     #[serde(default = "default_gateway_id")]
     gateway_id: String,
+    #[serde(default)]
+    ticket_numbers: Option<String>,
 }
 
 fn default_gateway_id() -> String {
@@ -959,12 +964,23 @@ fn validate_venue(raw: &RawVenue) -> Result<Venue, FieldError> {
     if RegistryId::new(raw.gateway_id.clone()).is_err() {
         return Err(("venue.gateway_id", format!("`{}` {ID_RULE}", raw.gateway_id)));
     }
+    let ticket_numbers = match raw.ticket_numbers.as_deref() {
+        None | Some("masked") => TicketNumbers::Masked,
+        Some("full") => TicketNumbers::Full,
+        Some(other) => {
+            return Err((
+                "venue.ticket_numbers",
+                format!("`{other}` is not `masked` (the last 4 digits, the default) or `full`"),
+            ));
+        }
+    };
     Ok(Venue {
         id,
         currency,
         time_zone_name: raw.time_zone.clone(),
         time_zone,
         gateway_id: raw.gateway_id.clone(),
+        ticket_numbers,
     })
 }
 
@@ -1127,6 +1143,19 @@ registry_id = "EGM-1"
         assert_eq!(e.file, "/etc/slotgate/slotgate.toml");
         assert_eq!(e.field, "line[0].machine[0].address");
         assert!(e.reason.contains("1–127"), "{e}");
+    }
+
+    #[test]
+    fn ticket_numbers_are_masked_unless_configured_full() {
+        assert_eq!(check(MINIMAL).unwrap().venue.ticket_numbers, TicketNumbers::Masked);
+        let with = |value: &str| {
+            MINIMAL.replace("time_zone = ", &format!("ticket_numbers = \"{value}\"\ntime_zone = "))
+        };
+        assert_eq!(check(&with("full")).unwrap().venue.ticket_numbers, TicketNumbers::Full);
+        assert_eq!(check(&with("masked")).unwrap().venue.ticket_numbers, TicketNumbers::Masked);
+        let e = check(&with("last4")).unwrap_err();
+        assert_eq!(e.field, "venue.ticket_numbers");
+        assert!(e.reason.contains("`last4`") && e.reason.contains("full"), "{e}");
     }
 
     #[test]

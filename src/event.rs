@@ -29,7 +29,7 @@ use uuid::Uuid;
 pub use money::{Amount, AmountStatus, Currency, CurrencyCode, MoneyError};
 
 /// Version of the event schema this code writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Namespace of the UUID v5 event ids. Fixed forever: changing it changes every event id.
 pub const EVENT_ID_NAMESPACE: Uuid = uuid::uuid!("118a79c3-2bd0-4849-b62f-eaa91cda6ee8");
@@ -296,6 +296,9 @@ pub enum EventKind {
     Handpay { amount: Amount, partial_pay: Amount, progressive_group: u8, level: u8, reset_id: u8 },
     /// The handpay was reset (exception 52).
     HandpayReset {},
+    /// A receipt was printed for a handpay (exception 3E, record from LP4D). Informational: the
+    /// money is the `handpay` itself.
+    HandpayReceipt { amount: Amount, ticket: TicketInfo },
     /// What happened while the machine could not be polled, from the meters read on either
     /// side of the outage (always `derived`). Informational: it is not a bet or a win and must
     /// not be counted as one; games the machine reported afterwards arrive as their own events.
@@ -365,6 +368,11 @@ pub enum EventKind {
         /// Raw data the report carried, by field name (RTE payloads, ticket replies).
         details: BTreeMap<String, u64>,
     },
+    /// A ticket was redeemed onto the credit meter (exception 68, record from LP4D).
+    TicketIn { amount: Amount, ticket: TicketInfo },
+    /// A cash-out ticket was printed: the credits left the credit meter (exception 3D, record
+    /// from LP4D).
+    TicketOut { amount: Amount, ticket: TicketInfo },
     /// An exception code the protocol crate does not name; the raw code is kept.
     UnknownException { code: u8 },
     /// A session report this version of the normalizer does not know, kept as text so that
@@ -389,6 +397,7 @@ impl EventKind {
         "game_phase",
         "game_selected",
         "handpay",
+        "handpay_receipt",
         "handpay_reset",
         "link_gap_summary",
         "link_state",
@@ -400,6 +409,8 @@ impl EventKind {
         "reconciliation",
         "rom_signature",
         "significant_event",
+        "ticket_in",
+        "ticket_out",
         "unknown_exception",
         "unrecognized",
     ];
@@ -421,6 +432,7 @@ impl EventKind {
             Self::GamePhase { .. } => "game_phase",
             Self::GameSelected { .. } => "game_selected",
             Self::Handpay { .. } => "handpay",
+            Self::HandpayReceipt { .. } => "handpay_receipt",
             Self::HandpayReset {} => "handpay_reset",
             Self::LinkGapSummary { .. } => "link_gap_summary",
             Self::LinkState { .. } => "link_state",
@@ -432,6 +444,8 @@ impl EventKind {
             Self::Reconciliation { .. } => "reconciliation",
             Self::RomSignature { .. } => "rom_signature",
             Self::SignificantEvent { .. } => "significant_event",
+            Self::TicketIn { .. } => "ticket_in",
+            Self::TicketOut { .. } => "ticket_out",
             Self::UnknownException { .. } => "unknown_exception",
             Self::Unrecognized { .. } => "unrecognized",
         }
@@ -450,6 +464,61 @@ pub struct BillInfo {
     pub value: Option<u64>,
     /// Bills of this denomination accepted so far, as the machine counts them.
     pub count: Option<u64>,
+}
+
+/// A ticket or receipt as the machine's validation record (LP4D) describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketInfo {
+    /// The 18 digits on the ticket (validation system ID, then 16 digits). A ticket is a bearer
+    /// instrument: unless the configuration asks for full numbers, all but the last 4 digits are
+    /// `*` ([`TicketNumbers`]).
+    pub validation_number: String,
+    /// Whether `validation_number` is masked.
+    pub masked: bool,
+    /// LP4D validation type, raw (00 cash-out ticket, 10/20 handpay receipts, 80–82 redeemed …).
+    pub validation_type: u8,
+    pub class: TicketClass,
+    /// When the machine printed or redeemed it, by its own clock (no zone); null if it did not
+    /// say.
+    pub machine_time: Option<jiff::civil::DateTime>,
+    /// The machine's ticket number, raw.
+    pub ticket_number: u16,
+}
+
+/// Cashable, restricted or non-restricted (promotional) credits. Variants are alphabetical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketClass {
+    Cashable,
+    NonRestricted,
+    Restricted,
+}
+
+/// How much of a ticket's validation number leaves the gateway (configuration
+/// `venue.ticket_numbers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TicketNumbers {
+    /// The last 4 digits, the rest `*` (the default: a number is worth its amount to anyone
+    /// holding it while the ticket is unredeemed).
+    #[default]
+    Masked,
+    /// Every digit.
+    Full,
+}
+
+impl TicketNumbers {
+    /// `number` as this setting lets it out, and whether it was masked.
+    pub fn apply(self, number: &str) -> (String, bool) {
+        match self {
+            Self::Full => (number.to_owned(), false),
+            Self::Masked => {
+                let keep = number.len().saturating_sub(4);
+                let masked =
+                    number.char_indices().map(|(i, c)| if i < keep { '*' } else { c }).collect();
+                (masked, true)
+            }
+        }
+    }
 }
 
 /// How credits moved. Variants are alphabetical.
@@ -509,6 +578,22 @@ pub struct MachineInfo {
     pub max_bet: Option<u8>,
     pub progressive_group: Option<u8>,
     pub game_options: Option<u16>,
+    /// LPA0 (read at link-up): what the machine has enabled; null until read or if unsupported.
+    pub features: Option<Features>,
+}
+
+/// What LPA0 says a machine supports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Features {
+    /// The feature bytes as sent.
+    pub raw: Vec<u8>,
+    /// `none`, `system`, `secure_enhanced` or `reserved`.
+    pub validation: String,
+    pub ticket_redemption: bool,
+    pub aft: bool,
+    pub legacy_bonus_awards: bool,
+    pub extended_meters: bool,
+    pub multi_denomination: bool,
 }
 
 /// A lifetime meter that went down (before → after, raw machine values).

@@ -53,18 +53,7 @@ fn machines_to_broker_to_subscriber_equals_the_ledger() {
     let gateway = run_gateway(&config, &dir.path().join("run.log"));
 
     // Events unique by id, as the state system would store them.
-    let unique = || {
-        let mut by_id: BTreeMap<String, Value> = BTreeMap::new();
-        for payload in subscriber.payloads() {
-            let event: Value = serde_json::from_slice(&payload).unwrap();
-            by_id.entry(event["id"].as_str().unwrap().to_owned()).or_insert(event);
-        }
-        let mut events: Vec<Value> = by_id.into_values().map(|e| e["data"].clone()).collect();
-        events.sort_by_key(|e| {
-            (e["machine"]["registry_id"].as_str().unwrap().to_owned(), e["machine_seq"].as_u64())
-        });
-        events
-    };
+    let unique = || subscriber.unique_events();
     let ended = |events: &[Value]| events.iter().filter(|e| e["kind"] == "game_ended").count();
     assert!(wait_until(Duration::from_secs(60), || ended(&unique()) >= 12 * games_each / 3));
     // The broker goes away while the machines play, and comes back.

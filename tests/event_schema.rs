@@ -83,6 +83,17 @@ fn figures(events: Option<i64>, meters: Option<i64>) -> Figures {
 }
 
 /// One sample of every kind.
+fn ticket() -> TicketInfo {
+    TicketInfo {
+        validation_number: "**************3456".into(),
+        masked: true,
+        validation_type: 0,
+        class: TicketClass::Cashable,
+        machine_time: Some("2026-03-01T14:00:05".parse().unwrap()),
+        ticket_number: 12,
+    }
+}
+
 fn samples() -> Vec<EventKind> {
     let bill = BillInfo { country_code: 37, denomination_code: 2, value: Some(5), count: Some(17) };
     let reading = MeterReading {
@@ -147,6 +158,15 @@ fn samples() -> Vec<EventKind> {
             max_bet: Some(0xC9),
             progressive_group: Some(0x12),
             game_options: Some(0),
+            features: Some(Features {
+                raw: vec![0xC0, 0x48, 0x01],
+                validation: "secure_enhanced".into(),
+                ticket_redemption: true,
+                aft: true,
+                legacy_bonus_awards: false,
+                extended_meters: true,
+                multi_denomination: false,
+            }),
         })),
         EventKind::MeterReset {
             meters: vec![MeterJump { meter: "coin_in".into(), before: 123_456, after: 100 }],
@@ -183,6 +203,9 @@ fn samples() -> Vec<EventKind> {
             event: "slot_door_opened".into(),
             details: BTreeMap::from([("reel".to_owned(), 2)]),
         },
+        EventKind::TicketOut { amount: uah(2_500), ticket: ticket() },
+        EventKind::TicketIn { amount: uah(2_500), ticket: ticket() },
+        EventKind::HandpayReceipt { amount: uah(150_000), ticket: ticket() },
         EventKind::UnknownException { code: 0xE5 },
         EventKind::Unrecognized { description: "something new".into() },
     ]
@@ -269,6 +292,7 @@ fn normalizer_output_validates_against_the_schema() {
         currency: Currency::UAH,
         time_zone: TimeZone::get("Europe/Kyiv").unwrap(),
         clock_drift_threshold: Duration::from_secs(60),
+        ticket_numbers: Default::default(),
     };
     let machine = MachineIdentity {
         registry_id: registry(),

@@ -140,7 +140,7 @@ fn kinds<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
 async fn a_handpay_amount_is_read_after_a_kill_right_after_the_51_was_acknowledged() {
     let info = HandpayInfo {
         progressive_group: 0,
-        level: 0,
+        level: 0x01, // progressive: LP1B reports it in cents
         amount: 123_456,
         partial_pay: 0,
         reset_id: 0,

@@ -461,8 +461,8 @@ fn rte_frames_carry_the_bet_the_coin_in_after_the_bet_and_the_win() {
     assert_eq!(
         events,
         [
-            RealTimeEvent::BillAccepted { country: 0, denomination_code: 4, count: 1 },
             RealTimeEvent::GameSelected { game: 1 },
+            RealTimeEvent::BillAccepted { country: 0, denomination_code: 4, count: 1 },
             RealTimeEvent::GameStarted {
                 credits_wagered: 25,
                 total_coin_in: 123_481,
@@ -569,17 +569,19 @@ fn meters_stay_consistent_with_the_ledger() {
         Entry::Cashout { credits, paid_by: PaidBy::Machine } => Some(*credits),
         _ => None,
     });
-    assert_eq!(m.cancelled_credits - initial, cashed);
     let handpaid_cashouts = sum(&|e| match e {
         Entry::Handpay { kind: HandpayKind::CancelledCredits, credits, .. } => Some(*credits),
         _ => None,
     });
+    assert!(handpaid_cashouts > 0, "the test should cover hand-paid cash-outs");
     assert_eq!(m.handpaid_cancelled_credits, handpaid_cashouts);
     assert_eq!(
-        m.current_credits
-            + (m.coin_in - initial)
-            + (m.cancelled_credits - initial)
-            + m.handpaid_cancelled_credits,
+        m.cancelled_credits - initial,
+        cashed + handpaid_cashouts,
+        "0004 counts every cash-out, hand-paid ones too"
+    );
+    assert_eq!(
+        m.current_credits + (m.coin_in - initial) + (m.cancelled_credits - initial),
         (m.bill_credits - initial) + (m.coin_out - initial),
         "credits in = credits out + credits on the meter"
     );
@@ -608,7 +610,8 @@ fn a_handpay_raises_51_is_described_by_lp1b_and_ends_with_52() {
     rig.until(Duration::from_secs(60), |m| m.handpay_pending());
     assert_eq!(rig.send(&[0x81]), Some(vec![0x51]), "priority, ahead of the game's 7E/7F");
     let Reply::HandpayInfo(info) = rig.decoded(LongPoll::SendHandpayInfo) else { panic!("LP1B") };
-    assert_eq!(info.amount, 2_000 * 5, "in cents");
+    assert_eq!(info.level, 0x00);
+    assert_eq!(info.amount, 2_000, "a non-progressive handpay is in credits, not cents");
     assert_eq!(rig.m.meters().jackpot, 0, "not paid yet");
     rig.until(Duration::from_secs(60), |m| !m.handpay_pending());
     assert_eq!(rig.m.meters().jackpot, 2_000);
@@ -666,15 +669,10 @@ fn the_information_polls_answer_with_decodable_frames() {
     assert!(matches!(rig.decoded(LongPoll::SendMeters10To15), Reply::Meters10To15(_)));
     assert!(matches!(rig.decoded(LongPoll::SendLastBill), Reply::LastBill(_)));
     assert!(matches!(rig.decoded(LongPoll::SendCurrentCredits), Reply::CurrentCredits(0)));
-    assert!(matches!(
-        rig.decoded(LongPoll::SendTicketValidationData),
-        Reply::TicketValidationData(_)
-    ));
+    // No validation configured: no printer, no validator, LP70/71 are unsupported polls.
+    assert_eq!(rig.long_poll(LongPoll::SendTicketValidationData), None);
     let status_query = TicketMessage { status: 0xFF, detail: None };
-    assert!(matches!(
-        rig.decoded(LongPoll::RedeemTicket(status_query)),
-        Reply::TicketRedemption(TicketMessage { status: 0xFF, .. })
-    ));
+    assert_eq!(rig.long_poll(LongPoll::RedeemTicket(status_query)), None);
     for poll in MeterPoll::ALL {
         rig.send(&[0x81]);
         assert!(matches!(rig.decoded(LongPoll::SendMeter(poll)), Reply::Meter { .. }), "{poll:?}");
@@ -784,4 +782,131 @@ fn a_shutdown_is_forgotten_at_power_up_unless_configured_to_persist() {
         assert!(rig.m.is_powered());
         assert_eq!(rig.m.is_enabled_by_host(), !persist, "persist = {persist}");
     }
+}
+
+#[test]
+fn with_validation_cash_outs_print_tickets_players_insert_tickets_and_lp4d_reports_each_once() {
+    use slotgate::simulator::config::Validation;
+    let mut cfg = playing(20.0);
+    cfg.validation = Validation::SecureEnhanced;
+    cfg.denomination = 0x02; // 5 cents a credit: cents and credits differ
+    cfg.bills = vec![1, 5, 10];
+    cfg.play.cashout_probability = 0.3;
+    cfg.play.ticket_in_probability = 0.5;
+    cfg.play.handpay_limit = 400;
+    cfg.seed = 7;
+    let mut rig = Rig::new(cfg);
+    rig.sync();
+    let mut records = Vec::new();
+    for _ in 0..(20 * 60) {
+        rig.advance_polling(Duration::from_secs(1));
+        // The host reads validation records as they come, as the gateway does after 3D/3E/68.
+        loop {
+            rig.send(&[0x81]);
+            let Reply::EnhancedValidation(record) =
+                rig.decoded(LongPoll::SendEnhancedValidation { function: 0 })
+            else {
+                panic!("LP4D")
+            };
+            if record.is_empty() {
+                break;
+            }
+            records.push(record);
+        }
+    }
+    let m = rig.m.meters().clone();
+    let tickets_out: Vec<(String, u64, u64)> = rig
+        .ledger
+        .iter()
+        .filter_map(|r| match &r.entry {
+            Entry::TicketOut { validation_number, cents, credits, .. } => {
+                Some((validation_number.clone(), *cents, *credits))
+            }
+            _ => None,
+        })
+        .collect();
+    let tickets_in: Vec<(String, u64, u64)> = rig
+        .ledger
+        .iter()
+        .filter_map(|r| match &r.entry {
+            Entry::TicketIn { validation_number, cents, credits } => {
+                Some((validation_number.clone(), *cents, *credits))
+            }
+            _ => None,
+        })
+        .collect();
+    let receipts = rig.count(|e| matches!(e, Entry::Handpay { receipt: Some(_), .. }));
+    assert!(tickets_out.len() > 5 && tickets_in.len() > 5, "{tickets_out:?} {tickets_in:?}");
+    assert!(receipts > 0, "the test should cover handpay receipts");
+    assert_eq!(m.tickets_out, tickets_out.len() as u64);
+    assert_eq!(m.ticket_out_cents, tickets_out.iter().map(|t| t.1).sum::<u64>());
+    assert_eq!(m.ticket_out_credits, tickets_out.iter().map(|t| t.2).sum::<u64>());
+    assert!(tickets_out.iter().all(|t| t.1 == t.2 * 5));
+    assert_eq!(m.tickets_in, tickets_in.len() as u64);
+    assert_eq!(m.ticket_in_cents, tickets_in.iter().map(|t| t.1).sum::<u64>());
+    assert_eq!(m.drop(), m.bill_credits + m.ticket_in_credits);
+    let machine_cashouts: u64 = rig
+        .ledger
+        .iter()
+        .filter_map(|r| match r.entry {
+            Entry::Cashout { paid_by: PaidBy::Machine, .. } => Some(1),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(machine_cashouts, 0, "every cash-out below the limit prints a ticket");
+    // Every printed ticket, receipt and redeemed ticket came through LP4D exactly once, in order.
+    assert_eq!(records.len(), tickets_out.len() + tickets_in.len() + receipts);
+    let numbers: Vec<String> = records
+        .iter()
+        .map(|r| format!("{:02}{:016}", r.validation_system_id, r.validation_number))
+        .collect();
+    for (number, cents, _) in tickets_out.iter().chain(&tickets_in) {
+        let found: Vec<_> = records
+            .iter()
+            .zip(&numbers)
+            .filter(|(_, n)| *n == number)
+            .map(|(r, _)| r.amount)
+            .collect();
+        assert_eq!(found, [*cents], "ticket {number}");
+    }
+    let codes = rig.exception_codes();
+    for code in [0x3D, 0x3E, 0x67, 0x68] {
+        assert!(codes.contains(&code), "exception {code:02X} raised");
+    }
+    // LP70 shows the last inserted ticket.
+    rig.send(&[0x81]);
+    let Reply::TicketValidationData(data) = rig.decoded(LongPoll::SendTicketValidationData) else {
+        panic!("LP70")
+    };
+    assert_eq!(data.detail.map(|d| d.amount), tickets_in.last().map(|t| t.1));
+}
+
+#[test]
+fn the_meter_codes_of_tickets_are_answered_by_lp2f() {
+    use slotgate::simulator::config::Validation;
+    let mut cfg = playing(30.0);
+    cfg.validation = Validation::System;
+    cfg.play.cashout_probability = 1.0;
+    cfg.play.max_games = Some(3);
+    let mut rig = Rig::new(cfg);
+    rig.sync();
+    rig.until(Duration::from_secs(120), |m| {
+        m.games_started() == 3 && m.game_in_progress().is_none()
+    });
+    let m = rig.m.meters().clone();
+    assert!(m.tickets_out > 0);
+    let Reply::SelectedMeters(s) =
+        rig.decoded(LongPoll::SendSelectedMeters { game: 0, meters: vec![0x0E, 0x12, 0x16, 0x04] })
+    else {
+        panic!("LP2F")
+    };
+    assert_eq!(
+        s.meters,
+        [
+            (0x0E, m.ticket_out_cents),
+            (0x12, m.tickets_out),
+            (0x16, m.ticket_out_credits),
+            (0x04, m.cancelled_credits)
+        ]
+    );
 }

@@ -4,8 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use firmware_protocols::sas::message::{
-    BasicMeters, DateTime, ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill, MachineInfo,
-    MeterPoll, Meters10To15, SelectedMeters, TicketDetail, TicketMessage, VersionAndSerial,
+    BasicMeters, DateTime, EnabledFeatures, ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill,
+    MachineInfo, MeterPoll, Meters10To15, SelectedMeters, TicketDetail, TicketMessage,
+    ValidationRecord, VersionAndSerial,
 };
 use firmware_protocols::sas::{
     Address, Exception, HostMessage, LongPoll, MeterCode, RealTimeEvent, Reply,
@@ -44,6 +45,55 @@ fn march_15_2024() -> DateTime {
 }
 
 // === Host → machine ===
+
+#[test]
+fn lpa0_enabled_features_request_and_reply() {
+    let poll = LongPoll::SendEnabledFeatures { game: 0 };
+    let bytes = poll.encode(1).unwrap();
+    assert_eq!((bytes[..4].to_vec(), bytes.len()), (vec![0x01, 0xA0, 0x00, 0x00], 6));
+    assert_eq!(HostMessage::decode(&bytes).unwrap(), HostMessage::LongPoll(a(1), poll));
+    let features = EnabledFeatures { game: 0, features: [0xC0, 0x48, 0x01] };
+    let frame = Reply::EnabledFeatures(features).encode(a(1)).unwrap();
+    assert_eq!(frame[..7], [0x01, 0xA0, 0x00, 0x00, 0xC0, 0x48, 0x01]);
+    assert_eq!(Reply::decode_frame(a(1), &frame).unwrap(), Reply::EnabledFeatures(features));
+    assert_eq!(features.validation(), "secure_enhanced");
+    assert!(features.ticket_redemption() && features.aft() && features.extended_meters());
+    assert!(!features.legacy_bonus_awards() && !features.multi_denomination());
+}
+
+#[test]
+fn lp4d_enhanced_validation_request_and_record() {
+    let poll = LongPoll::SendEnhancedValidation { function: 0 };
+    let bytes = poll.encode(1).unwrap();
+    assert_eq!(bytes[..3], [0x01, 0x4D, 0x00]);
+    assert_eq!(bytes.len(), 5, "addr 4D function crc");
+    assert_eq!(HostMessage::decode(&bytes).unwrap(), HostMessage::LongPoll(a(1), poll.clone()));
+    assert!(!poll.moves_money());
+    let record = ValidationRecord {
+        validation_type: 0x00,
+        index: 3,
+        date_time: Some(march_15_2024()),
+        validation_number: 1_234_567_890_123_456,
+        amount: 12_345,
+        ticket_number: 42,
+        validation_system_id: 7,
+        expiration: 30,
+        pool_id: 0x0102,
+    };
+    let frame = Reply::EnhancedValidation(record).encode(a(1)).unwrap();
+    assert_eq!(frame.len(), 35, "fixed length: 2 + 31 + CRC");
+    assert_eq!(
+        frame[2..33],
+        hex("00 03 03 15 20 24 13 45 30 12 34 56 78 90 12 34 56 00 00 01 23 45 00 42 07 \
+             00 00 00 30 02 01")[..]
+    );
+    assert_eq!(Reply::decode_frame(a(1), &frame).unwrap(), Reply::EnhancedValidation(record));
+    let empty = Reply::EnhancedValidation(ValidationRecord::default()).encode(a(1)).unwrap();
+    let Reply::EnhancedValidation(decoded) = Reply::decode_frame(a(1), &empty).unwrap() else {
+        panic!("LP4D")
+    };
+    assert!(decoded.is_empty(), "an all-zero record is no record");
+}
 
 #[test]
 fn lp01_shutdown_and_lp02_startup() {

@@ -9,7 +9,7 @@ use firmware_protocols::FirmwareProfile;
 use firmware_protocols::crc::append_crc;
 use firmware_protocols::profile::{BUILT_IN, SyncStyle};
 use firmware_protocols::sas::message::{
-    ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill, TicketMessage,
+    ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill, TicketMessage, ValidationRecord,
 };
 use firmware_protocols::sas::session::{
     CHARACTER_TIME, EnqueueError, HostSession, LinkState, MAX_BUSY_ANSWERS, PollError, ResumeError,
@@ -130,6 +130,9 @@ fn well_formed_answer(bytes: &[u8]) -> Option<Vec<u8>> {
         LongPoll::SendHandpayInfo => Reply::HandpayInfo(HandpayInfo::default()),
         LongPoll::SendTicketValidationData => {
             Reply::TicketValidationData(TicketMessage { status: 0, detail: None })
+        }
+        LongPoll::SendEnhancedValidation { .. } => {
+            Reply::EnhancedValidation(ValidationRecord::default())
         }
         LongPoll::SendExtendedMeters { alternate, game, meters } => {
             Reply::ExtendedMeters(ExtendedMeters {
@@ -773,6 +776,68 @@ fn priority_exceptions_are_followed_by_the_poll_that_reads_their_details() {
         assert_eq!(events.len(), 3, "{events:?}");
         assert!(matches!(events[2], SessionEvent::Reply { .. }), "{events:?}");
     }
+}
+
+#[test]
+fn printed_tickets_receipts_and_redeemed_tickets_are_followed_by_their_validation_record() {
+    let lp4d = LongPoll::SendEnhancedValidation { function: 0 }.encode(1).unwrap();
+    for (code, polls) in [
+        (0x3D, vec![vec![0x01, 0x0F], lp4d.clone()]),
+        (0x3E, vec![lp4d.clone()]),
+        (0x68, vec![lp4d.clone()]),
+    ] {
+        let mut pair = Pair::new(&profile());
+        pair.machine.general.push_back(vec![code]);
+        pair.run(8);
+        let long_polls: Vec<Vec<u8>> =
+            pair.sent().into_iter().filter(|m| m.first() == Some(&0x01)).collect();
+        assert_eq!(long_polls, polls, "after {code:02X}");
+        let events = pair.take_events();
+        let records = events
+            .iter()
+            .filter(|e| {
+                matches!(e, SessionEvent::Reply { reply: Reply::EnhancedValidation(_), .. })
+            })
+            .count();
+        assert_eq!(records, 1, "{events:?}");
+    }
+}
+
+/// R22: the gateway is a monitoring host. Whatever asks for it (the caller, a restored
+/// follow-up, any exception the machine reports), no poll that moves money leaves the session.
+#[test]
+fn a_poll_that_moves_money_can_never_be_sent() {
+    let redeem = LongPoll::RedeemTicket(TicketMessage { status: 0x00, detail: None });
+    let status_query = LongPoll::RedeemTicket(TicketMessage { status: 0xFF, detail: None });
+    assert!(redeem.moves_money() && status_query.moves_money());
+    let mut pair = Pair::new(&profile());
+    for poll in [&redeem, &status_query] {
+        let refused = Err(EnqueueError::MovesMoney { command: 0x71 });
+        assert_eq!(pair.session.enqueue(poll.clone()), refused);
+        assert_eq!(pair.session.enqueue_first(poll.clone()), refused);
+    }
+    pair.session.restore_follow_ups([(redeem.clone(), Exception::TicketInserted)]);
+    // Every exception code there is, as a bare code and as an RTE frame, with every follow-up
+    // answered.
+    for code in 0..=u8::MAX {
+        pair.machine.general.push_back(vec![code]);
+        pair.machine.general.push_back(rte_frame(code));
+    }
+    pair.run(3_000);
+    let events = pair.take_events();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::FollowUpLost { poll, .. } if *poll == redeem)),
+        "the restored LP71 is reported lost, not sent"
+    );
+    for sent in pair.sent() {
+        if let Ok(HostMessage::LongPoll(_, poll)) = HostMessage::decode(&sent) {
+            assert!(!poll.moves_money(), "sent {sent:02X?}");
+        }
+        assert!(!matches!(sent.get(1), Some(0x71 | 0x72)), "sent {sent:02X?}");
+    }
+    assert!(pair.sent().len() >= 3_000);
 }
 
 #[test]

@@ -312,7 +312,10 @@ pub fn class_of(event: &CanonicalEvent) -> Class {
         | EventKind::CreditsOut { .. }
         | EventKind::GameEnded { .. }
         | EventKind::Handpay { .. }
+        | EventKind::HandpayReceipt { .. }
         | EventKind::HandpayReset {}
+        | EventKind::TicketIn { .. }
+        | EventKind::TicketOut { .. }
         | EventKind::MeterReset { .. }
         | EventKind::MeterSnapshot { .. }
         | EventKind::Reconciliation { .. } => Class::Financial,

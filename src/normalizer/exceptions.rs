@@ -23,8 +23,6 @@ pub(super) enum Mapping {
     Idle,
     /// Every other named code.
     Significant(Category),
-    /// 3D: a cash-out ticket was printed.
-    TicketOut,
     /// A code the protocol crate does not name.
     Unknown,
 }
@@ -47,8 +45,8 @@ pub(super) fn map(exception: Exception) -> Mapping {
         0x36..=0x39 | 0x8E | 0x8F => Significant(SoftwareIntegrity),
         0x3B => Significant(Maintenance),
         0x3C | 0xA0..=0xA2 => Significant(ConfigurationChange),
-        0x3D => TicketOut,
-        0x3E | 0x3F | 0x57 | 0x67 | 0x68 => Significant(Ticketing),
+        // The tickets themselves are the LP4D records read after 3D, 3E and 68.
+        0x3D | 0x3E | 0x3F | 0x57 | 0x67 | 0x68 => Significant(Ticketing),
         0x47..=0x4E | 0x50 => BillIn(bill_value(exception.code())),
         0x4F => BillIn(None),
         0x51 | 0x55 => Significant(Handpay),

@@ -71,7 +71,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use firmware_protocols::sas::message::{
     BasicMeters, DateTime, HandpayInfo, MachineInfo as SasMachineInfo, MeterPoll, Meters10To15,
-    VersionAndSerial,
+    ValidationRecord, VersionAndSerial,
 };
 use firmware_protocols::sas::meter::denomination_minor_units;
 use firmware_protocols::sas::session::SessionEvent;
@@ -81,7 +81,8 @@ use crate::event::money::bill_value;
 use crate::event::{
     Amount, BillInfo, CanonicalEvent, Category, CreditMethod, Currency, EventKind, GamePhase,
     GameRef, LinkStatus, MachineInfo, MachineRef, RegistryId, SCHEMA_VERSION, SnapshotTrigger,
-    Source, SourceKind, VenueId, WindowContext, event_id, idempotency_key,
+    Source, SourceKind, TicketClass, TicketInfo, TicketNumbers, VenueId, WindowContext, event_id,
+    idempotency_key,
 };
 use exceptions::Mapping;
 use meters::{MeterBook, MeterKey, Outcome, Read, SnapshotContext};
@@ -96,6 +97,8 @@ pub struct VenueSettings {
     pub time_zone: TimeZone,
     /// A machine clock further than this from the gateway's emits `clock_drift`.
     pub clock_drift_threshold: Duration,
+    /// How much of a ticket's validation number leaves the gateway.
+    pub ticket_numbers: TicketNumbers,
 }
 
 /// Who the machine is, from configuration.
@@ -196,6 +199,7 @@ impl Normalizer {
                 max_bet: None,
                 progressive_group: None,
                 game_options: None,
+                features: None,
             },
             game_number: None,
             link: Link::Unknown,
@@ -394,13 +398,14 @@ impl Normalizer {
                 drafts.push(Draft::play(EventKind::GameSelected { game_number: None }, source));
                 return;
             }
-            Mapping::BillIn(value) => EventKind::CreditsIn {
-                method: CreditMethod::Bill,
-                amount: value.map(|units| Amount::from_major(units, &currency)),
-                bill: None,
-            },
-            Mapping::TicketOut => {
-                EventKind::CreditsOut { method: CreditMethod::Ticket, amount: None }
+            Mapping::BillIn(value) => {
+                let kind = EventKind::CreditsIn {
+                    method: CreditMethod::Bill,
+                    amount: value.map(|units| Amount::from_major(units, &currency)),
+                    bill: None,
+                };
+                drafts.push(Draft::play(kind, source));
+                return;
             }
             Mapping::EventGap => {
                 self.pending.event_gap = true;
@@ -466,7 +471,7 @@ impl Normalizer {
                 let amount = value.map(|units| Amount::from_major(units, &currency));
                 let kind =
                     EventKind::CreditsIn { method: CreditMethod::Bill, amount, bill: Some(bill) };
-                drafts.push(Draft::plain(kind, source));
+                drafts.push(Draft::play(kind, source));
             }
             RealTimeEvent::ReelStopped { reel, physical_stop } => {
                 let details =
@@ -557,9 +562,29 @@ impl Normalizer {
                     .collect();
                 self.snapshot(now, extended.game, &reads, source, drafts);
             }
-            Reply::HandpayInfo(info) => drafts.push(Draft::plain(handpay(info, &currency), source)),
+            Reply::HandpayInfo(info) => {
+                let kind = handpay(info, self.accounting_denomination(), &currency);
+                drafts.push(Draft::play(kind, source));
+            }
             Reply::MachineInfo(info) => self.learn_machine_info(info, source, drafts),
             Reply::VersionAndSerial(version) => self.learn_serial(version, source, drafts),
+            Reply::EnabledFeatures(f) if f.game == 0 => {
+                let mut updated = self.info.clone();
+                updated.features = Some(crate::event::Features {
+                    raw: f.features.to_vec(),
+                    validation: f.validation().to_owned(),
+                    ticket_redemption: f.ticket_redemption(),
+                    aft: f.aft(),
+                    legacy_bonus_awards: f.legacy_bonus_awards(),
+                    extended_meters: f.extended_meters(),
+                    multi_denomination: f.multi_denomination(),
+                });
+                if updated != self.info {
+                    self.info = updated;
+                    let kind = EventKind::MachineInfo(Box::new(self.info.clone()));
+                    drafts.push(Draft::plain(kind, source));
+                }
+            }
             Reply::LastBill(bill) => {
                 let value = bill_value(bill.denomination_code);
                 let info = BillInfo {
@@ -571,6 +596,7 @@ impl Normalizer {
                 let amount = value.map(|units| Amount::from_major(units, &currency));
                 drafts.push(Draft::plain(EventKind::BillDetails { bill: info, amount }, source));
             }
+            Reply::EnhancedValidation(record) => self.validation_record(record, source, drafts),
             Reply::TicketValidationData(ticket) | Reply::TicketRedemption(ticket) => {
                 let event = match reply {
                     Reply::TicketRedemption(_) => "ticket_redemption_status",
@@ -644,6 +670,45 @@ impl Normalizer {
             details: Default::default(),
         };
         drafts.push(Draft::plain(kind, source));
+    }
+
+    /// An LP4D record: a printed ticket, a handpay receipt or a redeemed ticket, priced in cents.
+    /// An empty record (nothing unread) is no event.
+    fn validation_record(
+        &mut self,
+        record: &ValidationRecord,
+        source: Source,
+        drafts: &mut Vec<Draft>,
+    ) {
+        if record.is_empty() {
+            return;
+        }
+        let amount = Amount::from_hundredths(record.amount, &self.venue.currency);
+        let printed = format!("{:02}{:016}", record.validation_system_id, record.validation_number);
+        let (validation_number, masked) = self.venue.ticket_numbers.apply(&printed);
+        let class = match record.validation_type {
+            0x01 | 0x03 | 0x81 => TicketClass::Restricted,
+            0x82 => TicketClass::NonRestricted,
+            _ => TicketClass::Cashable,
+        };
+        let ticket = TicketInfo {
+            validation_number,
+            masked,
+            validation_type: record.validation_type,
+            class,
+            machine_time: record.date_time.as_ref().and_then(civil_time),
+            ticket_number: record.ticket_number,
+        };
+        let kind = match record.validation_type {
+            0x00..=0x04 => EventKind::TicketOut { amount, ticket },
+            0x10 | 0x20 | 0x40 | 0x60 => EventKind::HandpayReceipt { amount, ticket },
+            0x80..=0x82 => EventKind::TicketIn { amount, ticket },
+            // The number stays out of the description: it may not be masked there.
+            other => EventKind::Unrecognized {
+                description: format!("LP4D validation record of type {other:#04x}"),
+            },
+        };
+        drafts.push(Draft::play(kind, source));
     }
 
     fn learn_machine_info(
@@ -872,14 +937,27 @@ fn significant(
     Draft::play(kind, source)
 }
 
-fn handpay(info: &HandpayInfo, currency: &Currency) -> EventKind {
+/// LP1B reports a progressive handpay (levels 01–20) in cents and any other (00 non-progressive
+/// win, 40 top award, 80 cancelled credits) in accounting credits (sas-protocol.md §7.2, MON
+/// `LP1BSendHandpayInfoHandler`).
+fn handpay(info: &HandpayInfo, accounting: Option<u8>, currency: &Currency) -> EventKind {
+    let amount = if is_progressive_level(info.level) {
+        Amount::from_hundredths(info.amount, currency)
+    } else {
+        Amount::from_credits(info.amount, accounting, currency)
+    };
     EventKind::Handpay {
-        amount: Amount::from_hundredths(info.amount, currency),
+        amount,
         partial_pay: Amount::from_hundredths(info.partial_pay, currency),
         progressive_group: info.progressive_group,
         level: info.level,
         reset_id: info.reset_id,
     }
+}
+
+/// SAS progressive levels are 01–20 (hex); 00, 40 and 80 are not progressive.
+fn is_progressive_level(level: u8) -> bool {
+    (0x01..=0x20).contains(&level)
 }
 
 /// Text from the machine: printable ASCII as is, anything else as `\xNN`, so nothing is lost or

@@ -26,6 +26,7 @@ fn venue() -> VenueSettings {
         currency: Currency::UAH,
         time_zone: TimeZone::get("Europe/Kyiv").unwrap(),
         clock_drift_threshold: Duration::from_secs(60),
+        ticket_numbers: Default::default(),
     }
 }
 
@@ -815,29 +816,35 @@ fn a_meter_too_large_to_price_is_flagged_as_overflow_not_wrapped_or_panicking() 
     assert_eq!((coin_in.minor_units, coin_in.credits), (None, Some(999_999_999_999_999_999)));
 }
 
+fn handpay_info(level: u8, amount: u64) -> SessionEvent {
+    let info = HandpayInfo { progressive_group: 0, level, amount, partial_pay: 0, reset_id: 0 };
+    SessionEvent::Reply { poll: LongPoll::SendHandpayInfo, reply: Reply::HandpayInfo(info) }
+}
+
 #[test]
-fn handpay_amounts_are_cents_in_minor_units() {
-    let info = HandpayInfo {
-        progressive_group: 0,
-        level: 0,
-        amount: 150_000,
-        partial_pay: 0,
-        reset_id: 0,
-    };
-    let handpay =
-        SessionEvent::Reply { poll: LongPoll::SendHandpayInfo, reply: Reply::HandpayInfo(info) };
+fn handpay_amounts_are_credits_except_progressive_levels_which_are_cents() {
+    let mut n = normalizer();
     let events = run(
-        &mut normalizer(),
+        &mut n,
         0,
         &[
             SessionEvent::Exception(Exception::HandpayPending),
-            handpay,
+            handpay_info(0x00, 1_500),
             SessionEvent::Exception(Exception::HandpayReset),
         ],
     );
     assert_eq!(kinds(&events), ["significant_event", "handpay", "handpay_reset"]);
     let EventKind::Handpay { amount, .. } = &events[1].kind else { unreachable!() };
-    assert_eq!((amount.minor_units, amount.status), (Some(150_000), AmountStatus::Exact));
+    assert_eq!(amount.credits, Some(1_500), "a non-progressive handpay is in credits");
+    assert_eq!(amount.status, AmountStatus::DenominationUnknown, "and LP1F has not been read");
+    // 20 kopiyky a credit.
+    let events = run(&mut n, 10, &[machine_info(0x0B), handpay_info(0x80, 1_500)]);
+    let EventKind::Handpay { amount, .. } = &events[1].kind else { unreachable!() };
+    assert_eq!((amount.minor_units, amount.status), (Some(30_000), AmountStatus::Exact));
+    // Progressive level 3: cents, whatever the denomination.
+    let events = run(&mut n, 20, &[handpay_info(0x03, 150_000)]);
+    let EventKind::Handpay { amount, level, .. } = &events[0].kind else { unreachable!() };
+    assert_eq!((*level, amount.minor_units, amount.credits), (3, Some(150_000), None));
 }
 
 #[test]
@@ -973,7 +980,7 @@ fn every_event_names_the_venue_machine_and_local_time() {
     let events =
         normalizer().handle(at(0), &SessionEvent::Exception(Exception::AcPowerLost)).unwrap();
     let event = &events[0];
-    assert_eq!((event.schema_version, event.venue_id.as_str()), (1, "hall-1"));
+    assert_eq!((event.schema_version, event.venue_id.as_str()), (2, "hall-1"));
     assert_eq!((event.machine.registry_id.as_str(), event.machine.sas_address), ("UA-0001", 1));
     assert_eq!(event.machine.asset_number.as_deref(), Some("A-17"));
     assert_eq!(event.occurred_at.to_string(), "2026-03-01T12:00:00Z");
@@ -1033,4 +1040,97 @@ fn golden_lp1c_and_lp0f_snapshots_carry_every_meter() {
         unreachable!()
     };
     assert_eq!((*outcome, bets.meters_minor_units), (ReconciliationOutcome::Incomplete, None));
+}
+
+fn validation_record(validation_type: u8, number: u64, cents: u64) -> SessionEvent {
+    let record = ValidationRecord {
+        validation_type,
+        index: 1,
+        date_time: Some(DateTime { year: 2026, month: 3, day: 1, hour: 14, minute: 0, second: 5 }),
+        validation_number: number,
+        amount: cents,
+        ticket_number: 12,
+        validation_system_id: 1,
+        expiration: 30,
+        pool_id: 0,
+    };
+    SessionEvent::Reply {
+        poll: LongPoll::SendEnhancedValidation { function: 0 },
+        reply: Reply::EnhancedValidation(record),
+    }
+}
+
+#[test]
+fn validation_records_become_tickets_out_and_in_and_receipts_priced_in_cents_with_masked_numbers() {
+    let mut n = normalizer();
+    let events = run(
+        &mut n,
+        0,
+        &[
+            rte(RTE_GAME_SELECTED),
+            validation_record(0x00, 1_234_567_890_123_456, 2_500),
+            validation_record(0x80, 42, 10_000),
+            validation_record(0x20, 7, 150_000),
+            validation_record(0x81, 8, 300),
+            validation_record(0x00, 0, 0),
+            validation_record(0x33, 9, 100),
+        ],
+    );
+    // An empty record (all zero but the type) is still a record: only an all-zero one is not.
+    assert_eq!(
+        kinds(&events),
+        [
+            "game_selected",
+            "ticket_out",
+            "ticket_in",
+            "handpay_receipt",
+            "ticket_in",
+            "ticket_out",
+            "unrecognized"
+        ]
+    );
+    let EventKind::TicketOut { amount, ticket } = &events[1].kind else { unreachable!() };
+    assert_eq!(amount.minor_units, Some(2_500), "cents are kopiyky");
+    assert_eq!(ticket.validation_number, "**************3456");
+    assert!(ticket.masked);
+    assert_eq!(ticket.class, TicketClass::Cashable);
+    assert_eq!(ticket.machine_time.unwrap().to_string(), "2026-03-01T14:00:05");
+    assert_eq!(events[1].game.as_ref().unwrap().number, Some(3), "carries its game");
+    let EventKind::TicketIn { amount, ticket } = &events[4].kind else { unreachable!() };
+    assert_eq!((amount.minor_units, ticket.class), (Some(300), TicketClass::Restricted));
+    let EventKind::Unrecognized { description } = &events[6].kind else { unreachable!() };
+    assert!(!description.contains("0000009"), "no number outside a masked field: {description}");
+    let nothing = run(
+        &mut n,
+        10,
+        &[SessionEvent::Reply {
+            poll: LongPoll::SendEnhancedValidation { function: 0 },
+            reply: Reply::EnhancedValidation(Default::default()),
+        }],
+    );
+    assert!(nothing.is_empty(), "an all-zero record is no ticket");
+    let mut venue = venue();
+    venue.ticket_numbers = TicketNumbers::Full;
+    let mut n = Normalizer::new(venue, machine(), 0);
+    let events = run(&mut n, 0, &[validation_record(0x00, 1_234_567_890_123_456, 2_500)]);
+    let EventKind::TicketOut { ticket, .. } = &events[0].kind else { unreachable!() };
+    assert_eq!((ticket.validation_number.as_str(), ticket.masked), ("011234567890123456", false));
+}
+
+#[test]
+fn bills_and_handpays_carry_the_game_they_belong_to() {
+    let mut n = normalizer();
+    let events = run(
+        &mut n,
+        0,
+        &[
+            rte(RTE_GAME_SELECTED),
+            rte(RTE_BILL),
+            SessionEvent::Exception(Exception::Bill20Accepted),
+            handpay_info(0x00, 10),
+        ],
+    );
+    for event in &events[1..] {
+        assert_eq!(event.game.as_ref().and_then(|g| g.number), Some(3), "{:?}", event.kind);
+    }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use firmware_protocols::FirmwareProfile;
 use firmware_protocols::sas::message::DateTime;
 use firmware_protocols::sas::session::{HostSession, SessionEvent};
-use firmware_protocols::sas::{Address, LongPoll};
+use firmware_protocols::sas::{Address, LongPoll, Reply};
 
 use crate::event::{CanonicalEvent, RegistryId};
 use crate::journal::Pressure;
@@ -143,6 +143,12 @@ impl MachinePoller {
         while let Some(event) = self.session.poll_event() {
             match &event {
                 SessionEvent::LinkUp => self.discover(now, wall),
+                // One exception may stand for several records (two tickets printed before the
+                // follow-up went out): read on until the machine has none left.
+                SessionEvent::Reply {
+                    poll: poll @ LongPoll::SendEnhancedValidation { function: 0 },
+                    reply: Reply::EnhancedValidation(record),
+                } if !record.is_empty() => self.enqueue(poll.clone()),
                 SessionEvent::LinkDown => {
                     self.next_snapshot = None;
                     self.next_clock_sync = None;
@@ -168,6 +174,8 @@ impl MachinePoller {
             tracing::warn!(machine = %self.registry_id, %error, "LP1F cannot be sent.");
         }
         self.enqueue(LongPoll::SendVersionAndSerial);
+        // What the machine supports (validation style, AFT, bonuses): part of `machine_info`.
+        self.enqueue(LongPoll::SendEnabledFeatures { game: 0 });
         self.queue_snapshot();
         self.queue_clock_sync(wall);
         self.next_snapshot = Some(now + self.schedule.meter_snapshot_interval);
@@ -177,6 +185,10 @@ impl MachinePoller {
     fn queue_snapshot(&mut self) {
         self.enqueue(LongPoll::SendMeters);
         self.enqueue(LongPoll::SendMeters10To15);
+        // What the basic meters leave out: tickets in and out (cents and counts), bills in and
+        // hand-paid cash-outs, so that every money event has a meter to reconcile against.
+        let money = vec![0x0D, 0x0E, 0x11, 0x12, 0x0B, 0x03];
+        self.enqueue(LongPoll::SendSelectedMeters { game: 0, meters: money });
     }
 
     /// LP7F with the venue's local time (SAS clocks have no zone, §8), then LP7E to read it back.

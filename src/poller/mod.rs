@@ -563,6 +563,7 @@ mod tests {
                     currency: Currency::UAH,
                     time_zone: jiff::tz::TimeZone::UTC,
                     clock_drift_threshold: Duration::from_secs(60),
+                    ticket_numbers: Default::default(),
                 };
                 let identity = MachineIdentity {
                     registry_id: RegistryId::new(format!("UA-000{address}")).unwrap(),

@@ -177,6 +177,19 @@ pub enum RomSignatureDelivery {
     Direct,
 }
 
+/// How the machine validates tickets (TITO, sas-protocol.md §5: exceptions 3D, 3E, 57, 67, 68).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Validation {
+    /// No ticket printer or validator: LP70/71 are unsupported, cash-outs are paid to the hopper
+    /// or by hand.
+    #[default]
+    None,
+    /// The validation system assigns each ticket's number.
+    System,
+    /// The machine computes the number from its validation ID (LP4C).
+    SecureEnhanced,
+}
+
 /// The player at the machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlayConfig {
@@ -196,6 +209,8 @@ pub struct PlayConfig {
     pub handpay_duration: Duration,
     /// Stop playing after this many games.
     pub max_games: Option<u64>,
+    /// With validation: the chance that the player funds play with a ticket instead of a bill.
+    pub ticket_in_probability: f64,
 }
 
 /// Security events unrelated to faults.
@@ -259,6 +274,8 @@ pub struct MachineConfig {
     /// Capacity of the exception FIFO; priority exceptions are held apart.
     pub queue_size: usize,
     pub rom_signature: RomSignatureDelivery,
+    /// Ticket validation: with it, cash-outs print tickets and the player inserts tickets too.
+    pub validation: Validation,
     /// How long a deferred ROM signature takes to compute.
     pub rom_signature_delay: Duration,
     /// LP01 shutdown survives a power cycle.
@@ -290,6 +307,7 @@ impl MachineConfig {
                 handpay_limit: 120_000,
                 handpay_duration: Duration::from_secs(10),
                 max_games: None,
+                ticket_in_probability: 0.0,
             },
             bills: vec![1, 5, 10, 20, 50, 100],
             bill_country: 0,
@@ -297,6 +315,7 @@ impl MachineConfig {
             rte_idle: RteIdle::NoActivity,
             queue_size: SPEC_MIN_QUEUE,
             rom_signature: RomSignatureDelivery::Deferred,
+            validation: Validation::None,
             rom_signature_delay: Duration::from_millis(500),
             persist_shutdown: false,
             clock_offset_secs: 0,
@@ -356,6 +375,7 @@ impl MachineConfig {
         let f = &self.faults;
         for (name, value) in [
             ("cashout probability", self.play.cashout_probability),
+            ("ticket-in probability", self.play.ticket_in_probability),
             ("CRC fault probability", f.corrupt_crc),
             ("drop fault probability", f.drop_reply),
             ("late fault probability", f.late_reply),

@@ -24,7 +24,9 @@
 //! | `game` | `game_number` (per machine, from 1, never reset), `game` (game id, always 1), `bet`, `win`, `denomination`, `started_at`, `paid_by` (`machine` or `handpay`) | a game **ends**; a game still running at stop appears only in `stop.game_in_progress` and as its 7E exception |
 //! | `bill` | `value` (currency units), `bill_code` (SAS bill denomination code), `credits` | a bill is stacked |
 //! | `cashout` | `credits`, `paid_by` (`machine` or `handpay`) | the player cashes out (a handpay cash-out is paid at its `handpay` record) |
-//! | `handpay` | `kind` (`jackpot` or `cancelled_credits`), `credits`, `cents` | an attendant pays and resets a handpay (exception 52 follows) |
+//! | `handpay` | `kind` (`jackpot` or `cancelled_credits`), `credits`, `cents`, `receipt` (validation number of the printed receipt, or `null` without validation) | an attendant pays and resets a handpay (3E, if a receipt was printed, then 52) |
+//! | `ticket_out` | `validation_number` (18 digits: system ID + 16), `validation_type` (LP4D type, 0 = cashable cash-out ticket), `cents`, `credits` | a cash-out ticket is printed (3D); the matching `cashout` record has `paid_by` = `ticket` |
+//! | `ticket_in` | `validation_number`, `cents`, `credits` | a ticket is inserted (67) and redeemed by the validation system onto the credit meter (68) |
 //! | `exception` | `exception_seq` (per machine, from 1), `code`, `legacy_code`, `name`, `priority`, `event` | an exception is queued. `code` is what an RTE frame carries, `legacy_code` the single byte reported without RTE (they differ only for bills: 4F vs 47–50). `event` holds the RTE payload for 7E (`credits_wagered`, `total_coin_in`, `wager_type`, `progressive_group`), 7F (`win`), 8C (`game`) and 4F (`country`, `denomination_code`, `count`), else `null` |
 //! | `exception_acknowledged` | `exception_seq`, `code`, `name`, `rte` (reported as an RTE frame) | the host implied-ACKed the report: the exception left the queue |
 //! | `exception_lost` | `exception_seq`, `code`, `name`, `reason` (`overflow` or `ram_clear`) | the exception left the queue without being acknowledged |
@@ -38,7 +40,8 @@
 //! `meters` objects hold every meter by name (`coin_in`, `coin_out`, `jackpot`,
 //! `handpaid_cancelled_credits`, `cancelled_credits`, `games_played`, `games_won`, `games_lost`,
 //! `bill_credits`, `current_credits`, `games_since_power_up`, `games_since_door_closed`,
-//! `slot_door_openings`, `power_resets`, `bills_accepted` = 24 counts by bill code).
+//! `slot_door_openings`, `power_resets`, `bills_accepted` = 24 counts by bill code, `ticket_in_cents`, `tickets_in`, `ticket_in_credits`,
+//! `ticket_out_cents`, `tickets_out`, `ticket_out_credits`).
 //!
 //! # Reconciling
 //!
@@ -49,10 +52,14 @@
 //! - `coin_out` by Σ `win` of `game` records with `paid_by` = `machine`; `jackpot` by Σ
 //!   `credits` of `handpay` records of kind `jackpot` (a handpay win is in its `game` record at
 //!   once, and in the meter when the attendant pays it);
-//! - `cancelled_credits` by Σ `credits` of `cashout` records paid by the machine;
-//!   `handpaid_cancelled_credits` by Σ `credits` of `handpay` records of kind
-//!   `cancelled_credits`; `bill_credits` (= drop) by Σ `credits` of `bill` records;
-//! - `current_credits` = bills + machine-paid wins − bets − cash-outs (both kinds).
+//! - `cancelled_credits` by Σ `credits` of `cashout` records paid by the machine plus Σ
+//!   `credits` of `handpay` records of kind `cancelled_credits` (meter 0004 counts every
+//!   cash-out; the hand-paid ones are in 0003 as well); `handpaid_cancelled_credits` by the
+//!   latter alone; `bill_credits` by Σ `credits` of `bill` records;
+//! - `ticket_out_cents` (000E), `tickets_out`, `ticket_out_credits` by Σ `cents`, the count and
+//!   Σ `credits` of `ticket_out` records; `ticket_in_cents` (000D), `tickets_in`,
+//!   `ticket_in_credits` likewise from `ticket_in` records; drop (0024) = bills + tickets in;
+//! - `current_credits` = bills + tickets in + machine-paid wins − bets − cash-outs (all kinds).
 //!
 //! The host received an exception exactly when an `exception_acknowledged` record names its
 //! `exception_seq`. An exception can be both `exception_lost` and, later,
@@ -90,6 +97,8 @@ pub struct Record {
 pub enum PaidBy {
     Machine,
     Handpay,
+    /// A printed cash-out ticket (machines with validation).
+    Ticket,
 }
 
 /// What a handpay paid.
@@ -184,6 +193,19 @@ pub enum Entry {
         kind: HandpayKind,
         credits: u64,
         cents: u64,
+        /// The validation number of the receipt printed for it (machines with validation).
+        receipt: Option<String>,
+    },
+    TicketOut {
+        validation_number: String,
+        validation_type: u8,
+        cents: u64,
+        credits: u64,
+    },
+    TicketIn {
+        validation_number: String,
+        cents: u64,
+        credits: u64,
     },
     Exception {
         exception_seq: u64,

@@ -33,8 +33,9 @@ use firmware_protocols::crc::crc16;
 use firmware_protocols::sas::Reply;
 use firmware_protocols::sas::codec::Request;
 use firmware_protocols::sas::message::{
-    BasicMeters, ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill, MachineInfo, MeterPoll,
-    Meters10To15, SelectedMeters, TicketMessage, VersionAndSerial,
+    BasicMeters, EnabledFeatures, ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill,
+    MachineInfo, MeterPoll, Meters10To15, SelectedMeters, TicketDetail, TicketMessage,
+    ValidationRecord, VersionAndSerial,
 };
 use firmware_protocols::sas::message::{DateTime, command};
 use firmware_protocols::sas::{
@@ -45,7 +46,7 @@ use rand::{RngExt, SeedableRng};
 
 use super::clock::Clock;
 use super::config::{
-    ConfigError, MachineConfig, RomSignatureDelivery, RteIdle, Weighted, bill_code,
+    ConfigError, MachineConfig, RomSignatureDelivery, RteIdle, Validation, Weighted, bill_code,
 };
 use super::ledger::{
     Entry, EventData, FaultKind, HandpayKind, LinkState, LossReason, PaidBy, PowerState, Record,
@@ -72,6 +73,15 @@ const EXTENDED_METER_BYTES: u8 = 5;
 const SAS_VERSION: [u8; 3] = *b"602";
 /// The only game of this machine.
 const GAME_ID: u16 = 1;
+/// Validation records the machine keeps for LP4D (SAS buffers 31, indices 01–1F).
+const VALIDATION_BUFFER: usize = 31;
+/// Validation system ID printed ahead of the 16-digit validation number.
+const VALIDATION_SYSTEM_ID: u8 = 1;
+/// LP4D validation types (see `ValidationRecord::validation_type`).
+const CASHABLE_TICKET_OUT: u8 = 0x00;
+const CANCELLED_CREDIT_RECEIPT: u8 = 0x10;
+const JACKPOT_RECEIPT: u8 = 0x20;
+const CASHABLE_TICKET_REDEEMED: u8 = 0x80;
 
 /// Bytes for the transport to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +199,14 @@ pub struct Machine {
     ledger: Vec<Record>,
     ledger_seq: u64,
     exception_seq: u64,
+    /// Ticket numbers and ticket-in choices: a stream of its own, so that a machine with
+    /// validation plays the same games as one without.
+    ticket_rng: Xoshiro256PlusPlus,
+    /// Validation records, oldest first, with whether LP4D has reported each.
+    validation: VecDeque<(ValidationRecord, bool)>,
+    validation_index: u8,
+    /// The last ticket inserted, for LP70.
+    last_ticket_in: Option<TicketDetail>,
 }
 
 impl Machine {
@@ -237,6 +255,10 @@ impl Machine {
             ledger: Vec::new(),
             ledger_seq: 0,
             exception_seq: 0,
+            ticket_rng: stream(4),
+            validation: VecDeque::new(),
+            validation_index: 0,
+            last_ticket_in: None,
             cfg,
         };
         machine.record(
@@ -271,12 +293,7 @@ impl Machine {
         }
         let &first = request.bytes.first()?;
         let target = Target::of(first, self.address.get());
-        if target == Target::Own
-            && matches!(
-                request.message,
-                Err(DecodeError::UnknownCommand { .. } | DecodeError::Truncated { .. })
-            )
-        {
+        if target == Target::Own && !self.supports(&request.message) {
             // An unsupported long poll, or one cut short: not a poll at all. The machine stays
             // silent and the message neither acknowledges nor repeats anything (§2.3; MON drops
             // it in its receiver before the implied-ACK check).
@@ -678,6 +695,20 @@ impl Machine {
         }
     }
 
+    /// Whether this machine treats `message` as a poll at all: not when the codec does not know
+    /// it or it was cut short, nor when it belongs to a feature the machine lacks (LP70/71
+    /// without validation).
+    fn supports(&self, message: &Result<HostMessage, DecodeError>) -> bool {
+        match message {
+            Err(DecodeError::UnknownCommand { .. } | DecodeError::Truncated { .. }) => false,
+            Ok(HostMessage::LongPoll(
+                _,
+                LongPoll::SendTicketValidationData | LongPoll::RedeemTicket(_),
+            )) => self.cfg.validation != Validation::None,
+            _ => true,
+        }
+    }
+
     fn signature_ready(&self, now: Instant) -> bool {
         self.rom_signature.is_some_and(|d| d.ready_at <= now)
     }
@@ -818,13 +849,31 @@ impl Machine {
                     meters: values,
                 })
             }
-            // No ticket printer or validator: "no ticket / no validation information"
-            // (status FF) [unverified status code; TITO is out of this simulator's scope].
-            LongPoll::SendTicketValidationData => {
-                Reply::TicketValidationData(TicketMessage { status: 0xFF, detail: None })
-            }
+            // Only reached with validation on (see `supports`). The validation system redeems
+            // tickets off this link, so LP70 shows the last ticket and LP71 finds none pending
+            // ("no ticket", FF) [unverified status code].
+            LongPoll::SendTicketValidationData => Reply::TicketValidationData(TicketMessage {
+                status: if self.last_ticket_in.is_some() { 0x00 } else { 0xFF },
+                detail: self.last_ticket_in.clone(),
+            }),
             LongPoll::RedeemTicket(_) => {
                 Reply::TicketRedemption(TicketMessage { status: 0xFF, detail: None })
+            }
+            LongPoll::SendEnabledFeatures { game } if *game == 0 || *game == GAME_ID => {
+                let validation = match self.cfg.validation {
+                    Validation::None => 0b00,
+                    Validation::System => 0b01,
+                    Validation::SecureEnhanced => 0b10,
+                };
+                let redemption = if self.cfg.validation == Validation::None { 0 } else { 0x80 };
+                // Extended meters (LP6F/AF) always; the 40 ms polling rate.
+                let features = [redemption | validation << 5, 0x08, 0x01];
+                Reply::EnabledFeatures(EnabledFeatures { game: *game, features })
+            }
+            LongPoll::SendEnhancedValidation { function }
+                if self.cfg.validation != Validation::None =>
+            {
+                Reply::EnhancedValidation(self.validation_record(*function))
             }
             LongPoll::SendDateTime => Reply::DateTime(self.clock.egm_date_time(now)),
             LongPoll::SetDateTime(t) => match self.clock.set_egm(now, *t) {
@@ -876,7 +925,9 @@ impl Machine {
                 HandpayKind::Jackpot => 0x00,
                 HandpayKind::CancelledCredits => 0x80,
             },
-            amount: on_wire(h.credits.saturating_mul(self.credit_minor_units), 5),
+            // A non-progressive handpay is reported in accounting credits; only progressive
+            // levels (01–20) are in cents (MON `LP1BSendHandpayInfoHandler`).
+            amount: on_wire(h.credits, 5),
             partial_pay: 0,
             reset_id: 0,
         }
@@ -939,15 +990,17 @@ impl Machine {
     }
 
     fn start_game(&mut self, at: Instant) {
-        let bet = Self::pick(&mut self.play_rng, &self.cfg.play.bets);
-        self.insert_bills_for(at, bet);
-        let win = bet * Self::pick(&mut self.play_rng, &self.cfg.play.win_multipliers);
-        self.games_started += 1;
+        // The game is selected before the player funds it, so that the money put in belongs to
+        // a game the host knows.
         if !self.game_announced {
             self.game_announced = true;
             let event = RealTimeEvent::GameSelected { game: GAME_ID };
             self.raise(at, event, Exception::GameSelected);
         }
+        let bet = Self::pick(&mut self.play_rng, &self.cfg.play.bets);
+        self.insert_bills_for(at, bet);
+        let win = bet * Self::pick(&mut self.play_rng, &self.cfg.play.win_multipliers);
+        self.games_started += 1;
         self.meters.bet(bet);
         // Bit 7 = max bet, low bits = the player denomination code, which is the accounting
         // denomination on this single-denomination machine (§6, MON's wager-type byte).
@@ -974,7 +1027,79 @@ impl Machine {
         while self.meters.current_credits < bet {
             let bills = &self.cfg.bills;
             let value = bills[self.play_rng.random_range(0..bills.len())];
-            self.accept_bill(at, value);
+            let probability = self.cfg.play.ticket_in_probability;
+            if self.cfg.validation != Validation::None
+                && probability > 0.0
+                && self.ticket_rng.random_bool(probability.min(1.0))
+            {
+                // A ticket printed elsewhere, worth what the bill would have been.
+                self.accept_ticket(at, value * 100);
+            } else {
+                self.accept_bill(at, value);
+            }
+        }
+    }
+
+    /// A ticket is inserted (67); the validation system, which is not on this link, redeems it
+    /// at once (68) and the credits go on the meter.
+    fn accept_ticket(&mut self, at: Instant, cents: u64) {
+        // Validation guarantees whole credits for every bill value, and tickets are worth one.
+        let credits = (cents / self.credit_minor_units).max(1);
+        let number = self.ticket_rng.random_range(0..10_000_000_000_000_000u64);
+        self.last_ticket_in = Some(TicketDetail {
+            amount: cents,
+            parsing_code: 0,
+            validation_data: validation_bcd(number),
+        });
+        self.raise_simple(at, Exception::TicketInserted);
+        self.meters.ticket_in(cents, credits);
+        let validation_number = printed_number(number);
+        self.record(at, Entry::TicketIn { validation_number, cents, credits });
+        self.push_validation(at, CASHABLE_TICKET_REDEEMED, number, cents);
+        self.raise_simple(at, Exception::TicketTransferComplete);
+    }
+
+    /// Prints a ticket or receipt: a new validation number, kept for LP4D.
+    fn print_validation(&mut self, at: Instant, validation_type: u8, cents: u64) -> u64 {
+        let number = self.ticket_rng.random_range(0..10_000_000_000_000_000u64);
+        self.push_validation(at, validation_type, number, cents);
+        number
+    }
+
+    fn push_validation(&mut self, at: Instant, validation_type: u8, number: u64, cents: u64) {
+        self.validation_index = self.validation_index % 0x1F + 1;
+        let record = ValidationRecord {
+            validation_type,
+            index: self.validation_index,
+            date_time: Some(self.clock.egm_date_time(at)),
+            validation_number: number,
+            amount: on_wire(cents, 5),
+            ticket_number: u16::try_from(self.ledger_seq % 10_000).unwrap_or(0),
+            validation_system_id: VALIDATION_SYSTEM_ID,
+            expiration: 30,
+            pool_id: 0,
+        };
+        if self.validation.len() == VALIDATION_BUFFER {
+            self.validation.pop_front();
+        }
+        self.validation.push_back((record, false));
+    }
+
+    /// LP4D: 00 = the oldest unreported record (now reported), 01–1F = by index, FF = the oldest
+    /// unreported without marking it; an all-zero record when there is none.
+    fn validation_record(&mut self, function: u8) -> ValidationRecord {
+        let found = match function {
+            0x00 | 0xFF => self.validation.iter_mut().find(|(_, reported)| !reported),
+            index => self.validation.iter_mut().find(|(r, _)| r.index == index),
+        };
+        match found {
+            Some((record, reported)) => {
+                if function == 0x00 {
+                    *reported = true;
+                }
+                *record
+            }
+            None => ValidationRecord::default(),
         }
     }
 
@@ -1030,6 +1155,18 @@ impl Machine {
         if credits >= self.cfg.play.handpay_limit {
             self.record(at, Entry::Cashout { credits, paid_by: PaidBy::Handpay });
             self.start_handpay(at, HandpayKind::CancelledCredits, credits);
+        } else if self.cfg.validation != Validation::None {
+            let cents = credits.saturating_mul(self.credit_minor_units);
+            self.meters.ticket_out(cents, credits);
+            self.record(at, Entry::Cashout { credits, paid_by: PaidBy::Ticket });
+            let number = self.print_validation(at, CASHABLE_TICKET_OUT, cents);
+            let validation_number = printed_number(number);
+            let validation_type = CASHABLE_TICKET_OUT;
+            self.record(
+                at,
+                Entry::TicketOut { validation_number, validation_type, cents, credits },
+            );
+            self.raise_simple(at, Exception::CashoutTicketPrinted);
         } else {
             self.meters.cashout(credits);
             self.record(at, Entry::Cashout { credits, paid_by: PaidBy::Machine });
@@ -1062,7 +1199,18 @@ impl Machine {
             HandpayKind::CancelledCredits => self.meters.cashout_handpaid(h.credits),
         }
         let cents = h.credits.saturating_mul(self.credit_minor_units);
-        self.record(at, Entry::Handpay { kind: h.kind, credits: h.credits, cents });
+        let receipt = (self.cfg.validation != Validation::None).then(|| {
+            let validation_type = match h.kind {
+                HandpayKind::Jackpot => JACKPOT_RECEIPT,
+                HandpayKind::CancelledCredits => CANCELLED_CREDIT_RECEIPT,
+            };
+            printed_number(self.print_validation(at, validation_type, cents))
+        });
+        let printed = receipt.is_some();
+        self.record(at, Entry::Handpay { kind: h.kind, credits: h.credits, cents, receipt });
+        if printed {
+            self.raise_simple(at, Exception::HandpayValidated);
+        }
         self.raise_simple(at, Exception::HandpayReset);
         if self.next_game_at.is_none() && self.game.is_none() {
             self.next_game_at = self.game_after(at, at);
@@ -1236,6 +1384,25 @@ impl Machine {
             entry,
         });
     }
+}
+
+/// The 18 digits printed on a ticket: validation system ID, then the 16-digit number.
+fn printed_number(number: u64) -> String {
+    format!("{VALIDATION_SYSTEM_ID:02}{number:016}")
+}
+
+/// The printed number as LP70 validation data: 9 BCD bytes.
+fn validation_bcd(number: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9);
+    let digits = printed_number(number);
+    for pair in digits.as_bytes().chunks(2) {
+        let (hi, lo) = match pair {
+            [hi, lo] => (hi - b'0', lo - b'0'),
+            _ => (0, 0),
+        };
+        out.push(hi << 4 | lo);
+    }
+    out
 }
 
 /// The single-byte code of a bill outside RTE mode; bills without one of their own use 4F

@@ -23,7 +23,8 @@ pub struct Meters {
     pub jackpot: u64,
     /// 0003 — cash-outs paid by an attendant.
     pub handpaid_cancelled_credits: u64,
-    /// 0004 — cash-outs paid by the machine.
+    /// 0004 — every cash-out: paid by the machine and hand paid (the hand-paid ones are also in
+    /// 0003 and 0023).
     pub cancelled_credits: u64,
     /// 0005.
     pub games_played: u64,
@@ -45,6 +46,18 @@ pub struct Meters {
     pub power_resets: u64,
     /// 0040–0057: bills accepted per SAS bill denomination code.
     pub bills_accepted: [u64; 24],
+    /// 000D — cashable tickets redeemed, in cents.
+    pub ticket_in_cents: u64,
+    /// 0011 / 0035 — how many.
+    pub tickets_in: u64,
+    /// 0015 / 0028 / 0029 — the same in credits.
+    pub ticket_in_credits: u64,
+    /// 000E — cashable tickets printed, in cents.
+    pub ticket_out_cents: u64,
+    /// 0012 / 0038 — how many.
+    pub tickets_out: u64,
+    /// 0016 / 002C — the same in credits.
+    pub ticket_out_credits: u64,
 }
 
 impl Meters {
@@ -59,9 +72,9 @@ impl Meters {
         }
     }
 
-    /// 0024 — total drop: only bills reach the drop in this machine.
+    /// 0024 — total drop: bills and tickets (no coins, no electronic transfers here).
     pub fn drop(&self) -> u64 {
-        self.bill_credits
+        self.bill_credits + self.ticket_in_credits
     }
 
     /// 0022 — total won.
@@ -110,6 +123,22 @@ impl Meters {
         self.current_credits += credits;
     }
 
+    /// A ticket worth `cents` (`credits`) was redeemed onto the credit meter.
+    pub fn ticket_in(&mut self, cents: u64, credits: u64) {
+        self.ticket_in_cents += cents;
+        self.tickets_in += 1;
+        self.ticket_in_credits += credits;
+        self.current_credits += credits;
+    }
+
+    /// The player cashed out `credits` (`cents`) to a printed ticket.
+    pub fn ticket_out(&mut self, cents: u64, credits: u64) {
+        self.cashout(credits);
+        self.ticket_out_cents += cents;
+        self.tickets_out += 1;
+        self.ticket_out_credits += credits;
+    }
+
     /// The player cashed out `credits` paid by the machine.
     pub fn cashout(&mut self, credits: u64) {
         self.cancelled_credits += credits;
@@ -124,6 +153,7 @@ impl Meters {
     /// An attendant paid a cash-out; the credits leave the credit meter only now.
     pub fn cashout_handpaid(&mut self, credits: u64) {
         self.handpaid_cancelled_credits += credits;
+        self.cancelled_credits += credits;
         self.current_credits -= credits.min(self.current_credits);
     }
 
@@ -144,8 +174,15 @@ impl Meters {
             0x0008..=0x000A => 0,
             0x000B => self.bill_credits,
             0x000C => self.current_credits,
-            // Tickets, in cents and as counts and credits: none.
-            0x000D..=0x0016 => 0,
+            // Tickets, cashable only: restricted and promotional ones are zero.
+            0x000D => self.ticket_in_cents,
+            0x000E => self.ticket_out_cents,
+            0x0011 | 0x0035 => self.tickets_in,
+            0x0012 | 0x0038 => self.tickets_out,
+            0x0015 | 0x0028 | 0x0029 => self.ticket_in_credits,
+            0x0016 | 0x002C => self.ticket_out_credits,
+            0x000F | 0x0010 | 0x0013 | 0x0014 | 0x002A | 0x002B | 0x002D | 0x0036 | 0x0037
+            | 0x0039 => 0,
             // Electronic transfers: none.
             0x0017 | 0x0018 => 0,
             // Machine-paid paytable win; progressive and external bonus: none.

@@ -68,7 +68,7 @@ use tokio_util::sync::CancellationToken;
 
 use config::{
     ConfigError, FaultConfig, MachineConfig, OperationsConfig, PlayConfig, RomSignatureDelivery,
-    RteIdle, Weighted, parse_bills, parse_code,
+    RteIdle, Validation, Weighted, parse_bills, parse_code,
 };
 use driver::Port;
 use ledger::LedgerSink;
@@ -166,6 +166,16 @@ pub struct SimulateArgs {
     /// How long the slot door stays open; no game starts meanwhile.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Play")]
     pub door_open_duration: Duration,
+
+    /// Ticket validation (TITO): with it, cash-outs below the handpay limit print tickets (3D),
+    /// handpays print receipts (3E), LP70 and LP4D answer, and the player inserts tickets.
+    #[arg(long, value_enum, default_value_t = Validation::None, help_heading = "Play")]
+    pub validation: Validation,
+
+    /// With --validation: chance that the player funds play with a ticket (67, 68) rather than
+    /// a bill.
+    #[arg(long, value_name = "P", default_value_t = 0.0, help_heading = "Play")]
+    pub ticket_in_probability: f64,
 
     /// Start with real-time event reporting on (otherwise the host turns it on with LP0E).
     #[arg(long, help_heading = "Protocol")]
@@ -303,7 +313,9 @@ impl SimulateArgs {
                     handpay_limit: self.handpay_limit,
                     handpay_duration: self.handpay_duration,
                     max_games: self.max_games,
+                    ticket_in_probability: self.ticket_in_probability,
                 };
+                cfg.validation = self.validation;
                 cfg.bills = self.bills.0.clone();
                 cfg.bill_country = self.bill_country;
                 cfg.rte_at_power_up = self.rte;

@@ -26,6 +26,7 @@ pub fn machine(next_seq: u64, now: std::time::Instant) -> MachinePoller {
         currency: Currency::UAH,
         time_zone: TimeZone::UTC,
         clock_drift_threshold: Duration::from_secs(60),
+        ticket_numbers: Default::default(),
     };
     let identity = MachineIdentity {
         registry_id: RegistryId::new(MACHINE).unwrap(),

@@ -550,6 +550,21 @@ impl Subscriber {
         self.messages().into_iter().map(|(_, payload)| payload).collect()
     }
 
+    /// The canonical events received (the CloudEvents' `data`), once per event id as the state
+    /// system would store them, ordered by machine and sequence number.
+    pub fn unique_events(&self) -> Vec<Value> {
+        let mut by_id: std::collections::BTreeMap<String, Value> = Default::default();
+        for payload in self.payloads() {
+            let event: Value = serde_json::from_slice(&payload).unwrap();
+            by_id.entry(event["id"].as_str().unwrap().to_owned()).or_insert(event);
+        }
+        let mut events: Vec<Value> = by_id.into_values().map(|e| e["data"].clone()).collect();
+        events.sort_by_key(|e| {
+            (e["machine"]["registry_id"].as_str().unwrap().to_owned(), e["machine_seq"].as_u64())
+        });
+        events
+    }
+
     /// Whether at least `count` messages arrived within `timeout` (blocks the thread).
     pub fn wait_for(&self, count: usize, timeout: Duration) -> bool {
         wait_until(timeout, || self.inbox.messages.lock().unwrap().len() >= count)

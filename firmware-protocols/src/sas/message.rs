@@ -38,6 +38,10 @@ pub mod command {
     pub const SEND_SELECTED_METERS: u8 = 0x2F;
     /// 0x48 — send last accepted bill information.
     pub const SEND_LAST_BILL: u8 = 0x48;
+    /// Send enabled features of a game (0 = the machine).
+    pub const SEND_ENABLED_FEATURES: u8 = 0xA0;
+    /// Send enhanced validation information (ticket and receipt records, read-only).
+    pub const SEND_ENHANCED_VALIDATION: u8 = 0x4D;
     /// 0x54 — send SAS version and machine serial number.
     pub const SEND_VERSION_AND_SERIAL: u8 = 0x54;
     /// 0x6F — send extended meters for game N.
@@ -134,6 +138,13 @@ pub enum LongPoll {
     SendSelectedMeters { game: u16, meters: Vec<u8> },
     /// 0x48 — last accepted bill.
     SendLastBill,
+    /// 0x4D — one validation record (ticket printed, receipt, ticket redeemed): `function` 00 =
+    /// the oldest unread record (which the machine then marks read), 01–1F = the record at that
+    /// buffer index, FF = look ahead without marking.
+    SendEnhancedValidation { function: u8 },
+    /// 0xA0 — the features enabled for game N (0 = the machine): validation style, ticket
+    /// redemption, AFT, legacy bonus, extended meters, multi-denomination.
+    SendEnabledFeatures { game: u16 },
     /// 0x54 — SAS version and serial number.
     SendVersionAndSerial,
     /// 0x6F, or 0xAF when `alternate` — extended meters for game N.
@@ -170,6 +181,8 @@ impl LongPoll {
             Self::RomSignature { .. } => ROM_SIGNATURE,
             Self::SendSelectedMeters { .. } => SEND_SELECTED_METERS,
             Self::SendLastBill => SEND_LAST_BILL,
+            Self::SendEnhancedValidation { .. } => SEND_ENHANCED_VALIDATION,
+            Self::SendEnabledFeatures { .. } => SEND_ENABLED_FEATURES,
             Self::SendVersionAndSerial => SEND_VERSION_AND_SERIAL,
             Self::SendExtendedMeters { alternate: false, .. } => SEND_EXTENDED_METERS,
             Self::SendExtendedMeters { alternate: true, .. } => SEND_EXTENDED_METERS_ALT,
@@ -177,6 +190,38 @@ impl LongPoll {
             Self::RedeemTicket(_) => REDEEM_TICKET,
             Self::SendDateTime => SEND_DATE_TIME,
             Self::SetDateTime(_) => SET_DATE_TIME,
+        }
+    }
+
+    /// Whether this poll moves money or takes part in moving it (redeeming a ticket, an
+    /// electronic transfer, a bonus award, assigning a validation number). A monitoring host
+    /// never sends one (requirements R22); the host session refuses to queue or send any poll for
+    /// which this is true. The match is exhaustive on purpose: a new poll cannot be added without
+    /// deciding here which side of the line it is on.
+    pub fn moves_money(&self) -> bool {
+        match self {
+            // LP71 redeems a ticket; even its status-query form belongs to the validation host's
+            // redemption exchange, which a monitoring host stays out of.
+            Self::RedeemTicket(_) => true,
+            Self::Shutdown
+            | Self::Startup
+            | Self::RealTimeEventReporting(_)
+            | Self::SendMeters10To15
+            | Self::SendMeter(_)
+            | Self::SendCurrentCredits
+            | Self::SendHandpayInfo
+            | Self::SendMeters
+            | Self::SendMachineInfo
+            | Self::RomSignature { .. }
+            | Self::SendSelectedMeters { .. }
+            | Self::SendLastBill
+            | Self::SendEnhancedValidation { .. }
+            | Self::SendEnabledFeatures { .. }
+            | Self::SendVersionAndSerial
+            | Self::SendExtendedMeters { .. }
+            | Self::SendTicketValidationData
+            | Self::SendDateTime
+            | Self::SetDateTime(_) => false,
         }
     }
 
@@ -233,6 +278,10 @@ impl LongPoll {
                 }
             }
             Self::RedeemTicket(ticket) => ticket.encode_body(&mut out)?,
+            Self::SendEnhancedValidation { function } => out.push(*function),
+            Self::SendEnabledFeatures { game } => {
+                bcd::encode(u64::from(*game), 2, &mut out).map_err(bcd_encode_field("game"))?;
+            }
             Self::SetDateTime(time) => time.encode_into(&mut out)?,
             _ => {} // Shutdown and Startup carry nothing but their CRC.
         }
@@ -267,6 +316,8 @@ impl LongPoll {
                 }
             },
             ROM_SIGNATURE => Self::RomSignature { seed: r.u16_le()? },
+            SEND_ENHANCED_VALIDATION => Self::SendEnhancedValidation { function: r.u8()? },
+            SEND_ENABLED_FEATURES => Self::SendEnabledFeatures { game: r.bcd(2, "game")? as u16 },
             SEND_SELECTED_METERS => {
                 let mut body = r.length_prefixed()?;
                 let game = body.bcd(2, "game")? as u16;
@@ -325,8 +376,8 @@ impl LongPoll {
         }
         Some(match command {
             SHUTDOWN | STARTUP => RequestLen::Fixed(4),
-            REAL_TIME_EVENT_REPORTING => RequestLen::Fixed(5),
-            ROM_SIGNATURE => RequestLen::Fixed(6),
+            REAL_TIME_EVENT_REPORTING | SEND_ENHANCED_VALIDATION => RequestLen::Fixed(5),
+            ROM_SIGNATURE | SEND_ENABLED_FEATURES => RequestLen::Fixed(6),
             SET_DATE_TIME => RequestLen::Fixed(11),
             SEND_SELECTED_METERS
             | SEND_EXTENDED_METERS
@@ -450,6 +501,10 @@ pub enum Reply {
     VersionAndSerial(VersionAndSerial),
     /// LP6F / LPAF.
     ExtendedMeters(ExtendedMeters),
+    /// LP4D.
+    EnhancedValidation(ValidationRecord),
+    /// LPA0.
+    EnabledFeatures(EnabledFeatures),
     /// LP70.
     TicketValidationData(TicketMessage),
     /// LP71.
@@ -525,6 +580,15 @@ impl Reply {
                 out.push(if m.alternate { SEND_EXTENDED_METERS_ALT } else { SEND_EXTENDED_METERS });
                 m.encode_body(&mut out)?;
             }
+            Self::EnhancedValidation(record) => {
+                out.push(SEND_ENHANCED_VALIDATION);
+                record.encode_body(&mut out)?;
+            }
+            Self::EnabledFeatures(f) => {
+                out.push(SEND_ENABLED_FEATURES);
+                bcd::encode(u64::from(f.game), 2, &mut out).map_err(bcd_encode_field("game"))?;
+                out.extend_from_slice(&f.features);
+            }
             Self::TicketValidationData(t) => {
                 out.push(SEND_TICKET_VALIDATION_DATA);
                 t.encode_body(&mut out)?;
@@ -576,6 +640,13 @@ impl Reply {
             SEND_TICKET_VALIDATION_DATA => {
                 Self::TicketValidationData(TicketMessage::decode_body(&mut r)?)
             }
+            SEND_ENHANCED_VALIDATION => {
+                Self::EnhancedValidation(ValidationRecord::decode_body(&mut r)?)
+            }
+            SEND_ENABLED_FEATURES => Self::EnabledFeatures(EnabledFeatures {
+                game: r.bcd(2, "game")? as u16,
+                features: r.array()?,
+            }),
             REDEEM_TICKET => Self::TicketRedemption(TicketMessage::decode_body(&mut r)?),
             SEND_DATE_TIME => Self::DateTime(DateTime::decode_from(&mut r)?),
             other => match MeterPoll::from_command(other) {
@@ -604,6 +675,8 @@ impl Reply {
             ROM_SIGNATURE => fixed(2 + 2 + 2),
             SEND_LAST_BILL => fixed(2 + LastBill::BODY_LEN + 2),
             SEND_DATE_TIME => fixed(2 + DateTime::BODY_LEN + 2),
+            SEND_ENHANCED_VALIDATION => fixed(2 + ValidationRecord::BODY_LEN + 2),
+            SEND_ENABLED_FEATURES => fixed(2 + 2 + 3 + 2),
             SEND_SELECTED_METERS
             | SEND_VERSION_AND_SERIAL
             | SEND_EXTENDED_METERS
@@ -987,6 +1060,139 @@ impl TicketMessage {
             })
         };
         Ok(Self { status, detail })
+    }
+}
+
+/// LPA0: the features enabled for a game, three bit fields (SAS 6.02 layout as recalled
+/// [unverified against the licensed spec]; 6.03 machines may send a fourth byte, which this
+/// decoder refuses as a bad length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EnabledFeatures {
+    pub game: u16,
+    /// Features 1–3, raw: 1 = bit 0 jackpot multiplier, 1 AFT bonus awards, 2 legacy bonus
+    /// awards, 3 tournament, 4 validation extensions, 5–6 validation style (00 none, 01 system,
+    /// 10 secure enhanced), 7 ticket redemption; 2 = bits 0–1 meter model, 2 tickets to total drop
+    /// and cancelled credits, 3 extended meters, 4 component authentication, 6 AFT, 7
+    /// multi-denomination extensions; 3 = bit 0 maximum polling rate (40 ms), 1 multiple SAS
+    /// progressive win reporting.
+    pub features: [u8; 3],
+}
+
+impl EnabledFeatures {
+    /// The validation style of bits 5–6 of the first byte.
+    pub fn validation(&self) -> &'static str {
+        match (self.features[0] >> 5) & 0b11 {
+            0b00 => "none",
+            0b01 => "system",
+            0b10 => "secure_enhanced",
+            _ => "reserved",
+        }
+    }
+
+    fn bit(&self, byte: usize, bit: u8) -> bool {
+        self.features.get(byte).is_some_and(|b| b & (1 << bit) != 0)
+    }
+
+    pub fn ticket_redemption(&self) -> bool {
+        self.bit(0, 7)
+    }
+
+    pub fn legacy_bonus_awards(&self) -> bool {
+        self.bit(0, 2)
+    }
+
+    pub fn aft(&self) -> bool {
+        self.bit(1, 6)
+    }
+
+    pub fn extended_meters(&self) -> bool {
+        self.bit(1, 3)
+    }
+
+    pub fn multi_denomination(&self) -> bool {
+        self.bit(1, 7)
+    }
+}
+
+/// One validation record as LP4D reports it (sas-protocol.md §13; SAS 6.02 §15.13, layout as
+/// recalled [unverified against the licensed spec]): validation type, buffer index, date and
+/// time, the 16-digit validation number, the amount in cents, ticket number, validation system
+/// ID, expiration and pool ID. A machine with nothing to report sends every field zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ValidationRecord {
+    /// 00 cashable ticket from a cash-out or win, 01 restricted promotional ticket from a
+    /// cash-out, 02–04 tickets from AFT, 10 / 20 cancelled-credit / jackpot handpay with receipt,
+    /// 40 / 60 the same without receipt, 80–82 cashable / restricted / non-restricted ticket
+    /// redeemed.
+    pub validation_type: u8,
+    /// Position in the machine's validation buffer; 0 when there is no record.
+    pub index: u8,
+    /// When the ticket was printed or redeemed; `None` when the machine sent zeros.
+    pub date_time: Option<DateTime>,
+    /// The validation number without its system ID (16 BCD digits).
+    pub validation_number: u64,
+    /// Amount in cents (5 BCD bytes).
+    pub amount: u64,
+    /// Ticket number (4 BCD digits).
+    pub ticket_number: u16,
+    /// Validation system ID (2 BCD digits): with the number, the 18 digits on the ticket.
+    pub validation_system_id: u8,
+    /// Expiration (MMDDYYYY, or 0000DDDD days), 8 BCD digits as sent.
+    pub expiration: u32,
+    /// Pool ID, binary.
+    pub pool_id: u16,
+}
+
+impl ValidationRecord {
+    const BODY_LEN: usize = 1 + 1 + DateTime::BODY_LEN + 8 + 5 + 2 + 1 + 4 + 2;
+
+    /// A buffer with nothing to report answers with an all-zero record.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        out.push(self.validation_type);
+        out.push(self.index);
+        match &self.date_time {
+            Some(t) => t.encode_into(out)?,
+            None => out.extend_from_slice(&[0; DateTime::BODY_LEN]),
+        }
+        let fields: [(&'static str, u64, usize); 5] = [
+            ("validation_number", self.validation_number, 8),
+            ("amount", self.amount, 5),
+            ("ticket_number", self.ticket_number.into(), 2),
+            ("validation_system_id", self.validation_system_id.into(), 1),
+            ("expiration", self.expiration.into(), 4),
+        ];
+        for (field, value, width) in fields {
+            bcd::encode(value, width, out).map_err(bcd_encode_field(field))?;
+        }
+        out.extend_from_slice(&self.pool_id.to_le_bytes());
+        Ok(())
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let validation_type = r.u8()?;
+        let index = r.u8()?;
+        let raw_time = r.bytes(DateTime::BODY_LEN)?;
+        let date_time = if raw_time.iter().all(|&b| b == 0) {
+            None
+        } else {
+            Some(DateTime::decode_from(&mut Reader::new(r.command, raw_time))?)
+        };
+        // The widths make every value fit its type: 16, 4, 2 and 8 BCD digits.
+        Ok(Self {
+            validation_type,
+            index,
+            date_time,
+            validation_number: r.bcd(8, "validation_number")?,
+            amount: r.bcd(5, "amount")?,
+            ticket_number: r.bcd(2, "ticket_number")? as u16,
+            validation_system_id: r.bcd(1, "validation_system_id")? as u8,
+            expiration: r.bcd(4, "expiration")? as u32,
+            pool_id: r.u16_le()?,
+        })
     }
 }
 

@@ -223,6 +223,9 @@ pub enum EnqueueError {
     /// The profile excludes the command, or the session learned that the machine ignores it.
     #[error("long poll {command:#04x} is not supported by this machine")]
     Unsupported { command: u8 },
+    /// The poll moves money ([`LongPoll::moves_money`]): a monitoring host never sends it (R22).
+    #[error("long poll {command:#04x} moves money; a monitoring host never sends it")]
+    MovesMoney { command: u8 },
     /// The poll cannot be encoded (too many meters, an invalid date).
     #[error("cannot encode the poll: {0}")]
     Encode(#[from] EncodeError),
@@ -573,6 +576,9 @@ impl HostSession {
     /// A caller's poll is queued only if this machine answers it and it can be encoded, so that
     /// a refusal is reported now, not when its turn comes.
     fn admit(&self, poll: &LongPoll) -> Result<(), EnqueueError> {
+        if poll.moves_money() {
+            return Err(EnqueueError::MovesMoney { command: poll.command() });
+        }
         if self.refuses(poll) {
             return Err(EnqueueError::Unsupported { command: poll.command() });
         }
@@ -828,8 +834,10 @@ impl HostSession {
         }
     }
 
+    /// Polls this session will not send: those the machine does not answer, and every poll that
+    /// moves money, whatever path it came by (R22).
     fn refuses(&self, poll: &LongPoll) -> bool {
-        self.unsupported.contains(&poll.command())
+        poll.moves_money() || self.unsupported.contains(&poll.command())
     }
 
     // === Sending ===
@@ -1133,8 +1141,9 @@ impl HostSession {
     }
 
     /// Follow-up polls for exceptions whose details must be read (§5, §13 item 8). Polls this
-    /// crate cannot encode (3D/4D ticket details, 57/58 validation, 72 AFT, 85/87 progressive,
-    /// 90 legacy bonus) are the caller's, who sees the exception.
+    /// crate cannot encode (72 AFT interrogation, 85/87 progressive, 90 legacy bonus) are the
+    /// caller's, who sees the exception; those that move money (58 validation number, 71
+    /// redemption) are never sent.
     fn follow_up(&mut self, exception: Exception, with_data: bool) {
         match exception {
             Exception::HandpayPending => self.owe(LongPoll::SendHandpayInfo, exception),
@@ -1145,8 +1154,16 @@ impl HostSession {
             // Without RTE the game end carries no win: read the meters (§6).
             Exception::GameEnded if !with_data => self.owe(LongPoll::SendMeters, exception),
             Exception::TicketInserted => self.owe(LongPoll::SendTicketValidationData, exception),
-            // A cash-out ticket moves the cancelled-credits meter, which LP0F has and LP1C lacks.
-            Exception::CashoutTicketPrinted => self.owe(LongPoll::SendMeters10To15, exception),
+            // A cash-out ticket moves the cancelled-credits meter, which LP0F has and LP1C lacks;
+            // its number and amount are in the machine's validation record (LP4D).
+            Exception::CashoutTicketPrinted => {
+                self.owe(LongPoll::SendEnhancedValidation { function: 0 }, exception);
+                self.owe(LongPoll::SendMeters10To15, exception);
+            }
+            // A handpay receipt, and a redeemed ticket: their validation records.
+            Exception::HandpayValidated | Exception::TicketTransferComplete => {
+                self.owe(LongPoll::SendEnhancedValidation { function: 0 }, exception);
+            }
             _ => {}
         }
         if exception.requires_resync() {
