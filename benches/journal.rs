@@ -1,4 +1,4 @@
-//! Journal benchmark (issue 4): durable appends per second and the append → durable latency
+//! Journal benchmark (issues 4 and 14): durable appends per second and the append → durable latency
 //! at several group sizes and concurrencies, bytes on disk per event, open time and memory with
 //! a large backlog, and disk space after the backlog is acknowledged and refilled. Figures and
 //! commands: BENCHMARKS.md.
@@ -697,6 +697,7 @@ async fn size_mode(marks: &[u64], common: &Common) -> anyhow::Result<()> {
         rows.push((mark, st, allocated, apparent, started.elapsed()));
     }
     close(journal, writer).await?;
+    let rows_last = rows.last().map(|(m, _, a, p, t)| (*m, (), *a, *p, *t));
     println!("\njournal size: groups of 1,000, one task, sled cache {} MiB\n", common.cache_mib);
     println!(
         "| events | record bytes (live, encoded) | per event | sled size_on_disk | per event | du (allocated) | per event | apparent | fill time |"
@@ -717,8 +718,25 @@ async fn size_mode(marks: &[u64], common: &Common) -> anyhow::Result<()> {
             at.as_secs_f64()
         );
     }
+    if let Some((mark, _, allocated, _, _)) = rows_last {
+        // R10: a full hall (250 machines × 10 games/min) makes ≈ 650 M events in 90 days.
+        let per_event = allocated as f64 / mark as f64;
+        let total = per_event * HALL_90_DAYS as f64;
+        println!(
+            "\n90-day projection, full 250-machine hall ({} events): {:.0} B/event × events = \
+             {:.0} GiB on disk; a cap of {:.0} GiB keeps it below the 80 % threshold",
+            n(HALL_90_DAYS),
+            per_event,
+            total / f64::from(1u32 << 30),
+            total / 0.8 / f64::from(1u32 << 30)
+        );
+    }
     Ok(())
 }
+
+/// Events a full hall makes in 90 days (issue 14: 250 machines × 10 games/min, plus snapshots
+/// and status).
+const HALL_90_DAYS: u64 = 650_000_000;
 
 // === backlog ===
 
@@ -846,7 +864,7 @@ async fn acknowledge_all(
     let mut status_rx = journal.status();
     let deadline = started + Duration::from_secs(3600);
     loop {
-        if status_rx.borrow_and_update().first_seq > through {
+        if pruned(&status_rx.borrow_and_update(), through + 1) {
             break;
         }
         if Instant::now() > deadline {
@@ -864,16 +882,23 @@ async fn acknowledge_all(
     let next = status(journal).await?.next_seq;
     journal.acknowledge(DESTINATION, next - 1).await?;
     let mut status_rx = journal.status();
-    while status_rx.borrow_and_update().first_seq < next {
+    while !pruned(&status_rx.borrow_and_update(), next) {
         status_rx.changed().await?;
     }
     Ok((took, Latencies::new(latencies)))
 }
 
+/// Everything below `next` that can be removed is: the segmented log keeps its active segment
+/// (and the one before it while that is being sealed), so "removed" means at most two segments'
+/// bytes are left.
+fn pruned(st: &JournalStatus, next: u64) -> bool {
+    st.first_seq >= next || st.live_bytes <= 2 * slotgate::journal::segment_bytes(st.cap_bytes)
+}
+
 // === open (a fresh process) ===
 
 fn open_report(dir: &Path, cold: bool, cache_mib: u64) -> anyhow::Result<()> {
-    if !dir.join("conf").exists() && !dir.join("db").exists() {
+    if !dir.join("log").exists() && !dir.join("state").exists() {
         bail!("{} is not a journal", dir.display());
     }
     if cold {

@@ -164,6 +164,9 @@ fn print_report(dir: &Path, report: &verify::VerifyReport, keys: usize) {
     for p in &report.checkpoint_problems {
         println!("  checkpoint problem: {}", p.reason);
     }
+    for gap in &report.gaps {
+        println!("  unreadable: {}", gap.reason);
+    }
     if let Some(lost) = &report.lost_tail {
         println!("  LOST: {}", lost.reason);
     }

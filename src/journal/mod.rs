@@ -4,35 +4,71 @@
 //! # Contract
 //!
 //! - **Durable before acknowledged.** [`Journal::append`] returns only after the records are
-//!   flushed (fsync). The poller confirms a session's events — and so lets the next, implied-ACK
-//!   poll go out — only after that return (`HostSession::confirm_events`).
+//!   in the log and `fdatasync` returned. The poller confirms a session's events — and so lets
+//!   the next, implied-ACK poll go out — only after that return (`HostSession::confirm_events`).
 //! - **Group commit.** One writer thread owns all writes. It takes every request waiting in its
-//!   queue, writes them as one atomic store batch and flushes once, then answers them all, so
-//!   concurrent pollers share a flush.
-//! - **Gap-free sequence numbers.** Records are numbered by the gateway, contiguously, from the
-//!   journal's base; the number is the record's key. The counter is recovered from the last key
-//!   at open, never from sled's `generate_id` (not contiguous, §B3).
+//!   queue, writes their frames with one `write` and one `fdatasync`, then answers them all, so
+//!   concurrent pollers share a sync.
+//! - **Gap-free sequence numbers.** Records are numbered by the gateway, contiguously; the
+//!   number is in the record and orders the log.
 //! - **Per-destination cursors.** Each configured destination has a cursor: the first sequence
-//!   number it has not acknowledged. A record is removed only when every configured destination
-//!   has acknowledged it (and, unless space runs short, it is older than `retain_acknowledged`).
-//!   With no destination configured nothing is ever removed: the journal is then the only copy.
+//!   number it has not acknowledged. A segment file is removed only when every configured
+//!   destination has acknowledged all of it and its newest record is older than
+//!   `retain_acknowledged`; with none configured nothing is ever removed.
 //! - **Idempotent appends.** An event whose per-machine sequence number is below the machine's
-//!   recorded next number is already durable (a retry after a failed flush whose data survived,
+//!   recorded next number is already durable (a retry after a failed write whose data survived,
 //!   a resumed exchange) and is skipped, so retries never duplicate records.
 //!
-//! # Key layout (one sled tree, so one batch is atomic across all of it)
+//! # Two stores, one rule (issue 14)
+//!
+//! Records — an append-only FIFO with acknowledgements and time-based retention — live in our
+//! own segmented log ([`log`], the design of vector's disk buffer v2 and Kafka's segments).
+//! sled 0.34.7 holds only the small keyed state ([`store`]): cursors, per-machine heads, last
+//! meter snapshots, checkpoints, the base and the journalled gaps. sled held the records too
+//! until issue 14 and could not at the law's scale (ARCHITECTURE.md, BENCHMARKS.md: ≈ 45 B of
+//! RAM per record, a whole-log replay at open, 1.34 KB on disk per 837-byte record, space never
+//! returned, damage recovered by silently dropping the rest of its log).
+//!
+//! **The log is the truth for records; the keyed state carries the log position it reflects**
+//! (`P`). The writer syncs the log, answers, then applies the keyed changes to sled; sled is
+//! flushed on the writer's tick (0.5 s), after acknowledgements and checkpoints, and at close.
+//! Open re-applies every record from `P` to the end of the log (machine heads, snapshots), so a
+//! kill or power cut between the two writes loses nothing and counts nothing twice: the heads
+//! are maxima and the snapshots "last one wins", both idempotent.
+//!
+//! # Files
+//!
+//! ```text
+//! <dir>/log/00000000000000000000.seg   segments, named by their first seq (20 digits)
+//! <dir>/state/                         sled: the keyed state
+//! ```
+//!
+//! Segment: a 16-byte header — `SGJLOG01`, first seq (u64 LE) — then frames back to back:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..4 | `SGF1`, the frame marker (resynchronisation point after damage) |
+//! | 4..8 | payload length, u32 LE (≤ 16 MiB) |
+//! | 8..12 | CRC-32 (IEEE) of the length bytes and the payload, u32 LE |
+//! | 12.. | payload: postcard [`record::Envelope`] (the record format below) |
+//!
+//! A segment is sealed when it reaches [`segment_bytes`] (1/64 of the cap, 4 KiB to 16 MiB)
+//! at the end of a group; the next group starts a new file. Sealed segments are never written
+//! again; the active one is only appended to (and cut back at open). Readers keep a sparse
+//! index (every 256th seq → segment and offset) filled as they and the writer go, so a
+//! forwarder's sequential reads never rescan; a cold read scans one segment at most.
+//!
+//! Keyed state (one sled tree, so one batch is atomic across all of it):
 //!
 //! | key | value |
 //! |---|---|
-//! | `R` + seq (u64 BE) | record: postcard [`record::Envelope`] |
 //! | `C` + destination name | cursor: u64 BE, first unacknowledged seq |
 //! | `N` + registry id | the machine's next per-machine seq, u64 BE |
 //! | `S` + registry id + `/` + poll code | the machine's last meter snapshot of that poll (canonical JSON) |
 //! | `K` + seq (u64 BE) | a signed [`checkpoint::Checkpoint`] of the chain head at `seq` |
+//! | `A` + first seq (u64 BE) | last seq (u64 BE) of an unreadable range already journalled |
 //! | `B` | [`Base`]: first kept seq, the chain anchor before it, the machine-seq floor |
-//! | `L` | [`Usage`]: live record bytes and counts, maintained with every batch |
-//!
-//! Big-endian keys sort numerically; every prefix is one byte, so ranges never overlap.
+//! | `P` | the log position the keyed state reflects, u64 BE |
 //!
 //! # Record format
 //!
@@ -40,67 +76,89 @@
 //! [`Class`], machine id, per-machine seq and `body_hash = SHA-256(postcard(body))`; the body is
 //! the canonical event's JSON bytes plus the raw SAS bytes it came from (or an alarm). New
 //! layouts are new enum variants, never edits of old ones; leftover bytes on decode are an error
-//! (postcard would ignore them, §B6). Golden bytes in `record.rs` tests pin the layout.
+//! (postcard would ignore them, §B6). Golden bytes in `record.rs` tests pin the layout. The
+//! records are stored exactly as the sled layout stored them, so migration copies bytes and
+//! every hash and checkpoint stays valid.
 //!
 //! # Hash chain and checkpoints
 //!
 //! `record_hash = SHA-256("slotgate-journal-v1" ‖ prev_hash ‖ postcard(header))`, and each
-//! record's `prev_hash` is its predecessor's `record_hash` (the first one's is the base anchor).
-//! An edited body breaks its `body_hash`; an edited, removed, inserted or swapped record breaks
-//! the next link. Compaction drops a `Snapshot` body but keeps header and hashes, so the chain
-//! still verifies; a compacted record of any other class is reported as tampering. Every
-//! `checkpoint_interval` (and at stop) the writer signs the head with Ed25519
-//! ([`checkpoint`]); a truncated tail shows as a checkpoint beyond the last record.
-//! `slotgate journal verify` checks all of it on a copy of the store (sled has no read-only
-//! mode, and its open may repair files), so it never changes the evidence.
+//! record's `prev_hash` is its predecessor's `record_hash` (the first kept one's is the base
+//! anchor, which moves with each removed segment). An edited body breaks its `body_hash` (and,
+//! unless the CRC was recomputed, the frame); an edited, removed, inserted or swapped record
+//! breaks the next link. Every `checkpoint_interval` (and at stop) the writer signs the head
+//! with Ed25519 ([`checkpoint`]); a truncated tail shows as a checkpoint beyond the last record.
+//! `slotgate journal verify` checks all of it, reading the log in place and a copy of the keyed
+//! state (sled has no read-only mode), so it never changes the evidence ([`verify`]).
 //!
 //! # Durability points
 //!
-//! Only [`store::Store::flush`], called by the writer after each group's batch and after each
-//! cursor update. sled's background flusher is off, so nothing else decides. "Durable" means
-//! against a power cut, not only a kill: sled's own flush is not enough (it ends in
-//! `sync_file_range`), so the store follows it with `fdatasync` of sled's log and `fsync` of
-//! its directories, and every directory the journal creates or renames into is synced
-//! ([`crate::durable`]). `tests/journal_crash.rs` cuts the power under the writer on a FUSE file
-//! system that drops whatever was not synced. A flush error is
-//! answered as an error to every request in the group (the pollers keep the machines
-//! unacknowledged and retry); the writer then reopens the store (sled latches its first I/O
-//! error) and recovers its counters from what is actually on disk.
+//! 1. Append: `write` of the group's frames, then `fdatasync` of the active segment — then and
+//!    only then the answers. Against a power cut, not only a kill: `tests/journal_crash.rs` and
+//!    `tests/daemon_crash.rs` cut the power under the writer on a FUSE file system that drops
+//!    whatever was not synced (`tests/powercut`).
+//! 2. Roll: the new segment's header is written and synced, then its directory (`fsync`), so a
+//!    synced frame is never in a file whose name the cut took away.
+//! 3. Keyed state: sled's flush followed by `fdatasync` of its log and `fsync` of its
+//!    directories ([`store::SledStore`]; sled's own flush ends in `sync_file_range`, which is
+//!    not durable). Acknowledgements and checkpoints flush at once; machine heads on the tick.
+//! 4. Removal (vector PR #25570's crash-loop lesson): the new base goes to sled and is flushed
+//!    first, the segment file is unlinked and the directory synced after. A crash in between
+//!    leaves a file below the base, which open unlinks; a missing file is never an error.
 //!
-//! # Capacity
+//! A failed write or sync is answered as an error to every request in the group (the pollers
+//! keep the machines unacknowledged and retry), the segment is cut back to where the group
+//! began, and the writer reopens log and keyed state from what is actually on disk.
 //!
-//! `cap` bounds the live record bytes (sled never returns freed space to the file system, so
-//! its file size follows the peak backlog, not the current one; free space is watched
-//! separately). Alarms fire as usage crosses 50, 80 and 95 % ([`Pressure`]): a record in the
-//! journal (so it goes upstream), an error log, and the status. From 80 % acknowledged records
-//! are removed regardless of retention and the bodies of unacknowledged periodic meter snapshots
-//! are compacted (every later snapshot carries the same meters); pollers read [`Pressure`] and
-//! space out snapshots, then stop them. Financial and significant events are never refused for
-//! the cap. The hard limit is `disk_floor`: below that much free space events are refused (the
-//! machines hold them, unacknowledged) and an alarm is raised; alarm records, being tiny, are
-//! still written. Appends resume by themselves when space returns.
+//! # Capacity and retention
 //!
-//! # Recovery
+//! `cap` bounds the segment bytes. Alarms fire as usage crosses 50, 80 and 95 % ([`Pressure`]):
+//! a record in the journal (so it goes upstream), an error log, and the status. Acknowledged
+//! segments are kept until `retain_acknowledged` after their newest record (a sealed segment's
+//! modification time); from 80 % they are removed before that, and a `journal_retention` alarm
+//! says the cap is too small for the retention — never silently. Pollers read [`Pressure`] and
+//! space out periodic snapshots from 80 %, then stop them. Financial and significant events are
+//! never refused for the cap. The hard limit is `disk_floor`: below that much free space events
+//! are refused (the machines hold them, unacknowledged) and an alarm is raised; alarm records,
+//! being tiny, are still written. Appends resume by themselves when space returns. (The sled
+//! layout compacted periodic snapshot bodies in place; an append-only log cannot, and removing
+//! whole acknowledged segments is what returns space now.)
 //!
-//! Open reads `B`, `L`, the cursors, and the last record key: no scan, so start-up does not grow
-//! with the backlog. The store is then compared with the journal's own high-water mark
-//! ([`watermark`], a small file beside sled's written after every flush): sled recovers a
-//! damaged log by silently keeping the prefix before the damage, so a store that ends before
-//! its mark has lost acknowledged records and is treated as corrupt. A store sled cannot open as corrupt, or whose last record does not decode,
-//! is moved to `quarantine/journal-<time>` (still readable by `journal verify|export`), a fresh
-//! one is opened, and an alarm is its first record. The fresh journal's sequence numbers — and
-//! every machine's, since their heads went with the old store — jump to `unix seconds × 10⁶`,
-//! above anything issued before, so idempotency keys never repeat and the jump shows upstream
-//! as a gap.
+//! # Recovery (each case a test in `tests/journal_corruption.rs`, `tests/journal_crash.rs`)
+//!
+//! Open reads the keyed state, lists the segment files, and scans the active segment only, so
+//! it does not grow with the backlog.
+//!
+//! - **Torn tail** (kill or power cut mid-write): bytes after the last whole frame of the active
+//!   segment that hold no frame are cut off. Only frames after the last completed `fdatasync`
+//!   can be torn, and none of them was acknowledged.
+//! - **Corrupt frame** (CRC or decode fails) with good frames after it, in any segment, and a
+//!   **missing or garbled segment**: the readable records before and after are kept and
+//!   forwarded; readers resynchronise on the next frame marker whose CRC checks. The unreadable
+//!   seq range is journalled once as a `journal_gap_<first>` alarm record (remembered under
+//!   `A`), listed in the status and reported by `journal verify`; upstream sees the seqs jump.
+//!   The daemon always starts.
+//! - **Keyed state behind the log** (killed before sled's flush): re-applied from `P`.
+//! - **Keyed state ahead of the log** (`P` beyond the last record: the log lost durable
+//!   records): a gap alarm, and seqs continue above `P`, never reissued.
+//! - **Keyed state unusable** (sled reports corruption): `state/` is moved to
+//!   `quarantine/journal-state-<time>` and rebuilt from the log: base from the first segment,
+//!   heads and snapshots by re-applying every record, cursors at the first kept record (records
+//!   are sent again, never lost), a `journal_quarantined` alarm. Machines whose every record was
+//!   already removed have no head in the log; every machine's seq jumps to
+//!   `unix seconds × 10⁶` so idempotency keys never repeat.
+//! - **Old layout** (sled records, issue 4): migrated on the first open ([`migrate`]).
 
 pub mod checkpoint;
+pub mod log;
+pub mod migrate;
 pub mod record;
 pub mod store;
 pub mod verify;
-pub mod watermark;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -110,30 +168,28 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use self::checkpoint::Checkpoint;
+use self::log::{Index, LogWriter};
 pub use self::record::{Body, Class, Hash, Record};
 use self::record::{GENESIS, Header};
 use self::store::{SledStore, Store, StoreError, WriteBatch};
 use crate::event::{CanonicalEvent, EventKind, SnapshotTrigger};
 
-const RECORD: u8 = b'R';
 const CURSOR: u8 = b'C';
 const MACHINE_NEXT: u8 = b'N';
 const SNAPSHOT: u8 = b'S';
 const CHECKPOINT: u8 = b'K';
+/// A journalled gap: `A` + first seq (u64 BE) → last seq (u64 BE).
+const GAP: u8 = b'A';
 const BASE: &[u8] = b"B";
-const USAGE: &[u8] = b"L";
+/// The log position the keyed state reflects: every record below it has been applied.
+const POSITION: &[u8] = b"P";
 
-/// Records removed per pruning step, so one acknowledgement never stalls appends for long.
-const PRUNE_STEP: usize = 4096;
-/// Records scanned per compaction step.
-const COMPACT_STEP: usize = 4096;
+/// The record log's directory and the keyed state's, inside the journal directory.
+pub const LOG_DIR: &str = "log";
+pub const STATE_DIR: &str = "state";
 
-pub fn record_key(seq: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = RECORD;
-    k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
+/// Records read per step when the keyed state catches up with the log.
+const REAPPLY_STEP: usize = 4096;
 
 fn prefixed(prefix: u8, rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + rest.len());
@@ -142,27 +198,28 @@ fn prefixed(prefix: u8, rest: &[u8]) -> Vec<u8> {
     k
 }
 
-fn seq_of_key(key: &[u8]) -> Option<u64> {
-    let bytes: [u8; 8] = key.get(1..9)?.try_into().ok()?;
-    Some(u64::from_be_bytes(bytes))
-}
-
 fn u64_value(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// Segment size for a cap: small enough that acknowledged space is returned in steps of 1/64
+/// of the cap and that open reads (only) the active segment quickly, at most 16 MiB.
+pub fn segment_bytes(cap_bytes: u64) -> u64 {
+    (cap_bytes / 64).clamp(4 << 10, 16 << 20)
 }
 
 /// How the journal is set up; built from the `[journal]` configuration section.
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
-    /// The store's directory.
+    /// The journal's directory (`log/` and `state/` inside).
     pub dir: PathBuf,
-    /// Where a corrupt store is moved.
+    /// Where unusable keyed state is moved.
     pub quarantine_dir: PathBuf,
-    /// Live record bytes the journal aims to stay under.
+    /// Record bytes the journal aims to stay under.
     pub cap_bytes: u64,
     /// Free space below which events are refused.
     pub disk_floor_bytes: u64,
-    /// sled's cache, in bytes.
+    /// sled's cache (keyed state), in bytes.
     pub cache_bytes: u64,
     /// Acknowledged records are kept this long while space allows.
     pub retain_acknowledged: Duration,
@@ -206,16 +263,6 @@ pub struct Base {
     pub machine_seq_floor: u64,
 }
 
-/// Live bytes and counts, kept in the store so open needs no scan.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub live_bytes: u64,
-    pub records: u64,
-    /// Records below this seq have been looked at by compaction.
-    pub compacted_through: u64,
-    pub compacted: u64,
-}
-
 /// How short space is. Pollers space out low-value polling from `High`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -223,7 +270,7 @@ pub enum Pressure {
     Normal,
     /// ≥ 50 % of the cap.
     Elevated,
-    /// ≥ 80 %: snapshots compacted, acknowledged records removed early, snapshots spaced out.
+    /// ≥ 80 %: acknowledged segments removed early, snapshots spaced out.
     High,
     /// ≥ 95 %: periodic snapshots stop.
     Critical,
@@ -268,10 +315,10 @@ pub struct JournalStatus {
     pub pressure: Pressure,
     /// Destination → first unacknowledged seq.
     pub cursors: BTreeMap<String, u64>,
-    /// Active alarms, newest last.
+    /// Active alarms, newest last (unreadable record ranges among them, as `journal_gap`).
     pub alarms: Vec<String>,
     pub last_checkpoint_seq: Option<u64>,
-    /// The store was quarantined at this open.
+    /// The keyed state was unusable at this open and was moved here (records are unaffected).
     pub quarantined: Option<PathBuf>,
 }
 
@@ -295,10 +342,13 @@ impl NewRecord {
             machine: event.machine.registry_id.to_string(),
             machine_seq: Some(event.machine_seq),
             body: Body::Event { canonical_json, raw: raw.to_vec() },
-            snapshot_of: matches!(event.kind, EventKind::MeterSnapshot { .. })
-                .then_some(event.source.code),
+            snapshot_of: snapshot_code(event),
         })
     }
+}
+
+fn snapshot_code(event: &CanonicalEvent) -> Option<Option<u8>> {
+    matches!(event.kind, EventKind::MeterSnapshot { .. }).then_some(event.source.code)
 }
 
 /// Which [`Class`] an event belongs to.
@@ -358,6 +408,10 @@ impl From<StoreError> for JournalError {
     }
 }
 
+fn log_error(dir: &Path, operation: &'static str, e: &std::io::Error) -> StoreError {
+    StoreError { path: dir.to_path_buf(), operation, message: e.to_string(), corrupt: false }
+}
+
 /// Where appended records landed: `first..next` (empty when all were already durable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -369,12 +423,24 @@ type AppendReply = oneshot::Sender<Result<Appended, JournalError>>;
 type AckReply = oneshot::Sender<Result<(), JournalError>>;
 
 enum Command {
-    Append { records: Vec<NewRecord>, done: AppendReply },
-    Ack { destination: String, through: u64, done: AckReply },
+    Append {
+        records: Vec<NewRecord>,
+        done: AppendReply,
+    },
+    Ack {
+        destination: String,
+        through: u64,
+        done: AckReply,
+    },
+    /// A reader met unreadable records (inclusive seq ranges).
+    Gaps(Vec<(u64, u64)>),
 }
 
 struct Shared {
     store: RwLock<Arc<dyn Store>>,
+    index: Index,
+    /// The first kept seq: reads start no lower.
+    first_seq: AtomicU64,
     config: JournalConfig,
 }
 
@@ -411,107 +477,256 @@ impl WriterHandle {
 pub enum OpenError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot move the corrupt journal {from} to {to}: {source}")]
+    #[error("cannot move the unusable keyed state {from} to {to}: {source}")]
     Quarantine { from: PathBuf, to: PathBuf, source: std::io::Error },
     #[error("journal {dir}: {reason}")]
     Invalid { dir: PathBuf, reason: String },
 }
 
-/// The writer's view, rebuilt from the store at open and after a store failure.
+/// The writer's view, rebuilt at open and after a failure.
 #[derive(Debug, Clone)]
 struct State {
     base: Base,
-    usage: Usage,
     next_seq: u64,
     head: Hash,
     cursors: BTreeMap<String, u64>,
 }
 
-fn read_state(store: &dyn Store, destinations: &[String]) -> Result<State, OpenError> {
-    let invalid = |reason: String| OpenError::Invalid { dir: store.path().to_path_buf(), reason };
-    let base = match store.get(BASE)? {
-        Some(bytes) => postcard::from_bytes::<Base>(&bytes)
-            .map_err(|e| invalid(format!("base entry unreadable: {e}")))?,
-        None => Base { first_seq: 0, anchor: GENESIS, machine_seq_floor: 0 },
-    };
-    let usage = match store.get(USAGE)? {
-        Some(bytes) => postcard::from_bytes::<Usage>(&bytes)
-            .map_err(|e| invalid(format!("usage entry unreadable: {e}")))?,
-        None => Usage::default(),
-    };
-    let (next_seq, head) = match store.last_in(&[RECORD], &[RECORD + 1])? {
-        Some((key, value)) => {
-            let seq = seq_of_key(&key).ok_or_else(|| invalid("malformed record key".into()))?;
-            let record = Record::decode(&value)
-                .map_err(|e| invalid(format!("last record {seq} unreadable: {e}")))?;
-            if record.header.seq != seq {
-                return Err(invalid(format!(
-                    "record key {seq} holds record {}",
-                    record.header.seq
-                )));
-            }
-            (seq + 1, record.record_hash())
+/// What open recovered, ready for the writer.
+struct Opened {
+    store: Arc<dyn Store>,
+    log: LogWriter,
+    state: State,
+    /// Unreadable ranges found at open, to journal as alarms.
+    gaps: Vec<(u64, u64)>,
+    quarantined: Option<PathBuf>,
+    /// Bytes of a torn tail cut off the active segment.
+    torn_bytes: u64,
+}
+
+fn keyed_base(store: &dyn Store) -> Result<Option<Base>, OpenError> {
+    match store.get(BASE)? {
+        Some(bytes) => {
+            postcard::from_bytes::<Base>(&bytes).map(Some).map_err(|e| OpenError::Invalid {
+                dir: store.path().to_path_buf(),
+                reason: format!("base entry unreadable: {e}"),
+            })
         }
-        None => (base.first_seq, base.anchor),
-    };
+        None => Ok(None),
+    }
+}
+
+fn read_cursors(
+    store: &dyn Store,
+    destinations: &[String],
+    first: u64,
+) -> Result<BTreeMap<String, u64>, StoreError> {
     let mut cursors = BTreeMap::new();
     for (key, value) in store.range(&[CURSOR], &[CURSOR + 1], usize::MAX)? {
-        let name = String::from_utf8_lossy(&key[1..]).into_owned();
-        let at = u64_value(&value).ok_or_else(|| invalid(format!("cursor {name} malformed")))?;
-        cursors.insert(name, at);
+        let name = String::from_utf8_lossy(key.get(1..).unwrap_or_default()).into_owned();
+        if let Some(at) = u64_value(&value) {
+            cursors.insert(name, at);
+        }
     }
     for d in destinations {
-        cursors.entry(d.clone()).or_insert(base.first_seq);
+        cursors.entry(d.clone()).or_insert(first);
     }
-    Ok(State { base, usage, next_seq, head, cursors })
+    Ok(cursors)
+}
+
+/// Opens the keyed state, moving it to quarantine if sled cannot use it.
+fn open_keyed(config: &JournalConfig) -> Result<(SledStore, Option<PathBuf>), OpenError> {
+    let dir = config.dir.join(STATE_DIR);
+    match SledStore::open(&dir, config.cache_bytes) {
+        Ok(store) => Ok((store, None)),
+        Err(error) if error.corrupt => {
+            let to = quarantine(config, &dir)?;
+            tracing::error!(
+                %error,
+                moved_to = %to.display(),
+                "ALARM: the journal's keyed state is corrupt; it was moved to quarantine and is \
+                 rebuilt from the record log. Destination cursors restart at the first kept \
+                 record (records are sent again, never lost)."
+            );
+            Ok((SledStore::open(&dir, config.cache_bytes)?, Some(to)))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn open_parts(config: &JournalConfig, index: &Index) -> Result<Opened, OpenError> {
+    migrate::migrate_if_needed(config)?;
+    let (store, quarantined) = open_keyed(config)?;
+    let log_dir = config.dir.join(LOG_DIR);
+    let invalid = |reason: String| OpenError::Invalid { dir: config.dir.clone(), reason };
+    let known = keyed_base(&store)?;
+    let base = match known {
+        Some(base) => base,
+        None => {
+            // No keyed state (new journal, or rebuilt after quarantine): the log says where it
+            // starts.
+            let segments = std::fs::read_dir(&log_dir)
+                .ok()
+                .and_then(|_| log::list_segments(&log_dir).ok())
+                .unwrap_or_default();
+            match segments.iter().next() {
+                Some((first, path)) => {
+                    let record = log::first_record(path, *first)
+                        .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+                    let floor =
+                        if quarantined.is_some() { seq_floor_after_quarantine() } else { 0 };
+                    match record {
+                        Some(r) => Base {
+                            first_seq: r.header.seq,
+                            anchor: r.prev_hash,
+                            machine_seq_floor: floor,
+                        },
+                        None => {
+                            Base { first_seq: *first, anchor: GENESIS, machine_seq_floor: floor }
+                        }
+                    }
+                }
+                None => Base { first_seq: 0, anchor: GENESIS, machine_seq_floor: 0 },
+            }
+        }
+    };
+    let (log, recovered) =
+        LogWriter::open(&log_dir, base.first_seq, segment_bytes(config.cap_bytes), index)
+            .map_err(|e| log_error(&log_dir, "open log", &e))?;
+    let mut gaps = recovered.gaps;
+    let mut next_seq = recovered.next_seq;
+    let mut head = match &recovered.last {
+        Some(r) if r.header.seq >= base.first_seq => r.record_hash(),
+        _ => base.anchor,
+    };
+    let position = match store.get(POSITION)? {
+        Some(v) if known.is_some() => u64_value(&v).unwrap_or(base.first_seq),
+        _ => base.first_seq,
+    };
+    if position > next_seq {
+        // The keyed state saw records the log no longer has: they were durable, so this is
+        // damage, not a torn tail. Never hand their seqs out again.
+        gaps.push((next_seq, position - 1));
+        next_seq = position;
+        head = GENESIS;
+    }
+    let state = State {
+        base,
+        next_seq,
+        head,
+        cursors: read_cursors(&store, &config.destinations, base.first_seq)?,
+    };
+    let store: Arc<dyn Store> = Arc::new(store);
+    reapply(store.as_ref(), index, &state, position.min(next_seq), known.is_none())?;
+    Ok(Opened { store, log, state, gaps, quarantined, torn_bytes: recovered.torn_bytes })
+}
+
+/// Brings the keyed state up to the log: machine heads and last snapshots of every record from
+/// `position` on, then the new position, in one batch, flushed.
+fn reapply(
+    store: &dyn Store,
+    index: &Index,
+    state: &State,
+    position: u64,
+    write_base: bool,
+) -> Result<(), OpenError> {
+    let mut from = position;
+    let mut batch = WriteBatch::default();
+    let mut heads: HashMap<String, u64> = HashMap::new();
+    while from < state.next_seq {
+        let out = index
+            .read(from, state.next_seq, REAPPLY_STEP)
+            .map_err(|e| log_error(store.path(), "re-apply the log", &e))?;
+        let Some(last) = out.records.last() else { break };
+        from = last.header.seq + 1;
+        for record in &out.records {
+            apply_keyed(store, &mut batch, &mut heads, record)?;
+        }
+    }
+    for (machine, next) in heads {
+        batch.put(prefixed(MACHINE_NEXT, machine.as_bytes()), next.to_be_bytes().to_vec());
+    }
+    if write_base {
+        batch.put(BASE, postcard::to_stdvec(&state.base).unwrap_or_default());
+    }
+    batch.put(POSITION, state.next_seq.to_be_bytes().to_vec());
+    store.apply(batch)?;
+    store.flush()?;
+    Ok(())
+}
+
+/// The keyed state one record implies: its machine's next seq and, for a meter snapshot, the
+/// machine's last snapshot of that poll.
+fn apply_keyed(
+    store: &dyn Store,
+    batch: &mut WriteBatch,
+    heads: &mut HashMap<String, u64>,
+    record: &Record,
+) -> Result<(), StoreError> {
+    if let Some(machine_seq) = record.header.machine_seq {
+        let current = match heads.get(&record.header.machine) {
+            Some(n) => *n,
+            None => store
+                .get(&prefixed(MACHINE_NEXT, record.header.machine.as_bytes()))?
+                .and_then(|v| u64_value(&v))
+                .unwrap_or(0),
+        };
+        heads.insert(record.header.machine.clone(), current.max(machine_seq + 1));
+    }
+    if let Some(Body::Event { canonical_json, .. }) = &record.body
+        && matches!(record.header.class, Class::Snapshot | Class::Financial)
+        && let Ok(event) = serde_json::from_slice::<CanonicalEvent>(canonical_json)
+        && let Some(code) = snapshot_code(&event)
+    {
+        batch.put(snapshot_key(&record.header.machine, code), canonical_json.clone());
+    }
+    Ok(())
+}
+
+fn snapshot_key(machine: &str, code: Option<u8>) -> Vec<u8> {
+    let mut key = prefixed(SNAPSHOT, machine.as_bytes());
+    key.push(b'/');
+    key.push(code.unwrap_or(0));
+    key
 }
 
 impl Journal {
-    /// Opens (or creates) the journal and starts its writer thread. A store that cannot be
-    /// opened as corrupt is quarantined and replaced (module doc, Recovery).
+    /// Opens (or creates, or migrates) the journal and starts its writer thread. Damage is
+    /// reported, never fatal (module doc, Recovery).
     pub fn open(config: JournalConfig) -> Result<(Self, WriterHandle), OpenError> {
-        crate::durable::create_dir_all(config.dir.parent().unwrap_or(&config.dir))
+        crate::durable::create_dir_all(&config.dir)
             .map_err(|e| OpenError::Invalid { dir: config.dir.clone(), reason: e.to_string() })?;
-        let mut quarantined = None;
-        let (store, state) = match open_store(&config) {
-            Ok(opened) => opened,
-            Err(error) if is_corruption(&error) => {
-                let to = quarantine(&config)?;
-                tracing::error!(
-                    %error,
-                    moved_to = %to.display(),
-                    "ALARM: the journal store is corrupt; it was moved to quarantine and a fresh \
-                     journal started. The quarantined data stays readable by `slotgate journal \
-                     verify|export`."
-                );
-                let (store, mut state) = open_store(&config)?;
-                let floor = seq_floor_after_quarantine();
-                state.base = Base { first_seq: floor, anchor: GENESIS, machine_seq_floor: floor };
-                state.next_seq = floor;
-                state.head = GENESIS;
-                state.cursors.values_mut().for_each(|c| *c = floor);
-                let mut batch = WriteBatch::default();
-                batch.put(BASE, postcard::to_stdvec(&state.base).unwrap_or_default());
-                store.apply(batch)?;
-                store.flush()?;
-                quarantined = Some(to);
-                (store, state)
-            }
-            Err(error) => return Err(error),
+        let index = Index::default();
+        let opened = open_parts(&config, &index)?;
+        let shared = Arc::new(Shared {
+            store: RwLock::new(opened.store.clone()),
+            index,
+            first_seq: AtomicU64::new(opened.state.base.first_seq),
+            config,
+        });
+        let status = JournalStatus {
+            quarantined: opened.quarantined.clone(),
+            ..status_of(
+                &shared.config,
+                &opened.state,
+                opened.log.bytes,
+                &opened.store,
+                Pressure::Normal,
+                &[],
+                None,
+            )
         };
-        let store: Arc<dyn Store> = Arc::new(store);
-        let shared = Arc::new(Shared { store: RwLock::new(store.clone()), config });
-        let status = status_of(&shared.config, &state, &store, Pressure::Normal, &[], None);
-        let status = JournalStatus { quarantined: quarantined.clone(), ..status };
-        let (durable_tx, durable) = watch::channel(state.next_seq);
+        let (durable_tx, durable) = watch::channel(opened.state.next_seq);
         let (status_tx, status_rx) = watch::channel(status);
         let (pressure_tx, pressure) = watch::channel(Pressure::Normal);
         let (tx, rx) = std_mpsc::channel();
         let mut writer = Writer {
             shared: shared.clone(),
-            store,
-            state,
+            store: opened.store,
+            log: Some(opened.log),
+            state: opened.state,
             failed: false,
+            keyed_dirty: false,
             prune_more: false,
             prune_idle_until: None,
             machine_next: HashMap::new(),
@@ -523,20 +738,22 @@ impl Journal {
             pending_alarms: Vec::new(),
             last_checkpoint: None,
             last_checkpoint_at: Instant::now(),
-            quarantined,
-            watermark: match watermark::Watermark::open(&shared.config.dir) {
-                Ok(w) => Some(w),
-                Err(error) => {
-                    tracing::warn!(%error, "Cannot open the journal's high-water mark; a silent \
-                        loss inside the store would go undetected.");
-                    None
-                }
-            },
+            quarantined: opened.quarantined,
         };
         if let Some(to) = &writer.quarantined {
-            let message = format!("corrupt journal moved to {}", to.display());
+            let message = format!(
+                "unusable keyed state moved to {}; rebuilt from the record log",
+                to.display()
+            );
             writer.raise("journal_quarantined", "error", message);
         }
+        if opened.torn_bytes > 0 {
+            tracing::warn!(
+                bytes = opened.torn_bytes,
+                "The journal's last segment ended in a torn write (never acknowledged); cut off."
+            );
+        }
+        writer.note_gaps(opened.gaps);
         writer.refresh_pressure();
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -578,18 +795,27 @@ impl Journal {
         answer.await.map_err(|_| JournalError::Closed)?
     }
 
-    /// Up to `limit` durable records from `from` on, in order. Compacted records are included
-    /// (with no body) so a reader sees every seq.
+    /// Up to `limit` durable records from `from` on, in order. Unreadable records (damage)
+    /// are skipped, and the writer journals an alarm naming their seq range.
     pub fn read(&self, from: u64, limit: usize) -> Result<Vec<Record>, JournalError> {
         let durable = *self.durable.borrow();
+        let from = from.max(self.shared.first_seq.load(Ordering::Acquire));
         if from >= durable {
             return Ok(Vec::new());
         }
-        let store = self.current_store();
-        let rows = store.range(&record_key(from), &record_key(durable), limit)?;
-        rows.iter()
-            .map(|(_, v)| Record::decode(v).map_err(|e| JournalError::Store(e.to_string())))
-            .collect()
+        let out = self
+            .shared
+            .index
+            .read(from, durable, limit)
+            .map_err(|e| JournalError::Store(format!("reading the journal's log: {e}")))?;
+        let mut gaps = out.gaps;
+        // Removal may have moved the start past `from` while this read ran: not a gap.
+        let first = self.shared.first_seq.load(Ordering::Acquire);
+        gaps.retain(|(_, last)| *last >= first);
+        if !gaps.is_empty() {
+            let _ = self.tx.send(Command::Gaps(gaps));
+        }
+        Ok(out.records)
     }
 
     /// The first seq not yet durable; changes after each flush.
@@ -612,10 +838,9 @@ impl Journal {
         registry_id: &str,
     ) -> Result<(u64, Vec<CanonicalEvent>), JournalError> {
         let store = self.current_store();
-        let floor = read_state(store.as_ref(), &[])
+        let floor = keyed_base(store.as_ref())
             .map_err(|e| JournalError::Store(e.to_string()))?
-            .base
-            .machine_seq_floor;
+            .map_or(0, |b| b.machine_seq_floor);
         let next = match store.get(&prefixed(MACHINE_NEXT, registry_id.as_bytes()))? {
             Some(v) => u64_value(&v).unwrap_or(floor).max(floor),
             None => floor,
@@ -644,60 +869,22 @@ impl Journal {
     }
 }
 
-fn open_store(config: &JournalConfig) -> Result<(SledStore, State), OpenError> {
-    let store = SledStore::open(&config.dir, config.cache_bytes)?;
-    let state = read_state(&store, &config.destinations)?;
-    check_watermark(&config.dir, &state)?;
-    Ok((store, state))
-}
-
-/// A store behind its own high-water mark lost records sled recovered away in silence
-/// ([`watermark`]); it is treated as corrupt.
-fn check_watermark(dir: &Path, state: &State) -> Result<(), OpenError> {
-    let Some(mark) = watermark::read(dir) else { return Ok(()) };
-    let behind = mark.next_seq > state.next_seq;
-    let diverged = mark.next_seq == state.next_seq && mark.head != state.head;
-    if behind || diverged {
-        return Err(OpenError::Invalid {
-            dir: dir.to_path_buf(),
-            reason: if behind {
-                format!(
-                    "the store ends before record {} but records up to {} were flushed: the \
-                     store lost acknowledged records",
-                    state.next_seq,
-                    mark.next_seq - 1
-                )
-            } else {
-                format!("record {} differs from the one flushed", state.next_seq.saturating_sub(1))
-            },
-        });
-    }
-    Ok(())
-}
-
-fn is_corruption(error: &OpenError) -> bool {
-    match error {
-        OpenError::Store(e) => e.corrupt,
-        OpenError::Invalid { .. } => true,
-        OpenError::Quarantine { .. } => false,
-    }
-}
-
-fn quarantine(config: &JournalConfig) -> Result<PathBuf, OpenError> {
+fn quarantine(config: &JournalConfig, dir: &Path) -> Result<PathBuf, OpenError> {
     let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
-    let mut to = config.quarantine_dir.join(format!("journal-{stamp}"));
+    let mut to = config.quarantine_dir.join(format!("journal-state-{stamp}"));
     let mut n = 1;
     while to.exists() {
-        to = config.quarantine_dir.join(format!("journal-{stamp}-{n}"));
+        to = config.quarantine_dir.join(format!("journal-state-{stamp}-{n}"));
         n += 1;
     }
-    let fail = |source| OpenError::Quarantine { from: config.dir.clone(), to: to.clone(), source };
+    let fail = |source| OpenError::Quarantine { from: dir.to_path_buf(), to: to.clone(), source };
     crate::durable::create_dir_all(&config.quarantine_dir).map_err(fail)?;
-    crate::durable::rename(&config.dir, &to).map_err(fail)?;
+    crate::durable::rename(dir, &to).map_err(fail)?;
     Ok(to)
 }
 
-/// Above every seq issued before (module doc, Recovery).
+/// Above every machine seq issued before: a machine whose head went with quarantined keyed
+/// state restarts here, so idempotency keys never repeat.
 fn seq_floor_after_quarantine() -> u64 {
     let secs = jiff::Timestamp::now().as_second().max(0).unsigned_abs();
     secs.saturating_mul(1_000_000)
@@ -715,6 +902,7 @@ fn disk_free(dir: &Path) -> Option<u64> {
 fn status_of(
     config: &JournalConfig,
     state: &State,
+    log_bytes: u64,
     store: &Arc<dyn Store>,
     pressure: Pressure,
     alarms: &[String],
@@ -724,11 +912,11 @@ fn status_of(
         dir: config.dir.clone(),
         first_seq: state.base.first_seq,
         next_seq: state.next_seq,
-        live_bytes: state.usage.live_bytes,
+        live_bytes: log_bytes,
         cap_bytes: config.cap_bytes,
-        records: state.usage.records,
-        compacted: state.usage.compacted,
-        size_on_disk: store.size_on_disk().unwrap_or(0),
+        records: state.next_seq.saturating_sub(state.base.first_seq),
+        compacted: 0,
+        size_on_disk: log_bytes + store.size_on_disk().unwrap_or(0),
         disk_free: disk_free(&config.dir),
         pressure,
         cursors: state.cursors.clone(),
@@ -741,13 +929,16 @@ fn status_of(
 struct Writer {
     shared: Arc<Shared>,
     store: Arc<dyn Store>,
+    /// `None` only while being reopened.
+    log: Option<LogWriter>,
     state: State,
-    /// The store hit an error; reopen before the next write.
+    /// A write failed; reopen (recover from what is on disk) before the next write.
     failed: bool,
-    /// The last pruning step removed records and more are acknowledged (see `prune`).
+    /// Keyed state applied but not yet flushed (the log has it: open re-applies it).
+    keyed_dirty: bool,
+    /// The last pruning step removed a segment and more are removable (see `prune`).
     prune_more: bool,
-    /// Unix ms before which the oldest acknowledged record is still retained: no pruning
-    /// step is needed until then (unless space runs short).
+    /// Unix ms before which the oldest acknowledged segment is still retained.
     prune_idle_until: Option<i64>,
     machine_next: HashMap<String, u64>,
     durable: watch::Sender<u64>,
@@ -760,9 +951,6 @@ struct Writer {
     last_checkpoint: Option<u64>,
     last_checkpoint_at: Instant,
     quarantined: Option<PathBuf>,
-    /// Where the last flush got to, outside sled; `None` if the file cannot be written (then
-    /// a silent loss inside sled goes undetected, and a warning said so at open).
-    watermark: Option<watermark::Watermark>,
 }
 
 impl Writer {
@@ -770,11 +958,13 @@ impl Writer {
         &self.shared.config
     }
 
+    fn log_bytes(&self) -> u64 {
+        self.log.as_ref().map_or(0, |l| l.bytes)
+    }
+
     fn run(mut self, rx: std_mpsc::Receiver<Command>) {
         let tick = Duration::from_millis(500);
         loop {
-            // While acknowledged records remain to be removed, take the next step as soon as
-            // the queue is empty instead of waiting out the tick.
             let wait = if self.prune_more { Duration::ZERO } else { tick };
             let first = match rx.recv_timeout(wait) {
                 Ok(command) => Some(command),
@@ -789,12 +979,7 @@ impl Writer {
             self.maintain();
         }
         self.checkpoint(true);
-        if let Err(error) = self.store.flush() {
-            tracing::error!(%error, "Final journal flush failed.");
-        }
-        if let Some(Err(error)) = self.watermark.as_mut().map(watermark::Watermark::sync) {
-            tracing::warn!(%error, "Cannot flush the journal's high-water mark.");
-        }
+        self.flush_keyed();
         tracing::info!(next_seq = self.state.next_seq, "Journal closed.");
     }
 
@@ -807,12 +992,13 @@ impl Writer {
                 Command::Ack { destination, through, done } => {
                     acks.push((destination, through, done))
                 }
+                Command::Gaps(gaps) => self.note_gaps(gaps),
             }
         }
         if self.failed
             && let Err(error) = self.reopen()
         {
-            let error = JournalError::Store(format!("journal store unavailable: {error}"));
+            let error = JournalError::Store(format!("journal unavailable: {error}"));
             for (_, done) in appends {
                 let _ = done.send(Err(error.clone()));
             }
@@ -829,7 +1015,31 @@ impl Writer {
         }
     }
 
-    /// One group commit: every waiting append in one batch, one flush, then all answers.
+    /// Raises an alarm, once, for each unreadable seq range (the keyed state remembers which
+    /// were journalled, so a restart does not repeat them).
+    fn note_gaps(&mut self, gaps: Vec<(u64, u64)>) {
+        for (first, last) in gaps {
+            let key = prefixed(GAP, &first.to_be_bytes());
+            let message = format!(
+                "journal records {first} to {last} are unreadable (damaged or missing segment \
+                 data); the records before and after are kept and forwarded"
+            );
+            if !matches!(self.store.get(&key), Ok(None)) {
+                self.note_alarm(&format!("journal_gap_{first}"), &message);
+                continue;
+            }
+            let mut batch = WriteBatch::default();
+            batch.put(key, last.to_be_bytes().to_vec());
+            if let Err(error) = self.store.apply(batch) {
+                tracing::warn!(%error, "Cannot note a journal gap in the keyed state.");
+            }
+            self.keyed_dirty = true;
+            self.raise(&format!("journal_gap_{first}"), "critical", message);
+        }
+    }
+
+    /// One group commit: every waiting append in one log write and one `fdatasync`, then all
+    /// answers; the keyed state follows (applied now, flushed on the tick).
     fn append_group(&mut self, mut appends: Vec<(Vec<NewRecord>, AppendReply)>) {
         let floor = self.config().disk_floor_bytes;
         let free = disk_free(&self.config().dir);
@@ -849,60 +1059,68 @@ impl Writer {
                 let _ = done.send(Err(error.clone()));
             }
             // Alarms are tiny and are what the floor's margin is for: they are written below
-            // the floor, the refused events are not. (This used to call itself for the alarms,
-            // met the floor again and recursed until the writer's stack overflowed, aborting
-            // the whole process.)
+            // the floor, the refused events are not.
             if self.pending_alarms.is_empty() {
                 return;
             }
         }
         let saved = (self.state.clone(), self.machine_next.clone());
+        let mut records = Vec::new();
         let mut batch = WriteBatch::default();
         let alarms = std::mem::take(&mut self.pending_alarms);
-        // Kept so that a failed write does not lose them: they are retried with the next group.
         let unwritten_alarms = alarms.clone();
         let mut spans = Vec::with_capacity(appends.len());
         let mut touched: Vec<String> = Vec::new();
         let now = unix_ms();
-        let result = (|| -> Result<(), StoreError> {
+        let staged = (|| -> Result<(), StoreError> {
             for record in alarms {
-                self.stage(&mut batch, record, now, &mut touched)?;
+                self.stage(&mut records, &mut batch, record, now, &mut touched)?;
             }
-            for (records, _) in &appends {
+            for (group, _) in &appends {
                 let first = self.state.next_seq;
-                for record in records {
-                    self.stage(&mut batch, record.clone(), now, &mut touched)?;
+                for record in group {
+                    self.stage(&mut records, &mut batch, record.clone(), now, &mut touched)?;
                 }
                 spans.push(Appended { first, next: self.state.next_seq });
             }
-            for machine in &touched {
-                if let Some(next) = self.machine_next.get(machine) {
-                    batch.put(
-                        prefixed(MACHINE_NEXT, machine.as_bytes()),
-                        next.to_be_bytes().to_vec(),
-                    );
-                }
-            }
-            batch.put(USAGE, postcard::to_stdvec(&self.state.usage).unwrap_or_default());
-            self.store.apply(batch)?;
-            self.store.flush()
+            Ok(())
         })();
+        let dir = self.config().dir.clone();
+        let result = staged.and_then(|()| {
+            let index = &self.shared.index;
+            let log = self.log.as_mut().ok_or_else(|| {
+                log_error(&dir, "append", &std::io::Error::other("the log is being reopened"))
+            })?;
+            if !records.is_empty() {
+                log.append(&records, index).map_err(|e| log_error(&dir, "append", &e))?;
+            }
+            log.roll_if_full(self.state.next_seq, index)
+                .map_err(|e| log_error(&dir, "start a segment", &e))?;
+            Ok(())
+        });
         match result {
             Ok(()) => {
                 self.durable.send_replace(self.state.next_seq);
-                let mark = watermark::Mark { next_seq: self.state.next_seq, head: self.state.head };
-                if let Some(Err(error)) = self.watermark.as_mut().map(|w| w.record(mark)) {
-                    tracing::warn!(%error, "Cannot write the journal's high-water mark.");
-                }
                 for ((_, done), span) in appends.into_iter().zip(spans) {
                     let _ = done.send(Ok(span));
                 }
-                // Below the floor only alarms were written: still full.
+                for machine in &touched {
+                    if let Some(next) = self.machine_next.get(machine) {
+                        batch.put(
+                            prefixed(MACHINE_NEXT, machine.as_bytes()),
+                            next.to_be_bytes().to_vec(),
+                        );
+                    }
+                }
+                batch.put(POSITION, self.state.next_seq.to_be_bytes().to_vec());
+                if let Err(error) = self.store.apply(batch) {
+                    // The records are durable in the log; the keyed state is rebuilt from it.
+                    tracing::error!(%error, "Updating the journal's keyed state failed.");
+                    self.failed = true;
+                }
+                self.keyed_dirty = true;
                 if self.level == Pressure::Full && !below_floor {
-                    self.set_level(Pressure::of(
-                        self.state.usage.live_bytes,
-                        self.config().cap_bytes,
-                    ));
+                    self.set_level(Pressure::of(self.log_bytes(), self.config().cap_bytes));
                     self.clear_alarm("journal_disk_floor");
                     self.clear_alarm("journal_store_error");
                     tracing::info!("Journal writes resumed.");
@@ -925,9 +1143,10 @@ impl Writer {
         }
     }
 
-    /// Adds one record to the batch, unless it is a durable event's duplicate.
+    /// Adds one record to the group, unless it is a durable event's duplicate.
     fn stage(
         &mut self,
+        records: &mut Vec<Record>,
         batch: &mut WriteBatch,
         record: NewRecord,
         now: i64,
@@ -945,10 +1164,7 @@ impl Writer {
         }
         if let (Some(code), Body::Event { canonical_json, .. }) = (record.snapshot_of, &record.body)
         {
-            let mut key = prefixed(SNAPSHOT, record.machine.as_bytes());
-            key.push(b'/');
-            key.push(code.unwrap_or(0));
-            batch.put(key, canonical_json.clone());
+            batch.put(snapshot_key(&record.machine, code), canonical_json.clone());
         }
         let header = Header {
             seq: self.state.next_seq,
@@ -959,11 +1175,8 @@ impl Writer {
             body_hash: record::body_hash(&record.body),
         };
         let stored = Record { header, prev_hash: self.state.head, body: Some(record.body) };
-        let bytes = stored.encode();
         self.state.head = stored.record_hash();
-        self.state.usage.live_bytes += bytes.len() as u64;
-        self.state.usage.records += 1;
-        batch.put(record_key(self.state.next_seq).to_vec(), bytes);
+        records.push(stored);
         self.state.next_seq += 1;
         Ok(())
     }
@@ -979,6 +1192,16 @@ impl Writer {
         };
         self.machine_next.insert(machine.to_owned(), next);
         Ok(next)
+    }
+
+    fn flush_keyed(&mut self) {
+        if !std::mem::take(&mut self.keyed_dirty) {
+            return;
+        }
+        if let Err(error) = self.store.flush() {
+            tracing::warn!(%error, "Flushing the journal's keyed state failed; the log has it.");
+            self.failed = true;
+        }
     }
 
     fn apply_acks(&mut self, acks: Vec<(String, u64, AckReply)>) {
@@ -1000,16 +1223,24 @@ impl Writer {
             self.failed = true;
             JournalError::from(e)
         });
+        if answer.is_ok() {
+            self.keyed_dirty = false;
+        }
         for done in answers {
             let _ = done.send(answer.clone());
         }
         if answer.is_ok() {
+            self.prune_idle_until = None;
             self.prune(false);
         }
     }
 
-    /// Removes records every destination has acknowledged, oldest first, one step at a time.
+    /// Removes the oldest segment if every destination has acknowledged all of it and (unless
+    /// space is short) its newest record is older than `retain_acknowledged`. The ledger (the
+    /// keyed state's base) moves first and is flushed; the file is unlinked after, so a crash
+    /// in between leaves a file open removes, never a ledger pointing at nothing.
     fn prune(&mut self, early: bool) {
+        self.prune_more = false;
         if self.config().destinations.is_empty() {
             return;
         }
@@ -1018,156 +1249,93 @@ impl Writer {
         else {
             return;
         };
-        let keep_after = unix_ms()
-            - i64::try_from(self.config().retain_acknowledged.as_millis()).unwrap_or(i64::MAX);
-        // One step per call, not a loop to the end: the writer is single-threaded, so a loop
-        // holds every append behind the whole removal (benches/journal.rs: an append waited
-        // 2.4 s behind 200,000 acknowledged records; 1M take ~17 s to remove). `run` calls again
-        // at once while `prune_more` is set, so appends interleave with the steps.
-        self.prune_more = false;
-        if !early && self.prune_idle_until.is_some_and(|t| unix_ms() < t) {
-            // The oldest acknowledged record is still inside the retention period; reading it
-            // again (and the 4095 after it) on every writer turn kept the writer busy for
-            // nothing (benches/forward.rs found it: a fifth of a CPU during a replay).
+        let now = unix_ms();
+        if !early && self.prune_idle_until.is_some_and(|t| now < t) {
             return;
         }
-        if self.state.base.first_seq < min {
-            let from = self.state.base.first_seq;
-            let rows = match self.store.range(&record_key(from), &record_key(min), PRUNE_STEP) {
-                Ok(rows) => rows,
-                Err(error) => {
-                    tracing::error!(%error, "Reading records to remove failed.");
-                    return;
-                }
-            };
-            let mut batch = WriteBatch::default();
-            let mut base = self.state.base;
-            let mut usage = self.state.usage;
-            for (key, value) in &rows {
-                let Ok(record) = Record::decode(value) else { break };
-                if !early && record.header.appended_at_ms > keep_after {
-                    let retain = self.config().retain_acknowledged.as_millis();
-                    self.prune_idle_until = Some(
-                        record
-                            .header
-                            .appended_at_ms
-                            .saturating_add(i64::try_from(retain).unwrap_or(i64::MAX)),
-                    );
-                    break;
-                }
-                batch.remove(key.clone());
-                usage.live_bytes = usage.live_bytes.saturating_sub(value.len() as u64);
-                usage.records = usage.records.saturating_sub(1);
-                if record.body.is_none() {
-                    usage.compacted = usage.compacted.saturating_sub(1);
-                }
-                base.first_seq = record.header.seq + 1;
-                base.anchor = record.record_hash();
-            }
-            if rows.is_empty() {
-                // Nothing stored below `min` (all compacted away earlier, or never written).
-                base.first_seq = min;
-                base.anchor =
-                    if min == self.state.next_seq { self.state.head } else { base.anchor };
-            }
-            if base == self.state.base {
-                return;
-            }
-            batch.put(BASE, postcard::to_stdvec(&base).unwrap_or_default());
-            batch.put(USAGE, postcard::to_stdvec(&usage).unwrap_or_default());
-            if let Err(error) = self.store.apply(batch).and_then(|()| self.store.flush()) {
-                tracing::error!(%error, "Removing acknowledged records failed.");
-                self.failed = true;
-                return;
-            }
-            self.state.base = base;
-            self.state.usage = usage;
-            self.prune_more = self.state.base.first_seq < min;
+        let segments = self.shared.index.segments();
+        let mut pairs = segments.iter().zip(segments.iter().skip(1));
+        let Some(((&first, path), (&next_first, next_path))) = pairs.next() else { return };
+        if next_first > min {
+            return;
         }
-    }
-
-    /// Drops the bodies of unacknowledged periodic snapshots, from where it last stopped.
-    fn compact(&mut self) {
-        loop {
-            let from = self.state.usage.compacted_through.max(self.state.base.first_seq);
-            if from >= self.state.next_seq {
+        // A sealed segment's modification time is when its last record was written.
+        let retain =
+            i64::try_from(self.config().retain_acknowledged.as_millis()).unwrap_or(i64::MAX);
+        let written = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .unwrap_or(0);
+        let until = written.saturating_add(retain);
+        if now < until {
+            if !early {
+                self.prune_idle_until = Some(until);
                 return;
             }
-            let rows = match self.store.range(
-                &record_key(from),
-                &record_key(self.state.next_seq),
-                COMPACT_STEP,
-            ) {
-                Ok(rows) => rows,
-                Err(error) => {
-                    tracing::error!(%error, "Reading records to compact failed.");
-                    return;
-                }
-            };
-            let mut batch = WriteBatch::default();
-            let mut usage = self.state.usage;
-            for (key, value) in &rows {
-                let Ok(mut record) = Record::decode(value) else { continue };
-                usage.compacted_through = record.header.seq + 1;
-                if record.header.class != Class::Snapshot || record.body.is_none() {
-                    continue;
-                }
-                record.body = None;
-                let bytes = record.encode();
-                usage.live_bytes =
-                    usage.live_bytes.saturating_sub(value.len() as u64) + bytes.len() as u64;
-                usage.compacted += 1;
-                batch.put(key.clone(), bytes);
-            }
-            if rows.is_empty() {
-                usage.compacted_through = self.state.next_seq;
-            }
-            batch.put(USAGE, postcard::to_stdvec(&usage).unwrap_or_default());
-            if let Err(error) = self.store.apply(batch).and_then(|()| self.store.flush()) {
-                tracing::error!(%error, "Compacting snapshots failed.");
-                self.failed = true;
-                return;
-            }
-            let freed = self.state.usage.live_bytes.saturating_sub(usage.live_bytes);
-            if usage.compacted > self.state.usage.compacted {
-                tracing::warn!(
-                    compacted = usage.compacted - self.state.usage.compacted,
-                    freed_bytes = freed,
-                    "Journal space is short: periodic meter snapshot bodies compacted."
+            // Space decides over retention, but never silently: the cap is too small for the
+            // configured retention, and the regulator's copy is what is lost.
+            if !self.alarms.iter().any(|a| a.starts_with("journal_retention:")) {
+                let age_h = now.saturating_sub(written) / 3_600_000;
+                let message = format!(
+                    "the cap of {} bytes forced removal of acknowledged records {first} to {} \
+                     after {age_h} h, before retain_acknowledged expired; raise the cap",
+                    self.config().cap_bytes,
+                    next_first - 1
                 );
+                self.raise("journal_retention", "error", message);
             }
-            self.state.usage = usage;
         }
+        let anchor = match log::first_record(next_path, next_first) {
+            Ok(Some(r)) if r.header.seq == next_first => r.prev_hash,
+            _ => match log::last_record(path, first) {
+                Ok(Some(r)) => r.record_hash(),
+                _ => GENESIS,
+            },
+        };
+        let base = Base { first_seq: next_first, anchor, ..self.state.base };
+        let mut batch = WriteBatch::default();
+        batch.put(BASE, postcard::to_stdvec(&base).unwrap_or_default());
+        if let Err(error) = self.store.apply(batch).and_then(|()| self.store.flush()) {
+            tracing::error!(%error, "Removing an acknowledged segment failed.");
+            self.failed = true;
+            return;
+        }
+        self.state.base = base;
+        self.shared.first_seq.store(next_first, Ordering::Release);
+        let index = &self.shared.index;
+        if let Some(log) = self.log.as_mut()
+            && let Err(error) = log.remove(first, next_first, index)
+        {
+            // The ledger no longer lists it: the next open removes it.
+            tracing::warn!(%error, "Cannot unlink an acknowledged segment; retried at open.");
+        }
+        self.prune_more = segments.keys().nth(2).is_some_and(|n| *n <= min);
     }
 
-    /// Periodic work between commands: pressure, early removal and compaction, checkpoints,
+    /// Periodic work between commands: keyed-state flush, pressure, removal, checkpoints,
     /// status.
     fn maintain(&mut self) {
-        if let Some(Err(error)) = self.watermark.as_mut().map(watermark::Watermark::sync) {
-            tracing::warn!(%error, "Cannot flush the journal's high-water mark.");
-        }
+        self.flush_keyed();
         if self.failed && self.reopen().is_err() {
             self.publish_status();
             return;
         }
         if self.level != Pressure::Full {
             self.refresh_pressure();
+            self.prune(self.level >= Pressure::High);
             if self.level >= Pressure::High {
-                self.prune(true);
-                self.compact();
                 self.refresh_pressure();
-            } else {
-                self.prune(false);
             }
         } else {
-            // Re-check the floor so appends resume on their own when space returns.
             let floor = self.config().disk_floor_bytes;
             let free = disk_free(&self.config().dir);
             if !self.failed
                 && (floor == 0 || free.is_some_and(|f| f >= floor))
                 && self.pending_alarms.is_empty()
             {
-                self.set_level(Pressure::of(self.state.usage.live_bytes, self.config().cap_bytes));
+                self.set_level(Pressure::of(self.log_bytes(), self.config().cap_bytes));
                 self.clear_alarm("journal_disk_floor");
             }
         }
@@ -1179,7 +1347,8 @@ impl Writer {
     }
 
     fn refresh_pressure(&mut self) {
-        let level = Pressure::of(self.state.usage.live_bytes, self.config().cap_bytes);
+        let live = self.log_bytes();
+        let level = Pressure::of(live, self.config().cap_bytes);
         if level == self.level {
             return;
         }
@@ -1187,7 +1356,6 @@ impl Writer {
         let previous = self.level;
         self.set_level(level);
         let cap = self.config().cap_bytes;
-        let live = self.state.usage.live_bytes;
         if rising && level > Pressure::Normal {
             let message = format!(
                 "journal holds {live} of {cap} bytes ({}), crossing {}",
@@ -1235,30 +1403,33 @@ impl Writer {
         self.alarms.retain(|a| !a.starts_with(&format!("{alarm}:")));
     }
 
-    /// Drops the failed store and opens it again: sled latches its first I/O error, and what
-    /// survived on disk, not what was in memory, is the truth.
+    /// Closes log and keyed state and opens them again: after a failed write what survived on
+    /// disk, not what was in memory, is the truth (and sled latches its first I/O error).
     fn reopen(&mut self) -> Result<(), OpenError> {
         let dir = self.config().dir.clone();
-        // sled holds a file lock until every reference to the old instance is gone.
-        let unavailable: Arc<dyn Store> = Arc::new(store::Unavailable(dir.clone()));
+        let unavailable: Arc<dyn Store> = Arc::new(store::Unavailable(dir.join(STATE_DIR)));
         match self.shared.store.write() {
             Ok(mut guard) => *guard = unavailable.clone(),
             Err(poisoned) => *poisoned.into_inner() = unavailable.clone(),
         }
         self.store = unavailable;
-        let store = SledStore::open(&dir, self.config().cache_bytes)?;
-        let state = read_state(&store, &self.config().destinations)?;
-        let store: Arc<dyn Store> = Arc::new(store);
+        self.log = None;
+        let config = self.config().clone();
+        let opened = open_parts(&config, &self.shared.index)?;
         match self.shared.store.write() {
-            Ok(mut guard) => *guard = store.clone(),
-            Err(poisoned) => *poisoned.into_inner() = store.clone(),
+            Ok(mut guard) => *guard = opened.store.clone(),
+            Err(poisoned) => *poisoned.into_inner() = opened.store.clone(),
         }
-        self.store = store;
-        self.state = state;
+        self.store = opened.store;
+        self.log = Some(opened.log);
+        self.state = opened.state;
+        self.shared.first_seq.store(self.state.base.first_seq, Ordering::Release);
         self.machine_next.clear();
         self.failed = false;
+        self.keyed_dirty = false;
         self.durable.send_replace(self.state.next_seq);
-        tracing::warn!(next_seq = self.state.next_seq, "Journal store reopened after an error.");
+        self.note_gaps(opened.gaps);
+        tracing::warn!(next_seq = self.state.next_seq, "Journal reopened after an error.");
         Ok(())
     }
 
@@ -1277,6 +1448,7 @@ impl Writer {
         batch.put(prefixed(CHECKPOINT, &seq.to_be_bytes()), cp.encode());
         match self.store.apply(batch).and_then(|()| self.store.flush()) {
             Ok(()) => {
+                self.keyed_dirty = false;
                 self.last_checkpoint = Some(seq);
                 self.last_checkpoint_at = Instant::now();
                 tracing::debug!(seq, head = %record::hex(&cp.head), "Journal checkpoint signed.");
@@ -1292,6 +1464,7 @@ impl Writer {
         let mut status = status_of(
             self.config(),
             &self.state,
+            self.log_bytes(),
             &self.store,
             self.level,
             &self.alarms,

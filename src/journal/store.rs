@@ -1,6 +1,7 @@
-//! The `Store` seam: the few key-value operations the journal needs, and their one
-//! implementation on sled 0.34.7. This is the only file in the project that names sled; the
-//! settings below are chosen for an append-mostly FIFO whose every durability point is an
+//! The `Store` seam: the few key-value operations the journal's keyed state needs (cursors,
+//! machine heads, snapshots, checkpoints; the records are in [`super::log`]), and their one
+//! implementation on sled 0.34.7. This is the only file in the project that names sled (besides
+//! [`super::migrate`], which reads the old layout through it); every durability point is an
 //! explicit flush (field-lessons.md §B3).
 
 use std::path::{Path, PathBuf};

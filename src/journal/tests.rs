@@ -29,26 +29,79 @@ async fn appends_are_numbered_without_gaps_and_survive_reopen() {
     assert_eq!(c.first, 3);
 }
 
-#[tokio::test]
-async fn an_acknowledged_backlog_is_pruned_in_steps_without_further_commands() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = JournalConfig::in_dir(&dir.path().join("journal"));
+/// A journal with 64 KiB segments (the smallest), one destination and `retain`.
+fn small(dir: &Path, retain: Duration) -> JournalConfig {
+    let mut config = JournalConfig::in_dir(&dir.join("journal"));
     config.destinations = vec!["sms".into()];
-    let (journal, _writer) = Journal::open(config).unwrap();
-    let total = u32::try_from(PRUNE_STEP * 2 + 10).unwrap();
-    let appended = journal.append((0..total).map(alarm).collect()).await.unwrap();
+    config.cap_bytes = 4 << 20;
+    config.retain_acknowledged = retain;
+    config
+}
+
+async fn fill(journal: &Journal, groups: u32) -> Appended {
+    let mut first = None;
+    let mut last = Appended { first: 0, next: 0 };
+    for g in 0..groups {
+        last = journal.append((g * 100..g * 100 + 100).map(alarm).collect()).await.unwrap();
+        first.get_or_insert(last.first);
+    }
+    Appended { first: first.unwrap_or(0), next: last.next }
+}
+
+fn segments(config: &JournalConfig) -> usize {
+    log::list_segments(&config.dir.join(LOG_DIR)).unwrap().len()
+}
+
+#[tokio::test]
+async fn acknowledged_segments_are_removed_without_further_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path(), Duration::ZERO);
+    let (journal, _writer) = Journal::open(config.clone()).unwrap();
+    let appended = fill(&journal, 40).await;
+    let before = segments(&config);
+    assert!(before > 3, "the log rolled: {before} segments");
     journal.acknowledge("sms", appended.next - 1).await.unwrap();
-    // Three steps: the writer must take the remaining ones on its own, and answer appends
-    // in between.
-    let late = journal.append(vec![alarm(total)]).await.unwrap();
+    let late = journal.append(vec![alarm(0)]).await.unwrap();
     assert_eq!(late.first, appended.next);
     let mut status = journal.status();
     tokio::time::timeout(Duration::from_secs(10), async {
-        while status.borrow_and_update().first_seq < appended.next {
+        while segments(&config) > 1 {
             status.changed().await.unwrap();
         }
     })
     .await
     .unwrap();
-    assert_eq!(journal.read(0, 10).unwrap()[0].header.seq, appended.next);
+    // Only the active segment is left; reads start at its first record.
+    let first = journal.status().borrow().first_seq;
+    assert!(first > 0 && first <= appended.next, "first kept seq {first}");
+    assert_eq!(journal.read(0, 10).unwrap()[0].header.seq, first);
+}
+
+#[tokio::test]
+async fn retention_keeps_acknowledged_segments_until_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path(), Duration::from_secs(3600));
+    let (journal, writer) = Journal::open(config.clone()).unwrap();
+    let appended = fill(&journal, 40).await;
+    let before = segments(&config);
+    journal.acknowledge("sms", appended.next - 1).await.unwrap();
+    // Two writer turns: nothing removed, the records are inside the retention period.
+    journal.append(vec![alarm(0)]).await.unwrap();
+    journal.append(vec![alarm(1)]).await.unwrap();
+    assert_eq!(segments(&config), before);
+    assert_eq!(journal.status().borrow().first_seq, 0);
+    drop(journal);
+    tokio::task::spawn_blocking(move || writer.join()).await.unwrap().unwrap();
+    // The same journal with no retention: removed at once.
+    let config = JournalConfig { retain_acknowledged: Duration::ZERO, ..config };
+    let (journal, _writer) = Journal::open(config.clone()).unwrap();
+    journal.append(vec![alarm(2)]).await.unwrap();
+    let mut status = journal.status();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while segments(&config) > 1 {
+            status.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
 }

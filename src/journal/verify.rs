@@ -1,10 +1,12 @@
 //! Read-only inspection of a journal for `slotgate journal verify|stats|export`: chain and
-//! checkpoint verification, counts, and a JSON-lines export.
+//! checkpoint verification, unreadable ranges, counts, and a JSON-lines export.
 //!
-//! sled has no read-only mode and its open may repair files, so the store is copied to a
-//! temporary directory and the copy is opened: the evidence is never changed, and a quarantined
-//! store can be inspected the same way. Run it with the daemon stopped for an exact picture; on
-//! a live store the copy is as consistent as a crash would leave it.
+//! The record log is read in place (segment files are only ever appended to, cut back at open
+//! or unlinked, never rewritten). sled has no read-only mode and its open may repair files, so
+//! the keyed state is copied to a temporary directory and the copy is opened; a journal still
+//! in the old sled layout ([`super::migrate`]) is copied whole and the copy migrated. The
+//! evidence is never changed. Run it with the daemon stopped for an exact picture; on a live
+//! journal the picture is as consistent as a crash would leave it.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -14,23 +16,18 @@ use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 
 use super::checkpoint::Checkpoint;
+use super::log::{self, Item, SEGMENT_HEADER, SEGMENT_MAGIC};
 use super::record::{self, Body, Class, GENESIS, Hash, Record};
 use super::store::{SledStore, Store};
-use super::{
-    BASE, Base, CHECKPOINT, CURSOR, RECORD, USAGE, Usage, record_key, seq_of_key, u64_value,
-};
+use super::{BASE, Base, CHECKPOINT, CURSOR, GAP, LOG_DIR, POSITION, STATE_DIR, u64_value};
 
-/// Records read per step.
-const STEP: usize = 8192;
-
-/// A journal copied and opened for reading.
+/// A journal opened for reading.
 #[derive(Debug)]
 pub struct Snapshot {
     _copy: tempfile::TempDir,
     store: SledStore,
+    log_dir: PathBuf,
     pub source: PathBuf,
-    /// The journal's high-water mark, if it left one ([`super::watermark`]).
-    pub mark: Option<super::watermark::Mark>,
 }
 
 /// Why a journal could not be inspected.
@@ -56,22 +53,33 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 impl Snapshot {
-    /// Copies the store at `dir` and opens the copy.
+    /// Opens the journal at `dir` for reading (module doc).
     pub fn open(dir: &Path) -> Result<Self, InspectError> {
         let fail = |reason: String| InspectError { path: dir.to_path_buf(), reason };
-        if !dir.join("conf").exists() && !dir.join("db").exists() {
-            return Err(fail("not a journal directory (no sled files)".into()));
+        let old = super::migrate::is_old_layout(dir);
+        if !old && !dir.join(STATE_DIR).exists() && !dir.join(LOG_DIR).exists() {
+            return Err(fail("not a journal directory (no log/ or state/)".into()));
         }
         let copy = tempfile::Builder::new()
             .prefix("slotgate-journal-copy-")
             .tempdir()
             .map_err(|e| fail(format!("cannot make a temporary copy: {e}")))?;
         let target = copy.path().join("journal");
-        copy_dir(dir, &target).map_err(|e| fail(format!("cannot copy the store: {e}")))?;
-        let store = SledStore::open(&target, 16 << 20)
-            .map_err(|e| fail(format!("the store cannot be opened: {e}")))?;
-        let mark = super::watermark::read(&target);
-        Ok(Self { _copy: copy, store, source: dir.to_path_buf(), mark })
+        let log_dir = if old {
+            copy_dir(dir, &target).map_err(|e| fail(format!("cannot copy the journal: {e}")))?;
+            super::migrate::migrate_if_needed(&super::JournalConfig::in_dir(&target))
+                .map_err(|e| fail(format!("the old layout cannot be read: {e}")))?;
+            target.join(LOG_DIR)
+        } else {
+            if dir.join(STATE_DIR).exists() {
+                copy_dir(&dir.join(STATE_DIR), &target.join(STATE_DIR))
+                    .map_err(|e| fail(format!("cannot copy the keyed state: {e}")))?;
+            }
+            dir.join(LOG_DIR)
+        };
+        let store = SledStore::open(&target.join(STATE_DIR), 16 << 20)
+            .map_err(|e| fail(format!("the keyed state cannot be opened: {e}")))?;
+        Ok(Self { _copy: copy, store, log_dir, source: dir.to_path_buf() })
     }
 
     fn base(&self) -> Result<Base, InspectError> {
@@ -86,24 +94,54 @@ impl Snapshot {
         InspectError { path: self.source.clone(), reason }
     }
 
-    /// Calls `f` with every stored record entry in key order: the key's seq and the decoded
-    /// record (or why it does not decode).
+    /// Bytes of the log's segment files.
+    fn log_bytes(&self) -> u64 {
+        log::list_segments(&self.log_dir)
+            .unwrap_or_default()
+            .values()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Calls `f` with every kept record in log order (`Some(seq)` and the record), and with
+    /// every stretch of damaged bytes (`None` and where it is). A torn tail of the last segment
+    /// (a write that never completed, so was never acknowledged) is not damage.
     pub fn for_each_record(
         &self,
         mut f: impl FnMut(Option<u64>, Result<Record, String>),
     ) -> Result<(), InspectError> {
-        let mut from = record_key(0).to_vec();
-        let end = vec![RECORD + 1];
-        loop {
-            let rows = self.store.range(&from, &end, STEP).map_err(|e| self.fail(e.to_string()))?;
-            let Some((last_key, _)) = rows.last() else { return Ok(()) };
-            let mut next = last_key.clone();
-            next.push(0);
-            for (key, value) in &rows {
-                f(seq_of_key(key), Record::decode(value).map_err(|e| e.to_string()))
+        let first_kept = self.base()?.first_seq;
+        let segments = match log::list_segments(&self.log_dir) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.fail(format!("cannot list the log: {e}"))),
+        };
+        for (first, path) in &segments {
+            let bytes = std::fs::read(path)
+                .map_err(|e| self.fail(format!("cannot read {}: {e}", path.display())))?;
+            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            if bytes.get(..8) != Some(&SEGMENT_MAGIC[..])
+                || bytes.get(8..16) != Some(&first.to_le_bytes()[..])
+            {
+                f(None, Err(format!("segment {name}: header is not that of segment {first}")));
+                continue;
             }
-            from = next;
+            log::scan(bytes.get(16..).unwrap_or_default(), SEGMENT_HEADER, |item| {
+                match item {
+                    Item::Record { record, .. } if record.header.seq >= first_kept => {
+                        f(Some(record.header.seq), Ok(*record))
+                    }
+                    Item::Record { .. } | Item::Torn { .. } => {}
+                    Item::Garbage { offset, end } => f(
+                        None,
+                        Err(format!("segment {name}: damaged bytes at offsets {offset}..{end}")),
+                    ),
+                }
+                true
+            });
         }
+        Ok(())
     }
 
     fn checkpoints(&self) -> Result<Vec<Result<Checkpoint, String>>, InspectError> {
@@ -114,10 +152,22 @@ impl Snapshot {
         Ok(rows.iter().map(|(_, v)| Checkpoint::decode(v).map_err(|e| e.to_string())).collect())
     }
 
-    fn records_bound(&self) -> Result<Option<u64>, InspectError> {
-        let last =
-            self.store.last_in(&[RECORD], &[RECORD + 1]).map_err(|e| self.fail(e.to_string()))?;
-        Ok(last.and_then(|(k, _)| seq_of_key(&k)))
+    /// Unreadable ranges the journal found and journalled as alarms.
+    fn journalled_gaps(&self) -> Result<BTreeMap<u64, u64>, InspectError> {
+        let rows = self
+            .store
+            .range(&[GAP], &[GAP + 1], usize::MAX)
+            .map_err(|e| self.fail(e.to_string()))?;
+        Ok(rows
+            .iter()
+            .filter_map(|(k, v)| Some((u64_value(k.get(1..)?)?, u64_value(v)?)))
+            .collect())
+    }
+
+    /// The log position the keyed state reflects: records below it were durable.
+    fn position(&self) -> Result<Option<u64>, InspectError> {
+        let v = self.store.get(POSITION).map_err(|e| self.fail(e.to_string()))?;
+        Ok(v.and_then(|v| u64_value(&v)))
     }
 }
 
@@ -142,8 +192,11 @@ pub struct VerifyReport {
     pub first_break: Option<Break>,
     /// Checkpoint problems (bad signature, untrusted key, head mismatch, truncation).
     pub checkpoint_problems: Vec<Break>,
-    /// Records the journal flushed that the store no longer has (its high-water mark is ahead).
+    /// Records the journal flushed that the log no longer has (the keyed state saw them).
     pub lost_tail: Option<Break>,
+    /// Every unreadable or missing seq range, each with whether the journal already
+    /// journalled it as an alarm (`journal_gap_<first>`).
+    pub gaps: Vec<Break>,
 }
 
 impl VerifyReport {
@@ -151,6 +204,7 @@ impl VerifyReport {
         self.first_break.is_none()
             && self.checkpoint_problems.is_empty()
             && self.lost_tail.is_none()
+            && self.gaps.is_empty()
     }
 }
 
@@ -166,14 +220,37 @@ pub fn verify(snapshot: &Snapshot, trusted: &[VerifyingKey]) -> Result<VerifyRep
     let checkpoints = snapshot.checkpoints()?;
     let wanted: std::collections::BTreeSet<u64> =
         checkpoints.iter().filter_map(|c| c.as_ref().ok().map(|c| c.seq)).collect();
+    let journalled = snapshot.journalled_gaps()?;
+    let mut gaps = Vec::new();
+    let mut damage: Vec<String> = Vec::new();
     snapshot.for_each_record(|key_seq, decoded| {
-        records += 1;
         let at = key_seq.unwrap_or(expected_seq);
+        if let Err(e) = &decoded {
+            damage.push(e.clone());
+            return;
+        }
+        records += 1;
+        if let Some(k) = key_seq.filter(|k| *k > expected_seq) {
+            let noted = if journalled.get(&expected_seq).is_some_and(|last| *last + 1 >= k) {
+                "journalled as an alarm"
+            } else {
+                "not yet journalled"
+            };
+            let why = if damage.is_empty() { "missing".into() } else { damage.join("; ") };
+            gaps.push(Break {
+                seq: expected_seq,
+                reason: format!("records {expected_seq} to {} unreadable ({why}; {noted})", k - 1),
+            });
+            damage.clear();
+        }
         let problem = match (&decoded, key_seq) {
-            (_, None) => Some("malformed record key".to_owned()),
+            (_, None) => Some("malformed record".to_owned()),
             (Err(e), _) => Some(format!("record does not decode: {e}")),
             (Ok(r), Some(k)) if r.header.seq != k => {
                 Some(format!("key {k} holds record {} (moved or swapped)", r.header.seq))
+            }
+            (Ok(_), Some(k)) if k < expected_seq => {
+                Some(format!("expected record {expected_seq}, found {k}: out of order"))
             }
             (Ok(_), Some(k)) if k != expected_seq => {
                 Some(format!("expected record {expected_seq}, found {k}: records missing"))
@@ -211,7 +288,7 @@ pub fn verify(snapshot: &Snapshot, trusted: &[VerifyingKey]) -> Result<VerifyRep
             first_break = Some(Break { seq: at, reason });
         }
     })?;
-    let next_seq = snapshot.records_bound()?.map_or(base.first_seq, |s| s + 1);
+    let next_seq = expected_seq;
     let mut problems = Vec::new();
     let mut verified = 0;
     for cp in &checkpoints {
@@ -255,11 +332,11 @@ pub fn verify(snapshot: &Snapshot, trusted: &[VerifyingKey]) -> Result<VerifyRep
             }),
         }
     }
-    let lost_tail = snapshot.mark.filter(|m| m.next_seq > next_seq).map(|m| Break {
+    let lost_tail = snapshot.position()?.filter(|p| *p > next_seq).map(|p| Break {
         seq: next_seq,
         reason: format!(
-            "records {next_seq} to {} were flushed but the store no longer has them",
-            m.next_seq - 1
+            "records {next_seq} to {} were durable but the log no longer has them",
+            p - 1
         ),
     });
     Ok(VerifyReport {
@@ -272,6 +349,7 @@ pub fn verify(snapshot: &Snapshot, trusted: &[VerifyingKey]) -> Result<VerifyRep
         checkpoints_verified: verified,
         first_break,
         checkpoint_problems: problems,
+        gaps,
     })
 }
 
@@ -295,17 +373,14 @@ pub struct Stats {
 
 pub fn stats(snapshot: &Snapshot) -> Result<Stats, InspectError> {
     let base = snapshot.base()?;
-    let usage: Usage = match snapshot.store.get(USAGE).map_err(|e| snapshot.fail(e.to_string()))? {
-        Some(b) => postcard::from_bytes(&b).unwrap_or_default(),
-        None => Usage::default(),
-    };
     let mut by_class = BTreeMap::new();
     let mut machines = std::collections::BTreeSet::new();
-    let (mut records, mut compacted) = (0, 0);
+    let (mut records, mut compacted, mut next_seq) = (0, 0, base.first_seq);
     let (mut oldest, mut newest) = (None, None);
     snapshot.for_each_record(|_, r| {
-        records += 1;
         if let Ok(r) = r {
+            records += 1;
+            next_seq = next_seq.max(r.header.seq + 1);
             *by_class.entry(r.header.class.name()).or_insert(0) += 1;
             if !r.header.machine.is_empty() {
                 machines.insert(r.header.machine.clone());
@@ -326,13 +401,13 @@ pub fn stats(snapshot: &Snapshot) -> Result<Stats, InspectError> {
     Ok(Stats {
         source: snapshot.source.clone(),
         first_seq: base.first_seq,
-        next_seq: snapshot.records_bound()?.map_or(base.first_seq, |s| s + 1),
+        next_seq,
         records,
         by_class,
         machines: machines.len() as u64,
         compacted,
-        live_bytes: usage.live_bytes,
-        size_on_disk: snapshot.store.size_on_disk().unwrap_or(0),
+        live_bytes: snapshot.log_bytes(),
+        size_on_disk: snapshot.log_bytes() + snapshot.store.size_on_disk().unwrap_or(0),
         cursors,
         checkpoints: snapshot.checkpoints()?.len() as u64,
         oldest_ms: oldest,
