@@ -174,7 +174,7 @@ impl MachinePoller {
         self.next_clock_sync = Some(now + self.schedule.clock_sync_interval);
     }
 
-    fn queue_snapshot(&mut self) {
+    pub(crate) fn queue_snapshot(&mut self) {
         self.enqueue(LongPoll::SendMeters);
         self.enqueue(LongPoll::SendMeters10To15);
     }
