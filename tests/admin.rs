@@ -237,3 +237,77 @@ fn the_technician_views_and_the_socket_refusing_another_uid() {
     assert_eq!(out.status.code(), Some(3), "stopped");
     assert!(stdout(&out).starts_with("slotgate: stopped; last state "), "{}", stdout(&out));
 }
+
+/// `METHOD PATH` on the daemon's admin socket, as the CLI sends it: the answer, or the refusal.
+fn ask(socket: &Path, method: &str, path: &str) -> Result<Value, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let method = hyper::Method::from_bytes(method.as_bytes()).unwrap();
+    runtime
+        .block_on(slotgate::admin::client::request(socket, method, path))
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn commands_reach_the_line_between_exchanges_and_only_reads_are_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.jsonl");
+    let (_simulator, sims) = simulate(1, &ledger, &[]);
+    let config = write_config(dir.path(), &sims);
+    let log = dir.path().join("gateway.log");
+    let gateway = run_gateway(&config, &log);
+    let socket = dir.path().join("admin.sock");
+    let id = format!("EGM-{}", sims[0].serial);
+    let machine = |socket: &Path| ask(socket, "GET", &format!("/v1/machines/{id}"));
+    wait_until("the machine is online with its first meters", Duration::from_secs(60), || {
+        machine(&socket).is_ok_and(|m| m["link"] == "online" && m["meters_at"].is_string())
+    });
+    let snapshots = |kind: &str| {
+        common::journal_events(&dir.path().join("state/journal"))
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .count()
+    };
+
+    // A meter snapshot on request: one more meter_snapshot event, long before the 10 s period.
+    let before = snapshots("meter_snapshot");
+    let asked = ask(&socket, "POST", &format!("/v1/machines/{id}/meter-snapshot")).unwrap();
+    assert_eq!(asked["queued"], true, "{asked}");
+    wait_until("the requested snapshot is journalled", Duration::from_secs(5), || {
+        snapshots("meter_snapshot") > before
+    });
+    // One read from the allowed set; nothing that changes the machine.
+    ask(&socket, "POST", &format!("/v1/machines/{id}/long-poll?poll=54")).unwrap();
+    for refused in ["01", "02", "0E", "7F", "71", "zz"] {
+        let error = ask(&socket, "POST", &format!("/v1/machines/{id}/long-poll?poll={refused}"));
+        assert!(error.as_ref().is_err_and(|e| e.contains("400")), "{refused}: {error:?}");
+    }
+    let error = ask(&socket, "POST", "/v1/machines/EGM-NOPE/meter-snapshot").unwrap_err();
+    assert!(error.contains("404"), "{error}");
+    let error = ask(&socket, "GET", "/v2/status").unwrap_err();
+    assert!(error.contains("this is v1"), "{error}");
+
+    // Released to a probe: the line closes, its machine is offline, and the port is free; a
+    // second release is refused; resume brings the machine back.
+    let released = ask(&socket, "POST", "/v1/lines/line-0/release?seconds=30").unwrap();
+    assert!(released["released_until"].is_string(), "{released}");
+    wait_until("the line is released and the machine offline", Duration::from_secs(10), || {
+        ask(&socket, "GET", "/v1/status").is_ok_and(|s| {
+            s["lines"][0]["state"] == "released"
+                && s["lines"][0]["machines"][0]["link"] == "offline"
+        })
+    });
+    let error = ask(&socket, "POST", "/v1/lines/line-0/release").unwrap_err();
+    assert!(error.contains("409"), "{error}");
+    let polls = machine(&socket).unwrap()["polls"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(machine(&socket).unwrap()["polls"].as_u64(), Some(polls), "nothing sent meanwhile");
+    ask(&socket, "POST", "/v1/lines/line-0/resume").unwrap();
+    wait_until("the machine is back online", Duration::from_secs(15), || {
+        machine(&socket).is_ok_and(|m| m["link"] == "online")
+    });
+    let error = ask(&socket, "POST", "/v1/lines/line-0/resume").unwrap_err();
+    assert!(error.contains("409"), "{error}");
+    assert!(gateway.terminate().success(), "{}", std::fs::read_to_string(&log).unwrap());
+    let audit = std::fs::read_to_string(&log).unwrap();
+    assert!(audit.contains("Admin command.") && audit.contains("uid=0"), "{audit}");
+}
