@@ -78,6 +78,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a tar.gz for support: versions, the configuration without secrets, the daemon's
+    /// state, the journal's figures, the service's log (a progress bar on a terminal).
+    DiagBundle {
+        #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
+        config: PathBuf,
+        /// The archive to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Include this log file instead of the service's journald log of the last day.
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+    },
 }
 
 /// `slotgate machine …`

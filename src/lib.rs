@@ -9,6 +9,7 @@
 //!   forwarders, status file, supervision, ordered stop.
 //! - [`cli`]: the command line.
 //! - [`durable`]: fsync helpers: what survives a power cut, not only a kill.
+//! - [`diag`]: `slotgate diag-bundle`, a tar.gz for support with no secret inside.
 //! - [`demo`]: `slotgate demo`, a simulated floor polled by the real gateway in one process.
 //! - [`config`]: the configuration file, parsed and validated into typed values.
 //! - [`inspect`]: `slotgate journal verify|stats|export|keygen`.
@@ -35,6 +36,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod diag;
 pub mod durable;
 pub mod event;
 pub mod forward;

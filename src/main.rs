@@ -78,6 +78,12 @@ fn main() -> ExitCode {
             let filter = slotgate::technician::TailFilter { machine, kind, since };
             shown(slotgate::technician::tail(&config, &filter, json))
         }
+        Command::DiagBundle { config, out, log } => {
+            match slotgate::diag::bundle(&config, &out, log.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(&error),
+            }
+        }
     }
 }
 
