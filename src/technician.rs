@@ -125,7 +125,9 @@ fn write_status(
             age(s.written_at, now),
             s.pid
         ),
-        Source::File { .. } => format!("stopped; last state {} ago", age(s.written_at, now)),
+        Source::File { .. } => {
+            format!("stopped at {} ({} ago)", s.written_at, age(s.written_at, now))
+        }
     };
     writeln!(out, "slotgate: {state}")?;
     writeln!(out, "clock: {} (UTC)", now.strftime("%Y-%m-%d %H:%M:%S"))?;

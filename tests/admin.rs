@@ -235,7 +235,7 @@ fn the_technician_views_and_the_socket_refusing_another_uid() {
     assert!(!socket.exists(), "the socket is removed at stop");
     let out = slotgate(&["status"], &config);
     assert_eq!(out.status.code(), Some(3), "stopped");
-    assert!(stdout(&out).starts_with("slotgate: stopped; last state "), "{}", stdout(&out));
+    assert!(stdout(&out).starts_with("slotgate: stopped at "), "{}", stdout(&out));
 }
 
 /// `METHOD PATH` on the daemon's admin socket, as the CLI sends it: the answer, or the refusal.
