@@ -303,11 +303,7 @@ pub fn machine_show(config_file: &Path, id: &str, json: bool) -> anyhow::Result<
         "  counters      polls {}, retries {}, timeouts {}, CRC errors {}, other bad answers {}",
         m.polls, m.retries, m.timeouts, m.crc_errors, m.decode_errors
     )?;
-    writeln!(
-        out,
-        "                busy {}, chirps {}, polls queued {}, exceptions pending {}",
-        m.busy, m.chirps, m.polls_queued, m.exceptions_pending
-    )?;
+    writeln!(out, "                busy {}, chirps {}", m.busy, m.chirps)?;
     writeln!(out, "  meters        {}", at(m.meters_at))?;
     for (name, value) in &m.meters {
         writeln!(out, "    {name:<32} {value:>20}")?;

@@ -200,6 +200,22 @@ pub async fn run_line<C>(
         if cancel.is_cancelled() && !exchanging {
             break;
         }
+        // Commands between exchanges only; the loop comes round at least every second.
+        while !exchanging && let Ok(command) = commands.try_recv() {
+            if let Some(release) = obey(&name, command, &mut machines) {
+                tracing::info!(line = %name,
+                    "Line released to a probe; nothing is sent until it is given back.");
+                status.send_modify(|s| {
+                    s.state = LineConnection::Released;
+                    s.error = None;
+                    s.retry_every_seconds = None;
+                });
+                machines.iter_mut().for_each(|m| m.session.line_lost());
+                // Dropping the open line closes the port for the probe.
+                state = LineState::Released(release);
+                waiting_for_line = false;
+            }
+        }
         let tokio_now = Instant::now();
         if machines.iter().any(|m| m.session.link() == LinkState::Up) {
             last_answer = tokio_now;
@@ -264,20 +280,6 @@ pub async fn run_line<C>(
         tokio::select! {
             biased;
             () = cancel.cancelled(), if !exchanging => {}
-            Some(command) = commands.recv(), if !exchanging => {
-                if let Some(release) = obey(&name, command, &mut machines) {
-                    tracing::info!(line = %name, "Line released to a probe; nothing is sent until it is given back.");
-                    status.send_modify(|s| {
-                        s.state = LineConnection::Released;
-                        s.error = None;
-                        s.retry_every_seconds = None;
-                    });
-                    machines.iter_mut().for_each(|m| m.session.line_lost());
-                    // Dropping the open line closes the port for the probe.
-                    state = LineState::Released(release);
-                    waiting_for_line = false;
-                }
-            }
             woke = drive(&mut state, &mut input) => match woke {
                 LineInput::Received => {
                     tracing::trace!(line = %name, bytes = ?Hex(&input), "Received.");
@@ -580,8 +582,6 @@ fn publish(
         s.decode_errors = stats.decode_errors;
         s.busy = stats.busy;
         s.chirps = stats.chirps;
-        s.polls_queued = m.session.queued().count();
-        s.exceptions_pending = m.session.owed_follow_ups().len();
         s.rte = m.session.rte_enabled();
     }
     status.send_modify(|s| {
