@@ -659,6 +659,7 @@ async fn run_gateway(
             journal.clone(),
             cancel.clone(),
             tokio::sync::watch::Sender::new(poller::LineStatus::connecting("bench")),
+            poller::command::channel("bench").1,
         ));
     }
 

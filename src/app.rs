@@ -1,6 +1,12 @@
 //! Wiring of `slotgate run`: the state directory's lock, the journal, one poller task per line,
-//! the forwarders, the status file, their supervision and the ordered stop.
+//! the forwarders, the live state model ([`crate::state`]) and its views (status file, admin
+//! socket), their supervision and the ordered stop.
 //! This is the one place that knows how the parts fit together; `main` stays thin.
+//!
+//! Every part is built (lines from the journal, the admin socket bound) before any task is
+//! spawned, so a configuration that cannot start starts nothing. The moment everything runs is
+//! the "ready" point, published in the state model (`ready_at`) with each part's progress mark
+//! (lines' `progress_at`, the journal's and destinations' channels) for a watchdog.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -36,6 +42,21 @@ pub async fn run(
     Daemon::start(&config)?.supervise(shutdown).await
 }
 
+/// As [`run`], handing the live state model to `view` once every task runs: for an in-process
+/// view of the daemon (the demo's screen, a test). Snapshots of it are what `status.json` and
+/// the admin socket show.
+pub async fn run_with_view(
+    config: Config,
+    shutdown: impl Future<Output = std::io::Result<()>>,
+    view: tokio::sync::oneshot::Sender<crate::state::StateView>,
+) -> anyhow::Result<()> {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let daemon = Daemon::start(&config)?;
+    // Nobody waiting for the view is no reason not to run.
+    let _ = view.send(daemon.view.clone());
+    daemon.supervise(shutdown).await
+}
+
 /// The running daemon: its state directory lock, journal and every long-running task.
 struct Daemon {
     _lock: StateLock,
@@ -51,6 +72,13 @@ struct Daemon {
     /// Each forwarder's status; its sender closes when the forwarder's task ends.
     destinations: Vec<watch::Receiver<crate::forward::DestinationStatus>>,
     status_writer: JoinHandle<()>,
+    /// Stops the status writer once the other tasks have stopped, so the status file a stopped
+    /// daemon leaves has their last word.
+    status_done: CancellationToken,
+    /// The admin socket's server; none when the socket could not be bound.
+    admin: Option<JoinHandle<()>>,
+    /// The state model every view reads.
+    view: crate::state::StateView,
 }
 
 impl Daemon {
@@ -76,17 +104,54 @@ impl Daemon {
         let lines = build_lines(config, &journal, now)?;
         let (line_status, watched): (Vec<_>, Vec<_>) = lines
             .iter()
-            .map(|line| watch::channel(poller::LineStatus::connecting(&line.name)))
+            .map(|line| {
+                let mut status = poller::LineStatus::connecting(&line.name);
+                status.machines = line
+                    .machines
+                    .iter()
+                    .map(|m| {
+                        poller::MachineStatus::new(
+                            m.registry_id().to_string(),
+                            m.address().get(),
+                            jiff::Timestamp::now(),
+                        )
+                    })
+                    .collect();
+                watch::channel(status)
+            })
             .unzip();
+        let (handles, commands): (Vec<_>, Vec<_>) =
+            lines.iter().map(|line| poller::command::channel(&line.name)).unzip();
+        // The control plane never takes the data path down: without its socket the daemon
+        // polls and forwards, and says why no technician can reach it.
+        let socket = match crate::admin::bind(&config.admin.socket) {
+            Ok(socket) => Some(socket),
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "No admin socket; polling goes on.");
+                None
+            }
+        };
         let (forwarders, destinations) =
             crate::forward::spawn_all(config, &journal, &forward_cancel)?;
+        let (ready, ready_rx) = watch::channel(None);
+        let view = crate::state::StateView {
+            journal: journal.status(),
+            lines: watched,
+            destinations: destinations.clone(),
+            started_at: jiff::Timestamp::now(),
+            ready: ready_rx,
+            stopping: cancel.clone(),
+        };
+        let status_done = CancellationToken::new();
         let status_writer = tokio::spawn(write_status(
             config.storage.status_file(),
-            journal.clone(),
-            watched,
-            destinations.clone(),
-            cancel.clone(),
+            view.clone(),
+            status_done.clone(),
         ));
+        let admin = socket.map(|socket| {
+            let api = crate::admin::Api::new(view.clone(), handles, journal.clone());
+            tokio::spawn(crate::admin::serve(socket, std::sync::Arc::new(api), cancel.clone()))
+        });
         let mut daemon = Self {
             _lock: lock,
             journal,
@@ -98,8 +163,11 @@ impl Daemon {
             forwarders,
             destinations,
             status_writer,
+            status_done,
+            admin,
+            view,
         };
-        for (line, status) in lines.into_iter().zip(line_status) {
+        for ((line, status), commands) in lines.into_iter().zip(line_status).zip(commands) {
             let inflight =
                 Some(config.storage.lines_dir().join(poller::inflight::file_name(&line.name)));
             let task = poller::run_line(
@@ -110,9 +178,11 @@ impl Daemon {
                 daemon.journal.clone(),
                 daemon.cancel.clone(),
                 status,
+                commands,
             );
             daemon.spawn_line(line.name, task);
         }
+        ready.send_replace(Some(jiff::Timestamp::now()));
         tracing::info!(lines = config.lines.len(), machines = config.machine_count(), "Polling.");
         Ok(daemon)
     }
@@ -141,7 +211,15 @@ impl Daemon {
             mut forwarders,
             destinations,
             mut status_writer,
+            status_done,
+            admin,
+            view: _,
         } = self;
+        let mut admin = admin.unwrap_or_else(|| {
+            let cancel = cancel.clone();
+            tokio::spawn(async move { cancel.cancelled().await })
+        });
+        let mut admin_done = false;
         let mut journal_status = journal.status();
         let line_name = |id: tokio::task::Id| {
             format!("line poller {}", line_names.get(&id).map_or("?", String::as_str))
@@ -176,6 +254,10 @@ impl Daemon {
                 status_writer_done = true;
                 failures.push(ended_by_itself("status writer", ended));
             }
+            ended = &mut admin => {
+                admin_done = true;
+                failures.push(ended_by_itself("admin socket", ended));
+            }
             () = async { while journal_status.changed().await.is_ok() {} } => {
                 failures.push("the journal writer stopped".to_owned());
             }
@@ -194,8 +276,16 @@ impl Daemon {
             raise_task_alarm(&journal, &failure).await;
             failures.push(failure);
         }
+        status_done.cancel();
         if !status_writer_done && let Err(e) = status_writer.await {
             let failure = ended_by_itself("status writer", Err(e));
+            raise_task_alarm(&journal, &failure).await;
+            failures.push(failure);
+        }
+        // Stopped with the lines it commands; it returns once its last connection is closed
+        // (bounded), so no handle on the journal outlives this point.
+        if !admin_done && let Err(e) = admin.await {
+            let failure = ended_by_itself("admin socket", Err(e));
             raise_task_alarm(&journal, &failure).await;
             failures.push(failure);
         }
@@ -374,42 +464,23 @@ pub fn open_journal(config: &Config) -> anyhow::Result<(Journal, journal::Writer
         .with_context(|| format!("cannot open the journal {}", dir.display()))
 }
 
-/// What `slotgate status` reads: written every [`STATUS_EVERY`] and at stop, atomically.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct StatusFile {
-    pub written_at: jiff::Timestamp,
-    pub pid: u32,
-    pub running: bool,
-    pub journal: journal::JournalStatus,
-    #[serde(default)]
-    pub lines: Vec<poller::LineStatus>,
-    #[serde(default)]
-    pub destinations: Vec<crate::forward::DestinationStatus>,
-}
+/// What `slotgate status` reads when the daemon does not answer: the state model's snapshot,
+/// written every [`STATUS_EVERY`] and at stop, atomically.
+pub type StatusFile = crate::state::Snapshot;
 
 /// How often the status file is rewritten.
 pub const STATUS_EVERY: Duration = Duration::from_secs(2);
 
 async fn write_status(
     path: std::path::PathBuf,
-    journal: Journal,
-    lines: Vec<watch::Receiver<poller::LineStatus>>,
-    destinations: Vec<watch::Receiver<crate::forward::DestinationStatus>>,
+    view: crate::state::StateView,
     cancel: CancellationToken,
 ) {
-    let mut status = journal.status();
     let mut alarms = Vec::new();
     loop {
         let stopping = cancel.is_cancelled();
-        crate::telemetry::record_journal(&status.borrow(), &mut alarms);
-        let file = StatusFile {
-            written_at: jiff::Timestamp::now(),
-            pid: std::process::id(),
-            running: !stopping,
-            journal: status.borrow_and_update().clone(),
-            lines: lines.iter().map(|l| l.borrow().clone()).collect(),
-            destinations: destinations.iter().map(|d| d.borrow().clone()).collect(),
-        };
+        let file = view.snapshot();
+        crate::telemetry::record(&file, &mut alarms);
         if let Err(error) = write_atomically(&path, &file) {
             tracing::warn!(file = %path.display(), %error, "Cannot write the status file.");
         }
@@ -499,7 +570,7 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let text = format!(
             "[venue]\nid = \"UA-1\"\ncurrency = \"UAH\"\ntime_zone = \"Europe/Kyiv\"\n\n\
-             [storage]\ndir = \"state\"\n\n[[line]]\nname = \"a\"\nkind = \"tcp\"\n\
+             [admin]\nsocket = \"admin.sock\"\n\n[storage]\ndir = \"state\"\n\n[[line]]\nname = \"a\"\nkind = \"tcp\"\n\
              address = \"127.0.0.1:{port}\"\n\n[[line.machine]]\naddress = 1\n\
              registry_id = \"EGM-1\"\n"
         );

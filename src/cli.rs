@@ -37,12 +37,71 @@ pub enum Command {
     /// Inspect the event journal (read-only: a copy is opened, never the store itself).
     #[command(subcommand)]
     Journal(JournalCommand),
-    /// Show the running daemon's state: journal usage, alarms, destination cursors.
+    /// One screen on the daemon: each line and machine, the journal, destinations, the clock.
+    /// Asks the daemon over its admin socket; with it stopped, shows the last state it left
+    /// (exit status 3).
     Status {
         /// The configuration file of the daemon.
         #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
         config: PathBuf,
-        /// Print the status as JSON.
+        /// Print the status as JSON (the admin API's `GET /v1/status`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// The machine table: link, since when, last event, counters.
+    Machines {
+        #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
+        config: PathBuf,
+        /// Only the machines of this line.
+        #[arg(long, value_name = "LINE")]
+        line: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One machine.
+    #[command(subcommand)]
+    Machine(MachineCommand),
+    /// Canonical events and alarms as they are journalled, one line each, until interrupted.
+    Tail {
+        #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
+        config: PathBuf,
+        /// Only this machine's records (registry id).
+        #[arg(long, value_name = "ID")]
+        machine: Option<String>,
+        /// Only this kind (`game_ended`, `link_state`, … or `alarm`).
+        #[arg(long, value_name = "KIND")]
+        kind: Option<String>,
+        /// Start at this journal sequence number or RFC 3339 time instead of what comes next.
+        #[arg(long, value_name = "SEQ|TIME")]
+        since: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a tar.gz for support: versions, the configuration without secrets, the daemon's
+    /// state, the journal's figures, the service's log (a progress bar on a terminal).
+    DiagBundle {
+        #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
+        config: PathBuf,
+        /// The archive to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Include this log file instead of the service's journald log of the last day.
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+    },
+}
+
+/// `slotgate machine …`
+#[derive(Debug, Subcommand)]
+pub enum MachineCommand {
+    /// Link, counters, clock drift and the last meters read.
+    Show {
+        /// The machine's registry id.
+        #[arg(value_name = "ID")]
+        id: String,
+        #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
+        config: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -128,8 +187,11 @@ pub const EXIT_FAILURE: u8 = 1;
 /// Exit status for a configuration that cannot be used: distinct from runtime failures (1) so that
 /// a service manager can stop restarting on it.
 pub const EXIT_CONFIG: u8 = 2;
-/// Exit status of `slotgate status` when the daemon is not running.
+/// Exit status of `slotgate status`, `machines`, `machine show` and `tail` when the daemon is
+/// not running.
 pub const EXIT_NOT_RUNNING: u8 = 3;
+/// Exit status of `slotgate machine show` for an id no line has.
+pub const EXIT_NOT_FOUND: u8 = 4;
 
 const EXIT_STATUS_HELP: &str = "Exit status:
   0  success (also when the reader of the output goes away, as with `| head`)
@@ -137,4 +199,6 @@ const EXIT_STATUS_HELP: &str = "Exit status:
      slotgate uses the state directory, `journal verify` found a broken link
   2  unusable configuration: the file, a key, certificate or secret file it names, a serial
      device (the message names the field); restarting cannot help
-  3  `slotgate status`: the daemon is not running";
+  3  `slotgate status`, `machines`, `machine show`, `tail`: the daemon is not running
+     (status and the machine views then show the last state it left)
+  4  `slotgate machine show`: no such machine";

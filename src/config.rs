@@ -40,11 +40,17 @@ pub struct Config {
 }
 
 /// What the daemon exposes to the venue's operators.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Admin {
     /// Serve Prometheus metrics (`GET /metrics`) on this address; none by default.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The admin socket (`docs/admin-api.md`); [`DEFAULT_ADMIN_SOCKET`] by default.
+    pub socket: PathBuf,
 }
+
+/// Where the admin socket is unless `admin.socket` says otherwise: systemd's
+/// `RuntimeDirectory=slotgate`.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/slotgate/admin.sock";
 
 /// The venue every event is attributed to.
 #[derive(Debug, Clone)]
@@ -343,6 +349,7 @@ impl Default for RawPolling {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     metrics_listen: Option<String>,
+    socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -614,6 +621,21 @@ impl Config {
                 )
             })?),
         };
+        let socket = match &raw.admin.socket {
+            Some(path) if path.is_relative() => base.join(path),
+            Some(path) => path.clone(),
+            None => PathBuf::from(DEFAULT_ADMIN_SOCKET),
+        };
+        // sun_path holds 108 bytes with the terminating NUL.
+        if socket.as_os_str().len() > 107 {
+            return Err(error(
+                "admin.socket",
+                format!(
+                    "{} is longer than a Unix socket path may be (107 bytes)",
+                    socket.display()
+                ),
+            ));
+        }
         let mut destinations = Vec::new();
         for (i, raw) in raw.destination.iter().enumerate() {
             let destination = validate_destination(raw, &venue, base)
@@ -632,7 +654,7 @@ impl Config {
             polling,
             storage: Storage { dir },
             journal,
-            admin: Admin { metrics_listen },
+            admin: Admin { metrics_listen, socket },
             lines,
             destinations,
         })

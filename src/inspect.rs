@@ -1,4 +1,4 @@
-//! `slotgate journal …` and `slotgate status`: the read-only views a technician or an inspector
+//! `slotgate journal …`: the read-only views a technician or an inspector
 //! uses. Nothing here writes to the journal; verification opens a copy of it.
 
 use std::io::{IsTerminal, Write};
@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::app::StatusFile;
 use crate::cli::{JournalCommand, JournalTarget};
 use crate::config::Config;
 use crate::journal::checkpoint::{self, load_public_key};
@@ -234,92 +233,4 @@ impl<W: Write> Write for PipeWatch<W> {
 
 fn is_broken_pipe(error: &std::io::Error) -> bool {
     error.kind() == std::io::ErrorKind::BrokenPipe
-}
-
-/// `slotgate status`: the daemon's last status file. `Ok(false)` when the daemon is not running
-/// (no status file, stopped, or silent for too long).
-pub fn status(config_file: &Path, json: bool) -> anyhow::Result<bool> {
-    let config = Config::load(config_file)?;
-    let path = config.storage.status_file();
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            println!(
-                "slotgate: not running (no status at {}: has the daemon run with this \
-                 configuration?)",
-                path.display()
-            );
-            return Ok(false);
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let file: StatusFile = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a status file", path.display()))?;
-    let age = jiff::Timestamp::now().duration_since(file.written_at);
-    let stale = age.as_secs() > 3 * crate::app::STATUS_EVERY.as_secs() as i64;
-    let running = file.running && !stale;
-    if json {
-        println!("{text}");
-        return Ok(running);
-    }
-    let state = match (file.running, stale) {
-        (true, false) => format!("running (pid {})", file.pid),
-        (true, true) => format!("NOT RESPONDING or killed: last status {}s ago", age.as_secs()),
-        (false, _) => format!("stopped at {}", file.written_at),
-    };
-    let j = &file.journal;
-    println!("slotgate: {state}");
-    println!("journal {}", j.dir.display());
-    println!(
-        "  usage {} of {} bytes ({} %), pressure {:?}",
-        j.live_bytes,
-        j.cap_bytes,
-        j.live_bytes.saturating_mul(100) / j.cap_bytes.max(1),
-        j.pressure
-    );
-    println!(
-        "  records {} (seq {}..{}), {} compacted",
-        j.records, j.first_seq, j.next_seq, j.compacted
-    );
-    if let Some(free) = j.disk_free {
-        println!("  disk free {free} bytes, store on disk {} bytes", j.size_on_disk);
-    }
-    for (destination, cursor) in &j.cursors {
-        println!(
-            "  destination {destination}: {} record(s) behind",
-            j.next_seq.saturating_sub(*cursor)
-        );
-    }
-    if j.alarms.is_empty() {
-        println!("  alarms: none");
-    }
-    for alarm in &j.alarms {
-        println!("  ALARM {alarm}");
-    }
-    if let Some(q) = &j.quarantined {
-        println!("  quarantined store: {}", q.display());
-    }
-    for line in &file.lines {
-        println!("{line}");
-    }
-    for d in &file.destinations {
-        let eta = d.drain_eta_seconds.map_or(String::new(), |s| format!(", about {s}s to drain"));
-        println!(
-            "destination {} ({}): {:?}, {} unacknowledged (replay backlog {}{eta}), cursor {}, \
-             in flight {}, delivered {}, quarantined {}",
-            d.name,
-            d.kind,
-            d.state,
-            d.unacknowledged,
-            d.backlog,
-            d.cursor,
-            d.in_flight,
-            d.delivered,
-            d.quarantined
-        );
-        if let Some(error) = &d.last_error {
-            println!("  last error: {error}");
-        }
-    }
-    Ok(running)
 }

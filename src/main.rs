@@ -5,7 +5,10 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use slotgate::cli::{Cli, Command, ConfigCommand, EXIT_CONFIG, EXIT_FAILURE, EXIT_NOT_RUNNING};
+use slotgate::cli::{
+    Cli, Command, ConfigCommand, EXIT_CONFIG, EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_NOT_RUNNING,
+    MachineCommand,
+};
 use slotgate::config::{Config, ConfigError};
 use slotgate::inspect::Outcome;
 use tracing_subscriber::EnvFilter;
@@ -66,11 +69,34 @@ fn main() -> ExitCode {
             Ok(Outcome::Tampered) => ExitCode::from(EXIT_FAILURE),
             Err(error) => fail_printing(&error),
         },
-        Command::Status { config, json } => match slotgate::inspect::status(&config, json) {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::from(EXIT_NOT_RUNNING),
-            Err(error) => fail_printing(&error),
-        },
+        Command::Status { config, json } => shown(slotgate::technician::status(&config, json)),
+        Command::Machines { config, line, json } => {
+            shown(slotgate::technician::machines(&config, line.as_deref(), json))
+        }
+        Command::Machine(MachineCommand::Show { id, config, json }) => {
+            shown(slotgate::technician::machine_show(&config, &id, json))
+        }
+        Command::Tail { config, machine, kind, since, json } => {
+            let filter = slotgate::technician::TailFilter { machine, kind, since };
+            shown(slotgate::technician::tail(&config, &filter, json))
+        }
+        Command::DiagBundle { config, out, log } => {
+            match slotgate::diag::bundle(&config, &out, log.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(&error),
+            }
+        }
+    }
+}
+
+/// The exit status of a technician view.
+fn shown(outcome: anyhow::Result<slotgate::technician::Shown>) -> ExitCode {
+    use slotgate::technician::Shown;
+    match outcome {
+        Ok(Shown::Running) => ExitCode::SUCCESS,
+        Ok(Shown::NotRunning) => ExitCode::from(EXIT_NOT_RUNNING),
+        Ok(Shown::NotFound) => ExitCode::from(EXIT_NOT_FOUND),
+        Err(error) => fail_printing(&error),
     }
 }
 

@@ -52,6 +52,25 @@ pub fn install(listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Mirrors the state model into gauges: the journal's, and each machine's link and counters.
+pub fn record(state: &crate::state::Snapshot, previous_alarms: &mut Vec<String>) {
+    record_journal(&state.journal, previous_alarms);
+    for line in &state.lines {
+        let up = matches!(line.state, crate::poller::LineConnection::Up);
+        metrics::gauge!("slotgate_line_up", "line" => line.name.clone())
+            .set(f64::from(u8::from(up)));
+        for m in &line.machines {
+            let labels = [("line", line.name.clone()), ("machine", m.registry_id.clone())];
+            let online = m.link == "online";
+            metrics::gauge!("slotgate_machine_online", &labels).set(f64::from(u8::from(online)));
+            metrics::counter!("slotgate_machine_polls_total", &labels).absolute(m.polls);
+            metrics::counter!("slotgate_machine_retries_total", &labels).absolute(m.retries);
+            metrics::counter!("slotgate_machine_timeouts_total", &labels).absolute(m.timeouts);
+            metrics::counter!("slotgate_machine_crc_errors_total", &labels).absolute(m.crc_errors);
+        }
+    }
+}
+
 /// Mirrors the journal's status into gauges.
 pub fn record_journal(status: &JournalStatus, previous_alarms: &mut Vec<String>) {
     metrics::gauge!("slotgate_journal_live_bytes").set(status.live_bytes as f64);

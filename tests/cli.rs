@@ -22,7 +22,7 @@ fn config_with(dir: &Path, extra: &str) -> PathBuf {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let text = format!(
         "[venue]\nid = \"UA-TEST-1\"\ncurrency = \"UAH\"\ntime_zone = \"Europe/Kyiv\"\n\n\
-         [storage]\ndir = \"state\"\n\n\
+         [admin]\nsocket = \"admin.sock\"\n\n[storage]\ndir = \"state\"\n\n\
          [[line]]\nname = \"a\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{port}\"\n\n\
          [[line.machine]]\naddress = 1\nregistry_id = \"EGM-1\"\n\n{extra}"
     );

@@ -495,8 +495,8 @@ fn the_journal_gauges_are_served_as_prometheus_metrics() {
     let config = write_config(dir.path(), &machines);
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "[storage]",
-        &format!("[admin]\nmetrics_listen = \"127.0.0.1:{port}\"\n\n[storage]"),
+        "[admin]\n",
+        &format!("[admin]\nmetrics_listen = \"127.0.0.1:{port}\"\n"),
         1,
     );
     std::fs::write(&config, text).unwrap();

@@ -53,6 +53,7 @@ fn start(
         journal.clone(),
         CancellationToken::new(),
         tokio::sync::watch::Sender::new(poller::LineStatus::connecting("line-1")),
+        poller::command::channel("line-1").1,
     ));
     (journal, writer, egm, task)
 }

@@ -1211,7 +1211,7 @@ fn gauges_and_status_show_the_backlog_and_no_drain_time_while_nothing_drains() {
     let backlog = journalled_offline(dir.path(), &["EGM-1"], 40).len();
     let metrics = upstream::free_port();
     let destinations = format!(
-        "[admin]\nmetrics_listen = \"127.0.0.1:{metrics}\"\n\n{}\n{}",
+        "[admin]\nmetrics_listen = \"127.0.0.1:{metrics}\"\nsocket = \"admin.sock\"\n\n{}\n{}",
         https_destination(&receiver, &certs, &secrets, ""),
         mqtt_destination("state", upstream::free_port(), "")
     );

@@ -56,6 +56,7 @@ async fn run_after(previous: Record) -> (Vec<u8>, Vec<u8>, String, Option<Record
         journal.clone(),
         cancel.clone(),
         tokio::sync::watch::Sender::new(poller::LineStatus::connecting("line-1")),
+        poller::command::channel("line-1").1,
     ));
 
     let mut framer = RequestDecoder::default();

@@ -28,7 +28,9 @@
 use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
@@ -422,7 +424,7 @@ impl Driver {
             shared.update(&outbox, |_| {});
         }
         // Let the requests on the wire finish, so their acknowledgements are kept.
-        let grace = tokio::time::Instant::now() + Duration::from_secs(2);
+        let grace = Instant::now() + Duration::from_secs(2);
         while let Ok(Some(Ok(sent))) = tokio::time::timeout_at(grace, requests.join_next()).await {
             if verdict(&sent.answer) == Verdict::Delivered {
                 sent.events.iter().for_each(|e| {

@@ -45,7 +45,9 @@ pub mod outbox;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};

@@ -15,7 +15,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
@@ -181,7 +183,7 @@ impl Driver {
                         s.state = LinkState::Down;
                         s.last_error = Some(reason);
                     });
-                    let until = tokio::time::Instant::now() + delay;
+                    let until = Instant::now() + delay;
                     loop {
                         tokio::select! {
                             () = cancel.cancelled() => break,
@@ -349,7 +351,7 @@ impl Driver {
         };
         if matches!(ended, Ended::Stopped) {
             // Give what is in flight a moment to be acknowledged, so a restart resends less.
-            let deadline = tokio::time::Instant::now() + STOP_GRACE;
+            let deadline = Instant::now() + STOP_GRACE;
             while outbox.in_flight() > 0 {
                 match tokio::time::timeout_at(deadline, events.recv()).await {
                     Ok(Some(Ok(event))) => {

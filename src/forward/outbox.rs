@@ -27,7 +27,9 @@
 //!   front of their lane; a reconnect puts everything unacknowledged back into the replay lane.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// The lane a record travels on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -297,6 +299,24 @@ mod tests {
         o.acknowledged(16);
         assert_eq!(o.take(Lane::Live, t1, 19, 100), vec![17, 18]);
         assert_eq!(o.take(Lane::Live, t1, 20, 100), vec![19], "live from now on");
+    }
+
+    /// The forwarder's clock is tokio's: with time paused, a replay that waits for its budget
+    /// wakes exactly when the next token is earned, not a tick earlier or later.
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_waiting_for_its_budget_wakes_exactly_when_a_token_is_earned() {
+        let t0 = Instant::now();
+        let mut o = Outbox::new(0, 20, BUDGET, Order::Strict, t0);
+        assert_eq!(o.take(Lane::Replay, Instant::now(), 20, 100).len(), 5, "the burst");
+        let ready = o.replay_ready_at().unwrap();
+        assert_eq!(ready - t0, Duration::from_millis(100), "10 per second: one every 100 ms");
+        tokio::time::sleep_until(ready).await;
+        assert_eq!(Instant::now() - t0, Duration::from_millis(100));
+        assert_eq!(o.take(Lane::Replay, Instant::now(), 20, 100), vec![5]);
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert!(o.take(Lane::Replay, Instant::now(), 20, 100).is_empty(), "1 ms early");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(o.take(Lane::Replay, Instant::now(), 20, 100), vec![6]);
     }
 
     #[test]

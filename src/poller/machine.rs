@@ -182,7 +182,7 @@ impl MachinePoller {
         self.next_clock_sync = Some(now + self.schedule.clock_sync_interval);
     }
 
-    fn queue_snapshot(&mut self) {
+    pub(crate) fn queue_snapshot(&mut self) {
         self.enqueue(LongPoll::SendMeters);
         self.enqueue(LongPoll::SendMeters10To15);
         // What the basic meters leave out: tickets in and out (cents and counts), bills in and

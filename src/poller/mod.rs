@@ -34,6 +34,7 @@
 //!   message on the line, sent only once the line is connected, is that message again (an
 //!   implied NACK), never the `80` that would ACK the report the previous process lost.
 
+pub mod command;
 pub mod inflight;
 pub mod machine;
 pub mod status;
@@ -49,8 +50,9 @@ use firmware_protocols::sas::session::{LinkState, Transmit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use command::{AllowedPoll, LineCommand, LineHandle};
 pub use machine::{MachinePoller, Schedule};
-pub use status::{LineConnection, LineStatus};
+pub use status::{LineConnection, LineStatus, MachineStatus};
 
 use firmware_protocols::sas::{Exception, LongPoll};
 use inflight::{InflightFile, Owed, Record, State};
@@ -68,6 +70,9 @@ const LISTEN_FOR: Duration = Duration::from_secs(6);
 /// How often a silent line is listened to.
 const LISTEN_EVERY: Duration = Duration::from_secs(60);
 
+/// How often the machines' counters are published when nothing else changes.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
 /// First and longest pause between retries of a failed durable append.
 const PERSIST_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
@@ -79,6 +84,8 @@ enum LineState<L> {
     Connecting(Connecting<L>),
     /// Waiting out the back-off before the next attempt.
     Waiting(Instant),
+    /// Closed for a probe until it gives the line back (drops its [`command::Release`]).
+    Released(tokio::sync::oneshot::Receiver<()>),
 }
 
 /// What woke the task from the line side.
@@ -92,7 +99,9 @@ enum LineInput<L> {
 
 /// Polls every machine of one line until `cancel` fires. `inflight` is the line's in-flight
 /// record ([`inflight`]); without one a restart cannot resume an exchange a crash interrupted.
-/// The line's state is published on `status`.
+/// The line's state and its machines' are published on `status`; `commands` are acted on
+/// between exchanges ([`command`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_line<C>(
     name: String,
     connector: C,
@@ -101,6 +110,7 @@ pub async fn run_line<C>(
     journal: Journal,
     cancel: CancellationToken,
     status: tokio::sync::watch::Sender<LineStatus>,
+    mut commands: tokio::sync::mpsc::Receiver<LineCommand>,
 ) where
     C: Connect + Clone + 'static,
 {
@@ -134,6 +144,12 @@ pub async fn run_line<C>(
         None => false,
     };
     let mut inflight = inflight.map(|(file, _)| file);
+    let started = jiff::Timestamp::now();
+    let mut machine_status: Vec<MachineStatus> = machines
+        .iter()
+        .map(|m| MachineStatus::new(m.registry_id().to_string(), m.address().get(), started))
+        .collect();
+    let mut next_publish = Instant::now();
 
     loop {
         let now = Instant::now().into_std();
@@ -153,7 +169,18 @@ pub async fn run_line<C>(
                 // the machines still hold them and report them again to the next run.
                 break;
             }
+            for (event, _) in &events {
+                let id = event.machine.registry_id.as_str();
+                if let Some(m) = machine_status.iter_mut().find(|m| m.registry_id == id) {
+                    m.saw(event);
+                }
+            }
             events.clear();
+            next_publish = Instant::now();
+        }
+        if Instant::now() >= next_publish {
+            publish(&status, &machines, &mut machine_status);
+            next_publish = Instant::now() + PUBLISH_EVERY;
         }
         // Every session event taken out above is now durable or maps to nothing durable (the
         // ACK of LP0E, say): confirm unconditionally, or a session holds the line for good.
@@ -172,6 +199,22 @@ pub async fn run_line<C>(
         }
         if cancel.is_cancelled() && !exchanging {
             break;
+        }
+        // Commands between exchanges only; the loop comes round at least every second.
+        while !exchanging && let Ok(command) = commands.try_recv() {
+            if let Some(release) = obey(&name, command, &mut machines) {
+                tracing::info!(line = %name,
+                    "Line released to a probe; nothing is sent until it is given back.");
+                status.send_modify(|s| {
+                    s.state = LineConnection::Released;
+                    s.error = None;
+                    s.retry_every_seconds = None;
+                });
+                machines.iter_mut().for_each(|m| m.session.line_lost());
+                // Dropping the open line closes the port for the probe.
+                state = LineState::Released(release);
+                waiting_for_line = false;
+            }
         }
         let tokio_now = Instant::now();
         if machines.iter().any(|m| m.session.link() == LinkState::Up) {
@@ -253,7 +296,10 @@ pub async fn run_line<C>(
                 }
                 LineInput::Opened(line) => {
                     tracing::info!(line = %name, via = %line.describe(), "Line connected.");
-                    status.send_modify(LineStatus::up);
+                    status.send_modify(|s| {
+                        s.up();
+                        s.transport = line.describe();
+                    });
                     state = LineState::Up(line);
                     // A resumed message goes first on the first connection; after that, and
                     // always without one, every session starts the line with the sync poll.
@@ -279,6 +325,8 @@ pub async fn run_line<C>(
             () = tokio::time::sleep_until(deadline) => {}
         }
     }
+    // The last word on the machines: what the status file a stopped daemon leaves shows.
+    publish(&status, &machines, &mut machine_status);
     let connection = status.borrow().state;
     tracing::info!(line = %name, ?connection, discarded_bytes = discarded, "Line statistics.");
     for m in &machines {
@@ -473,7 +521,73 @@ async fn drive<L: Line>(state: &mut LineState<L>, input: &mut Vec<Character>) ->
             tokio::time::sleep_until(*at).await;
             LineInput::RetryNow
         }
+        // Given back (or the probe went away): reconnect.
+        LineState::Released(back) => {
+            let _ = back.await;
+            LineInput::RetryNow
+        }
     }
+}
+
+/// Carries out one command between exchanges; returns the hand-back signal of a release.
+fn obey(
+    line: &str,
+    command: LineCommand,
+    machines: &mut [MachinePoller],
+) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    let find = |machines: &mut [MachinePoller], id: &str| {
+        machines.iter().position(|m| m.registry_id().as_str() == id)
+    };
+    match command {
+        LineCommand::LongPoll { machine, poll, reply } => {
+            let outcome = match find(machines, &machine) {
+                Some(i) => machines[i].session.enqueue(poll.long_poll()).map_err(|e| e.to_string()),
+                None => Err(format!("no machine {machine} on line {line}")),
+            };
+            let _ = reply.send(outcome);
+            None
+        }
+        LineCommand::MeterSnapshot { machine, reply } => {
+            let outcome = match find(machines, &machine) {
+                Some(i) => {
+                    machines[i].queue_snapshot();
+                    Ok(())
+                }
+                None => Err(format!("no machine {machine} on line {line}")),
+            };
+            let _ = reply.send(outcome);
+            None
+        }
+        LineCommand::Release { reply } => {
+            let (give_back, back) = tokio::sync::oneshot::channel();
+            // A caller that went away while waiting gets nothing, and keeps nothing released.
+            reply.send(command::Release(give_back)).ok().map(|()| back)
+        }
+    }
+}
+
+/// Publishes the machines' counters and links, and the line's progress mark.
+fn publish(
+    status: &tokio::sync::watch::Sender<LineStatus>,
+    machines: &[MachinePoller],
+    published: &mut [MachineStatus],
+) {
+    for (m, s) in machines.iter().zip(published.iter_mut()) {
+        let stats = m.session.stats();
+        s.next_seq = m.next_seq();
+        s.polls = stats.tries;
+        s.retries = stats.retries;
+        s.timeouts = stats.timeouts;
+        s.crc_errors = stats.crc_errors;
+        s.decode_errors = stats.decode_errors;
+        s.busy = stats.busy;
+        s.chirps = stats.chirps;
+        s.rte = m.session.rte_enabled();
+    }
+    status.send_modify(|s| {
+        s.machines = published.to_vec();
+        s.progress_at = Some(jiff::Timestamp::now());
+    });
 }
 
 /// The next message for the line, honouring the shared-line rules of the module doc.

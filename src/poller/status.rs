@@ -1,9 +1,13 @@
-//! What a line poller reports about its line for `slotgate status` and `status.json`: whether
-//! the line is open and, when it is not, why and when it is tried again.
+//! What a line poller reports about its line and its machines, for the live state model
+//! ([`crate::state`]): whether the line is open and, when it is not, why and when it is tried
+//! again; per machine its link, last event, counters, last meters and clock drift.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::event::{CanonicalEvent, EventKind, LinkStatus};
 
 /// One line as the status file shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +23,121 @@ pub struct LineStatus {
     /// Bytes dropped from the line before polls: late answers, noise, a flood.
     #[serde(default)]
     pub discarded_bytes: u64,
+    /// How the line is reached: `tcp 10.0.0.5:4000`, `serial /dev/ttyS0`.
+    #[serde(default)]
+    pub transport: String,
+    /// When the line task last went round its loop: the systemd watchdog's progress mark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_at: Option<jiff::Timestamp>,
+    /// The machines on the line, in configuration order.
+    #[serde(default)]
+    pub machines: Vec<MachineStatus>,
+}
+
+/// One machine as the state model shows it. Counters count since the daemon started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineStatus {
+    pub registry_id: String,
+    pub address: u8,
+    /// `online`, `offline`, `chirping`, or `unknown` before the first answer or failure.
+    pub link: String,
+    /// When `link` last changed (or the daemon started).
+    pub link_since: jiff::Timestamp,
+    /// Times the link went from online to offline or chirping.
+    #[serde(default)]
+    pub link_drops: u64,
+    /// The `kind` of the last canonical event journalled for the machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_at: Option<jiff::Timestamp>,
+    /// The machine's next event sequence number.
+    pub next_seq: u64,
+    /// Transmissions of polls that expect an answer, retries included.
+    pub polls: u64,
+    /// Implied NACKs: a message repeated because its answer was missing or bad.
+    pub retries: u64,
+    pub timeouts: u64,
+    pub crc_errors: u64,
+    /// Answers rejected for another reason (truncated, wrong echo, bad length).
+    pub decode_errors: u64,
+    /// Busy answers: the machine's way of saying "not now" (its NACK).
+    pub busy: u64,
+    pub chirps: u64,
+    /// Machine minus gateway clock, seconds, from the last read-back past the drift threshold;
+    /// cleared when the gateway sets the clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_drift_seconds: Option<i64>,
+    /// The lifetime meters of the last whole-machine snapshot (raw when a meter has no
+    /// lifetime value), and when it was read.
+    #[serde(default)]
+    pub meters: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meters_at: Option<jiff::Timestamp>,
+    /// Real-time event reporting (LP0E) is on.
+    pub rte: bool,
+    /// Play is enabled. Always true until remote shutdown (LP01/02) exists.
+    pub enabled: bool,
+}
+
+impl MachineStatus {
+    pub fn new(registry_id: String, address: u8, now: jiff::Timestamp) -> Self {
+        Self {
+            registry_id,
+            address,
+            link: "unknown".into(),
+            link_since: now,
+            link_drops: 0,
+            last_event: None,
+            last_event_at: None,
+            next_seq: 0,
+            polls: 0,
+            retries: 0,
+            timeouts: 0,
+            crc_errors: 0,
+            decode_errors: 0,
+            busy: 0,
+            chirps: 0,
+            clock_drift_seconds: None,
+            meters: BTreeMap::new(),
+            meters_at: None,
+            rte: false,
+            enabled: true,
+        }
+    }
+
+    /// Takes in one canonical event journalled for this machine.
+    pub(crate) fn saw(&mut self, event: &CanonicalEvent) {
+        self.last_event = Some(event.kind.name().to_owned());
+        self.last_event_at = Some(event.occurred_at);
+        match &event.kind {
+            EventKind::LinkState { state, .. } => {
+                let link = match state {
+                    LinkStatus::Chirping => "chirping",
+                    LinkStatus::Offline => "offline",
+                    LinkStatus::Online => "online",
+                };
+                if self.link != link {
+                    if self.link == "online" {
+                        self.link_drops += 1;
+                    }
+                    self.link = link.to_owned();
+                    self.link_since = event.occurred_at;
+                }
+            }
+            EventKind::ClockDrift { drift_seconds, .. } => {
+                self.clock_drift_seconds = *drift_seconds;
+            }
+            EventKind::ClockSet { .. } => self.clock_drift_seconds = None,
+            EventKind::MeterSnapshot { game_number: 0, meters, .. } => {
+                for (name, reading) in meters {
+                    self.meters.insert(name.clone(), reading.lifetime.unwrap_or(reading.raw));
+                }
+                self.meters_at = Some(event.occurred_at);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Whether a line is open. Alphabetical.
@@ -29,6 +148,8 @@ pub enum LineConnection {
     Connecting,
     /// It could not be opened, or it failed and is being re-opened. Nothing is sent meanwhile.
     Down,
+    /// Handed over to `slotgate probe`: closed, nothing is sent until the probe gives it back.
+    Released,
     /// Open; its machines are polled.
     Up,
 }
@@ -42,6 +163,9 @@ impl LineStatus {
             error: None,
             retry_every_seconds: None,
             discarded_bytes: 0,
+            transport: String::new(),
+            progress_at: None,
+            machines: Vec::new(),
         }
     }
 
@@ -65,6 +189,7 @@ impl std::fmt::Display for LineStatus {
         match self.state {
             LineConnection::Connecting => f.write_str("connecting")?,
             LineConnection::Up => f.write_str("up")?,
+            LineConnection::Released => f.write_str("RELEASED to a probe")?,
             LineConnection::Down => {
                 f.write_str("DOWN")?;
                 if let Some(error) = &self.error {

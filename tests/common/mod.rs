@@ -94,6 +94,7 @@ pub fn write_config(dir: &Path, machines: &[Simulated]) -> PathBuf {
     let mut text = String::from(
         "[venue]\nid = \"UA-TEST-1\"\ncurrency = \"UAH\"\ntime_zone = \"Europe/Kyiv\"\n\n\
          [polling]\nmeter_snapshot_interval = \"10s\"\n\n\
+         [admin]\nsocket = \"admin.sock\"\n\n\
          [storage]\ndir = \"state\"\n",
     );
     for (i, m) in machines.iter().enumerate() {

@@ -1,0 +1,486 @@
+//! The technician commands `status`, `machines`, `machine show` and `tail`: views of the state
+//! model. They ask the running daemon over its admin socket ([`crate::admin`]); with the daemon
+//! stopped, `status`, `machines` and `machine show` show the last state it left in
+//! `status.json`, saying so. Human output fits 100 columns; `--json` prints the API's JSON.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::Method;
+
+use crate::admin::client::{ClientError, request};
+use crate::config::Config;
+use crate::poller::MachineStatus;
+use crate::state::{MachineRow, Snapshot};
+
+/// Where the state shown came from.
+enum Source {
+    /// The daemon answered.
+    Live,
+    /// The status file of a daemon that is stopped (or does not answer).
+    File { stale: bool },
+}
+
+/// How a view ended, for the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    /// The daemon is running and answered.
+    Running,
+    /// Shown from the status file: the daemon is not running (exit status 3).
+    NotRunning,
+    /// `machine show` of an id no line has (exit status 4).
+    NotFound,
+}
+
+/// Status files older than this many status periods belong to a daemon that is not responding.
+const STALE_PERIODS: u32 = 3;
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// The daemon's state: asked over the socket, or read from the status file when nothing answers.
+fn snapshot(config: &Config) -> anyhow::Result<Option<(Snapshot, Source)>> {
+    let asked = runtime()?.block_on(request(&config.admin.socket, Method::GET, "/v1/status"));
+    match asked {
+        Ok(value) => {
+            let snapshot = serde_json::from_value(value).context("the daemon's status")?;
+            Ok(Some((snapshot, Source::Live)))
+        }
+        Err(ClientError::NotRunning { .. }) => from_file(config),
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn from_file(config: &Config) -> anyhow::Result<Option<(Snapshot, Source)>> {
+    let path = config.storage.status_file();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let snapshot: Snapshot = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a status file", path.display()))?;
+    let age = jiff::Timestamp::now().duration_since(snapshot.written_at);
+    let stale =
+        age.as_secs() > i64::from(STALE_PERIODS) * crate::app::STATUS_EVERY.as_secs() as i64;
+    Ok(Some((snapshot, Source::File { stale })))
+}
+
+fn not_running(config: &Config) -> Shown {
+    println!(
+        "slotgate: not running (nothing answers on {} and no status at {}: has the daemon \
+         run with this configuration?)",
+        config.admin.socket.display(),
+        config.storage.status_file().display()
+    );
+    Shown::NotRunning
+}
+
+fn shown(source: &Source) -> Shown {
+    match source {
+        Source::Live => Shown::Running,
+        Source::File { .. } => Shown::NotRunning,
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// `slotgate status`.
+pub fn status(config_file: &Path, json: bool) -> anyhow::Result<Shown> {
+    let config = Config::load(config_file)?;
+    let Some((state, source)) = snapshot(&config)? else { return Ok(not_running(&config)) };
+    if json {
+        print_json(&state)?;
+        return Ok(shown(&source));
+    }
+    let mut out = std::io::stdout().lock();
+    write_status(&mut out, &state, &source, jiff::Timestamp::now())?;
+    Ok(shown(&source))
+}
+
+fn write_status(
+    out: &mut impl Write,
+    s: &Snapshot,
+    source: &Source,
+    now: jiff::Timestamp,
+) -> std::io::Result<()> {
+    let state = match source {
+        Source::Live => {
+            let up = s.started_at.map_or(String::new(), |t| format!(", up {}", age(t, now)));
+            format!("running (pid {}{up})", s.pid)
+        }
+        Source::File { stale: true } if s.running => format!(
+            "NOT RESPONDING or killed: last status {} ago (pid {})",
+            age(s.written_at, now),
+            s.pid
+        ),
+        Source::File { .. } => {
+            format!("stopped at {} ({} ago)", s.written_at, age(s.written_at, now))
+        }
+    };
+    writeln!(out, "slotgate: {state}")?;
+    writeln!(out, "clock: {} (UTC)", now.strftime("%Y-%m-%d %H:%M:%S"))?;
+    let j = &s.journal;
+    writeln!(out, "journal {}", j.dir.display())?;
+    writeln!(
+        out,
+        "  usage {} of {} ({} %), pressure {:?}; {} records (seq {}..{}), {} compacted",
+        bytes(j.live_bytes),
+        bytes(j.cap_bytes),
+        j.live_bytes.saturating_mul(100) / j.cap_bytes.max(1),
+        j.pressure,
+        j.records,
+        j.first_seq,
+        j.next_seq,
+        j.compacted
+    )?;
+    if let Some(free) = j.disk_free {
+        writeln!(out, "  disk free {}, store on disk {}", bytes(free), bytes(j.size_on_disk))?;
+    }
+    if j.alarms.is_empty() {
+        writeln!(out, "  alarms: none")?;
+    }
+    for alarm in &j.alarms {
+        writeln!(out, "  ALARM {alarm}")?;
+    }
+    if let Some(q) = &j.quarantined {
+        writeln!(out, "  quarantined store: {}", q.display())?;
+    }
+    for line in &s.lines {
+        writeln!(out, "{line}")?;
+        if !line.transport.is_empty() {
+            writeln!(out, "  via {}", line.transport)?;
+        }
+        for m in &line.machines {
+            writeln!(out, "  {}", machine_summary(m, now))?;
+        }
+    }
+    for d in &s.destinations {
+        let eta = d.drain_eta_seconds.map_or(String::new(), |s| {
+            format!(", about {} to drain", span(Duration::from_secs(s)))
+        });
+        writeln!(
+            out,
+            "destination {} ({}): {:?}, {} unacknowledged (replay backlog {}{eta}), cursor {}",
+            d.name, d.kind, d.state, d.unacknowledged, d.backlog, d.cursor
+        )?;
+        writeln!(
+            out,
+            "  in flight {}, delivered {}, quarantined {}, replay rate {}/s",
+            d.in_flight, d.delivered, d.quarantined, d.replay_rate
+        )?;
+        if let Some(error) = &d.last_error {
+            writeln!(out, "  last error: {}", clip(error, 84))?;
+        }
+    }
+    Ok(())
+}
+
+/// One machine in one line of at most 98 characters.
+fn machine_summary(m: &MachineStatus, now: jiff::Timestamp) -> String {
+    let last = match (&m.last_event, m.last_event_at) {
+        (Some(kind), Some(at)) => format!("{} {} ago", clip(kind, 22), age(at, now)),
+        _ => "no event yet".to_owned(),
+    };
+    let errors = m.timeouts.saturating_add(m.crc_errors).saturating_add(m.decode_errors);
+    let summary = format!(
+        "{:<14} addr {:>3} {:<8} {:>11}  last {:<30} errors {errors}",
+        clip(&m.registry_id, 14),
+        m.address,
+        m.link,
+        age(m.link_since, now),
+        last,
+    );
+    clip(&summary, 98)
+}
+
+/// `slotgate machines [--line L]`.
+pub fn machines(config_file: &Path, line: Option<&str>, json: bool) -> anyhow::Result<Shown> {
+    let config = Config::load(config_file)?;
+    let Some((state, source)) = snapshot(&config)? else { return Ok(not_running(&config)) };
+    let rows = state.machines(line);
+    if json {
+        print_json(&serde_json::json!({ "machines": rows }))?;
+        return Ok(shown(&source));
+    }
+    let mut out = std::io::stdout().lock();
+    if let Source::File { .. } = source {
+        writeln!(out, "(daemon not running: its last state, {})", state.written_at)?;
+    }
+    write_machines(&mut out, &rows, jiff::Timestamp::now())?;
+    Ok(shown(&source))
+}
+
+fn write_machines(
+    out: &mut impl Write,
+    rows: &[MachineRow],
+    now: jiff::Timestamp,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<8} {:<14} {:>4} {:<8} {:>11} {:<15} {:>9} {:>6} {:>6} {:>5} {:<3}",
+        "LINE",
+        "MACHINE",
+        "ADDR",
+        "LINK",
+        "SINCE",
+        "LAST EVENT",
+        "POLLS",
+        "RETRY",
+        "TMOUT",
+        "CRC",
+        "RTE"
+    )?;
+    for row in rows {
+        let m = &row.machine;
+        writeln!(
+            out,
+            "{:<8} {:<14} {:>4} {:<8} {:>11} {:<15} {:>9} {:>6} {:>6} {:>5} {:<3}",
+            clip(&row.line, 8),
+            clip(&m.registry_id, 14),
+            m.address,
+            m.link,
+            age(m.link_since, now),
+            clip(m.last_event.as_deref().unwrap_or("-"), 15),
+            m.polls,
+            m.retries,
+            m.timeouts,
+            m.crc_errors,
+            if m.rte { "on" } else { "off" }
+        )?;
+    }
+    Ok(())
+}
+
+/// `slotgate machine show ID`.
+pub fn machine_show(config_file: &Path, id: &str, json: bool) -> anyhow::Result<Shown> {
+    let config = Config::load(config_file)?;
+    let Some((state, source)) = snapshot(&config)? else { return Ok(not_running(&config)) };
+    let Some(row) = state.machine(id) else {
+        eprintln!("slotgate: no machine {id} in the configuration the daemon runs");
+        return Ok(Shown::NotFound);
+    };
+    if json {
+        print_json(&row)?;
+        return Ok(shown(&source));
+    }
+    let now = jiff::Timestamp::now();
+    let m = &row.machine;
+    let mut out = std::io::stdout().lock();
+    if let Source::File { .. } = source {
+        writeln!(out, "(daemon not running: its last state, {})", state.written_at)?;
+    }
+    let at = |t: Option<jiff::Timestamp>| {
+        t.map_or_else(|| "-".to_owned(), |t| format!("{} ago", age(t, now)))
+    };
+    writeln!(out, "machine {} (line {}, address {})", m.registry_id, row.line, m.address)?;
+    writeln!(out, "  link          {} for {}", m.link, age(m.link_since, now))?;
+    writeln!(
+        out,
+        "  last event    {} ({})",
+        m.last_event.as_deref().unwrap_or("-"),
+        at(m.last_event_at)
+    )?;
+    writeln!(out, "  next seq      {}", m.next_seq)?;
+    writeln!(out, "  RTE           {}", if m.rte { "on" } else { "off" })?;
+    writeln!(out, "  play          {}", if m.enabled { "enabled" } else { "DISABLED" })?;
+    let drift =
+        m.clock_drift_seconds.map_or_else(|| "within threshold".to_owned(), |s| format!("{s} s"));
+    writeln!(out, "  clock drift   {drift}")?;
+    writeln!(
+        out,
+        "  counters      polls {}, retries {}, timeouts {}, CRC errors {}, other bad answers {}",
+        m.polls, m.retries, m.timeouts, m.crc_errors, m.decode_errors
+    )?;
+    writeln!(out, "                busy {}, chirps {}", m.busy, m.chirps)?;
+    writeln!(out, "  meters        {}", at(m.meters_at))?;
+    for (name, value) in &m.meters {
+        writeln!(out, "    {name:<32} {value:>20}")?;
+    }
+    Ok(shown(&source))
+}
+
+/// What `tail` shows.
+#[derive(Debug, Clone, Default)]
+pub struct TailFilter {
+    pub machine: Option<String>,
+    pub kind: Option<String>,
+    /// `SEQ` or an RFC 3339 time; none: from what comes next.
+    pub since: Option<String>,
+}
+
+/// How often `tail` asks for new records when there were none.
+const TAIL_EVERY: Duration = Duration::from_millis(250);
+
+/// `slotgate tail`: journalled records as they come, until interrupted.
+pub fn tail(config_file: &Path, filter: &TailFilter, json: bool) -> anyhow::Result<Shown> {
+    let config = Config::load(config_file)?;
+    let (mut from, since_time) = match filter.since.as_deref() {
+        None => (None, None),
+        Some(text) => match text.parse::<u64>() {
+            Ok(seq) => (Some(seq), None),
+            Err(_) => {
+                let time = text.parse::<jiff::Timestamp>().with_context(|| {
+                    format!("--since {text}: neither a sequence number nor an RFC 3339 time")
+                })?;
+                (Some(0), Some(time.as_millisecond()))
+            }
+        },
+    };
+    let runtime = runtime()?;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let path = match from {
+            Some(seq) => format!("/v1/events?from={seq}"),
+            None => "/v1/events".to_owned(),
+        };
+        let page = match runtime.block_on(request(&config.admin.socket, Method::GET, &path)) {
+            Ok(page) => page,
+            Err(ClientError::NotRunning { .. }) if from.is_none() => {
+                return Ok(not_running(&config));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let records = page["records"].as_array().map_or(&[][..], Vec::as_slice);
+        for record in records {
+            if !wanted(record, filter, since_time) {
+                continue;
+            }
+            if json {
+                serde_json::to_writer(&mut out, record)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{}", tail_line(record))?;
+            }
+        }
+        out.flush()?;
+        from = page["next"].as_u64().or(from);
+        if records.is_empty() {
+            std::thread::sleep(TAIL_EVERY);
+        }
+    }
+}
+
+fn wanted(record: &serde_json::Value, filter: &TailFilter, since_ms: Option<i64>) -> bool {
+    let machine_ok = filter.machine.as_deref().is_none_or(|m| record["machine"] == m);
+    let kind = record["event"]["kind"]
+        .as_str()
+        .or_else(|| record["alarm"]["alarm"].as_str().map(|_| "alarm"));
+    let kind_ok = filter.kind.as_deref().is_none_or(|k| kind == Some(k));
+    let time_ok =
+        since_ms.is_none_or(|t| record["appended_at_ms"].as_i64().is_some_and(|a| a >= t));
+    machine_ok && kind_ok && time_ok
+}
+
+/// One record on one line: `seq  time  machine  kind  data`, at most 100 characters.
+fn tail_line(record: &serde_json::Value) -> String {
+    let seq = record["seq"].as_u64().unwrap_or_default();
+    let time = record["appended_at_ms"]
+        .as_i64()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map_or_else(|| "-".to_owned(), |t| t.strftime("%H:%M:%S%.3f").to_string());
+    let machine = record["machine"].as_str().filter(|m| !m.is_empty()).unwrap_or("gateway");
+    let (kind, detail) = match (&record["event"], &record["alarm"]) {
+        (event, _) if event.is_object() => (
+            event["kind"].as_str().unwrap_or("?").to_owned(),
+            format!("#{} {}", event["machine_seq"], event["data"]),
+        ),
+        (_, alarm) if alarm.is_object() => (
+            "alarm".to_owned(),
+            format!(
+                "{} {}",
+                alarm["alarm"].as_str().unwrap_or("?"),
+                alarm["message"].as_str().unwrap_or("")
+            ),
+        ),
+        _ => ("compacted".to_owned(), String::new()),
+    };
+    let line =
+        format!("{seq:>8} {time} {:<14} {:<20} {detail}", clip(machine, 14), clip(&kind, 20));
+    clip(&line, 100)
+}
+
+/// `s`, cut to `max` characters with an ellipsis.
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut cut: String = s.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// 1536 → "1.5 KiB".
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{n} bytes"),
+        _ => format!("{value:.1} {}", UNITS.get(unit).copied().unwrap_or("?")),
+    }
+}
+
+/// 11_520 s → "3 h 12 min".
+pub fn span(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        3600..86_400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// How long ago `t` was, in [`span`]'s units.
+fn age(t: jiff::Timestamp, now: jiff::Timestamp) -> String {
+    let seconds = now.duration_since(t).as_secs().max(0);
+    span(Duration::from_secs(seconds.unsigned_abs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_are_for_people() {
+        assert_eq!(bytes(512), "512 bytes");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+        assert_eq!(span(Duration::from_secs(11_520)), "3 h 12 min");
+        assert_eq!(span(Duration::from_secs(59)), "59 s");
+        assert_eq!(span(Duration::from_secs(90_000)), "1 d 1 h");
+    }
+
+    #[test]
+    fn a_machine_summary_fits_the_screen() {
+        let now = jiff::Timestamp::now();
+        let mut m = MachineStatus::new("UA-VERY-LONG-REGISTRY-ID-0001".into(), 127, now);
+        m.last_event = Some("significant_event_with_a_long_name".into());
+        m.last_event_at = Some(now);
+        m.timeouts = 999_999;
+        m.polls = 123_456_789;
+        assert!(machine_summary(&m, now).chars().count() <= 100, "{}", machine_summary(&m, now));
+        let row = MachineRow { line: "a-long-line-name".into(), machine: m };
+        let mut out = Vec::new();
+        write_machines(&mut out, &[row], now).unwrap();
+        for line in String::from_utf8(out).unwrap().lines() {
+            assert!(line.chars().count() <= 100, "{line}");
+        }
+    }
+}
