@@ -174,7 +174,6 @@ pub async fn run(
         timeline.outage_until.as_secs_f64()
     );
 
-    let status_file = config.storage.status_file();
     let journal_dir = config.storage.journal_dir();
     let (done, stopped) = tokio::sync::oneshot::channel::<()>();
     let stop = async move {
@@ -183,12 +182,13 @@ pub async fn run(
             _ = stopped => Ok(()),
         }
     };
-    let daemon = crate::app::run(config, stop);
+    let (state_view, daemon_view) = tokio::sync::oneshot::channel();
+    let daemon = crate::app::run_with_view(config, stop, state_view);
     tokio::pin!(daemon);
     let mut view = View::new(args.machines, &receiver.url());
     let conducted = tokio::select! {
         outcome = &mut daemon => Err(outcome),
-        conducted = conduct(timeline, &simulation, &receiver, &status_file, &mut view) => {
+        conducted = conduct(timeline, &simulation, &receiver, daemon_view, &mut view) => {
             Ok(conducted)
         }
     };
@@ -239,11 +239,13 @@ fn config_text(
         "[venue]\nid = \"DEMO-VENUE\"\ncurrency = \"UAH\"\ntime_zone = \"Europe/Kyiv\"\n\n\
          [polling]\nmeter_snapshot_interval = \"30s\"\n\n[storage]\ndir = {:?}\n\n\
          [journal]\nsigning_key = {:?}\ncheckpoint_interval = \"10s\"\n\n\
+         [admin]\nsocket = {:?}\n\n\
          [[destination]]\nname = \"{DESTINATION}\"\nkind = \"https\"\nurl = \"{}\"\n\
          ca_file = {:?}\ntoken_file = {:?}\nhmac_key_file = {:?}\ntimeout = \"5s\"\n\
          batch_size = 100\nreplay_rate = {replay}\nreplay_burst = {replay}\n",
         state.display().to_string(),
         key.display().to_string(),
+        state.join("admin.sock").display().to_string(),
         receiver.url(),
         credentials.ca_file.display().to_string(),
         credentials.token_file.display().to_string(),
@@ -272,9 +274,10 @@ async fn conduct(
     timeline: Timeline,
     simulation: &Simulation,
     receiver: &Receiver,
-    status_file: &Path,
+    daemon_view: tokio::sync::oneshot::Receiver<crate::state::StateView>,
     view: &mut View,
 ) -> anyhow::Result<()> {
+    let daemon_view = daemon_view.await.context("the gateway stopped before it started polling")?;
     let start = Instant::now();
     let mut phase = Phase::Playing;
     let mut restored_at = None;
@@ -284,7 +287,7 @@ async fn conduct(
     loop {
         tick.tick().await;
         let elapsed = start.elapsed();
-        let status = read_status(status_file).await;
+        let status = Some(daemon_view.snapshot());
         // A status written before the uplink came back says nothing about the replay.
         let fresh = |since: Option<std::time::SystemTime>| {
             status
@@ -332,8 +335,8 @@ async fn conduct(
             let settled = status.as_ref().is_some_and(|s| {
                 std::time::SystemTime::from(s.written_at) >= settled_since && delivered_all(s)
             });
-            // The last games ended by `close_play + CLOSING`; a status written after that
-            // has their events.
+            // The last games ended by `close_play + CLOSING`; a little after that the lines
+            // have polled and journalled their events.
             let quiet = timeline.end.max(timeline.close_play + CLOSING) + crate::app::STATUS_EVERY;
             if settled && elapsed >= quiet {
                 view.finish();
@@ -346,11 +349,6 @@ async fn conduct(
             }
         }
     }
-}
-
-async fn read_status(path: &Path) -> Option<StatusFile> {
-    let text = tokio::fs::read_to_string(path).await.ok()?;
-    serde_json::from_str(&text).ok()
 }
 
 /// Reads the three sources of the tally once everything has stopped.
@@ -516,9 +514,7 @@ impl View {
                 "  machines   {} simulated, polled over TCP; {games} games reported upstream",
                 self.machines
             ),
-            format!(
-                "  journal    {journalled} records journalled durably (the daemon's status, every 2 s)"
-            ),
+            format!("  journal    {journalled} records journalled durably"),
             format!(
                 "  uplink     {} {link}{}",
                 self.url,
