@@ -33,7 +33,13 @@ pub async fn run(
     // Journal, in-flight records, status and quarantine hold the venue's financial events:
     // private to the service's user whatever umask it was started with.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    Daemon::start(&config)?.supervise(shutdown).await
+    let daemon = Daemon::start(&config)?;
+    crate::service::ready(&format!(
+        "Polling {} line(s), {} machine(s).",
+        config.lines.len(),
+        config.machine_count()
+    ));
+    daemon.supervise(shutdown).await
 }
 
 /// The running daemon: its state directory lock, journal and every long-running task.
@@ -59,7 +65,7 @@ impl Daemon {
         if let Some(listen) = config.admin.metrics_listen {
             crate::telemetry::install(listen)?;
         }
-        let (journal, writer) = open_journal(config)?;
+        let (journal, writer) = crate::service::extending_start_timeout(|| open_journal(config))?;
         {
             let status = journal.status().borrow().clone();
             tracing::info!(
@@ -80,6 +86,15 @@ impl Daemon {
             .unzip();
         let (forwarders, destinations) =
             crate::forward::spawn_all(config, &journal, &forward_cancel)?;
+        tokio::spawn(crate::service::watchdog(
+            crate::service::Parts {
+                journal: journal.clone(),
+                lines: watched.clone(),
+                destinations: destinations.clone(),
+            },
+            crate::service::watchdog_period().map(crate::service::Window),
+            cancel.clone(),
+        ));
         let status_writer = tokio::spawn(write_status(
             config.storage.status_file(),
             journal.clone(),
@@ -180,6 +195,7 @@ impl Daemon {
                 failures.push("the journal writer stopped".to_owned());
             }
         }
+        crate::service::stopping();
         for failure in &failures {
             raise_task_alarm(&journal, failure).await;
         }
