@@ -34,12 +34,40 @@ pub async fn run(
     // private to the service's user whatever umask it was started with.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let daemon = Daemon::start(&config)?;
+    journal_software_id(&config, &daemon.journal).await;
     crate::service::ready(&format!(
         "Polling {} line(s), {} machine(s).",
         config.lines.len(),
         config.machine_count()
     ));
     daemon.supervise(shutdown).await
+}
+
+/// Journals the `software_id` record (R21) before anything else this run; a failure is logged
+/// and the daemon runs on (the journal then lacks this run's identity, which the log explains).
+async fn journal_software_id(config: &Config, journal: &Journal) {
+    let file = config.file.clone();
+    let identity = tokio::task::spawn_blocking(move || {
+        crate::service::identity::SoftwareId::of_this_process(&file)
+    })
+    .await;
+    let identity = match identity.map_err(std::io::Error::other).and_then(|read| read) {
+        Ok(identity) => identity,
+        Err(error) => {
+            tracing::error!(%error, "Cannot read the software identity; none journalled.");
+            return;
+        }
+    };
+    match journal.append(vec![identity.record()]).await {
+        Ok(_) => tracing::info!(
+            version = %identity.version,
+            git_commit = %identity.git_commit,
+            binary_sha256 = %identity.binary_sha256,
+            config_sha256 = %identity.config_sha256,
+            "Software identity journalled."
+        ),
+        Err(error) => tracing::error!(%error, "Cannot journal the software identity."),
+    }
 }
 
 /// The running daemon: its state directory lock, journal and every long-running task.

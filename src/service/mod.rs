@@ -16,6 +16,9 @@
 //! A stuck part withholds WATCHDOG=1, so systemd restarts the service after `WatchdogSec=`; the
 //! STATUS= line names the part meanwhile.
 
+pub mod identity;
+pub mod reload;
+
 use std::time::Duration;
 
 use sd_notify::NotifyState;
