@@ -134,7 +134,17 @@ pub async fn watchdog(mut parts: Parts, window: Option<Window>, cancel: Cancella
         if let Ok(Ok(_) | Err(JournalError::DiskFloor { .. } | JournalError::Store(_))) = answered {
             journal.at = now;
         }
-        let stuck = judge(&mut parts, &mut lines, &mut destinations, &journal, now, limit);
+        let mut stuck = judge(
+            &mut parts.lines,
+            &mut lines,
+            &mut parts.destinations,
+            &mut destinations,
+            now,
+            limit,
+        );
+        if now.duration_since(journal.at) > limit {
+            stuck.push("journal writer".to_owned());
+        }
         let status = status_line(&parts, &stuck);
         if stuck != was_stuck {
             if stuck.is_empty() {
@@ -156,15 +166,15 @@ pub async fn watchdog(mut parts: Parts, window: Option<Window>, cancel: Cancella
 
 /// The names of the parts without progress within `limit`, updating what was last seen.
 fn judge(
-    parts: &mut Parts,
+    line_status: &mut [watch::Receiver<LineStatus>],
     lines: &mut [Seen],
+    destination_status: &mut [watch::Receiver<DestinationStatus>],
     destinations: &mut [Seen],
-    journal: &Seen,
     now: Instant,
     limit: Duration,
 ) -> Vec<String> {
     let mut stuck = Vec::new();
-    for (line, seen) in parts.lines.iter_mut().zip(lines.iter_mut()) {
+    for (line, seen) in line_status.iter_mut().zip(lines.iter_mut()) {
         // A closed channel is a poller that ended: the supervisor's business, not ours.
         if line.has_changed().unwrap_or(false) {
             line.borrow_and_update();
@@ -174,7 +184,7 @@ fn judge(
             stuck.push(format!("line poller {}", line.borrow().name));
         }
     }
-    for (destination, seen) in parts.destinations.iter_mut().zip(destinations.iter_mut()) {
+    for (destination, seen) in destination_status.iter_mut().zip(destinations.iter_mut()) {
         let changed = destination.has_changed().unwrap_or(false);
         let status = destination.borrow_and_update();
         let idle = status.state != LinkState::Up || status.unacknowledged == 0;
@@ -184,9 +194,6 @@ fn judge(
         if now.duration_since(seen.at) > limit {
             stuck.push(format!("forwarder {}", status.name));
         }
-    }
-    if now.duration_since(journal.at) > limit {
-        stuck.push("journal writer".to_owned());
     }
     stuck
 }
@@ -206,4 +213,37 @@ fn status_line(parts: &Parts, stuck: &[String]) -> String {
         status.push_str(&format!(" STUCK: {}.", stuck.join(", ")));
     }
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two pollers beat; one stops. Stuck exactly once its silence exceeds the window, named,
+    /// and no longer once it beats again.
+    #[tokio::test(start_paused = true)]
+    async fn a_line_poller_that_stops_beating_is_stuck_after_the_window() {
+        let window = Duration::from_secs(2);
+        let (beat_1, rx_1) = watch::channel(LineStatus::connecting("line-1"));
+        let (beat_2, rx_2) = watch::channel(LineStatus::connecting("line-2"));
+        let mut receivers = vec![rx_1, rx_2];
+        let start = Instant::now();
+        let mut seen = vec![Seen { at: start }, Seen { at: start }];
+        let mut judge_now = |receivers: &mut Vec<_>, seen: &mut Vec<_>| {
+            judge(receivers, seen, &mut [], &mut [], Instant::now(), window)
+        };
+        tokio::time::advance(Duration::from_secs(1)).await;
+        beat_1.send_modify(|_| {});
+        beat_2.send_modify(|_| {});
+        assert!(judge_now(&mut receivers, &mut seen).is_empty());
+        // line-2 last beat at 1 s: at 3 s it is exactly at the window, still fine.
+        tokio::time::advance(window).await;
+        beat_1.send_modify(|_| {});
+        assert!(judge_now(&mut receivers, &mut seen).is_empty());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        beat_1.send_modify(|_| {});
+        assert_eq!(judge_now(&mut receivers, &mut seen), ["line poller line-2"]);
+        beat_2.send_modify(|_| {});
+        assert!(judge_now(&mut receivers, &mut seen).is_empty());
+    }
 }
