@@ -229,7 +229,7 @@ mod tests {
         let mut receivers = vec![rx_1, rx_2];
         let start = Instant::now();
         let mut seen = vec![Seen { at: start }, Seen { at: start }];
-        let mut judge_now = |receivers: &mut Vec<_>, seen: &mut Vec<_>| {
+        let judge_now = |receivers: &mut Vec<_>, seen: &mut Vec<_>| {
             judge(receivers, seen, &mut [], &mut [], Instant::now(), window)
         };
         tokio::time::advance(Duration::from_secs(1)).await;
