@@ -9,15 +9,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
 
 /// Every datagram the service sent, with when it arrived.
 #[derive(Clone, Default)]
@@ -70,44 +67,12 @@ impl Notifications {
 /// `slotgate run` on `config` as systemd starts it: NOTIFY_SOCKET and WATCHDOG_USEC (without
 /// WATCHDOG_PID, which systemd sets to the main pid and sd_watchdog_enabled(3) may go without).
 fn run_notified(config: &Path, socket: &Path, watchdog: Duration, log: &Path) -> Proc {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Proc(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("NOTIFY_SOCKET", socket)
-            .env("WATCHDOG_USEC", watchdog.as_micros().to_string())
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "slotgate=info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+    let usec = watchdog.as_micros().to_string();
+    run_gateway_with(
+        config,
+        log,
+        &[("NOTIFY_SOCKET", socket.as_os_str()), ("WATCHDOG_USEC", usec.as_ref())],
     )
-}
-
-type Reports = BTreeMap<String, Vec<(bool, u64)>>;
-
-/// Per machine: the play reports it dropped because the host acknowledged them, and every play
-/// report it made, in its order.
-fn ledger_reports(ledger: &[Value]) -> (Reports, Reports) {
-    let key = |r: &Value| (r["serial"].as_str().unwrap().to_owned(), r["exception_seq"].as_u64());
-    let acknowledged: HashSet<_> =
-        ledger.iter().filter(|r| r["type"] == "exception_acknowledged").map(key).collect();
-    let (mut acked, mut all) = (Reports::new(), Reports::new());
-    for r in ledger.iter().filter(|r| r["type"] == "exception") {
-        let report = match r["code"].as_u64() {
-            Some(0x7E) => (true, r["event"]["credits_wagered"].as_u64().unwrap()),
-            Some(0x7F) => (false, r["event"]["win"].as_u64().unwrap()),
-            _ => continue,
-        };
-        let serial = r["serial"].as_str().unwrap().to_owned();
-        if acknowledged.contains(&key(r)) {
-            acked.entry(serial.clone()).or_default().push(report);
-        }
-        all.entry(serial).or_default().push(report);
-    }
-    (acked, all)
 }
 
 #[test]

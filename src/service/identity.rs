@@ -7,8 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::journal::record::Body;
-use crate::journal::{Class, NewRecord};
+use crate::journal::NewRecord;
 
 /// The `alarm` name of the record, which goes upstream as a gateway record.
 pub const SOFTWARE_ID: &str = "software_id";
@@ -42,17 +41,7 @@ impl SoftwareId {
     /// The journal record: a gateway record of the significant class (never refused for the
     /// cap, never compacted), its message the identity as JSON.
     pub fn record(&self) -> NewRecord {
-        NewRecord {
-            class: Class::Significant,
-            machine: String::new(),
-            machine_seq: None,
-            body: Body::Alarm {
-                alarm: SOFTWARE_ID.to_owned(),
-                level: "info".to_owned(),
-                message: serde_json::to_string(self).unwrap_or_default(),
-            },
-            snapshot_of: None,
-        }
+        super::audit_record(SOFTWARE_ID, self)
     }
 }
 

@@ -10,8 +10,7 @@ use serde::Serialize;
 use toml::Value;
 
 use crate::config::{Config, ConfigError};
-use crate::journal::record::Body;
-use crate::journal::{Class, NewRecord};
+use crate::journal::NewRecord;
 
 /// The `alarm` name of the record, which goes upstream as a gateway record.
 pub const CONFIG_CHANGED: &str = "config_changed";
@@ -42,17 +41,7 @@ impl ConfigChange {
     /// The journal record: a gateway record of the significant class, its message this change
     /// as JSON.
     pub fn record(&self) -> NewRecord {
-        NewRecord {
-            class: Class::Significant,
-            machine: String::new(),
-            machine_seq: None,
-            body: Body::Alarm {
-                alarm: CONFIG_CHANGED.to_owned(),
-                level: "info".to_owned(),
-                message: serde_json::to_string(self).unwrap_or_default(),
-            },
-            snapshot_of: None,
-        }
+        super::audit_record(CONFIG_CHANGED, self)
     }
 }
 
