@@ -34,7 +34,9 @@ pub async fn run(
     // private to the service's user whatever umask it was started with.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let daemon = Daemon::start(&config)?;
-    journal_software_id(&config, &daemon.journal).await;
+    // Beside the supervision, not before it: the shutdown signal is only listened for once
+    // `supervise` runs, and hashing the binary takes a moment.
+    tokio::spawn(journal_software_id(config.clone(), daemon.journal.clone()));
     crate::service::ready(&format!(
         "Polling {} line(s), {} machine(s).",
         config.lines.len(),
@@ -45,7 +47,7 @@ pub async fn run(
 
 /// Journals the `software_id` record (R21) before anything else this run; a failure is logged
 /// and the daemon runs on (the journal then lacks this run's identity, which the log explains).
-async fn journal_software_id(config: &Config, journal: &Journal) {
+async fn journal_software_id(config: Config, journal: Journal) {
     let file = config.file.clone();
     let identity = tokio::task::spawn_blocking(move || {
         crate::service::identity::SoftwareId::of_this_process(&file)
