@@ -36,10 +36,34 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = std::io::Result<()>>,
 ) -> anyhow::Result<()> {
-    // Journal, in-flight records, status and quarantine hold the venue's financial events:
-    // private to the service's user whatever umask it was started with.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    Daemon::start(&config)?.supervise(shutdown).await
+    run_with_view(config, shutdown, None).await
+}
+
+/// Journals the `software_id` record (R21) before anything else this run; a failure is logged
+/// and the daemon runs on (the journal then lacks this run's identity, which the log explains).
+async fn journal_software_id(config: Config, journal: Journal) {
+    let file = config.file.clone();
+    let identity = tokio::task::spawn_blocking(move || {
+        crate::service::identity::SoftwareId::of_this_process(&file)
+    })
+    .await;
+    let identity = match identity.map_err(std::io::Error::other).and_then(|read| read) {
+        Ok(identity) => identity,
+        Err(error) => {
+            tracing::error!(%error, "Cannot read the software identity; none journalled.");
+            return;
+        }
+    };
+    match journal.append(vec![identity.record()]).await {
+        Ok(_) => tracing::info!(
+            version = %identity.version,
+            git_commit = %identity.git_commit,
+            binary_sha256 = %identity.binary_sha256,
+            config_sha256 = %identity.config_sha256,
+            "Software identity journalled."
+        ),
+        Err(error) => tracing::error!(%error, "Cannot journal the software identity."),
+    }
 }
 
 /// As [`run`], handing the live state model to `view` once every task runs: for an in-process
@@ -48,12 +72,24 @@ pub async fn run(
 pub async fn run_with_view(
     config: Config,
     shutdown: impl Future<Output = std::io::Result<()>>,
-    view: tokio::sync::oneshot::Sender<crate::state::StateView>,
+    view: Option<tokio::sync::oneshot::Sender<crate::state::StateView>>,
 ) -> anyhow::Result<()> {
+    // Journal, in-flight records, status and quarantine hold the venue's financial events:
+    // private to the service's user whatever umask it was started with.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let daemon = Daemon::start(&config)?;
-    // Nobody waiting for the view is no reason not to run.
-    let _ = view.send(daemon.view.clone());
+    // Beside the supervision, not before it: the shutdown signal is only listened for once
+    // `supervise` runs, and hashing the binary takes a moment.
+    tokio::spawn(journal_software_id(config.clone(), daemon.journal.clone()));
+    crate::service::ready(&format!(
+        "Polling {} line(s), {} machine(s).",
+        config.lines.len(),
+        config.machine_count()
+    ));
+    if let Some(view) = view {
+        // Nobody waiting for the view is no reason not to run.
+        let _ = view.send(daemon.view.clone());
+    }
     daemon.supervise(shutdown).await
 }
 
@@ -87,7 +123,7 @@ impl Daemon {
         if let Some(listen) = config.admin.metrics_listen {
             crate::telemetry::install(listen)?;
         }
-        let (journal, writer) = open_journal(config)?;
+        let (journal, writer) = crate::service::extending_start_timeout(|| open_journal(config))?;
         {
             let status = journal.status().borrow().clone();
             tracing::info!(
@@ -133,6 +169,15 @@ impl Daemon {
         };
         let (forwarders, destinations) =
             crate::forward::spawn_all(config, &journal, &forward_cancel)?;
+        tokio::spawn(crate::service::watchdog(
+            crate::service::Parts {
+                journal: journal.clone(),
+                lines: watched.clone(),
+                destinations: destinations.clone(),
+            },
+            crate::service::watchdog_period().map(crate::service::Window),
+            cancel.clone(),
+        ));
         let (ready, ready_rx) = watch::channel(None);
         let view = crate::state::StateView {
             journal: journal.status(),
@@ -262,6 +307,7 @@ impl Daemon {
                 failures.push("the journal writer stopped".to_owned());
             }
         }
+        crate::service::stopping();
         for failure in &failures {
             raise_task_alarm(&journal, failure).await;
         }

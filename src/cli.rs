@@ -12,6 +12,17 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines are written to standard error: `text` for people (the journal's own
+    /// fields under systemd), `json` one object per line for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// What to run.
@@ -89,6 +100,12 @@ pub enum Command {
         /// Include this log file instead of the service's journald log of the last day.
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
+    },
+    /// Write the man page and shell completions into DIR (for packaging: .ci/package).
+    #[command(hide = true)]
+    GenerateAssets {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 

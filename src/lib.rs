@@ -21,6 +21,8 @@
 //! - [`normalizer`]: pure and synchronous; turns one machine's session events into canonical
 //!   events. Protocol quirks end there.
 //! - [`poller`]: one task per SAS line: sessions, normalizers, durable-before-acknowledged.
+//! - [`service`]: the daemon as systemd sees it: READY, STATUS, the progress watchdog,
+//!   STOPPING (sd_notify).
 //! - [`shutdown`]: SIGINT/SIGTERM as a future, injected into every long-running command.
 //! - [`simulator`]: `slotgate simulate`, faithful EGMs over TCP or pseudo-terminals, with fault
 //!   injection and a ground-truth ledger.
@@ -44,6 +46,7 @@ pub mod inspect;
 pub mod journal;
 pub mod normalizer;
 pub mod poller;
+pub mod service;
 pub mod shutdown;
 pub mod simulator;
 pub mod state;

@@ -7,29 +7,22 @@ use std::process::ExitCode;
 use clap::Parser;
 use slotgate::cli::{
     Cli, Command, ConfigCommand, EXIT_CONFIG, EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_NOT_RUNNING,
-    MachineCommand,
+    LogFormat, MachineCommand,
 };
 use slotgate::config::{Config, ConfigError};
 use slotgate::inspect::Outcome;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // rustls with ring only, before anything builds a TLS configuration (field-lessons.md §B5).
     slotgate::forward::tls::install_provider();
-    // Colour only for a person at a terminal: escape codes in journald or a log file are noise
-    // (https://no-color.org).
-    let colour = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            // The demo's live view shows what the logs would; warnings about the outage it
-            // causes itself would only scroll it away.
-            EnvFilter::new(if matches!(cli.command, Command::Demo(_)) { "error" } else { "info" })
-        }))
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .init();
+    // The demo's live view shows what the logs would; warnings about the outage it causes
+    // itself would only scroll it away.
+    let default_level = if matches!(cli.command, Command::Demo(_)) { "error" } else { "info" };
+    init_logging(cli.log_format, default_level);
     match cli.command {
         Command::Run { config, checks } => {
             match Config::load(&config)
@@ -86,6 +79,10 @@ fn main() -> ExitCode {
                 Err(error) => fail(&error),
             }
         }
+        Command::GenerateAssets { dir } => match generate_assets(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => fail(&error),
+        },
     }
 }
 
@@ -98,6 +95,60 @@ fn shown(outcome: anyhow::Result<slotgate::technician::Shown>) -> ExitCode {
         Ok(Shown::NotFound) => ExitCode::from(EXIT_NOT_FOUND),
         Err(error) => fail_printing(&error),
     }
+}
+
+/// Logs go to journald with their fields when standard error is the journal's stream (systemd
+/// sets `JOURNAL_STREAM` to its device and inode), else to standard error: text (colour only
+/// for a person at a terminal, https://no-color.org) or one JSON object per line.
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let registry = tracing_subscriber::registry().with(filter);
+    if format == LogFormat::Text
+        && stderr_is_journal()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        registry.with(journald.with_syslog_identifier("slotgate".into())).init();
+        return;
+    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => registry.with(fmt.json().with_ansi(false)).init(),
+        LogFormat::Text => {
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+            registry.with(fmt.with_ansi(colour)).init();
+        }
+    }
+}
+
+/// Whether `JOURNAL_STREAM` ("device:inode") names the file standard error is.
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr()) else { return false };
+    stream.to_str().and_then(|s| s.split_once(':')).is_some_and(|(dev, ino)| {
+        dev.parse::<u64>().is_ok_and(|d| d == stat.st_dev)
+            && ino.parse::<u64>().is_ok_and(|i| i == stat.st_ino)
+    })
+}
+
+/// `slotgate generate-assets DIR`: slotgate.1 and the bash, zsh and fish completions, from the
+/// command line's own definition.
+fn generate_assets(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let command = Cli::command();
+    let mut man = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut man)?;
+    let path = dir.join("slotgate.1");
+    std::fs::write(&path, man).with_context(|| format!("cannot write {}", path.display()))?;
+    for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish]
+    {
+        clap_complete::generate_to(shell, &mut command.clone(), "slotgate", dir)
+            .with_context(|| format!("cannot write the {shell} completion"))?;
+    }
+    Ok(())
 }
 
 fn run_async(job: impl Future<Output = anyhow::Result<()>>) -> ExitCode {

@@ -473,12 +473,17 @@ fn the_systemd_unit_verifies_clean() {
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let unit = read(&root.join("systemd/slotgate.service"));
-    assert!(unit.contains("ExecStart=/usr/local/bin/slotgate "), "{unit}");
-    // verify checks that the binary exists: point the unit at the one cargo built.
+    assert!(unit.contains("ExecStart=/usr/bin/slotgate "), "{unit}");
+    // verify checks that the binary exists: point the unit at the one cargo built. It also
+    // looks up the man page Documentation= names: the one the binary generates.
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("slotgate.service");
-    std::fs::write(&copy, unit.replace("/usr/local/bin/slotgate", BIN)).unwrap();
-    let out = Command::new(analyze).arg("verify").arg(&copy).output().unwrap();
+    std::fs::write(&copy, unit.replace("/usr/bin/slotgate", BIN)).unwrap();
+    let man = dir.path().join("man");
+    let generated =
+        Command::new(BIN).arg("generate-assets").arg(man.join("man1")).status().unwrap();
+    assert!(generated.success());
+    let out = Command::new(analyze).arg("verify").arg(&copy).env("MANPATH", &man).output().unwrap();
     let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     assert!(out.status.success() && printed.is_empty(), "{printed}");
 

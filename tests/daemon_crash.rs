@@ -17,43 +17,16 @@
 mod common;
 mod powercut;
 
-use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use serde_json::Value;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
-
-/// Per machine serial: the play reports (`(true, wagered)` for 7E, `(false, win)` for 7F) the
-/// machine dropped from its queue because the host acknowledged them, in the machine's order;
-/// and every play report it produced, acknowledged or not.
-fn ledger_reports(ledger: &[Value]) -> (Reports, Reports) {
-    let key = |r: &Value| (r["serial"].as_str().unwrap().to_owned(), r["exception_seq"].as_u64());
-    let acknowledged: HashSet<_> =
-        ledger.iter().filter(|r| r["type"] == "exception_acknowledged").map(key).collect();
-    let (mut acked, mut all) = (Reports::new(), Reports::new());
-    for r in ledger.iter().filter(|r| r["type"] == "exception") {
-        let report = match r["code"].as_u64() {
-            Some(0x7E) => (true, r["event"]["credits_wagered"].as_u64().unwrap()),
-            Some(0x7F) => (false, r["event"]["win"].as_u64().unwrap()),
-            _ => continue,
-        };
-        let serial = r["serial"].as_str().unwrap().to_owned();
-        if acknowledged.contains(&key(r)) {
-            acked.entry(serial.clone()).or_default().push(report);
-        }
-        all.entry(serial).or_default().push(report);
-    }
-    (acked, all)
-}
-
-type Reports = BTreeMap<String, Vec<(bool, u64)>>;
 
 /// Whether `needle` appears in `haystack` in order (not necessarily contiguously).
 fn is_subsequence(needle: &[(bool, u64)], haystack: &[(bool, u64)]) -> bool {

@@ -183,7 +183,7 @@ pub async fn run(
         }
     };
     let (state_view, daemon_view) = tokio::sync::oneshot::channel();
-    let daemon = crate::app::run_with_view(config, stop, state_view);
+    let daemon = crate::app::run_with_view(config, stop, Some(state_view));
     tokio::pin!(daemon);
     let mut view = View::new(args.machines, &receiver.url());
     let conducted = tokio::select! {

@@ -152,6 +152,9 @@ pub async fn run_line<C>(
     let mut next_publish = Instant::now();
 
     loop {
+        // The heartbeat the service watchdog counts (src/service.rs): a turn of this loop, at
+        // least once a second unless something blocks it.
+        status.send_modify(|_| {});
         let now = Instant::now().into_std();
         let wall = jiff::Timestamp::now();
         let pressure = *journal.pressure().borrow();
@@ -164,7 +167,7 @@ pub async fn run_line<C>(
             m.take_events(now, wall, &mut events);
         }
         if !events.is_empty() {
-            if !persist(&journal, &events, &cancel, &name).await {
+            if !persist(&journal, &events, &cancel, &name, &status).await {
                 // Shutting down with events that never became durable: do not confirm them, so
                 // the machines still hold them and report them again to the next run.
                 break;
@@ -637,9 +640,13 @@ async fn persist(
     events: &[(CanonicalEvent, Vec<u8>)],
     cancel: &CancellationToken,
     line: &str,
+    status: &tokio::sync::watch::Sender<LineStatus>,
 ) -> bool {
     let mut delay = PERSIST_RETRY.0;
     loop {
+        // Waiting for a journal that refuses (a full disk) is not a stuck poller: a restart
+        // would not cure it, and the journal raises its own alarm.
+        status.send_modify(|_| {});
         match journal.append_events(events).await {
             Ok(_) => return true,
             Err(error) => {

@@ -212,13 +212,44 @@ pub fn assert_sequences_gap_free(events: &[Value]) {
     }
 }
 
+/// Per machine serial: the play reports (`(true, wagered)` for 7E, `(false, win)` for 7F) the
+/// machine dropped from its queue because the host acknowledged them, in the machine's order;
+/// and every play report it produced, acknowledged or not.
+pub fn ledger_reports(ledger: &[Value]) -> (Reports, Reports) {
+    let key = |r: &Value| (r["serial"].as_str().unwrap().to_owned(), r["exception_seq"].as_u64());
+    let acknowledged: std::collections::HashSet<_> =
+        ledger.iter().filter(|r| r["type"] == "exception_acknowledged").map(key).collect();
+    let (mut acked, mut all) = (Reports::new(), Reports::new());
+    for r in ledger.iter().filter(|r| r["type"] == "exception") {
+        let report = match r["code"].as_u64() {
+            Some(0x7E) => (true, r["event"]["credits_wagered"].as_u64().unwrap()),
+            Some(0x7F) => (false, r["event"]["win"].as_u64().unwrap()),
+            _ => continue,
+        };
+        let serial = r["serial"].as_str().unwrap().to_owned();
+        if acknowledged.contains(&key(r)) {
+            acked.entry(serial.clone()).or_default().push(report);
+        }
+        all.entry(serial).or_default().push(report);
+    }
+    (acked, all)
+}
+
+pub type Reports = BTreeMap<String, Vec<(bool, u64)>>;
+
 /// Starts `slotgate run` on `config`, its log appended to `log` (runs after a restart add to it).
 pub fn run_gateway(config: &Path, log: &Path) -> Proc {
+    run_gateway_with(config, log, &[])
+}
+
+/// [`run_gateway`] with more environment variables (`NOTIFY_SOCKET`, say).
+pub fn run_gateway_with(config: &Path, log: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Proc {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     Proc(
         Command::new(BIN)
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "slotgate=info")
             .stdout(Stdio::null())

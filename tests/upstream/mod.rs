@@ -556,6 +556,10 @@ impl Subscriber {
         let mut by_id: std::collections::BTreeMap<String, Value> = Default::default();
         for payload in self.payloads() {
             let event: Value = serde_json::from_slice(&payload).unwrap();
+            // The gateway's own records (software_id at each start) are not machine events.
+            if event["type"] == "slotgate.gateway_alarm" {
+                continue;
+            }
             by_id.entry(event["id"].as_str().unwrap().to_owned()).or_insert(event);
         }
         let mut events: Vec<Value> = by_id.into_values().map(|e| e["data"].clone()).collect();
