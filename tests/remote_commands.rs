@@ -432,3 +432,53 @@ fn a_sent_command_and_the_desired_state_survive_a_power_cut_and_never_run_twice(
     let g = Gateway::new(&plain);
     assert_eq!(g.store.get(Uuid::from_u128(30)).unwrap(), None, "sled's flush is not durable");
 }
+
+/// The executor learns from the normalizer's real output: the ACK of LP 01, a power-up, a game
+/// start and end, a link change, a failed LP 02.
+#[test]
+fn the_executor_reads_what_it_needs_from_canonical_events() {
+    use firmware_protocols::sas::session::{PollError, SessionEvent};
+    use firmware_protocols::sas::{Address, Exception, Reply};
+    use slotgate::event::{Currency, RegistryId, VenueId};
+    use slotgate::normalizer::{MachineIdentity, Normalizer, VenueSettings};
+
+    let venue = VenueSettings {
+        venue_id: VenueId::new("UA-1").unwrap(),
+        currency: Currency::UAH,
+        time_zone: jiff::tz::TimeZone::get("Europe/Kyiv").unwrap(),
+        clock_drift_threshold: std::time::Duration::from_secs(60),
+    };
+    let machine = MachineIdentity {
+        registry_id: RegistryId::new("EGM-1").unwrap(),
+        address: Address::new(1).unwrap(),
+        asset_number: None,
+        denomination_code: None,
+    };
+    let mut normalizer = Normalizer::new(venue, machine, 0);
+    let cases = [
+        (SessionEvent::LinkUp, Some(Observation::LinkUp)),
+        (SessionEvent::LinkDown, Some(Observation::LinkDown)),
+        (
+            SessionEvent::Reply { poll: LongPoll::Shutdown, reply: Reply::Ack },
+            Some(Observation::Acknowledged(RemoteControl::Shutdown)),
+        ),
+        (
+            SessionEvent::Reply { poll: LongPoll::Startup, reply: Reply::Ack },
+            Some(Observation::Acknowledged(RemoteControl::Startup)),
+        ),
+        (SessionEvent::Exception(Exception::AcPowerApplied), Some(Observation::PowerUp)),
+        (SessionEvent::Exception(Exception::GameStarted), Some(Observation::GameStarted)),
+        (SessionEvent::Exception(Exception::GameEnded), Some(Observation::GameEnded)),
+        (SessionEvent::Exception(Exception::SlotDoorOpened), None),
+        (
+            SessionEvent::PollFailed { poll: LongPoll::Startup, error: PollError::Timeout },
+            Some(Observation::PollFailed(RemoteControl::Startup)),
+        ),
+    ];
+    for (i, (session_event, expected)) in cases.into_iter().enumerate() {
+        let at = now() + jiff::SignedDuration::from_secs(i as i64);
+        let events = normalizer.handle(at, &session_event).unwrap();
+        let observed: Vec<_> = events.iter().filter_map(Observation::from_event).collect();
+        assert_eq!(observed, expected.into_iter().collect::<Vec<_>>(), "{session_event:?}");
+    }
+}

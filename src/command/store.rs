@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::audit::{AuditRecord, AuditSink, AuditState, FailReason};
-use super::envelope::Action;
+use super::envelope::{Action, Envelope};
 use super::verify::{RejectReason, Rejection, Verified};
 
 /// Where a command stands, for one target or (aggregated) for the whole command.
@@ -111,6 +111,24 @@ pub struct CommandRecord {
 }
 
 impl CommandRecord {
+    /// A command as received, with no history yet.
+    fn new(envelope: &Envelope, origin: &str, signers: Vec<String>) -> Self {
+        Self {
+            id: envelope.id,
+            action: envelope.action,
+            reason: envelope.reason.clone(),
+            issued_at: envelope.issued_at,
+            not_before: envelope.not_before,
+            expires_at: envelope.expires_at,
+            origin: origin.to_owned(),
+            signers,
+            envelope: envelope.to_json(),
+            state: State::Received,
+            targets: envelope.targets.iter().map(|t| (t.clone(), State::Received)).collect(),
+            history: Vec::new(),
+        }
+    }
+
     fn aggregate(&mut self) {
         let states = self.targets.iter().map(|(_, s)| *s);
         self.state = if self.targets.iter().all(|(_, s)| s.is_terminal()) {
@@ -276,20 +294,7 @@ impl CommandStore {
             audit.append(record).map_err(StoreError::Audit)?;
             return Ok(Admission::Duplicate(stored));
         }
-        let mut record = CommandRecord {
-            id: envelope.id,
-            action: envelope.action,
-            reason: envelope.reason.clone(),
-            issued_at: envelope.issued_at,
-            not_before: envelope.not_before,
-            expires_at: envelope.expires_at,
-            origin: origin.to_owned(),
-            signers: verified.signers.clone(),
-            envelope: envelope.to_json(),
-            state: State::Received,
-            targets: envelope.targets.iter().map(|t| (t.clone(), State::Received)).collect(),
-            history: Vec::new(),
-        };
+        let mut record = CommandRecord::new(envelope, origin, verified.signers.clone());
         for state in [State::Received, State::Verified] {
             let mut entry = record.audit(state.audit(), envelope.targets.clone(), now);
             entry.detail = (state == State::Received).then(|| envelope.reason.clone());
@@ -343,27 +348,19 @@ impl CommandStore {
         }
         let transition =
             |state, reason, detail| Transition { state, at: now, machine: None, reason, detail };
-        let record = CommandRecord {
-            id: envelope.id,
-            action: envelope.action,
-            reason: envelope.reason.clone(),
-            issued_at: envelope.issued_at,
-            not_before: envelope.not_before,
-            expires_at: envelope.expires_at,
-            origin: origin.to_owned(),
-            signers: Vec::new(),
-            envelope: envelope.to_json(),
-            state: State::Rejected,
-            targets: envelope.targets.iter().map(|t| (t.clone(), State::Rejected)).collect(),
-            history: vec![
-                transition(State::Received, None, None),
-                transition(
-                    State::Rejected,
-                    Some(FailReason::Rejected(rejection.reason)),
-                    Some(rejection.detail.clone()),
-                ),
-            ],
-        };
+        let mut record = CommandRecord::new(envelope, origin, Vec::new());
+        for (_, state) in &mut record.targets {
+            *state = State::Rejected;
+        }
+        record.state = State::Rejected;
+        record.history = vec![
+            transition(State::Received, None, None),
+            transition(
+                State::Rejected,
+                Some(FailReason::Rejected(rejection.reason)),
+                Some(rejection.detail.clone()),
+            ),
+        ];
         self.tree.insert(command_key(record.id), encode(&record))?;
         (self.flush)()?;
         Ok(())
