@@ -263,8 +263,13 @@ impl Executor {
         now: Timestamp,
         out: &mut Vec<Output>,
     ) {
-        if let Some((old, _)) = m.inflight.take().filter(|(old, _)| old.id != command.id) {
-            out.push(step(old.id, machine, State::Failed, Some(FailReason::Superseded)));
+        match m.inflight.take().filter(|(old, _)| old.id != command.id) {
+            // Acknowledged: it did its work; the new command cuts its confirmation window short.
+            Some((old, Some(_))) => out.push(step(old.id, machine, State::Done, None)),
+            Some((old, None)) => {
+                out.push(step(old.id, machine, State::Failed, Some(FailReason::Superseded)));
+            }
+            None => {}
         }
         out.push(step(command.id, machine, State::Sent, None));
         m.desired = Some(DesiredState {

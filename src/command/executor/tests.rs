@@ -89,13 +89,14 @@ fn the_desired_state_is_reasserted_until_an_enable_arrives() {
     let mut e = executor(OfflinePolicy::Queue);
     e.observe(t(0), "M1", Observation::LinkUp);
     e.submit(t(1), &record(1, Action::Disable, 0, 600, &["M1"]));
+    e.observe(t(2), "M1", Observation::Acknowledged(RemoteControl::Shutdown));
     assert_eq!(summary(&e.observe(t(3), "M1", Observation::PowerUp)), ["M1:Shutdown(power_cycle)"]);
     assert_eq!(summary(&e.observe(t(4), "M1", Observation::RamClear)), ["M1:Shutdown(ram_clear)"]);
     assert!(e.observe(t(5), "M1", Observation::LinkDown).is_empty());
     assert!(e.observe(t(6), "M1", Observation::PowerUp).is_empty(), "offline: nothing to send to");
     assert_eq!(summary(&e.observe(t(7), "M1", Observation::LinkUp)), ["M1:Shutdown(link_up)"]);
     let out = e.submit(t(8), &record(2, Action::Enable, 8, 600, &["M1"]));
-    assert_eq!(summary(&out), ["M1:1:failed", "M1:2:sent", "M1:Startup"]);
+    assert_eq!(summary(&out), ["M1:1:done", "M1:2:sent", "M1:Startup"], "1 was acknowledged");
     assert_eq!(
         summary(&e.observe(t(9), "M1", Observation::Acknowledged(RemoteControl::Startup))),
         ["M1:2:confirmed", "M1:2:done"]
@@ -171,4 +172,9 @@ fn a_failed_poll_fails_the_command_and_keeps_the_desired_state() {
         ["M1:1:failed"]
     );
     assert_eq!(e.desired("M1").unwrap().action, Action::Disable);
+    // A command not yet acknowledged when a newer one is sent is superseded.
+    let out = e.submit(t(3), &record(2, Action::Enable, 3, 600, &["M1"]));
+    let out2 = e.submit(t(4), &record(3, Action::Disable, 4, 600, &["M1"]));
+    assert_eq!(summary(&out), ["M1:2:sent", "M1:Startup"]);
+    assert_eq!(summary(&out2), ["M1:2:failed", "M1:3:sent", "M1:Shutdown"]);
 }
