@@ -137,3 +137,15 @@ fn the_size_limit_is_checked_before_parsing() {
     assert!(json.len() <= MAX_ENVELOPE_BYTES, "{}", json.len());
     assert_eq!(parse(json.as_bytes()).unwrap(), envelope);
 }
+
+#[test]
+fn the_documented_envelope_is_the_test_vector_and_verifies() {
+    let doc = include_str!("../../docs/upstream-protocol.md");
+    let section = doc.split("### Envelope (JSON").nth(1).unwrap();
+    let json = section.split("```\n").nth(1).unwrap();
+    let (key, mut expected) = vector();
+    expected.sign("regulator-2026", &key);
+    let parsed = parse(json.as_bytes()).unwrap();
+    assert_eq!(parsed, expected);
+    assert!(parsed.verify_signature(&key.verifying_key(), &parsed.signatures[0].signature));
+}
