@@ -482,3 +482,166 @@ fn the_executor_reads_what_it_needs_from_canonical_events() {
         assert_eq!(observed, expected.into_iter().collect::<Vec<_>>(), "{session_event:?}");
     }
 }
+
+/// The remote-command task as the daemon runs it: a real journal (audit trail and the events
+/// it observes), a real sled store, the line's real command channel with the test answering as
+/// the line task. A signed disable is journalled, sent as LP 01 ahead of everything and
+/// confirmed by the machine's ACK read back from the journal; its replay and a forgery are
+/// answered without anything reaching the line; every audit record is numbered without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_task_journals_sends_only_lp01_and_confirms_from_the_journal() {
+    use firmware_protocols::sas::session::SessionEvent;
+    use firmware_protocols::sas::{Address, Reply};
+    use slotgate::command::journal_sink::{AUDIT_MACHINE, JournalSink};
+    use slotgate::command::service::{Outcome, Service};
+    use slotgate::event::{CanonicalEvent, Currency, EventKind, RegistryId, VenueId};
+    use slotgate::journal::{Body, Journal, JournalConfig};
+    use slotgate::normalizer::{MachineIdentity, Normalizer, VenueSettings};
+    use slotgate::poller::LineCommand;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let (journal, writer) =
+        Journal::open(JournalConfig::in_dir(&dir.path().join("journal"))).unwrap();
+    let db = sled::open(dir.path().join("commands")).unwrap();
+    let flush = sled_durable_flush(db.clone(), &dir.path().join("commands")).unwrap();
+    let store = CommandStore::new(db.open_tree("commands").unwrap(), flush);
+    let venue_id = VenueId::new("UA-1").unwrap();
+    let time_zone = jiff::tz::TimeZone::get("Europe/Kyiv").unwrap();
+    let sink = JournalSink::open(
+        journal.clone(),
+        tokio::runtime::Handle::current(),
+        venue_id.clone(),
+        time_zone.clone(),
+    )
+    .unwrap();
+    let (line, mut line_commands) = slotgate::poller::command::channel("a");
+    let lines = machines(&config).into_iter().map(|m| (m, line.clone())).collect();
+    let verifier = Verifier::load(&config.commands).unwrap();
+    let (service, submitter) =
+        Service::new(&config.commands, verifier, store, sink, journal.clone(), lines).unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(service.run(cancel.clone()));
+
+    // The machine's own events, as its line task journals them.
+    let mut normalizer = Normalizer::new(
+        VenueSettings {
+            venue_id,
+            currency: Currency::UAH,
+            time_zone,
+            clock_drift_threshold: std::time::Duration::from_secs(60),
+        },
+        MachineIdentity {
+            registry_id: RegistryId::new("EGM-1").unwrap(),
+            address: Address::new(1).unwrap(),
+            asset_number: None,
+            denomination_code: None,
+        },
+        0,
+    );
+    let journal_machine_event = |normalizer: &mut Normalizer, event: SessionEvent| {
+        let events = normalizer.handle(Timestamp::now(), &event).unwrap();
+        let events: Vec<_> = events.into_iter().map(|e| (e, Vec::new())).collect();
+        let journal = journal.clone();
+        async move { journal.append_events(&events).await.unwrap() }
+    };
+    journal_machine_event(&mut normalizer, SessionEvent::LinkUp).await;
+
+    let fresh = |id: u128| {
+        let mut envelope = command(id, &["EGM-1"], Action::Disable);
+        // The envelope carries whole seconds.
+        envelope.issued_at = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
+        envelope.not_before = envelope.issued_at;
+        envelope.expires_at = envelope.issued_at + jiff::SignedDuration::from_mins(30);
+        envelope
+    };
+    let disable = signed(fresh(1), "reg-2026", 1);
+    let submitted = tokio::spawn({
+        let submitter = submitter.clone();
+        let disable = disable.clone();
+        async move { submitter.submit(disable, "admin:uid=0".into()).await }
+    });
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(10), line_commands.recv()).await;
+    let sent = match sent {
+        Ok(sent) => sent.unwrap(),
+        Err(_) => panic!("nothing sent: {:?}", submitted.await),
+    };
+    match sent {
+        LineCommand::RemoteControl { machine, control, reply } => {
+            assert_eq!((machine.as_str(), control), ("EGM-1", RemoteControl::Shutdown));
+            reply.send(Ok(())).unwrap();
+        }
+        other => panic!("not a remote control: {other:?}"),
+    }
+    let outcome = submitted.await.unwrap().unwrap();
+    assert_eq!(outcome, Outcome::Accepted { command_id: Uuid::from_u128(1), state: State::Sent });
+
+    // The ACK of LP 01, journalled by the line: the task reads it back and confirms.
+    journal_machine_event(
+        &mut normalizer,
+        SessionEvent::Reply { poll: LongPoll::Shutdown, reply: Reply::Ack },
+    )
+    .await;
+
+    let replay = submitter.submit(disable, "mqtt:state".into()).await.unwrap();
+    assert!(matches!(replay, Outcome::Duplicate { .. }), "{replay:?}");
+    let forged = submitter.submit(signed(fresh(2), "reg-2026", 9), "mqtt:state".into()).await;
+    assert!(
+        matches!(&forged, Ok(Outcome::Rejected { reason, .. }) if reason == "bad_signature"),
+        "{forged:?}"
+    );
+    assert!(line_commands.try_recv().is_err(), "a replay or a forgery reached the line");
+
+    let audit = || -> Vec<CanonicalEvent> {
+        journal
+            .read(0, 1000)
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| match r.body {
+                Some(Body::Event { canonical_json, .. }) => {
+                    Some(serde_json::from_slice::<CanonicalEvent>(&canonical_json).unwrap())
+                }
+                _ => None,
+            })
+            .filter(|e| e.machine.registry_id.as_str() == AUDIT_MACHINE)
+            .collect()
+    };
+    let state = |e: &CanonicalEvent| match &e.kind {
+        EventKind::RemoteCommand { state, command_id, .. } => (*command_id, state.clone()),
+        other => panic!("not an audit record: {other:?}"),
+    };
+    // The confirmation is audited once the task has read the ACK: wait on the journal.
+    let mut durable = journal.durable();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !audit().iter().any(|e| state(e).1 == "confirmed") {
+            durable.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the ACK confirmed the command");
+    let trail: Vec<_> = audit().iter().map(state).collect();
+    let one = Some(Uuid::from_u128(1));
+    let expected: Vec<(Option<Uuid>, String)> = [
+        (one, "received"),
+        (one, "verified"),
+        (one, "sent"),
+        (one, "confirmed"),
+        (one, "rejected"),
+        (Some(Uuid::from_u128(2)), "rejected"),
+    ]
+    .into_iter()
+    .map(|(id, s)| (id, s.to_owned()))
+    .collect();
+    let mut sorted = trail.clone();
+    sorted.sort();
+    let mut expected_sorted = expected.clone();
+    expected_sorted.sort();
+    assert_eq!(sorted, expected_sorted, "{trail:?}");
+    let seqs: Vec<u64> = audit().iter().map(|e| e.machine_seq).collect();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    drop((submitter, line, journal));
+    tokio::task::spawn_blocking(move || writer.join()).await.unwrap().unwrap();
+}

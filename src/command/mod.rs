@@ -18,5 +18,7 @@
 pub mod audit;
 pub mod envelope;
 pub mod executor;
+pub mod journal_sink;
+pub mod service;
 pub mod store;
 pub mod verify;
