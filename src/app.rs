@@ -158,6 +158,7 @@ impl Daemon {
             .unzip();
         let (handles, commands): (Vec<_>, Vec<_>) =
             lines.iter().map(|line| poller::command::channel(&line.name)).unzip();
+        let (remote_commands, _submitter) = start_commands(config, &journal, &lines, &handles)?;
         // The control plane never takes the data path down: without its socket the daemon
         // polls and forwards, and says why no technician can reach it.
         let socket = match crate::admin::bind(&config.admin.socket) {
@@ -197,6 +198,7 @@ impl Daemon {
             let api = crate::admin::Api::new(view.clone(), handles, journal.clone());
             tokio::spawn(crate::admin::serve(socket, std::sync::Arc::new(api), cancel.clone()))
         });
+        let cancel_commands = cancel.clone();
         let mut daemon = Self {
             _lock: lock,
             journal,
@@ -212,6 +214,12 @@ impl Daemon {
             admin,
             view,
         };
+        // Before the lines, so it observes their first link-ups (re-assertion after a restart).
+        daemon.spawn_line(COMMANDS_TASK.into(), async move {
+            if let Err(error) = remote_commands.run(cancel_commands).await {
+                tracing::error!(%error, "The remote-command task failed.");
+            }
+        });
         for ((line, status), commands) in lines.into_iter().zip(line_status).zip(commands) {
             let inflight =
                 Some(config.storage.lines_dir().join(poller::inflight::file_name(&line.name)));
@@ -398,6 +406,43 @@ fn ended_by_itself(task: &str, ended: Result<(), tokio::task::JoinError>) -> Str
         }
         Err(e) => format!("the {task} was cancelled: {e}"),
     }
+}
+
+/// The remote-command task's name among the line tasks it is supervised with.
+const COMMANDS_TASK: &str = "remote commands";
+
+/// The remote-command task (`command::service`): its keyed state in a sled database of its own
+/// under `<storage.dir>/commands` (the journal's store is not shared), audited into the journal,
+/// sending through the lines' command channels.
+fn start_commands(
+    config: &Config,
+    journal: &Journal,
+    lines: &[Line],
+    handles: &[poller::LineHandle],
+) -> anyhow::Result<(crate::command::service::Service, crate::command::service::Submitter)> {
+    use crate::command::{journal_sink::JournalSink, service::Service, store, verify::Verifier};
+    let dir = config.storage.dir.join("commands");
+    let db = sled::open(&dir)
+        .with_context(|| format!("cannot open the command store {}", dir.display()))?;
+    let tree = db.open_tree("commands").context("cannot open the command store's tree")?;
+    let flush = store::sled_durable_flush(db, &dir)
+        .with_context(|| format!("cannot make the command store {} durable", dir.display()))?;
+    let verifier = Verifier::load(&config.commands).context("[commands] keys")?;
+    let sink = JournalSink::open(
+        journal.clone(),
+        tokio::runtime::Handle::current(),
+        config.venue.id.clone(),
+        config.venue.time_zone.clone(),
+    )?;
+    let machines = lines
+        .iter()
+        .zip(handles)
+        .flat_map(|(line, handle)| {
+            line.machines.iter().map(|m| (m.registry_id().to_string(), handle.clone()))
+        })
+        .collect();
+    let store = store::CommandStore::new(tree, flush);
+    Service::new(&config.commands, verifier, store, sink, journal.clone(), machines)
 }
 
 /// Logs a failed task and journals it as an alarm record, so it goes upstream as well.

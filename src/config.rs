@@ -37,6 +37,8 @@ pub struct Config {
     pub lines: Vec<LineConfig>,
     /// Where events are forwarded (the state system); none means journal only.
     pub destinations: Vec<DestinationConfig>,
+    /// Who may switch machines off and on remotely (issue 10); no keys means nobody.
+    pub commands: CommandSettings,
 }
 
 /// What the daemon exposes to the venue's operators.
@@ -224,6 +226,8 @@ struct RawConfig {
     line: Vec<RawLine>,
     #[serde(default)]
     destination: Vec<RawDestination>,
+    #[serde(default)]
+    commands: RawCommands,
 }
 
 #[derive(Debug, Deserialize)]
@@ -470,6 +474,140 @@ fn default_profile() -> String {
     "generic-sas-602".to_owned()
 }
 
+// === Remote commands (issue 10) ===
+
+/// Who may switch machines off and on remotely, and the rules their commands meet
+/// (`command::verify` applies them; docs/upstream-protocol.md, "Remote commands").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSettings {
+    /// Trusted issuer keys; several at once is how keys rotate.
+    pub keys: Vec<IssuerKey>,
+    /// How far a command's `issued_at` may lie ahead of the gateway's clock.
+    pub max_clock_skew: Duration,
+    /// A command naming more machines than this is a bulk command.
+    pub bulk_threshold: usize,
+    /// Signatures from distinct keys a bulk command needs (1 or 2).
+    pub bulk_signatures: usize,
+    /// What happens to a command for a machine that is offline when it arrives.
+    pub offline_policy: OfflinePolicy,
+    /// How long after the machine's ACK a shutdown must see no new game start to be done.
+    pub confirm_window: Duration,
+}
+
+/// One trusted issuer key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerKey {
+    /// The `key_id` commands name it by.
+    pub id: String,
+    /// 64 hex digits of an Ed25519 public key (the format of `journal keygen`'s `.pub`).
+    pub public_key_file: PathBuf,
+    /// The actions it may sign.
+    pub roles: Vec<command_envelope::Action>,
+    /// Kept so that its commands are rejected as retired rather than as unknown.
+    pub retired: bool,
+}
+
+/// Commands for a machine that is offline when they arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OfflinePolicy {
+    /// Keep the command until the machine is back or the command expires.
+    #[default]
+    Queue,
+    /// Reject it at once.
+    Reject,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCommands {
+    keys: Vec<RawIssuerKey>,
+    #[serde(with = "humantime_serde")]
+    max_clock_skew: Duration,
+    bulk_threshold: usize,
+    bulk_signatures: usize,
+    offline_policy: OfflinePolicy,
+    #[serde(with = "humantime_serde")]
+    confirm_window: Duration,
+}
+
+impl Default for RawCommands {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            max_clock_skew: Duration::from_secs(300),
+            bulk_threshold: 10,
+            bulk_signatures: 2,
+            offline_policy: OfflinePolicy::Queue,
+            confirm_window: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuerKey {
+    id: String,
+    public_key_file: PathBuf,
+    roles: Vec<command_envelope::Action>,
+    #[serde(default)]
+    retired: bool,
+}
+
+fn validate_commands(raw: &RawCommands, base: &Path) -> Result<CommandSettings, (String, String)> {
+    let mut keys: Vec<IssuerKey> = Vec::new();
+    for (i, key) in raw.keys.iter().enumerate() {
+        let at = |field: &str| format!("commands.keys[{i}].{field}");
+        if key.id.is_empty()
+            || key.id.len() > command_envelope::MAX_KEY_ID_LEN
+            || !key.id.chars().all(|c| c.is_ascii_graphic())
+        {
+            return Err((at("id"), "must be 1–64 printable ASCII characters".into()));
+        }
+        if keys.iter().any(|k| k.id == key.id) {
+            return Err((at("id"), format!("`{}` names two keys", key.id)));
+        }
+        if key.roles.is_empty() {
+            return Err((at("roles"), "name at least one of \"disable\", \"enable\"".into()));
+        }
+        let mut roles = Vec::new();
+        for role in &key.roles {
+            if !roles.contains(role) {
+                roles.push(*role);
+            }
+        }
+        let file = &key.public_key_file;
+        keys.push(IssuerKey {
+            id: key.id.clone(),
+            public_key_file: if file.is_relative() { base.join(file) } else { file.clone() },
+            roles,
+            retired: key.retired,
+        });
+    }
+    if raw.max_clock_skew < Duration::from_secs(1) || raw.max_clock_skew > Duration::from_secs(3600)
+    {
+        return Err(("commands.max_clock_skew".into(), "must be between 1s and 1h".into()));
+    }
+    if raw.bulk_threshold == 0 {
+        return Err(("commands.bulk_threshold".into(), "must be at least 1".into()));
+    }
+    if !(1..=2).contains(&raw.bulk_signatures) {
+        return Err(("commands.bulk_signatures".into(), "must be 1 or 2".into()));
+    }
+    if raw.confirm_window < Duration::from_secs(1) || raw.confirm_window > Duration::from_secs(3600)
+    {
+        return Err(("commands.confirm_window".into(), "must be between 1s and 1h".into()));
+    }
+    Ok(CommandSettings {
+        keys,
+        max_clock_skew: raw.max_clock_skew,
+        bulk_threshold: raw.bulk_threshold,
+        bulk_signatures: raw.bulk_signatures,
+        offline_policy: raw.offline_policy,
+        confirm_window: raw.confirm_window,
+    })
+}
+
 // === Loading ===
 
 impl Config {
@@ -657,6 +795,7 @@ impl Config {
             admin: Admin { metrics_listen, socket },
             lines,
             destinations,
+            commands: validate_commands(&raw.commands, base).map_err(|(f, r)| error(&f, r))?,
         })
     }
 
@@ -683,6 +822,10 @@ impl Config {
         for (i, key) in self.journal.trusted_keys.iter().enumerate() {
             crate::journal::checkpoint::load_public_key(key)
                 .map_err(|e| error(format!("journal.trusted_keys[{i}]"), e.to_string()))?;
+        }
+        for (i, key) in self.commands.keys.iter().enumerate() {
+            crate::journal::checkpoint::load_public_key(&key.public_key_file)
+                .map_err(|e| error(format!("commands.keys[{i}].public_key_file"), e.to_string()))?;
         }
         for (i, d) in self.destinations.iter().enumerate() {
             let at = |field: &str| format!("destination[{i}].{field}");
@@ -1318,5 +1461,43 @@ registry_id = "EGM-1"
         let e = Config::from_toml_str(&dir.path().join("slotgate.toml"), &text).unwrap_err();
         assert_eq!(e.field, "line[0].profile");
         assert!(e.reason.contains("acme.toml") && e.reason.contains("timing.tries"), "{e}");
+    }
+
+    #[test]
+    fn the_commands_section_is_validated_with_defaults() {
+        let c = check(MINIMAL).unwrap();
+        assert!(c.commands.keys.is_empty(), "no keys: nobody may command");
+        assert_eq!(c.commands.offline_policy, OfflinePolicy::Queue);
+        assert_eq!(c.commands.bulk_signatures, 2);
+        let text = format!(
+            "{MINIMAL}\n[commands]\nmax_clock_skew = \"2m\"\noffline_policy = \"reject\"\n\
+             [[commands.keys]]\nid = \"reg-2026\"\npublic_key_file = \"keys/reg.pub\"\n\
+             roles = [\"disable\", \"enable\", \"disable\"]\n\
+             [[commands.keys]]\nid = \"reg-2025\"\npublic_key_file = \"/k/old.pub\"\n\
+             roles = [\"disable\"]\nretired = true\n"
+        );
+        let c = check(&text).unwrap();
+        assert_eq!(c.commands.max_clock_skew, Duration::from_secs(120));
+        assert_eq!(c.commands.offline_policy, OfflinePolicy::Reject);
+        let [new, old] = c.commands.keys.as_slice() else { panic!("{:?}", c.commands.keys) };
+        assert_eq!(new.public_key_file, Path::new("/etc/slotgate/keys/reg.pub"));
+        assert_eq!(
+            new.roles,
+            [command_envelope::Action::Disable, command_envelope::Action::Enable]
+        );
+        assert!(old.retired && !new.retired);
+
+        let bad = |extra: &str| field_of(&format!("{MINIMAL}\n{extra}"));
+        let key = "[[commands.keys]]\nid = \"k\"\npublic_key_file = \"k.pub\"\n";
+        assert_eq!(bad(&format!("{key}roles = []\n")), "commands.keys[0].roles");
+        assert_eq!(bad(&format!("{key}roles = [\"reboot\"]\n")), "commands.keys[0].roles[0]");
+        assert_eq!(
+            bad(&format!("{key}roles = [\"enable\"]\n{key}roles = [\"enable\"]\n")),
+            "commands.keys[1].id"
+        );
+        assert_eq!(bad("[commands]\nbulk_signatures = 3\n"), "commands.bulk_signatures");
+        assert_eq!(bad("[commands]\nmax_clock_skew = \"0s\"\n"), "commands.max_clock_skew");
+        assert_eq!(bad("[commands]\noffline_policy = \"drop\"\n"), "commands.offline_policy");
+        assert_eq!(bad("[commands]\nsecret = 1\n"), "commands.secret");
     }
 }

@@ -356,6 +356,27 @@ pub enum EventKind {
         /// Games ended reported vs games-played meter delta (not part of the outcome).
         games: Counts,
     },
+    /// A remote command (issue 10) reached a state: the audit trail of remote shutdown and
+    /// startup, journalled before the step it records (`command::audit`).
+    RemoteCommand {
+        /// Null when the bytes did not parse.
+        command_id: Option<Uuid>,
+        /// `disable` or `enable`; null when the bytes did not parse.
+        action: Option<String>,
+        /// `received`, `verified`, `sent`, `confirmed`, `done`, `rejected`, `failed`, `expired`,
+        /// or `reasserted` (desired state sent again after a power cycle, link-up, RAM clear or
+        /// gateway restart).
+        state: String,
+        /// On `rejected`, `failed` and `expired`: why (`bad_signature`, `unknown_key`, …).
+        reason: Option<String>,
+        /// Where the command came from: `mqtt:<destination>`, `https:<destination>`,
+        /// `admin:uid=<uid>`.
+        origin: String,
+        /// Ids of the keys whose signatures verified, issuer first; empty if none did.
+        signers: Vec<String>,
+        /// For people.
+        detail: Option<String>,
+    },
     /// A ROM signature (LP21).
     RomSignature { seed: Option<u16>, signature: u16 },
     /// A significant event without money: doors, power, tilts, memory errors, meter resets,
@@ -407,6 +428,7 @@ impl EventKind {
         "poll_failed",
         "poll_unsupported",
         "reconciliation",
+        "remote_command",
         "rom_signature",
         "significant_event",
         "ticket_in",
@@ -442,6 +464,7 @@ impl EventKind {
             Self::PollFailed { .. } => "poll_failed",
             Self::PollUnsupported { .. } => "poll_unsupported",
             Self::Reconciliation { .. } => "reconciliation",
+            Self::RemoteCommand { .. } => "remote_command",
             Self::RomSignature { .. } => "rom_signature",
             Self::SignificantEvent { .. } => "significant_event",
             Self::TicketIn { .. } => "ticket_in",

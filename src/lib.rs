@@ -8,6 +8,8 @@
 //! - [`app`]: the wiring of `slotgate run`: state directory lock, journal, line pollers,
 //!   forwarders, status file, supervision, ordered stop.
 //! - [`cli`]: the command line.
+//! - [`command`]: remote shutdown and startup of machines: signed commands, their verification,
+//!   durable command journal, audit records and the LP 01 / LP 02 executor.
 //! - [`durable`]: fsync helpers: what survives a power cut, not only a kill.
 //! - [`diag`]: `slotgate diag-bundle`, a tar.gz for support with no secret inside.
 //! - [`demo`]: `slotgate demo`, a simulated floor polled by the real gateway in one process.
@@ -36,6 +38,7 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod demo;
 pub mod diag;

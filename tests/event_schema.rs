@@ -197,6 +197,15 @@ fn samples() -> Vec<EventKind> {
             wins: figures(None, Some(800)),
             games: Counts { events: 1, meters: Some(2) },
         },
+        EventKind::RemoteCommand {
+            command_id: Some(uuid::uuid!("6f1c9a52-8d0e-4b7a-9c3e-2a5b8f4d1e07")),
+            action: Some("disable".into()),
+            state: "rejected".into(),
+            reason: Some("bad_signature".into()),
+            origin: "mqtt:dsom".into(),
+            signers: Vec::new(),
+            detail: Some("the signature of key reg-2026 does not verify".into()),
+        },
         EventKind::RomSignature { seed: Some(0), signature: 0xBEEF },
         EventKind::SignificantEvent {
             category: Category::Door,

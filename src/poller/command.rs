@@ -2,11 +2,12 @@
 //! its own reply channel; the line task acts on commands only between exchanges, so a command
 //! never cuts into an exchange or into durable-before-acknowledged.
 //!
-//! Only reads are offered: a technician may ask for meters, identity or the clock, never for
-//! something that moves money or changes the machine. Remote shutdown (LP01/02) will be one more
-//! variant here, with its own audit.
+//! Only reads are offered to a technician: meters, identity or the clock, never something that
+//! moves money or changes the machine. The one exception is [`LineCommand::RemoteControl`],
+//! the remote-command path's (`crate::command`, audited there before it is sent): its poll is a
+//! [`RemoteControl`], which can only be LP 01 or LP 02 (requirements R22).
 
-use firmware_protocols::sas::LongPoll;
+use firmware_protocols::sas::{LongPoll, RemoteControl};
 use tokio::sync::{mpsc, oneshot};
 
 /// How many commands may wait for one line.
@@ -19,6 +20,13 @@ pub enum LineCommand {
     LongPoll { machine: String, poll: AllowedPoll, reply: oneshot::Sender<Result<(), String>> },
     /// Queue a full meter snapshot (LP1C and LP0F) for the machine.
     MeterSnapshot { machine: String, reply: oneshot::Sender<Result<(), String>> },
+    /// Queue LP 01 (shutdown) or LP 02 (startup) for the machine ahead of every queued poll.
+    /// Only the remote-command path sends this, after auditing it.
+    RemoteControl {
+        machine: String,
+        control: RemoteControl,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Close the line and send nothing until the returned [`Release`] is dropped: the port is
     /// the probe's meanwhile. The machines go offline (and say so in the journal).
     Release { reply: oneshot::Sender<Release> },
@@ -119,5 +127,14 @@ mod tests {
         for command in [0x01, 0x02, 0x0E, 0x7F, 0x71, 0x21] {
             assert_eq!(AllowedPoll::from_command(command), None, "{command:#04x}");
         }
+    }
+
+    #[test]
+    fn a_remote_control_command_is_lp01_or_lp02_and_nothing_else() {
+        let sent: Vec<u8> = [RemoteControl::Shutdown, RemoteControl::Startup]
+            .into_iter()
+            .map(|c| LongPoll::from(c).command())
+            .collect();
+        assert_eq!(sent, [0x01, 0x02]);
     }
 }

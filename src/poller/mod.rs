@@ -550,6 +550,17 @@ fn obey(
             let _ = reply.send(outcome);
             None
         }
+        LineCommand::RemoteControl { machine, control, reply } => {
+            let outcome = match find(machines, &machine) {
+                Some(i) => machines[i]
+                    .session
+                    .enqueue_first(LongPoll::from(control))
+                    .map_err(|e| e.to_string()),
+                None => Err(format!("no machine {machine} on line {line}")),
+            };
+            let _ = reply.send(outcome);
+            None
+        }
         LineCommand::MeterSnapshot { machine, reply } => {
             let outcome = match find(machines, &machine) {
                 Some(i) => {

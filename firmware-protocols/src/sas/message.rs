@@ -159,6 +159,27 @@ pub enum LongPoll {
     SetDateTime(DateTime),
 }
 
+/// The only polls a remote command may cause (requirements R13, R22): LP 01 shutdown and LP 02
+/// startup. The remote-command path produces this type and nothing else, and it converts into a
+/// [`LongPoll`] only through `From`, so a command can never become a ticket redemption (LP 71), a
+/// clock set or any other poll: there is no value of this type that would encode one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RemoteControl {
+    /// LP 01: lock out play; a game in progress completes first.
+    Shutdown,
+    /// LP 02: re-enable play.
+    Startup,
+}
+
+impl From<RemoteControl> for LongPoll {
+    fn from(control: RemoteControl) -> Self {
+        match control {
+            RemoteControl::Shutdown => Self::Shutdown,
+            RemoteControl::Startup => Self::Startup,
+        }
+    }
+}
+
 /// Most meter codes an LP2F request may carry (sas-protocol.md §7.3).
 pub const MAX_SELECTED_METERS: usize = 10;
 /// Most meter codes an LP6F/AF request may carry.

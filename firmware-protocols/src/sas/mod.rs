@@ -13,7 +13,7 @@ pub mod ninebit;
 pub mod session;
 
 pub use exception::Exception;
-pub use message::{HostMessage, LongPoll, RealTimeEvent, Reply};
+pub use message::{HostMessage, LongPoll, RealTimeEvent, RemoteControl, Reply};
 pub use meter::MeterCode;
 
 /// An EGM address, 1–127 (sas-protocol.md §2.1). Address 0 is the broadcast address and is
