@@ -447,6 +447,7 @@ fn the_executor_reads_what_it_needs_from_canonical_events() {
         currency: Currency::UAH,
         time_zone: jiff::tz::TimeZone::get("Europe/Kyiv").unwrap(),
         clock_drift_threshold: std::time::Duration::from_secs(60),
+        ticket_numbers: Default::default(),
     };
     let machine = MachineIdentity {
         registry_id: RegistryId::new("EGM-1").unwrap(),
@@ -530,6 +531,7 @@ async fn the_command_task_journals_sends_only_lp01_and_confirms_from_the_journal
             currency: Currency::UAH,
             time_zone,
             clock_drift_threshold: std::time::Duration::from_secs(60),
+            ticket_numbers: Default::default(),
         },
         MachineIdentity {
             registry_id: RegistryId::new("EGM-1").unwrap(),
