@@ -15,6 +15,10 @@ use serde::Deserialize;
 use crate::event::money::Currency;
 use crate::event::{RegistryId, TicketNumbers, VenueId};
 
+/// The registry id the gateway files the audit trail of remote commands under (`command`); no
+/// machine may have it, or its events and the audit records would share one sequence.
+pub const COMMAND_AUDIT_MACHINE: &str = "gateway:commands";
+
 /// A configuration that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}: field `{field}`: {reason}")]
@@ -720,6 +724,15 @@ impl Config {
                 let registry_id = RegistryId::new(m.registry_id.clone()).map_err(|_| {
                     error(&at("registry_id"), format!("`{}` {ID_RULE}", m.registry_id))
                 })?;
+                if m.registry_id == COMMAND_AUDIT_MACHINE {
+                    return Err(error(
+                        &at("registry_id"),
+                        format!(
+                            "`{COMMAND_AUDIT_MACHINE}` is reserved for the audit trail of remote \
+                             commands"
+                        ),
+                    ));
+                }
                 if let Some(other) = registry_ids.insert(m.registry_id.clone(), at("registry_id")) {
                     return Err(error(
                         &at("registry_id"),
@@ -1441,6 +1454,13 @@ registry_id = "EGM-1"
         let e = check(&same_id).unwrap_err();
         assert_eq!(e.field, "line[0].machine[1].registry_id");
         assert!(e.reason.contains("line[0].machine[0].registry_id"), "{e}");
+    }
+
+    #[test]
+    fn the_command_audit_id_is_no_machine_id() {
+        let e = check(&MINIMAL.replace("\"EGM-1\"", "\"gateway:commands\"")).unwrap_err();
+        assert_eq!(e.field, "line[0].machine[0].registry_id");
+        assert!(e.reason.contains("reserved"), "{e}");
     }
 
     #[test]

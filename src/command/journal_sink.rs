@@ -20,8 +20,9 @@ use crate::event::{
 };
 use crate::journal::{Journal, NewRecord};
 
-/// The registry id the remote-command audit events are filed under.
-pub const AUDIT_MACHINE: &str = "gateway:commands";
+/// The registry id the remote-command audit events are filed under (configuration refuses it
+/// for a machine).
+pub const AUDIT_MACHINE: &str = crate::config::COMMAND_AUDIT_MACHINE;
 
 /// Appends audit records to the journal, durably.
 #[derive(Debug)]
