@@ -440,7 +440,7 @@ async fn replay_mqtt(
         let (journal, writer) = slotgate::app::open_journal(&config)?;
         let cancel = CancellationToken::new();
         let started = Instant::now();
-        let (mut tasks, _status) = slotgate::forward::spawn_all(&config, &journal, &cancel)?;
+        let (mut tasks, _status) = slotgate::forward::spawn_all(&config, &journal, &cancel, None)?;
         let stop_live = CancellationToken::new();
         let live =
             tokio::spawn(live_appender(journal.clone(), appender, live_rate, stop_live.clone()));
@@ -605,7 +605,7 @@ async fn replay_https(
     let (journal, writer) = slotgate::app::open_journal(&config)?;
     let cancel = CancellationToken::new();
     let started = Instant::now();
-    let (mut tasks, _status) = slotgate::forward::spawn_all(&config, &journal, &cancel)?;
+    let (mut tasks, _status) = slotgate::forward::spawn_all(&config, &journal, &cancel, None)?;
     let stop_live = CancellationToken::new();
     let live = tokio::spawn(live_appender(journal.clone(), appender, live_rate, stop_live.clone()));
     let receiver = Arc::new(receiver);

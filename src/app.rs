@@ -158,7 +158,7 @@ impl Daemon {
             .unzip();
         let (handles, commands): (Vec<_>, Vec<_>) =
             lines.iter().map(|line| poller::command::channel(&line.name)).unzip();
-        let (remote_commands, _submitter) = start_commands(config, &journal, &lines, &handles)?;
+        let (remote_commands, submitter) = start_commands(config, &journal, &lines, &handles)?;
         // The control plane never takes the data path down: without its socket the daemon
         // polls and forwards, and says why no technician can reach it.
         let socket = match crate::admin::bind(&config.admin.socket) {
@@ -168,8 +168,12 @@ impl Daemon {
                 None
             }
         };
-        let (forwarders, destinations) =
-            crate::forward::spawn_all(config, &journal, &forward_cancel)?;
+        let (forwarders, destinations) = crate::forward::spawn_all(
+            config,
+            &journal,
+            &forward_cancel,
+            Some(std::sync::Arc::new(submitter)),
+        )?;
         tokio::spawn(crate::service::watchdog(
             crate::service::Parts {
                 journal: journal.clone(),
@@ -443,6 +447,21 @@ fn start_commands(
         .collect();
     let store = store::CommandStore::new(tree, flush);
     Service::new(&config.commands, verifier, store, sink, journal.clone(), machines)
+}
+
+/// The forwarders hand the commands their destinations send to the remote-command task.
+impl crate::forward::CommandInbox for crate::command::service::Submitter {
+    fn submit(
+        &self,
+        bytes: Vec<u8>,
+        origin: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>> {
+        let submitter = self.clone();
+        Box::pin(async move {
+            let outcome = submitter.submit(bytes, origin).await?;
+            serde_json::to_string(&outcome).map_err(|e| e.to_string())
+        })
+    }
 }
 
 /// Logs a failed task and journals it as an alarm record, so it goes upstream as well.

@@ -125,6 +125,17 @@ pub struct HttpsDestination {
     pub hmac_key_file: Option<PathBuf>,
     pub batch_size: usize,
     pub timeout: Duration,
+    /// Where pending remote commands are fetched; `None`: this state system sends none.
+    pub commands: Option<CommandPoll>,
+}
+
+/// The periodic fetch of pending remote commands from an HTTPS destination
+/// (docs/upstream-protocol.md, "Remote commands over HTTPS").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandPoll {
+    /// `GET {url}/pending`, `POST {url}/{id}/ack`; no query, no user info.
+    pub url: String,
+    pub interval: Duration,
 }
 
 /// How often the gateway asks for what machines do not volunteer.
@@ -270,6 +281,9 @@ struct RawDestination {
     batch_size: usize,
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     timeout: Duration,
+    commands_url: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    commands_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -306,6 +320,10 @@ fn default_batch_size() -> usize {
 fn default_request_timeout() -> Duration {
     Duration::from_secs(10)
 }
+
+/// How often pending remote commands are fetched unless configured: a disable waits at most
+/// this long at the state system.
+const DEFAULT_COMMANDS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Default MQTT topic template.
 pub const DEFAULT_TOPIC: &str = "slotgate/{venue}/{machine}/events";
@@ -1028,6 +1046,8 @@ fn validate_destination(
         ("token_file", raw.token_file.is_some()),
         ("api_key_file", raw.api_key_file.is_some()),
         ("hmac_key_file", raw.hmac_key_file.is_some()),
+        ("commands_url", raw.commands_url.is_some()),
+        ("commands_interval", raw.commands_interval.is_some()),
     ];
     let kind = match raw.kind {
         DestinationKindName::Mqtt => {
@@ -1098,6 +1118,7 @@ fn validate_destination(
             if raw.timeout.is_zero() {
                 return Err(("timeout", "must be more than 0s".into()));
             }
+            let commands = validate_command_poll(raw, secure)?;
             DestinationKind::Https(HttpsDestination {
                 url: raw.url.clone(),
                 token_file: file(&raw.token_file),
@@ -1105,6 +1126,7 @@ fn validate_destination(
                 hmac_key_file: file(&raw.hmac_key_file),
                 batch_size: raw.batch_size,
                 timeout: raw.timeout,
+                commands,
             })
         }
     };
@@ -1116,6 +1138,41 @@ fn validate_destination(
         order: raw.order,
         tls,
     })
+}
+
+/// `commands_url` and `commands_interval` of an HTTPS destination whose events go over TLS
+/// (`secure`) or not.
+fn validate_command_poll(
+    raw: &RawDestination,
+    secure: bool,
+) -> Result<Option<CommandPoll>, FieldError> {
+    let Some(url) = &raw.commands_url else {
+        return match raw.commands_interval {
+            Some(_) => Err(("commands_interval", "needs commands_url".into())),
+            None => Ok(None),
+        };
+    };
+    let (scheme, rest) = url.split_once("://").unwrap_or_default();
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let reason = if authority.contains('@') {
+        Some("must not carry a user name or password; the destination's token_file is sent")
+    } else if url.contains(['?', '#']) {
+        Some("must not have a query or fragment: `/pending` and `/{id}/ack` are appended to it")
+    } else if authority.is_empty() || !(scheme == "https" || (scheme == "http" && !secure)) {
+        Some("must be an https:// URL (http:// only when the events url is plaintext)")
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        let shown = url.split(['?', '#']).next().unwrap_or_default();
+        let shown = shown.rsplit_once('@').map_or(shown, |(_, host)| host);
+        return Err(("commands_url", format!("`{shown}` {reason}")));
+    }
+    let interval = raw.commands_interval.unwrap_or(DEFAULT_COMMANDS_INTERVAL);
+    if interval < Duration::from_secs(1) || interval > Duration::from_secs(3600) {
+        return Err(("commands_interval", "must be between 1s and 1h".into()));
+    }
+    Ok(Some(CommandPoll { url: url.trim_end_matches('/').to_owned(), interval }))
 }
 
 /// What registry and venue ids may contain: they are joined with `/` into idempotency keys.

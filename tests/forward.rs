@@ -76,7 +76,7 @@ impl Forwarding {
         let cancel = CancellationToken::new();
         let (tasks, statuses) = {
             let _guard = rt.enter();
-            slotgate::forward::spawn_all(&config, &journal, &cancel).unwrap()
+            slotgate::forward::spawn_all(&config, &journal, &cancel, None).unwrap()
         };
         Self { rt, config, journal: Some(journal), writer: Some(writer), cancel, tasks, statuses }
     }
@@ -1034,7 +1034,7 @@ fn status_figures_are_true_before_the_first_connection_during_an_outage_and_when
     let cancel = CancellationToken::new();
     let (mut tasks, statuses) = {
         let _guard = rt.enter();
-        slotgate::forward::spawn_all(&config, &journal, &cancel).unwrap()
+        slotgate::forward::spawn_all(&config, &journal, &cancel, None).unwrap()
     };
     let first = statuses[0].borrow().clone();
     assert_eq!((first.unacknowledged, first.backlog), (backlog, backlog), "{first:?}");

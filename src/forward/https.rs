@@ -24,10 +24,21 @@
 //! acknowledged. A receiver that refuses the empty batch too, or [`MAX_SUSPECTS`] events alone
 //! in a row, refuses everything: an endpoint fault, and nothing is quarantined. A refused
 //! gateway alarm is quarantined without an alarm of its own, so alarms cannot feed themselves.
+//!
+//! **Remote commands** (with `commands_url` set and the daemon taking them): every
+//! `commands_interval` one `GET {commands_url}/pending`, with the same credentials, answers a
+//! JSON array of envelopes. Each envelope's bytes, exactly as received, go to the
+//! [`super::CommandInbox`] in order; once it answered (the command or its refusal is
+//! journalled) `POST {commands_url}/{id}/ack` carries the outcome. An inbox error ends the
+//! round unacknowledged, so the receiver serves the command again. Any answer but 200 or 204, a
+//! redirect (never followed), a body over [`MAX_PENDING_BYTES`] or not a JSON array, or no
+//! answer within `timeout` submits nothing; the poll runs beside the event lanes and never
+//! holds them up.
 
 use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -39,8 +50,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::cloudevent::{BATCH_CONTENT_TYPE, Encoded, batch};
 use super::outbox::{Lane, Outbox, ReplayBudget};
-use super::{Alarms, CursorWriter, LinkState, Progress, Shared};
-use crate::config::{DestinationConfig, HttpsDestination};
+use super::{Alarms, CommandInbox, CursorWriter, LinkState, Progress, Shared};
+use crate::config::{CommandPoll, DestinationConfig, HttpsDestination};
 use crate::transport::backoff::ExponentialBackoff;
 
 /// Header carrying the body's HMAC: `sha256=<hex>`.
@@ -48,15 +59,17 @@ pub const SIGNATURE_HEADER: &str = "x-slotgate-signature";
 /// Header naming the gateway: `{venue}/{gateway}`.
 pub const GATEWAY_HEADER: &str = "x-slotgate-gateway";
 
+/// The longest answer to `GET {commands_url}/pending` that is read: 40 envelopes of the
+/// largest size.
+pub const MAX_PENDING_BYTES: usize = 40 * command_envelope::MAX_ENVELOPE_BYTES;
+
 /// A configured HTTPS destination, its secrets read and its client built.
 pub struct Driver {
     config: DestinationConfig,
     https: HttpsDestination,
     url: String,
     client: reqwest::Client,
-    token: Option<super::Secret>,
-    api_key: Option<super::Secret>,
-    hmac_key: Option<super::Secret>,
+    credentials: Credentials,
     batch_size: usize,
     budget: ReplayBudget,
     /// Revocation holds while this is unchanged.
@@ -68,9 +81,7 @@ impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Driver")
             .field("url", &super::redact_url(&self.url))
-            .field("token", &self.token)
-            .field("api_key", &self.api_key)
-            .field("hmac_key", &self.hmac_key)
+            .field("credentials", &self.credentials)
             .field("batch_size", &self.batch_size)
             .field("budget", &self.budget)
             .finish_non_exhaustive()
@@ -234,9 +245,7 @@ impl Driver {
             https: https.clone(),
             url: https.url.clone(),
             client,
-            token,
-            api_key,
-            hmac_key: read(&https.hmac_key_file)?,
+            credentials: Credentials { token, api_key, hmac_key: read(&https.hmac_key_file)? },
             batch_size: https.batch_size,
             budget: ReplayBudget { rate: config.replay_rate, burst: config.replay_burst },
             fingerprint,
@@ -284,6 +293,13 @@ impl Driver {
         // something else, sent again if it takes nothing.
         let mut suspects: Vec<Encoded> = Vec::new();
         let mut interrupted = false;
+        // At most one round of the command poll at a time, beside the lanes.
+        let poll = self.https.commands.as_ref().zip(shared.commands.as_ref());
+        let mut polls: JoinSet<()> = JoinSet::new();
+        let mut poll_every = tokio::time::interval(
+            poll.map_or(Duration::from_secs(3600), |(poll, _)| poll.interval),
+        );
+        poll_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(destination = %shared.name, url = %super::redact_url(&self.url),
             cursor = outbox.cursor(), backlog = outbox.backlog(), order = ?shared.order,
             "HTTPS forwarder started.");
@@ -416,6 +432,12 @@ impl Driver {
                         self.fault(shared, alarms, &outbox, &mut backoff, &mut paused_until, fault).await;
                     }
                 }
+                _ = poll_every.tick(), if poll.is_some() && polls.is_empty() => {
+                    if let Some((poll, inbox)) = poll {
+                        polls.spawn(self.take_commands(shared, poll, inbox.clone()));
+                    }
+                }
+                Some(_) = polls.join_next() => {}
                 _ = durable.changed() => {}
                 () = tokio::time::sleep(wake) => {}
             }
@@ -498,6 +520,63 @@ impl Driver {
         }
     }
 
+    /// One round of the command poll (module doc) as a future that owns what it needs.
+    fn take_commands(
+        &self,
+        shared: &Shared,
+        poll: &CommandPoll,
+        inbox: Arc<dyn CommandInbox>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let (client, credentials) = (self.client.clone(), self.credentials.clone());
+        let (name, base) = (shared.name.clone(), poll.url.clone());
+        let gateway = format!("{}/{}", shared.origin.venue, shared.origin.gateway);
+        let get = credentials.apply(client.get(format!("{base}/pending")), shared, Vec::new());
+        async move {
+            let shown = super::redact_url(&base);
+            let envelopes = match fetch_pending(get).await {
+                Ok(envelopes) => envelopes,
+                Err(reason) => {
+                    tracing::warn!(destination = %name, url = %shown, %reason,
+                        "No remote commands taken from the destination.");
+                    return;
+                }
+            };
+            let origin = format!("https:{name}");
+            for envelope in envelopes {
+                let id = envelope_id(&envelope);
+                let outcome = match inbox.submit(envelope, origin.clone()).await {
+                    Ok(outcome) => outcome,
+                    Err(error) => {
+                        tracing::warn!(destination = %name, %error,
+                            "Remote command not journalled; not acknowledged, taken again next time.");
+                        return;
+                    }
+                };
+                tracing::info!(destination = %name, %outcome, "Remote command taken.");
+                let Some(id) = id else {
+                    tracing::warn!(destination = %name, %outcome,
+                        "A pending command without a usable id cannot be acknowledged.");
+                    continue;
+                };
+                let ack = client
+                    .post(format!("{base}/{id}/ack"))
+                    .header(reqwest::header::CONTENT_TYPE, "application/json");
+                let ack = credentials.apply_for(ack, &gateway, outcome.into_bytes());
+                match ack.send().await {
+                    Ok(answer) if answer.status().is_success() => {}
+                    Ok(answer) => {
+                        tracing::warn!(destination = %name, %id, status = answer.status().as_u16(),
+                        "The acknowledgement of a remote command was refused; it is answered as a duplicate next time.")
+                    }
+                    Err(error) => {
+                        tracing::warn!(destination = %name, %id, error = %error_chain(&error.without_url()),
+                        "The acknowledgement of a remote command failed; it is answered as a duplicate next time.")
+                    }
+                }
+            }
+        }
+    }
+
     /// Nothing was delivered and the content is not to blame: waits (`Retry-After` or the
     /// backoff), marks the destination down, and raises the fault's alarm once.
     async fn fault(
@@ -537,26 +616,12 @@ impl Driver {
             ids.update(b"\n");
         }
         let key = crate::journal::record::hex(&ids.finalize().into());
-        let mut request = self
+        let request = self
             .client
             .post(&self.url)
             .header(reqwest::header::CONTENT_TYPE, BATCH_CONTENT_TYPE)
-            .header("idempotency-key", key)
-            .header(GATEWAY_HEADER, format!("{}/{}", shared.origin.venue, shared.origin.gateway));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token.expose());
-        }
-        if let Some(api_key) = &self.api_key
-            && let Ok(mut value) = reqwest::header::HeaderValue::from_str(api_key.expose())
-        {
-            value.set_sensitive(true);
-            request = request.header("x-api-key", value);
-        }
-        if let Some(key) = &self.hmac_key {
-            let signature = sign(key.expose().as_bytes(), &body);
-            request = request.header(SIGNATURE_HEADER, format!("sha256={signature}"));
-        }
-        request.body(body)
+            .header("idempotency-key", key);
+        self.credentials.apply(request, shared, body)
     }
 
     /// Sends nothing, the journal keeping everything, until the credential files change (then
@@ -634,6 +699,124 @@ impl Driver {
             .increment(events.len() as u64);
         true
     }
+}
+
+/// The credentials every request carries: bearer token, API key, the body's HMAC, and the
+/// gateway header.
+#[derive(Debug, Clone)]
+struct Credentials {
+    token: Option<super::Secret>,
+    api_key: Option<super::Secret>,
+    hmac_key: Option<super::Secret>,
+}
+
+impl Credentials {
+    fn apply(
+        &self,
+        request: reqwest::RequestBuilder,
+        shared: &Shared,
+        body: Vec<u8>,
+    ) -> reqwest::RequestBuilder {
+        let gateway = format!("{}/{}", shared.origin.venue, shared.origin.gateway);
+        self.apply_for(request, &gateway, body)
+    }
+
+    fn apply_for(
+        &self,
+        request: reqwest::RequestBuilder,
+        gateway: &str,
+        body: Vec<u8>,
+    ) -> reqwest::RequestBuilder {
+        let mut request = request.header(GATEWAY_HEADER, gateway);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token.expose());
+        }
+        if let Some(api_key) = &self.api_key
+            && let Ok(mut value) = reqwest::header::HeaderValue::from_str(api_key.expose())
+        {
+            value.set_sensitive(true);
+            request = request.header("x-api-key", value);
+        }
+        if let Some(key) = &self.hmac_key {
+            let signature = sign(key.expose().as_bytes(), &body);
+            request = request.header(SIGNATURE_HEADER, format!("sha256={signature}"));
+        }
+        if body.is_empty() { request } else { request.body(body) }
+    }
+}
+
+/// The pending commands' envelopes, each its bytes as received, or why none are taken.
+async fn fetch_pending(get: reqwest::RequestBuilder) -> Result<Vec<Vec<u8>>, String> {
+    let mut response = get.send().await.map_err(|e| error_chain(&e.without_url()))?;
+    match response.status().as_u16() {
+        200 => {}
+        204 => return Ok(Vec::new()),
+        code => return Err(format!("HTTP {code} (redirects are not followed)")),
+    }
+    let too_large = || format!("the answer is larger than {MAX_PENDING_BYTES} bytes");
+    if response.content_length().is_some_and(|n| n > MAX_PENDING_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e.without_url()))? {
+        if body.len() + chunk.len() > MAX_PENDING_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    json_array_elements(&body).ok_or_else(|| "the answer is not a JSON array".to_owned())
+}
+
+/// The elements of a JSON array, each its bytes exactly as they stand (the envelope parser
+/// then sees duplicate fields and every other detail); `None` unless `body` is one array.
+fn json_array_elements(body: &[u8]) -> Option<Vec<Vec<u8>>> {
+    serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(body).ok()?;
+    // Valid JSON from here on: elements end at a comma or the closing bracket outside any
+    // string and nesting.
+    let start = body.iter().position(|b| *b == b'[')? + 1;
+    let mut elements = Vec::new();
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut from = start;
+    for (at, byte) in body.iter().enumerate().skip(start) {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' if depth > 0 => depth -= 1,
+            b',' | b']' if depth == 0 => {
+                let element = body.get(from..at)?.trim_ascii();
+                if !element.is_empty() {
+                    elements.push(element.to_vec());
+                }
+                from = at + 1;
+                if *byte == b']' {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(elements)
+}
+
+/// The `id` an envelope is acknowledged by, when it is fit for a URL path segment.
+fn envelope_id(envelope: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: String,
+    }
+    let id = serde_json::from_slice::<Id>(envelope).ok()?.id;
+    let usable = (1..=64).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    usable.then_some(id)
 }
 
 /// HMAC-SHA256 of `body` under `key`, hex.

@@ -36,6 +36,12 @@
 //!   or revoked, everything unacknowledged counts as backlog, and no drain time is given while
 //!   nothing drains.
 //!
+//! - **Remote commands come in on the same connections** ([`mqtt`]: the command topics;
+//!   [`https`]: a periodic GET of pending commands) and go to the [`CommandInbox`] as bytes.
+//!   The destination hears an acknowledgement (MQTT PUBACK, HTTPS ack request) only after the
+//!   inbox answered, that is after the command, or its refusal, is journalled; an inbox error
+//!   is never acknowledged, so the state system sends the command again.
+//!
 //! The wire format is [`cloudevent`] (reference: `docs/upstream-protocol.md`); TLS is [`tls`].
 
 pub mod cloudevent;
@@ -44,7 +50,10 @@ pub mod mqtt;
 pub mod outbox;
 pub mod tls;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -127,11 +136,27 @@ impl DestinationStatus {
     }
 }
 
-/// Starts one forwarder per configured destination.
+/// Where the forwarders hand the remote commands their destinations send (the remote-command
+/// task; `app` wires it, so forwarding knows nothing of commands but their bytes).
+pub trait CommandInbox: Send + Sync + std::fmt::Debug {
+    /// Hands over an inbound command's bytes, as received (oversized and malformed ones too:
+    /// their refusal is audited), from `origin` (`mqtt:<destination>`, `https:<destination>`).
+    /// Answers the outcome as JSON once it is durable, or an error when nothing is known to be
+    /// stored: then the command must not be acknowledged to its sender, who sends it again.
+    fn submit(
+        &self,
+        bytes: Vec<u8>,
+        origin: String,
+    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'static>>;
+}
+
+/// Starts one forwarder per configured destination; with `commands`, each also takes remote
+/// commands from its destination and hands them over.
 pub fn spawn_all(
     config: &Config,
     journal: &Journal,
     cancel: &CancellationToken,
+    commands: Option<Arc<dyn CommandInbox>>,
 ) -> anyhow::Result<(JoinSet<()>, Vec<watch::Receiver<DestinationStatus>>)> {
     tls::install_provider();
     let origin = Origin::new(config.venue.id.as_str(), &config.venue.gateway_id);
@@ -152,6 +177,7 @@ pub fn spawn_all(
             status: tx,
             state_dir: config.storage.dir.join("destinations"),
             order: destination.order,
+            commands: commands.clone(),
         };
         match &destination.kind {
             DestinationKind::Mqtt(mqtt) => {
@@ -197,6 +223,8 @@ pub(crate) struct Shared {
     /// `<storage.dir>/destinations`: revocation marks and quarantined events.
     pub state_dir: PathBuf,
     pub order: Order,
+    /// Where inbound remote commands go; `None`: the destination's commands are not taken.
+    pub commands: Option<Arc<dyn CommandInbox>>,
 }
 
 impl Shared {
@@ -552,6 +580,7 @@ mod tests {
                 hmac_key_file: secret,
                 batch_size: 10,
                 timeout: Duration::from_secs(1),
+                commands: None,
             }),
             replay_rate,
             replay_burst: 10,

@@ -12,6 +12,15 @@
 //! session is persistent (`clean_session = false`) for the broker's sake. A connection that is
 //! up but gets no PUBACK for `stuck_after` while messages are in flight is recycled the same
 //! way (rumqttc's collision livelock, stuck brokers).
+//!
+//! **Remote commands** (when the daemon takes them): each connection subscribes at QoS 1 to
+//! the venue's command topic and to every machine's ([`command_filters`]). Incoming publishes
+//! go, in order of arrival, to a worker that hands each to the [`super::CommandInbox`] and
+//! sends its PUBACK (manual acks) only once the inbox answered, so the command is journalled
+//! before the broker may forget it; PUBACKs leave in the order the publishes came, as MQTT
+//! 3.1.1 (4.6) asks. An inbox error is never acknowledged: the connection is recycled and the
+//! broker, holding the message in our persistent session, delivers it again. Manual acks
+//! concern only what we receive: the PUBACKs of our event publishes are tracked as before.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -20,8 +29,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS,
-    TlsConfiguration, Transport,
+    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
+    SubscribeFilter, TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -205,14 +214,16 @@ impl Driver {
         revoked
     }
 
-    fn options(&self) -> MqttOptions {
+    fn options(&self, commands: bool) -> MqttOptions {
         let mut options = MqttOptions::new(&self.client_id, &self.host, self.port);
         options
             .set_keep_alive(self.keep_alive)
             .set_clean_session(false)
             .set_inflight(u16::try_from(self.window).unwrap_or(u16::MAX))
             .set_request_channel_capacity(self.window + 16)
-            .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+            // A command's PUBACK waits until it is journalled (module doc).
+            .set_manual_acks(commands);
         if let Some((user, password)) = &self.credentials {
             options.set_credentials(user, password.expose());
         }
@@ -240,9 +251,10 @@ impl Driver {
         cancel: &CancellationToken,
         backoff: &mut crate::transport::backoff::Backoff,
     ) -> Ended {
-        let (client, eventloop) = AsyncClient::new(self.options(), self.window + 16);
+        let options = self.options(shared.commands.is_some());
+        let (client, eventloop) = AsyncClient::new(options, self.window + 16);
         let (tx, mut events) = mpsc::channel(1024);
-        let pump = Pump(tokio::spawn(pump(eventloop, tx)));
+        let pump = ConnectionTask(tokio::spawn(pump(eventloop, tx)));
         let connected = tokio::select! {
             () = cancel.cancelled() => return Ended::Stopped,
             connack = tokio::time::timeout(CONNECT_TIMEOUT, wait_connack(&mut events)) => connack,
@@ -259,6 +271,21 @@ impl Driver {
             s.state = LinkState::Up;
             s.last_error = None;
         });
+        let (inbound, mut refused, worker) = match &shared.commands {
+            Some(inbox) => {
+                let filters = command_filters(&shared.origin.venue)
+                    .map(|topic| SubscribeFilter::new(topic, QoS::AtLeastOnce));
+                if let Err(error) = client.try_subscribe_many(filters) {
+                    return Ended::Lost(format!("cannot subscribe to the command topics: {error}"));
+                }
+                let (inbound, publishes) = mpsc::unbounded_channel();
+                let (refuse, refused) = mpsc::channel(1);
+                let origin = format!("mqtt:{}", shared.name);
+                let work = take_commands(inbox.clone(), client.clone(), origin, publishes, refuse);
+                (Some(inbound), Some(refused), Some(ConnectionTask(tokio::spawn(work))))
+            }
+            None => (None, None, None),
+        };
 
         let mut requested: VecDeque<u64> = VecDeque::new();
         // One topic per machine, built once per connection.
@@ -321,6 +348,13 @@ impl Driver {
                     let mut next = Some(event);
                     while let Some(event) = next.take() {
                         match event {
+                            Some(Ok(Event::Incoming(Packet::Publish(publish)))) => {
+                                // Not acknowledged if the worker is gone: the broker sends it
+                                // again on the next connection.
+                                if let Some(inbound) = &inbound {
+                                    let _ = inbound.send(publish);
+                                }
+                            }
                             Some(Ok(event)) => {
                                 if track(&event, &mut requested, &mut pkids, outbox, shared) {
                                     last_ack = Instant::now();
@@ -331,6 +365,12 @@ impl Driver {
                         }
                         next = events.try_recv().ok().map(Some);
                     }
+                }
+                Some(reason) = next_refusal(&mut refused) => {
+                    break Ended::Lost(format!(
+                        "a remote command was not journalled ({reason}): not acknowledged, \
+                         reconnecting for the broker to send it again"
+                    ));
                 }
                 _ = durable.changed() => {}
                 () = tokio::time::sleep(wake) => {}
@@ -362,7 +402,7 @@ impl Driver {
             }
             let _ = client.try_disconnect();
         }
-        drop(pump);
+        drop((worker, pump));
         ended
     }
 
@@ -410,10 +450,55 @@ fn track(
     }
 }
 
-/// Aborts the event-loop task when the connection ends.
-struct Pump(tokio::task::JoinHandle<()>);
+/// The venue's command topic and the machines' (one `+` level: the registry id), following
+/// the events' `slotgate/{venue}/{machine}/events`. The envelope, not the topic, says which
+/// machines a command is for.
+pub fn command_filters(venue: &str) -> [String; 2] {
+    [format!("slotgate/{venue}/commands"), format!("slotgate/{venue}/+/commands")]
+}
 
-impl Drop for Pump {
+/// The next refusal of the command worker; pending forever without one.
+async fn next_refusal(refused: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
+    match refused {
+        Some(refused) => refused.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One connection's command worker: hands each command publish to the inbox in order of
+/// arrival and acknowledges it once the inbox answered. An inbox error is sent on `refuse`
+/// and ends the worker with the command unacknowledged (module doc).
+async fn take_commands(
+    inbox: Arc<dyn super::CommandInbox>,
+    client: AsyncClient,
+    origin: String,
+    mut publishes: mpsc::UnboundedReceiver<Publish>,
+    refuse: mpsc::Sender<String>,
+) {
+    while let Some(publish) = publishes.recv().await {
+        let topic = publish.topic.clone();
+        match inbox.submit(publish.payload.to_vec(), origin.clone()).await {
+            Ok(outcome) => {
+                tracing::info!(%origin, %topic, %outcome, "Remote command taken.");
+                if let Err(error) = client.ack(&publish).await {
+                    // The connection is closing: the broker sends it again, a duplicate.
+                    tracing::debug!(%origin, %error, "Command PUBACK not queued.");
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%origin, %topic, %error, "Remote command not journalled.");
+                let _ = refuse.send(error).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Aborts a connection's task (the event-loop pump, the command worker) when it ends.
+struct ConnectionTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ConnectionTask {
     fn drop(&mut self) {
         self.0.abort();
     }
