@@ -8,7 +8,8 @@
 //! - [`Subscriber`]: an MQTT QoS 1 subscriber that records every message and resubscribes
 //!   after every reconnection.
 //! - [`FaultProxy`]: a TCP proxy whose connections can be cut and refused on demand.
-//! - [`Receiver`]: an HTTPS receiver for CloudEvents batches with switchable failure modes.
+//! - [`Receiver`]: an HTTPS receiver for CloudEvents batches with switchable failure modes,
+//!   which also serves pending remote commands and records their acknowledgements.
 //!
 //! Every helper that runs network code owns a one-worker tokio runtime of its own (not a task
 //! on the caller's runtime), so the helpers work the same from a plain `#[test]` and from
@@ -579,6 +580,11 @@ impl Subscriber {
         wait_until_async(timeout, || self.inbox.messages.lock().unwrap().len() >= count).await
     }
 
+    /// Publishes `payload` on `topic` at QoS 1 (the state system sending a command).
+    pub fn publish(&self, topic: &str, payload: Vec<u8>) {
+        self.client.try_publish(topic, QoS::AtLeastOnce, false, payload).unwrap();
+    }
+
     /// SUBACKs received so far: 1 after `start`, one more after every reconnection.
     pub fn subacks(&self) -> usize {
         self.inbox.subacks.load(Ordering::SeqCst)
@@ -741,6 +747,45 @@ struct ReceiverState {
     /// Benchmarks: keep no request bodies, and store each event's arrival time (ms since the
     /// Unix epoch) instead of the event.
     light: bool,
+    /// Envelopes `GET /commands/pending` answers, as a JSON array; an acknowledged one leaves.
+    pending: Vec<String>,
+    /// Instead: answer `GET /commands/pending` with this status and `Location`.
+    pending_answer: Option<(u16, Option<String>)>,
+    pending_polls: usize,
+    /// `POST /commands/{id}/ack`: the id and the outcome in the body.
+    acks: Vec<(String, Value)>,
+}
+
+/// The remote-command endpoints of the state system, or `None` for another path.
+fn commands_answer(
+    state: &mut ReceiverState,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Option<Response<Full<Bytes>>> {
+    if path == "/commands/pending" && method == "GET" {
+        state.pending_polls += 1;
+        if let Some((status, location)) = state.pending_answer.clone() {
+            let mut answer = response(status, None, String::new());
+            if let Some(location) = location {
+                answer.headers_mut().insert("location", location.parse().unwrap());
+            }
+            return Some(answer);
+        }
+        return Some(response(200, None, format!("[{}]", state.pending.join(","))));
+    }
+    let id = path.strip_prefix("/commands/")?.strip_suffix("/ack")?.to_owned();
+    if method != "POST" {
+        return None;
+    }
+    state.acks.push((id.clone(), serde_json::from_slice(body).unwrap_or(Value::Null)));
+    state.pending.retain(|envelope| {
+        serde_json::from_str::<Value>(envelope)
+            .ok()
+            .and_then(|e| e["id"].as_str().map(str::to_owned))
+            != Some(id.clone())
+    });
+    Some(response(200, None, "{}".into()))
 }
 
 /// A CloudEvents batch receiver: `POST /events` over HTTPS (HTTP/1.1) on its own runtime.
@@ -813,6 +858,8 @@ async fn handle(
     };
     let answer = if is_ok {
         response(200, None, "{}".into())
+    } else if let Some(answer) = commands_answer(state, &info.method, &info.path, &body) {
+        answer
     } else if !is_post {
         response(404, None, r#"{"error":"POST /events only"}"#.into())
     } else if let Some((status, location)) = state.redirect.clone() {
@@ -899,6 +946,31 @@ impl Receiver {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `https://localhost:PORT/commands`, the base of the remote-command endpoints.
+    pub fn commands_url(&self) -> String {
+        format!("https://localhost:{}/commands", self.addr.port())
+    }
+
+    /// Serves `envelopes` (JSON objects) as pending commands until each is acknowledged.
+    pub fn set_pending_commands(&self, envelopes: Vec<String>) {
+        self.state.lock().unwrap().pending = envelopes;
+    }
+
+    /// `Some((status, location))`: answer `GET /commands/pending` so; `None`: serve them.
+    pub fn set_pending_answer(&self, answer: Option<(u16, Option<String>)>) {
+        self.state.lock().unwrap().pending_answer = answer;
+    }
+
+    /// `GET /commands/pending` requests so far.
+    pub fn pending_polls(&self) -> usize {
+        self.state.lock().unwrap().pending_polls
+    }
+
+    /// Acknowledged commands: the id in the path and the outcome posted, in order.
+    pub fn command_acks(&self) -> Vec<(String, Value)> {
+        self.state.lock().unwrap().acks.clone()
     }
 
     /// `Some(status)`: answer it to every request without storing; `None`: back to normal.
@@ -1017,6 +1089,8 @@ pub const HUGE_BODY: u64 = 100 * 1024 * 1024;
 struct RawState {
     mode: RawMode,
     requests: usize,
+    /// Each request's first line (`GET /commands/pending HTTP/1.1`).
+    lines: Vec<String>,
     ids: Vec<String>,
     body_bytes_sent: u64,
 }
@@ -1059,6 +1133,7 @@ async fn raw_exchange(
         let mode = {
             let mut state = state.lock().unwrap();
             state.requests += 1;
+            state.lines.push(head.lines().next().unwrap_or_default().to_owned());
             state.mode
         };
         let wanted = if mode == RawMode::ResetMidBody { length / 2 } else { length };
@@ -1117,6 +1192,7 @@ impl RawReceiver {
         let state = Arc::new(Mutex::new(RawState {
             mode: RawMode::Normal,
             requests: 0,
+            lines: Vec::new(),
             ids: Vec::new(),
             body_bytes_sent: 0,
         }));
@@ -1149,6 +1225,11 @@ impl RawReceiver {
     /// Requests whose head arrived.
     pub fn requests(&self) -> usize {
         self.state.lock().unwrap().requests
+    }
+
+    /// Each request's first line, lower case (`get /commands/pending http/1.1`).
+    pub fn request_lines(&self) -> Vec<String> {
+        self.state.lock().unwrap().lines.clone()
     }
 
     /// Event ids stored, with repeats.
