@@ -1541,6 +1541,48 @@ registry_id = "EGM-1"
     }
 
     #[test]
+    fn the_pending_commands_poll_is_optional_and_validated() {
+        let https = |extra: &str| {
+            format!(
+                "{MINIMAL}\n[[destination]]\nname = \"d\"\nkind = \"https\"\n\
+                 url = \"https://dsom.example/events\"\n{extra}"
+            )
+        };
+        let poll = |c: Config| match &c.destinations[0].kind {
+            DestinationKind::Https(h) => h.commands.clone(),
+            DestinationKind::Mqtt(_) => None,
+        };
+        assert_eq!(poll(check(&https("")).unwrap()), None, "off unless configured");
+        let c = check(&https("commands_url = \"https://dsom.example/commands/\"\n")).unwrap();
+        assert_eq!(
+            poll(c),
+            Some(CommandPoll {
+                url: "https://dsom.example/commands".into(),
+                interval: DEFAULT_COMMANDS_INTERVAL
+            })
+        );
+        for (extra, field) in [
+            ("commands_interval = \"5s\"\n", "destination[0].commands_interval"),
+            ("commands_url = \"http://dsom.example/c\"\n", "destination[0].commands_url"),
+            ("commands_url = \"https://dsom.example/c?t=1\"\n", "destination[0].commands_url"),
+            ("commands_url = \"https://u:p@dsom.example/c\"\n", "destination[0].commands_url"),
+            (
+                "commands_url = \"https://dsom.example/c\"\ncommands_interval = \"100ms\"\n",
+                "destination[0].commands_interval",
+            ),
+        ] {
+            let error = check(&https(extra)).unwrap_err();
+            assert_eq!(error.field, field, "{extra}");
+            assert!(!error.to_string().contains("u:p"), "{error}");
+        }
+        let mqtt = format!(
+            "{MINIMAL}\n[[destination]]\nname = \"m\"\nkind = \"mqtt\"\nurl = \"mqtts://b\"\n\
+             commands_url = \"https://x/c\"\n"
+        );
+        assert_eq!(field_of(&mqtt), "destination[0].commands_url");
+    }
+
+    #[test]
     fn the_commands_section_is_validated_with_defaults() {
         let c = check(MINIMAL).unwrap();
         assert!(c.commands.keys.is_empty(), "no keys: nobody may command");

@@ -807,7 +807,8 @@ fn json_array_elements(body: &[u8]) -> Option<Vec<Vec<u8>>> {
     Some(elements)
 }
 
-/// The `id` an envelope is acknowledged by, when it is fit for a URL path segment.
+/// The `id` an envelope is acknowledged by, when it is fit for a URL path segment (no `.`, so
+/// no `..` can move the acknowledgement elsewhere).
 fn envelope_id(envelope: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Id {
@@ -815,7 +816,7 @@ fn envelope_id(envelope: &[u8]) -> Option<String> {
     }
     let id = serde_json::from_slice::<Id>(envelope).ok()?.id;
     let usable = (1..=64).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     usable.then_some(id)
 }
 
@@ -888,6 +889,45 @@ mod tests {
         assert!(!fault.reason.contains("sig=1") && !fault.reason.contains("u:p"));
         for code in [500, 502, 504] {
             assert_eq!(status(code, None), Verdict::Again(Fault::retry(format!("HTTP {code}"))));
+        }
+    }
+
+    #[test]
+    fn pending_commands_keep_their_bytes_and_only_arrays_are_taken() {
+        let body = br#" [ {"id":"a","reason":"x, ] } \" ["} ,{"id":"b","id":"dup"}, 7 ,[1,[2]] ] "#;
+        let elements = json_array_elements(body).unwrap();
+        let elements: Vec<&[u8]> = elements.iter().map(Vec::as_slice).collect();
+        assert_eq!(
+            elements,
+            [
+                &br#"{"id":"a","reason":"x, ] } \" ["}"#[..],
+                br#"{"id":"b","id":"dup"}"#,
+                b"7",
+                b"[1,[2]]"
+            ],
+            "exactly as sent: the parser sees the duplicate field"
+        );
+        assert_eq!(json_array_elements(b"[]"), Some(Vec::new()));
+        for not_an_array in [&b"{}"[..], b"", b"[1,", b"[1] [2]", b"null", b"\"[1]\""] {
+            assert_eq!(json_array_elements(not_an_array), None, "{not_an_array:?}");
+        }
+    }
+
+    #[test]
+    fn only_ids_fit_for_a_path_segment_are_acknowledged() {
+        assert_eq!(
+            envelope_id(br#"{"id":"6f1c9a52-8d0e-4b7a-9c3e-2a5b8f4d1e07","x":1}"#).as_deref(),
+            Some("6f1c9a52-8d0e-4b7a-9c3e-2a5b8f4d1e07")
+        );
+        for bad in [
+            &br#"{"id":"../x"}"#[..],
+            br#"{"id":".."}"#,
+            br#"{"id":"a/b"}"#,
+            br#"{"id":""}"#,
+            br#"{"id":7}"#,
+            b"[]",
+        ] {
+            assert_eq!(envelope_id(bad), None, "{}", String::from_utf8_lossy(bad));
         }
     }
 
