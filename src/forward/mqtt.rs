@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
-    SubscribeFilter, TlsConfiguration, Transport,
+    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -354,6 +354,15 @@ impl Driver {
                                 if let Some(inbound) = &inbound {
                                     let _ = inbound.send(publish);
                                 }
+                            }
+                            Some(Ok(Event::Incoming(Packet::SubAck(ack))))
+                                if ack.return_codes.contains(&SubscribeReasonCode::Failure) =>
+                            {
+                                // Events still flow; only the state system's commands cannot
+                                // arrive, which no retry mends.
+                                tracing::error!(destination = %shared.name,
+                                    "The broker refused the subscription to the command topics \
+                                     (its ACL?): remote commands cannot arrive on this destination.");
                             }
                             Some(Ok(event)) => {
                                 if track(&event, &mut requested, &mut pkids, outbox, shared) {
