@@ -3,6 +3,7 @@
 //! replay, and the command journal against a power cut (tests/powercut).
 #![allow(clippy::unwrap_used)]
 
+mod common;
 mod powercut;
 
 use std::io::{BufRead, BufReader};
@@ -438,24 +439,9 @@ fn a_sent_command_and_the_desired_state_survive_a_power_cut_and_never_run_twice(
 #[test]
 fn the_executor_reads_what_it_needs_from_canonical_events() {
     use firmware_protocols::sas::session::{PollError, SessionEvent};
-    use firmware_protocols::sas::{Address, Exception, Reply};
-    use slotgate::event::{Currency, RegistryId, VenueId};
-    use slotgate::normalizer::{MachineIdentity, Normalizer, VenueSettings};
+    use firmware_protocols::sas::{Exception, Reply};
 
-    let venue = VenueSettings {
-        venue_id: VenueId::new("UA-1").unwrap(),
-        currency: Currency::UAH,
-        time_zone: jiff::tz::TimeZone::get("Europe/Kyiv").unwrap(),
-        clock_drift_threshold: std::time::Duration::from_secs(60),
-        ticket_numbers: Default::default(),
-    };
-    let machine = MachineIdentity {
-        registry_id: RegistryId::new("EGM-1").unwrap(),
-        address: Address::new(1).unwrap(),
-        asset_number: None,
-        denomination_code: None,
-    };
-    let mut normalizer = Normalizer::new(venue, machine, 0);
+    let mut normalizer = common::normalizer("UA-1", "EGM-1", 1);
     let cases = [
         (SessionEvent::LinkUp, Some(Observation::LinkUp)),
         (SessionEvent::LinkDown, Some(Observation::LinkDown)),
@@ -491,13 +477,13 @@ fn the_executor_reads_what_it_needs_from_canonical_events() {
 /// answered without anything reaching the line; every audit record is numbered without a gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_task_journals_sends_only_lp01_and_confirms_from_the_journal() {
+    use firmware_protocols::sas::Reply;
     use firmware_protocols::sas::session::SessionEvent;
-    use firmware_protocols::sas::{Address, Reply};
     use slotgate::command::journal_sink::{AUDIT_MACHINE, JournalSink};
     use slotgate::command::service::{Outcome, Service};
-    use slotgate::event::{CanonicalEvent, Currency, EventKind, RegistryId, VenueId};
+    use slotgate::event::{CanonicalEvent, EventKind, VenueId};
     use slotgate::journal::{Body, Journal, JournalConfig};
-    use slotgate::normalizer::{MachineIdentity, Normalizer, VenueSettings};
+    use slotgate::normalizer::Normalizer;
     use slotgate::poller::LineCommand;
 
     let dir = tempfile::tempdir().unwrap();
@@ -509,13 +495,9 @@ async fn the_command_task_journals_sends_only_lp01_and_confirms_from_the_journal
     let store = CommandStore::new(db.open_tree("commands").unwrap(), flush);
     let venue_id = VenueId::new("UA-1").unwrap();
     let time_zone = jiff::tz::TimeZone::get("Europe/Kyiv").unwrap();
-    let sink = JournalSink::open(
-        journal.clone(),
-        tokio::runtime::Handle::current(),
-        venue_id.clone(),
-        time_zone.clone(),
-    )
-    .unwrap();
+    let sink =
+        JournalSink::open(journal.clone(), tokio::runtime::Handle::current(), venue_id, time_zone)
+            .unwrap();
     let (line, mut line_commands) = slotgate::poller::command::channel("a");
     let lines = machines(&config).into_iter().map(|m| (m, line.clone())).collect();
     let verifier = Verifier::load(&config.commands).unwrap();
@@ -525,22 +507,7 @@ async fn the_command_task_journals_sends_only_lp01_and_confirms_from_the_journal
     let task = tokio::spawn(service.run(cancel.clone()));
 
     // The machine's own events, as its line task journals them.
-    let mut normalizer = Normalizer::new(
-        VenueSettings {
-            venue_id,
-            currency: Currency::UAH,
-            time_zone,
-            clock_drift_threshold: std::time::Duration::from_secs(60),
-            ticket_numbers: Default::default(),
-        },
-        MachineIdentity {
-            registry_id: RegistryId::new("EGM-1").unwrap(),
-            address: Address::new(1).unwrap(),
-            asset_number: None,
-            denomination_code: None,
-        },
-        0,
-    );
+    let mut normalizer = common::normalizer("UA-1", "EGM-1", 1);
     let journal_machine_event = |normalizer: &mut Normalizer, event: SessionEvent| {
         let events = normalizer.handle(Timestamp::now(), &event).unwrap();
         let events: Vec<_> = events.into_iter().map(|e| (e, Vec::new())).collect();

@@ -350,26 +350,8 @@ mod in_process {
         /// Journals EGM-1's link-up, as its line task would: the command task learns the
         /// machine is online.
         pub(crate) async fn journal_link_up(&self) {
-            use firmware_protocols::sas::Address;
             use firmware_protocols::sas::session::SessionEvent;
-            use slotgate::event::{Currency, RegistryId};
-            use slotgate::normalizer::{MachineIdentity, Normalizer, VenueSettings};
-            let mut normalizer = Normalizer::new(
-                VenueSettings {
-                    venue_id: VenueId::new(VENUE).unwrap(),
-                    currency: Currency::UAH,
-                    time_zone: jiff::tz::TimeZone::get("Europe/Kyiv").unwrap(),
-                    clock_drift_threshold: Duration::from_secs(60),
-                    ticket_numbers: Default::default(),
-                },
-                MachineIdentity {
-                    registry_id: RegistryId::new("EGM-1").unwrap(),
-                    address: Address::new(1).unwrap(),
-                    asset_number: None,
-                    denomination_code: None,
-                },
-                0,
-            );
+            let mut normalizer = common::normalizer(VENUE, "EGM-1", 1);
             let events = normalizer.handle(Timestamp::now(), &SessionEvent::LinkUp).unwrap();
             let events: Vec<_> = events.into_iter().map(|e| (e, Vec::new())).collect();
             self.journal.append_events(&events).await.unwrap();

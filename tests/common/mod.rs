@@ -316,6 +316,29 @@ pub fn gateway_reports(events: &[Value]) -> BTreeMap<String, Vec<(bool, u64)>> {
     reports
 }
 
+/// A normalizer for machine `registry_id` at SAS `address` of `venue` (UAH, Kyiv), turning
+/// session events into the canonical events its line task would journal.
+pub fn normalizer(venue: &str, registry_id: &str, address: u8) -> slotgate::normalizer::Normalizer {
+    use slotgate::event::{Currency, RegistryId, VenueId};
+    use slotgate::normalizer::{MachineIdentity, Normalizer, VenueSettings};
+    Normalizer::new(
+        VenueSettings {
+            venue_id: VenueId::new(venue).unwrap(),
+            currency: Currency::UAH,
+            time_zone: jiff::tz::TimeZone::get("Europe/Kyiv").unwrap(),
+            clock_drift_threshold: Duration::from_secs(60),
+            ticket_numbers: Default::default(),
+        },
+        MachineIdentity {
+            registry_id: RegistryId::new(registry_id).unwrap(),
+            address: firmware_protocols::sas::Address::new(address).unwrap(),
+            asset_number: None,
+            denomination_code: None,
+        },
+        0,
+    )
+}
+
 /// Waits until the gateway has reported `games` finished games in total.
 pub fn wait_for_games(journal: &Path, games: usize, limit: Duration) -> Vec<Value> {
     let deadline = Instant::now() + limit;
