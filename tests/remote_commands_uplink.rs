@@ -447,6 +447,63 @@ async fn a_command_the_journal_refused_is_not_acknowledged_and_comes_again_from_
     daemon.stop().await;
 }
 
+/// An HTTPS destination fetching pending commands every second.
+fn https_destination(url: &str, commands: &str, certs: &Certs) -> String {
+    format!(
+        "\n[[destination]]\nname = \"dsom\"\nkind = \"https\"\nurl = \"{url}\"\n\
+         ca_file = \"{}\"\ncommands_url = \"{commands}\"\ncommands_interval = \"1s\"\n",
+        certs.ca.display()
+    )
+}
+
+/// A pending command the journal refused is not acknowledged: the receiver serves it again,
+/// and at the next fetch it is journalled, sent to the machine once and acknowledged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_command_the_journal_refused_is_not_acknowledged_and_taken_at_the_next_fetch() {
+    use firmware_protocols::sas::RemoteControl;
+    use slotgate::poller::LineCommand;
+
+    upstream::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    let destination = https_destination(&receiver.url(), &receiver.commands_url(), &certs);
+    let mut daemon = in_process::Daemon::start(dir.path(), &destination, 1);
+    daemon.journal_link_up().await;
+    let command = signed(7, "EGM-1", Action::Disable);
+    receiver.set_pending_commands(vec![String::from_utf8(command).unwrap()]);
+
+    let sent = tokio::time::timeout(Duration::from_secs(30), daemon.line.recv()).await;
+    let calls = daemon.inbox.calls.load(Ordering::SeqCst);
+    match sent.unwrap_or_else(|_| panic!("nothing sent; {calls} submission(s)")).unwrap() {
+        LineCommand::RemoteControl { machine, control, reply } => {
+            assert_eq!((machine.as_str(), control), ("EGM-1", RemoteControl::Shutdown));
+            reply.send(Ok(())).unwrap();
+        }
+        other => panic!("not a remote control: {other:?}"),
+    }
+    assert_eq!(daemon.inbox.calls.load(Ordering::SeqCst), 2, "refused once, fetched again");
+    let acked =
+        upstream::wait_until_async(Duration::from_secs(10), || !receiver.command_acks().is_empty());
+    assert!(acked.await, "acknowledged once journalled");
+    // Acknowledged, the receiver stops serving it: later fetches bring nothing more.
+    let polls = receiver.pending_polls();
+    let fetched = upstream::wait_until_async(Duration::from_secs(10), || {
+        receiver.pending_polls() >= polls + 2
+    });
+    assert!(fetched.await);
+    let acks = receiver.command_acks();
+    assert_eq!(acks.len(), 1, "{acks:?}");
+    assert_eq!(acks[0].0, Uuid::from_u128(7).to_string());
+    assert_eq!(acks[0].1["outcome"], "accepted", "{acks:?}");
+    assert_eq!(daemon.inbox.calls.load(Ordering::SeqCst), 2);
+    assert!(daemon.line.try_recv().is_err(), "sent once");
+    assert_eq!(daemon.audit(7), ["received", "verified", "sent"], "journalled once");
+    let ack = receiver.requests().into_iter().find(|r| r.path.ends_with("/ack")).unwrap();
+    assert_eq!(ack.header("x-slotgate-gateway").map(|g| g.starts_with(VENUE)), Some(true));
+    daemon.stop().await;
+}
+
 /// A pending-commands endpoint that answers 404, redirects, or a 100 MB body gets nothing
 /// submitted, while the destination's events keep flowing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,13 +512,7 @@ async fn hostile_pending_command_answers_submit_nothing_and_events_still_flow() 
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::generate(&dir.path().join("pki"));
     let receiver = Receiver::start(&certs, false);
-    let https = |url: &str, commands: &str| {
-        format!(
-            "\n[[destination]]\nname = \"dsom\"\nkind = \"https\"\nurl = \"{url}\"\n\
-             ca_file = \"{}\"\ncommands_url = \"{commands}\"\ncommands_interval = \"1s\"\n",
-            certs.ca.display()
-        )
-    };
+    let https = |url: &str, commands: &str| https_destination(url, commands, &certs);
     let command = String::from_utf8(signed(6, "EGM-1", Action::Disable)).unwrap();
     for (round, (status, location)) in
         [(302, Some("https://elsewhere.example/commands")), (404, None)].into_iter().enumerate()
