@@ -496,6 +496,28 @@ pub struct CommandSettings {
     pub offline_policy: OfflinePolicy,
     /// How long after the machine's ACK a shutdown must see no new game start to be done.
     pub confirm_window: Duration,
+    /// The technician key (a secret Ed25519 key file, `journal keygen`'s format) with which the
+    /// daemon signs `slotgate machine disable|enable` from the admin socket. Its public half
+    /// must be a current `[[commands.keys]]` entry; none: no local commands.
+    pub local_key: Option<PathBuf>,
+}
+
+impl CommandSettings {
+    /// The local technician key and the id of the trusted key that is its public half (the
+    /// first current one with that public key). The reason when it cannot be used.
+    pub fn local_issuer(&self) -> Result<Option<(String, ed25519_dalek::SigningKey)>, String> {
+        let Some(path) = &self.local_key else { return Ok(None) };
+        let key = crate::journal::checkpoint::load_signing_key(path).map_err(|e| e.to_string())?;
+        let public = key.verifying_key();
+        for trusted in self.keys.iter().filter(|k| !k.retired) {
+            if crate::journal::checkpoint::load_public_key(&trusted.public_key_file)
+                .is_ok_and(|k| k == public)
+            {
+                return Ok(Some((trusted.id.clone(), key)));
+            }
+        }
+        Err(format!("the public half of {} is no current key of [[commands.keys]]", path.display()))
+    }
 }
 
 /// One trusted issuer key.
@@ -533,6 +555,7 @@ struct RawCommands {
     offline_policy: OfflinePolicy,
     #[serde(with = "humantime_serde")]
     confirm_window: Duration,
+    local_key: Option<PathBuf>,
 }
 
 impl Default for RawCommands {
@@ -544,6 +567,7 @@ impl Default for RawCommands {
             bulk_signatures: 2,
             offline_policy: OfflinePolicy::Queue,
             confirm_window: Duration::from_secs(60),
+            local_key: None,
         }
     }
 }
@@ -609,6 +633,10 @@ fn validate_commands(raw: &RawCommands, base: &Path) -> Result<CommandSettings, 
         bulk_signatures: raw.bulk_signatures,
         offline_policy: raw.offline_policy,
         confirm_window: raw.confirm_window,
+        local_key: raw
+            .local_key
+            .as_ref()
+            .map(|file| if file.is_relative() { base.join(file) } else { file.clone() }),
     })
 }
 
@@ -840,6 +868,9 @@ impl Config {
             crate::journal::checkpoint::load_public_key(&key.public_key_file)
                 .map_err(|e| error(format!("commands.keys[{i}].public_key_file"), e.to_string()))?;
         }
+        self.commands
+            .local_issuer()
+            .map_err(|reason| error("commands.local_key".into(), reason))?;
         for (i, d) in self.destinations.iter().enumerate() {
             let at = |field: &str| format!("destination[{i}].{field}");
             // (field, file, whether it goes into an HTTP header as it is)
