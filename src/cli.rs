@@ -267,7 +267,7 @@ pub const EXIT_NOT_RUNNING: u8 = 3;
 /// `slotgate commands show` for an unknown command id.
 pub const EXIT_NOT_FOUND: u8 = 4;
 /// Exit status of `slotgate machine disable|enable` when the daemon rejected the command (the
-/// reason is printed and audited).
+/// reason is printed and audited) or has no local key to sign it with.
 pub const EXIT_REJECTED: u8 = 5;
 
 const EXIT_STATUS_HELP: &str = "Exit status:
@@ -279,4 +279,5 @@ const EXIT_STATUS_HELP: &str = "Exit status:
   3  `slotgate status`, `machines`, `machine …`, `commands …`, `tail`: the daemon is not
      running (status and the machine views then show the last state it left)
   4  `slotgate machine show|disable|enable`: no such machine; `commands show`: no such command
-  5  `slotgate machine disable|enable`: the command was rejected (the reason is printed)";
+  5  `slotgate machine disable|enable`: the command was rejected (the reason is printed) or
+     cannot be given (no [commands] local_key)";

@@ -1551,4 +1551,42 @@ registry_id = "EGM-1"
         assert_eq!(bad("[commands]\noffline_policy = \"drop\"\n"), "commands.offline_policy");
         assert_eq!(bad("[commands]\nsecret = 1\n"), "commands.secret");
     }
+
+    #[test]
+    fn the_local_key_must_be_a_private_key_whose_public_half_is_a_current_trusted_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slotgate.toml");
+        for name in ["tech.key", "other.key"] {
+            crate::journal::checkpoint::generate(&dir.path().join(name)).unwrap();
+        }
+        let config = |local: &str, trusted: &str, retired: bool| {
+            let text = format!(
+                "{MINIMAL}\n[commands]\nlocal_key = \"{local}\"\n[[commands.keys]]\n\
+                 id = \"tech\"\npublic_key_file = \"{trusted}\"\nroles = [\"disable\"]\n\
+                 retired = {retired}\n"
+            );
+            Config::from_toml_str(&path, &text).unwrap()
+        };
+        let good = config("tech.key", "tech.key.pub", false);
+        good.check_files(false).unwrap();
+        let (id, _) = good.commands.local_issuer().unwrap().unwrap();
+        assert_eq!(id, "tech");
+        assert!(check(MINIMAL).unwrap().commands.local_issuer().unwrap().is_none());
+        for (local, trusted, retired, why) in [
+            ("other.key", "tech.key.pub", false, "no current key"),
+            ("tech.key", "tech.key.pub", true, "no current key"),
+            ("tech.key.pub", "tech.key.pub", false, "readable by group or others"),
+            ("missing.key", "tech.key.pub", false, "missing.key"),
+        ] {
+            let e = config(local, trusted, retired).check_files(false).unwrap_err();
+            assert_eq!(e.field, "commands.local_key", "{local}");
+            assert!(e.reason.contains(why), "{local}: {e}");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let key = dir.path().join("tech.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = good.check_files(false).unwrap_err();
+        assert_eq!(e.field, "commands.local_key");
+        assert!(e.reason.contains("readable by group or others"), "{e}");
+    }
 }

@@ -349,8 +349,10 @@ fn refused(config: &Config, error: ClientError) -> anyhow::Result<Shown> {
             eprintln!("slotgate: {message}");
             Ok(Shown::NotFound)
         }
+        // Rejected by verification (audited), or no local key to sign with.
         ClientError::Refused { status, message }
-            if status == hyper::StatusCode::UNPROCESSABLE_ENTITY =>
+            if status == hyper::StatusCode::UNPROCESSABLE_ENTITY
+                || status == hyper::StatusCode::CONFLICT =>
         {
             eprintln!("slotgate: {message}");
             Ok(Shown::Rejected)

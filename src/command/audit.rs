@@ -162,7 +162,7 @@ mod tests {
                 origin: "admin uid=0".into(),
                 signers: Vec::new(),
                 detail: None,
-                at: jiff::Timestamp::UNIX_EPOCH,
+                at: Timestamp::UNIX_EPOCH,
             };
             let EventKind::RemoteCommand { state: text, .. } = record.event_kind() else {
                 panic!("not a remote_command event");
