@@ -128,29 +128,24 @@ pub enum MachineCommand {
     /// Lock out play on the machine (SAS LP 01; a game in progress completes), until `enable`.
     /// The daemon signs the command with its local technician key (`[commands] local_key`);
     /// it is verified and audited like a remote one, with your uid. Exit status 5 if rejected.
-    Disable {
-        #[arg(value_name = "ID")]
-        id: String,
-        /// Why, for the audit trail.
-        #[arg(long, value_name = "TEXT")]
-        reason: String,
-        #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    Disable(RemoteCommandArgs),
     /// Re-enable play on the machine (SAS LP 02); as `disable` otherwise.
-    Enable {
-        #[arg(value_name = "ID")]
-        id: String,
-        /// Why, for the audit trail.
-        #[arg(long, value_name = "TEXT")]
-        reason: String,
-        #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
-        config: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
+    Enable(RemoteCommandArgs),
+}
+
+/// `slotgate machine disable|enable`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RemoteCommandArgs {
+    /// The machine's registry id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Why, for the audit trail.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
+    pub config: PathBuf,
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `slotgate commands …`

@@ -9,6 +9,7 @@ use slotgate::cli::{
     Cli, Command, CommandsCommand, ConfigCommand, EXIT_CONFIG, EXIT_FAILURE, EXIT_NOT_FOUND,
     EXIT_NOT_RUNNING, EXIT_REJECTED, LogFormat, MachineCommand,
 };
+use slotgate::command::envelope::Action;
 use slotgate::config::{Config, ConfigError};
 use slotgate::inspect::Outcome;
 use tracing_subscriber::EnvFilter;
@@ -69,13 +70,11 @@ fn main() -> ExitCode {
         Command::Machine(MachineCommand::Show { id, config, json }) => {
             shown(slotgate::technician::machine_show(&config, &id, json))
         }
-        Command::Machine(MachineCommand::Disable { id, reason, config, json }) => {
-            let action = slotgate::command::envelope::Action::Disable;
-            shown(slotgate::technician::remote_command(&config, &id, action, &reason, json))
+        Command::Machine(MachineCommand::Disable(args)) => {
+            shown(slotgate::technician::remote_command(&args, Action::Disable))
         }
-        Command::Machine(MachineCommand::Enable { id, reason, config, json }) => {
-            let action = slotgate::command::envelope::Action::Enable;
-            shown(slotgate::technician::remote_command(&config, &id, action, &reason, json))
+        Command::Machine(MachineCommand::Enable(args)) => {
+            shown(slotgate::technician::remote_command(&args, Action::Enable))
         }
         Command::Commands(CommandsCommand::List { config, state, json }) => {
             shown(slotgate::technician::commands_list(&config, state.as_deref(), json))

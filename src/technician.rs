@@ -361,25 +361,33 @@ fn refused(config: &Config, error: ClientError) -> anyhow::Result<Shown> {
     }
 }
 
+/// Asks the running daemon; its answer, or how the view ends when there is none.
+fn ask(
+    config: &Config,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<Result<serde_json::Value, Shown>> {
+    match runtime()?.block_on(request_with(&config.admin.socket, method, path, body)) {
+        Ok(value) => Ok(Ok(value)),
+        Err(error) => refused(config, error).map(Err),
+    }
+}
+
 /// `slotgate machine disable|enable ID --reason TEXT`: the daemon signs it with the local key
 /// and answers once the command is journalled; prints its id and where it stands.
 pub fn remote_command(
-    config_file: &Path,
-    id: &str,
+    args: &crate::cli::RemoteCommandArgs,
     action: Action,
-    reason: &str,
-    json: bool,
 ) -> anyhow::Result<Shown> {
-    let config = Config::load(config_file)?;
-    let path = format!("/v1/machines/{id}/{}", action.name());
-    let body = serde_json::json!({ "reason": reason });
-    let asked =
-        runtime()?.block_on(request_with(&config.admin.socket, Method::POST, &path, Some(&body)));
-    let outcome = match asked {
+    let config = Config::load(&args.config)?;
+    let (id, path) = (&args.id, format!("/v1/machines/{}/{}", args.id, action.name()));
+    let body = serde_json::json!({ "reason": args.reason });
+    let outcome = match ask(&config, Method::POST, &path, Some(&body))? {
         Ok(outcome) => outcome,
-        Err(error) => return refused(&config, error),
+        Err(shown) => return Ok(shown),
     };
-    if json {
+    if args.json {
         print_json(&outcome)?;
     } else {
         println!(
@@ -400,10 +408,9 @@ pub fn commands_list(config_file: &Path, state: Option<&str>, json: bool) -> any
         Some(state) => format!("/v1/commands?state={state}"),
         None => "/v1/commands".to_owned(),
     };
-    let asked = runtime()?.block_on(request(&config.admin.socket, Method::GET, &path));
-    let page = match asked {
+    let page = match ask(&config, Method::GET, &path, None)? {
         Ok(page) => page,
-        Err(error) => return refused(&config, error),
+        Err(shown) => return Ok(shown),
     };
     if json {
         print_json(&page)?;
@@ -442,11 +449,9 @@ fn write_commands(out: &mut impl Write, records: &[CommandRecord]) -> std::io::R
 /// `slotgate commands show ID`.
 pub fn commands_show(config_file: &Path, id: &str, json: bool) -> anyhow::Result<Shown> {
     let config = Config::load(config_file)?;
-    let path = format!("/v1/commands/{id}");
-    let asked = runtime()?.block_on(request(&config.admin.socket, Method::GET, &path));
-    let value = match asked {
+    let value = match ask(&config, Method::GET, &format!("/v1/commands/{id}"), None)? {
         Ok(value) => value,
-        Err(error) => return refused(&config, error),
+        Err(shown) => return Ok(shown),
     };
     if json {
         print_json(&value)?;

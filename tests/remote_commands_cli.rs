@@ -11,25 +11,15 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{BIN, journal_events, read_json_lines, run_gateway, simulate, write_config};
+use common::{
+    BIN, journal_events, read_json_lines, run_gateway, simulate, slotgate, wait_until, write_config,
+};
 use serde_json::Value;
-
-fn slotgate(args: &[&str], config: &Path) -> Output {
-    Command::new(BIN).args(args).arg("--config").arg(config).env("NO_COLOR", "1").output().unwrap()
-}
 
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// `slotgate commands show ID --json`, or null while the daemon does not answer.

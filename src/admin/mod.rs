@@ -337,11 +337,9 @@ async fn route(api: &Arc<Api>, call: &Call<'_>) -> Reply {
     }
 }
 
-/// The remote-command task, or the answer that it is not there.
-fn command_task(api: &Api) -> Result<&Commands, Reply> {
-    api.commands.as_ref().ok_or_else(|| {
-        error(StatusCode::SERVICE_UNAVAILABLE, "the remote-command task is not running")
-    })
+/// The answer when the remote-command task is not there.
+fn no_command_task() -> Reply {
+    error(StatusCode::SERVICE_UNAVAILABLE, "the remote-command task is not running")
 }
 
 /// The body of `disable` and `enable`.
@@ -355,10 +353,7 @@ struct CommandRequest {
 /// the caller's uid as its origin, answered once its outcome is durable. The verifier decides
 /// as for any other command (an unknown machine is audited and answered `404`).
 async fn remote_command(api: &Api, id: &str, action: Action, call: &Call<'_>) -> Reply {
-    let commands = match command_task(api) {
-        Ok(commands) => commands,
-        Err(reply) => return reply,
-    };
+    let Some(commands) = &api.commands else { return no_command_task() };
     let Some(issuer) = &commands.issuer else {
         return error(
             StatusCode::CONFLICT,
@@ -398,10 +393,7 @@ async fn remote_command(api: &Api, id: &str, action: Action, call: &Call<'_>) ->
 
 /// `GET /v1/commands[?state=S]`: the stored commands, oldest first.
 fn commands(api: &Api, query: &HashMap<String, String>) -> Reply {
-    let commands = match command_task(api) {
-        Ok(commands) => commands,
-        Err(reply) => return reply,
-    };
+    let Some(commands) = &api.commands else { return no_command_task() };
     let state = match query.get("state").map(|s| State::from_name(s)) {
         None => None,
         Some(Some(state)) => Some(state),
@@ -421,10 +413,7 @@ fn commands(api: &Api, query: &HashMap<String, String>) -> Reply {
 
 /// `GET /v1/commands/{id}`: one stored command with its state history.
 fn command_record(api: &Api, id: &str) -> Reply {
-    let commands = match command_task(api) {
-        Ok(commands) => commands,
-        Err(reply) => return reply,
-    };
+    let Some(commands) = &api.commands else { return no_command_task() };
     let Ok(uuid) = id.parse::<uuid::Uuid>() else {
         return error(StatusCode::BAD_REQUEST, format!("{id} is not a command id (a UUID)"));
     };
