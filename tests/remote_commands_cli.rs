@@ -189,3 +189,78 @@ fn a_cli_disable_survives_a_power_cycle_and_a_gateway_kill_and_runs_once() {
     assert!(gateway.terminate().success());
     assert!(simulator.terminate().success());
 }
+
+/// The local key's roles decide like any key's: a technician key that may only disable has its
+/// enable rejected (exit status 5, the reason printed, the refusal audited with the caller's
+/// uid). A disable for a machine that is offline waits, and the machine has no desired state
+/// until it is sent. Without a local key nothing can be given.
+#[test]
+fn the_local_keys_roles_decide_and_a_waiting_command_sets_no_desired_state() {
+    let dir = tempfile::tempdir().unwrap();
+    // A machine nobody answers for: the port is bound and closed again.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let sim = common::Simulated {
+        address: 1,
+        serial: "OFF000".into(),
+        endpoint: closed.to_string(),
+        pty: false,
+    };
+    let config = write_config(dir.path(), &[sim]);
+    let keygen = Command::new(BIN)
+        .args(["journal", "keygen", "--out"])
+        .arg(dir.path().join("technician.key"))
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{}", text(&keygen));
+    let plain = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{plain}\n[commands]\nlocal_key = \"technician.key\"\n\n[[commands.keys]]\n\
+             id = \"technician\"\npublic_key_file = \"technician.key.pub\"\nroles = [\"disable\"]\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("gateway.log");
+    let gateway = run_gateway(&config, &log);
+    wait_until("the daemon answers", Duration::from_secs(30), || {
+        slotgate(&["machines"], &config).status.success()
+    });
+
+    let enable = slotgate(&["machine", "enable", "EGM-OFF000", "--reason", "test"], &config);
+    assert_eq!(enable.status.code(), Some(5), "{}", text(&enable));
+    assert!(text(&enable).contains("rejected: role_not_allowed"), "{}", text(&enable));
+    let disable = give(&config, "disable", "EGM-OFF000", "test: offline machine");
+    assert_eq!(command(&config, &disable)["state"], "verified", "it waits for the machine");
+    let waiting = text(&slotgate(&["commands", "list", "--state", "verified"], &config));
+    assert!(waiting.contains(&format!("{} disable verified", &disable[..8])), "{waiting}");
+    let status: Value =
+        serde_json::from_slice(&slotgate(&["status", "--json"], &config).stdout).unwrap();
+    assert_eq!(status["desired"], serde_json::json!({}), "nothing was sent: {status}");
+    assert!(!text(&slotgate(&["machines"], &config)).contains("desired states"));
+    let uid = nix::unistd::getuid().as_raw();
+    let journal = dir.path().join("state/journal");
+    wait_until("the refusal is in the audit trail", Duration::from_secs(10), || {
+        journal_events(&journal).iter().any(|e| {
+            e["kind"] == "remote_command"
+                && e["data"]["state"] == "rejected"
+                && e["data"]["reason"] == "role_not_allowed"
+                && e["data"]["origin"] == format!("admin uid={uid}").as_str()
+        })
+    });
+    assert!(gateway.terminate().success());
+
+    // Without a local key, nothing is signed.
+    std::fs::write(&config, plain).unwrap();
+    let gateway = run_gateway(&config, &log);
+    wait_until("the daemon answers", Duration::from_secs(30), || {
+        slotgate(&["machines"], &config).status.success()
+    });
+    let refused = slotgate(&["machine", "disable", "EGM-OFF000", "--reason", "test"], &config);
+    assert_eq!(refused.status.code(), Some(5), "{}", text(&refused));
+    assert!(text(&refused).contains("no local technician key"), "{}", text(&refused));
+    // The command given before the restart still waits, and is still listed.
+    let listed = text(&slotgate(&["commands", "list"], &config));
+    assert!(listed.contains(&disable[..8]), "{listed}");
+    assert!(gateway.terminate().success());
+}
