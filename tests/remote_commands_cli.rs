@@ -193,9 +193,11 @@ fn a_cli_disable_survives_a_power_cycle_and_a_gateway_kill_and_runs_once() {
 /// The local key's roles decide like any key's: a technician key that may only disable has its
 /// enable rejected (exit status 5, the reason printed, the refusal audited with the caller's
 /// uid). A disable for a machine that is offline waits, and the machine has no desired state
-/// until it is sent. Without a local key nothing can be given.
+/// until it is sent. Another uid is refused by the socket. Without a local key nothing can be
+/// given.
 #[test]
 fn the_local_keys_roles_decide_and_a_waiting_command_sets_no_desired_state() {
+    assert!(nix::unistd::geteuid().is_root(), "this test runs the client as another uid too");
     let dir = tempfile::tempdir().unwrap();
     // A machine nobody answers for: the port is bound and closed again.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -234,6 +236,30 @@ fn the_local_keys_roles_decide_and_a_waiting_command_sets_no_desired_state() {
     assert_eq!(command(&config, &disable)["state"], "verified", "it waits for the machine");
     let waiting = text(&slotgate(&["commands", "list", "--state", "verified"], &config));
     assert!(waiting.contains(&format!("{} disable verified", &disable[..8])), "{waiting}");
+    // Another uid, even with the socket's mode opened up, is refused (SO_PEERCRED) and gives
+    // nothing.
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let open = |path: &Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    open(dir.path(), 0o755);
+    open(&config, 0o644);
+    open(&dir.path().join("admin.sock"), 0o666);
+    let nobody = Command::new(BIN)
+        .args(["machine", "disable", "EGM-OFF000", "--reason", "test", "--config"])
+        .arg(&config)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(nobody.status.code(), Some(1), "{}", text(&nobody));
+    assert!(text(&nobody).contains("uid 65534 may not use this socket"), "{}", text(&nobody));
+    let all: Value =
+        serde_json::from_slice(&slotgate(&["commands", "list", "--json"], &config).stdout).unwrap();
+    // Only the disable: the refused enable was not authenticated for its action, so it is
+    // audited but not stored under its id.
+    assert_eq!(all["commands"].as_array().map(Vec::len), Some(1), "{all}");
     let status: Value =
         serde_json::from_slice(&slotgate(&["status", "--json"], &config).stdout).unwrap();
     assert_eq!(status["desired"], serde_json::json!({}), "nothing was sent: {status}");
