@@ -62,6 +62,35 @@ fn audit_states(journal: &Path, id: &str) -> Vec<String> {
         .collect()
 }
 
+/// Creates the local technician key in `dir` and gives `config` a `[commands]` section with it
+/// (and `settings`), trusted for `roles`; returns the configuration text without it.
+fn with_local_key(dir: &Path, config: &Path, settings: &str, roles: &str) -> String {
+    let keygen = Command::new(BIN)
+        .args(["journal", "keygen", "--out"])
+        .arg(dir.join("technician.key"))
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{}", text(&keygen));
+    let plain = std::fs::read_to_string(config).unwrap();
+    let section = format!(
+        "\n[commands]\nlocal_key = \"technician.key\"\n{settings}\n[[commands.keys]]\n\
+         id = \"technician\"\npublic_key_file = \"technician.key.pub\"\nroles = {roles}\n"
+    );
+    std::fs::write(config, format!("{plain}{section}")).unwrap();
+    let checked = Command::new(BIN).args(["config", "check"]).arg(config).output().unwrap();
+    assert!(checked.status.success(), "{}", text(&checked));
+    plain
+}
+
+/// Starts the gateway and waits until its admin socket answers.
+fn answering_gateway(config: &Path, log: &Path) -> common::Proc {
+    let gateway = run_gateway(config, log);
+    wait_until("the daemon answers", Duration::from_secs(30), || {
+        slotgate(&["machines"], config).status.success()
+    });
+    gateway
+}
+
 #[test]
 fn a_cli_disable_survives_a_power_cycle_and_a_gateway_kill_and_runs_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -72,21 +101,7 @@ fn a_cli_disable_survives_a_power_cycle_and_a_gateway_kill_and_runs_once() {
         &["--game-rate", "60", "--game-duration", "1s", "--power-off-duration", "2s"],
     );
     let config = write_config(dir.path(), &sims);
-    let keygen = Command::new(BIN)
-        .args(["journal", "keygen", "--out"])
-        .arg(dir.path().join("technician.key"))
-        .output()
-        .unwrap();
-    assert!(keygen.status.success(), "{}", text(&keygen));
-    let mut toml = std::fs::read_to_string(&config).unwrap();
-    toml.push_str(
-        "\n[commands]\nlocal_key = \"technician.key\"\nconfirm_window = \"2s\"\n\n\
-         [[commands.keys]]\nid = \"technician\"\npublic_key_file = \"technician.key.pub\"\n\
-         roles = [\"disable\", \"enable\"]\n",
-    );
-    std::fs::write(&config, toml).unwrap();
-    let checked = Command::new(BIN).args(["config", "check"]).arg(&config).output().unwrap();
-    assert!(checked.status.success(), "{}", text(&checked));
+    with_local_key(dir.path(), &config, "confirm_window = \"2s\"", r#"["disable", "enable"]"#);
     let machine = format!("EGM-{}", sims[0].serial);
     let journal = dir.path().join("state/journal");
     let log = dir.path().join("gateway.log");
@@ -208,26 +223,9 @@ fn the_local_keys_roles_decide_and_a_waiting_command_sets_no_desired_state() {
         pty: false,
     };
     let config = write_config(dir.path(), &[sim]);
-    let keygen = Command::new(BIN)
-        .args(["journal", "keygen", "--out"])
-        .arg(dir.path().join("technician.key"))
-        .output()
-        .unwrap();
-    assert!(keygen.status.success(), "{}", text(&keygen));
-    let plain = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "{plain}\n[commands]\nlocal_key = \"technician.key\"\n\n[[commands.keys]]\n\
-             id = \"technician\"\npublic_key_file = \"technician.key.pub\"\nroles = [\"disable\"]\n"
-        ),
-    )
-    .unwrap();
+    let plain = with_local_key(dir.path(), &config, "", r#"["disable"]"#);
     let log = dir.path().join("gateway.log");
-    let gateway = run_gateway(&config, &log);
-    wait_until("the daemon answers", Duration::from_secs(30), || {
-        slotgate(&["machines"], &config).status.success()
-    });
+    let gateway = answering_gateway(&config, &log);
 
     let enable = slotgate(&["machine", "enable", "EGM-OFF000", "--reason", "test"], &config);
     assert_eq!(enable.status.code(), Some(5), "{}", text(&enable));
@@ -278,10 +276,7 @@ fn the_local_keys_roles_decide_and_a_waiting_command_sets_no_desired_state() {
 
     // Without a local key, nothing is signed.
     std::fs::write(&config, plain).unwrap();
-    let gateway = run_gateway(&config, &log);
-    wait_until("the daemon answers", Duration::from_secs(30), || {
-        slotgate(&["machines"], &config).status.success()
-    });
+    let gateway = answering_gateway(&config, &log);
     let refused = slotgate(&["machine", "disable", "EGM-OFF000", "--reason", "test"], &config);
     assert_eq!(refused.status.code(), Some(5), "{}", text(&refused));
     assert!(text(&refused).contains("no local technician key"), "{}", text(&refused));
