@@ -159,6 +159,12 @@ impl Daemon {
         let (handles, commands): (Vec<_>, Vec<_>) =
             lines.iter().map(|line| poller::command::channel(&line.name)).unzip();
         let (remote_commands, submitter) = start_commands(config, &journal, &lines, &handles)?;
+        let local_commands = crate::admin::Commands {
+            submitter: submitter.clone(),
+            issuer: crate::command::local::LocalIssuer::load(&config.commands)
+                .context("commands.local_key")?,
+            reader: remote_commands.reader(),
+        };
         // The control plane never takes the data path down: without its socket the daemon
         // polls and forwards, and says why no technician can reach it.
         let socket = match crate::admin::bind(&config.admin.socket) {
@@ -188,6 +194,7 @@ impl Daemon {
             journal: journal.status(),
             lines: watched,
             destinations: destinations.clone(),
+            desired: remote_commands.desired_states(),
             started_at: jiff::Timestamp::now(),
             ready: ready_rx,
             stopping: cancel.clone(),
@@ -199,7 +206,8 @@ impl Daemon {
             status_done.clone(),
         ));
         let admin = socket.map(|socket| {
-            let api = crate::admin::Api::new(view.clone(), handles, journal.clone());
+            let api = crate::admin::Api::new(view.clone(), handles, journal.clone())
+                .with_commands(local_commands);
             tokio::spawn(crate::admin::serve(socket, std::sync::Arc::new(api), cancel.clone()))
         });
         let cancel_commands = cancel.clone();

@@ -69,9 +69,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// One machine.
+    /// One machine: its view, or switching it off and on remotely.
     #[command(subcommand)]
     Machine(MachineCommand),
+    /// Remote shutdown/startup commands the daemon holds, with their state history.
+    #[command(subcommand)]
+    Commands(CommandsCommand),
     /// Canonical events and alarms as they are journalled, one line each, until interrupted.
     Tail {
         #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
@@ -115,6 +118,54 @@ pub enum MachineCommand {
     /// Link, counters, clock drift and the last meters read.
     Show {
         /// The machine's registry id.
+        #[arg(value_name = "ID")]
+        id: String,
+        #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lock out play on the machine (SAS LP 01; a game in progress completes), until `enable`.
+    /// The daemon signs the command with its local technician key (`[commands] local_key`);
+    /// it is verified and audited like a remote one, with your uid. Exit status 5 if rejected.
+    Disable(RemoteCommandArgs),
+    /// Re-enable play on the machine (SAS LP 02); as `disable` otherwise.
+    Enable(RemoteCommandArgs),
+}
+
+/// `slotgate machine disable|enable`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RemoteCommandArgs {
+    /// The machine's registry id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Why, for the audit trail.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
+    pub config: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `slotgate commands …`
+#[derive(Debug, Subcommand)]
+pub enum CommandsCommand {
+    /// Every stored command, oldest first: id, action, state, origin, machines, reason.
+    List {
+        #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
+        config: PathBuf,
+        /// Only commands in this state.
+        #[arg(long, value_name = "STATE", value_parser = [
+            "received", "verified", "sent", "confirmed", "done", "rejected", "failed", "expired",
+        ])]
+        state: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One command with every state it went through (exit status 4 if there is no such id).
+    Show {
+        /// The command id (UUID).
         #[arg(value_name = "ID")]
         id: String,
         #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
@@ -207,8 +258,12 @@ pub const EXIT_CONFIG: u8 = 2;
 /// Exit status of `slotgate status`, `machines`, `machine show` and `tail` when the daemon is
 /// not running.
 pub const EXIT_NOT_RUNNING: u8 = 3;
-/// Exit status of `slotgate machine show` for an id no line has.
+/// Exit status of `slotgate machine show|disable|enable` for an id no line has, and of
+/// `slotgate commands show` for an unknown command id.
 pub const EXIT_NOT_FOUND: u8 = 4;
+/// Exit status of `slotgate machine disable|enable` when the daemon rejected the command (the
+/// reason is printed and audited) or has no local key to sign it with.
+pub const EXIT_REJECTED: u8 = 5;
 
 const EXIT_STATUS_HELP: &str = "Exit status:
   0  success (also when the reader of the output goes away, as with `| head`)
@@ -216,6 +271,8 @@ const EXIT_STATUS_HELP: &str = "Exit status:
      slotgate uses the state directory, `journal verify` found a broken link
   2  unusable configuration: the file, a key, certificate or secret file it names, a serial
      device (the message names the field); restarting cannot help
-  3  `slotgate status`, `machines`, `machine show`, `tail`: the daemon is not running
-     (status and the machine views then show the last state it left)
-  4  `slotgate machine show`: no such machine";
+  3  `slotgate status`, `machines`, `machine …`, `commands …`, `tail`: the daemon is not
+     running (status and the machine views then show the last state it left)
+  4  `slotgate machine show|disable|enable`: no such machine; `commands show`: no such command
+  5  `slotgate machine disable|enable`: the command was rejected (the reason is printed) or
+     cannot be given (no [commands] local_key)";

@@ -514,6 +514,28 @@ pub struct CommandSettings {
     pub offline_policy: OfflinePolicy,
     /// How long after the machine's ACK a shutdown must see no new game start to be done.
     pub confirm_window: Duration,
+    /// The technician key (a secret Ed25519 key file, `journal keygen`'s format) with which the
+    /// daemon signs `slotgate machine disable|enable` from the admin socket. Its public half
+    /// must be a current `[[commands.keys]]` entry; none: no local commands.
+    pub local_key: Option<PathBuf>,
+}
+
+impl CommandSettings {
+    /// The local technician key and the id of the trusted key that is its public half (the
+    /// first current one with that public key). The reason when it cannot be used.
+    pub fn local_issuer(&self) -> Result<Option<(String, ed25519_dalek::SigningKey)>, String> {
+        let Some(path) = &self.local_key else { return Ok(None) };
+        let key = crate::journal::checkpoint::load_signing_key(path).map_err(|e| e.to_string())?;
+        let public = key.verifying_key();
+        for trusted in self.keys.iter().filter(|k| !k.retired) {
+            if crate::journal::checkpoint::load_public_key(&trusted.public_key_file)
+                .is_ok_and(|k| k == public)
+            {
+                return Ok(Some((trusted.id.clone(), key)));
+            }
+        }
+        Err(format!("the public half of {} is no current key of [[commands.keys]]", path.display()))
+    }
 }
 
 /// One trusted issuer key.
@@ -551,6 +573,7 @@ struct RawCommands {
     offline_policy: OfflinePolicy,
     #[serde(with = "humantime_serde")]
     confirm_window: Duration,
+    local_key: Option<PathBuf>,
 }
 
 impl Default for RawCommands {
@@ -562,6 +585,7 @@ impl Default for RawCommands {
             bulk_signatures: 2,
             offline_policy: OfflinePolicy::Queue,
             confirm_window: Duration::from_secs(60),
+            local_key: None,
         }
     }
 }
@@ -627,6 +651,10 @@ fn validate_commands(raw: &RawCommands, base: &Path) -> Result<CommandSettings, 
         bulk_signatures: raw.bulk_signatures,
         offline_policy: raw.offline_policy,
         confirm_window: raw.confirm_window,
+        local_key: raw
+            .local_key
+            .as_ref()
+            .map(|file| if file.is_relative() { base.join(file) } else { file.clone() }),
     })
 }
 
@@ -858,6 +886,9 @@ impl Config {
             crate::journal::checkpoint::load_public_key(&key.public_key_file)
                 .map_err(|e| error(format!("commands.keys[{i}].public_key_file"), e.to_string()))?;
         }
+        self.commands
+            .local_issuer()
+            .map_err(|reason| error("commands.local_key".into(), reason))?;
         for (i, d) in self.destinations.iter().enumerate() {
             let at = |field: &str| format!("destination[{i}].{field}");
             // (field, file, whether it goes into an HTTP header as it is)
@@ -1618,5 +1649,43 @@ registry_id = "EGM-1"
         assert_eq!(bad("[commands]\nmax_clock_skew = \"0s\"\n"), "commands.max_clock_skew");
         assert_eq!(bad("[commands]\noffline_policy = \"drop\"\n"), "commands.offline_policy");
         assert_eq!(bad("[commands]\nsecret = 1\n"), "commands.secret");
+    }
+
+    #[test]
+    fn the_local_key_must_be_a_private_key_whose_public_half_is_a_current_trusted_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slotgate.toml");
+        for name in ["tech.key", "other.key"] {
+            crate::journal::checkpoint::generate(&dir.path().join(name)).unwrap();
+        }
+        let config = |local: &str, trusted: &str, retired: bool| {
+            let text = format!(
+                "{MINIMAL}\n[commands]\nlocal_key = \"{local}\"\n[[commands.keys]]\n\
+                 id = \"tech\"\npublic_key_file = \"{trusted}\"\nroles = [\"disable\"]\n\
+                 retired = {retired}\n"
+            );
+            Config::from_toml_str(&path, &text).unwrap()
+        };
+        let good = config("tech.key", "tech.key.pub", false);
+        good.check_files(false).unwrap();
+        let (id, _) = good.commands.local_issuer().unwrap().unwrap();
+        assert_eq!(id, "tech");
+        assert!(check(MINIMAL).unwrap().commands.local_issuer().unwrap().is_none());
+        for (local, trusted, retired, why) in [
+            ("other.key", "tech.key.pub", false, "no current key"),
+            ("tech.key", "tech.key.pub", true, "no current key"),
+            ("tech.key.pub", "tech.key.pub", false, "readable by group or others"),
+            ("missing.key", "tech.key.pub", false, "missing.key"),
+        ] {
+            let e = config(local, trusted, retired).check_files(false).unwrap_err();
+            assert_eq!(e.field, "commands.local_key", "{local}");
+            assert!(e.reason.contains(why), "{local}: {e}");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let key = dir.path().join("tech.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = good.check_files(false).unwrap_err();
+        assert_eq!(e.field, "commands.local_key");
+        assert!(e.reason.contains("readable by group or others"), "{e}");
     }
 }

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use slotgate::cli::{
-    Cli, Command, ConfigCommand, EXIT_CONFIG, EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_NOT_RUNNING,
-    LogFormat, MachineCommand,
+    Cli, Command, CommandsCommand, ConfigCommand, EXIT_CONFIG, EXIT_FAILURE, EXIT_NOT_FOUND,
+    EXIT_NOT_RUNNING, EXIT_REJECTED, LogFormat, MachineCommand,
 };
+use slotgate::command::envelope::Action;
 use slotgate::config::{Config, ConfigError};
 use slotgate::inspect::Outcome;
 use tracing_subscriber::EnvFilter;
@@ -69,6 +70,18 @@ fn main() -> ExitCode {
         Command::Machine(MachineCommand::Show { id, config, json }) => {
             shown(slotgate::technician::machine_show(&config, &id, json))
         }
+        Command::Machine(MachineCommand::Disable(args)) => {
+            shown(slotgate::technician::remote_command(&args, Action::Disable))
+        }
+        Command::Machine(MachineCommand::Enable(args)) => {
+            shown(slotgate::technician::remote_command(&args, Action::Enable))
+        }
+        Command::Commands(CommandsCommand::List { config, state, json }) => {
+            shown(slotgate::technician::commands_list(&config, state.as_deref(), json))
+        }
+        Command::Commands(CommandsCommand::Show { id, config, json }) => {
+            shown(slotgate::technician::commands_show(&config, &id, json))
+        }
         Command::Tail { config, machine, kind, since, json } => {
             let filter = slotgate::technician::TailFilter { machine, kind, since };
             shown(slotgate::technician::tail(&config, &filter, json))
@@ -93,6 +106,7 @@ fn shown(outcome: anyhow::Result<slotgate::technician::Shown>) -> ExitCode {
         Ok(Shown::Running) => ExitCode::SUCCESS,
         Ok(Shown::NotRunning) => ExitCode::from(EXIT_NOT_RUNNING),
         Ok(Shown::NotFound) => ExitCode::from(EXIT_NOT_FOUND),
+        Ok(Shown::Rejected) => ExitCode::from(EXIT_REJECTED),
         Err(error) => fail_printing(&error),
     }
 }

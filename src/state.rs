@@ -2,7 +2,8 @@
 //! channels its parts publish (each line task its line and machines, the journal writer its
 //! status, each forwarder its destination). `status.json`, the admin socket, the CLI and the
 //! Prometheus gauges are all views of a [`Snapshot`] taken from one [`StateView`], so they
-//! cannot disagree.
+//! cannot disagree. The remote-command task publishes each machine's desired state (the last
+//! command executed on it, re-asserted until revoked) the same way.
 //!
 //! Readers never block a publisher: a `watch` keeps only the latest value, and a snapshot is a
 //! clone of each.
@@ -11,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use std::collections::BTreeMap;
+
+use crate::command::service::DesiredStates;
+use crate::command::store::DesiredState;
 use crate::forward::DestinationStatus;
 use crate::journal::JournalStatus;
 use crate::poller::{LineStatus, MachineStatus};
@@ -41,6 +46,10 @@ pub struct Snapshot {
     pub lines: Vec<LineStatus>,
     #[serde(default)]
     pub destinations: Vec<DestinationStatus>,
+    /// Each machine's desired state by registry id: the last remote command executed on it.
+    /// Machines no command was ever sent to are absent.
+    #[serde(default)]
+    pub desired: BTreeMap<String, DesiredState>,
 }
 
 fn schema_v1() -> u32 {
@@ -53,6 +62,9 @@ pub struct MachineRow {
     pub line: String,
     #[serde(flatten)]
     pub machine: MachineStatus,
+    /// Its desired state, if a remote command was ever sent to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<DesiredState>,
 }
 
 impl Snapshot {
@@ -62,7 +74,11 @@ impl Snapshot {
             .iter()
             .filter(|l| line.is_none_or(|name| l.name == name))
             .flat_map(|l| {
-                l.machines.iter().map(|m| MachineRow { line: l.name.clone(), machine: m.clone() })
+                l.machines.iter().map(|m| MachineRow {
+                    line: l.name.clone(),
+                    machine: m.clone(),
+                    desired: self.desired.get(&m.registry_id).copied(),
+                })
             })
             .collect()
     }
@@ -80,6 +96,7 @@ pub struct StateView {
     pub(crate) journal: watch::Receiver<JournalStatus>,
     pub(crate) lines: Vec<watch::Receiver<LineStatus>>,
     pub(crate) destinations: Vec<watch::Receiver<DestinationStatus>>,
+    pub(crate) desired: watch::Receiver<DesiredStates>,
     pub(crate) started_at: jiff::Timestamp,
     pub(crate) ready: watch::Receiver<Option<jiff::Timestamp>>,
     pub(crate) stopping: CancellationToken,
@@ -99,6 +116,7 @@ impl StateView {
             journal: self.journal.borrow().clone(),
             lines: self.lines.iter().map(|l| l.borrow().clone()).collect(),
             destinations: self.destinations.iter().map(|d| d.borrow().clone()).collect(),
+            desired: self.desired.borrow().clone(),
         }
     }
 

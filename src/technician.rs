@@ -1,7 +1,9 @@
 //! The technician commands `status`, `machines`, `machine show` and `tail`: views of the state
 //! model. They ask the running daemon over its admin socket ([`crate::admin`]); with the daemon
 //! stopped, `status`, `machines` and `machine show` show the last state it left in
-//! `status.json`, saying so. Human output fits 100 columns; `--json` prints the API's JSON.
+//! `status.json`, saying so. `machine disable|enable` and `commands list|show` give and follow
+//! remote commands through the same socket (they need the running daemon). Human output fits
+//! 100 columns; `--json` prints the API's JSON.
 
 use std::io::Write;
 use std::path::Path;
@@ -10,7 +12,9 @@ use std::time::Duration;
 use anyhow::Context;
 use hyper::Method;
 
-use crate::admin::client::{ClientError, request};
+use crate::admin::client::{ClientError, request, request_with};
+use crate::command::envelope::Action;
+use crate::command::store::{CommandRecord, DesiredState, short_id};
 use crate::config::Config;
 use crate::poller::MachineStatus;
 use crate::state::{MachineRow, Snapshot};
@@ -30,8 +34,10 @@ pub enum Shown {
     Running,
     /// Shown from the status file: the daemon is not running (exit status 3).
     NotRunning,
-    /// `machine show` of an id no line has (exit status 4).
+    /// `machine show` of an id no line has, `commands show` of an unknown id (exit status 4).
     NotFound,
+    /// `machine disable|enable`: the daemon rejected the command (exit status 5).
+    Rejected,
 }
 
 /// Status files older than this many status periods belong to a daemon that is not responding.
@@ -164,6 +170,9 @@ fn write_status(
         }
         for m in &line.machines {
             writeln!(out, "  {}", machine_summary(m, now))?;
+            if let Some(desired) = s.desired.get(&m.registry_id) {
+                writeln!(out, "    desired: {}", desired_since(desired, now))?;
+            }
         }
     }
     for d in &s.destinations {
@@ -203,6 +212,11 @@ fn machine_summary(m: &MachineStatus, now: jiff::Timestamp) -> String {
         last,
     );
     clip(&summary, 98)
+}
+
+/// A desired state with its age: `disabled (cmd 1a2b3c4d) since 3 min 2 s`.
+fn desired_since(desired: &DesiredState, now: jiff::Timestamp) -> String {
+    format!("{} since {}", desired.label(), age(desired.since, now))
 }
 
 /// `slotgate machines [--line L]`.
@@ -260,6 +274,14 @@ fn write_machines(
             if m.rte { "on" } else { "off" }
         )?;
     }
+    let desired: Vec<_> =
+        rows.iter().filter_map(|r| r.desired.map(|d| (&r.machine.registry_id, d))).collect();
+    if !desired.is_empty() {
+        writeln!(out, "desired states (remote commands):")?;
+    }
+    for (machine, state) in desired {
+        writeln!(out, "  {:<14} {}", clip(machine, 14), desired_since(&state, now))?;
+    }
     Ok(())
 }
 
@@ -295,6 +317,8 @@ pub fn machine_show(config_file: &Path, id: &str, json: bool) -> anyhow::Result<
     writeln!(out, "  next seq      {}", m.next_seq)?;
     writeln!(out, "  RTE           {}", if m.rte { "on" } else { "off" })?;
     writeln!(out, "  play          {}", if m.enabled { "enabled" } else { "DISABLED" })?;
+    let desired = row.desired.map_or_else(|| "-".to_owned(), |d| desired_since(&d, now));
+    writeln!(out, "  desired       {desired}")?;
     let drift =
         m.clock_drift_seconds.map_or_else(|| "within threshold".to_owned(), |s| format!("{s} s"));
     writeln!(out, "  clock drift   {drift}")?;
@@ -309,6 +333,170 @@ pub fn machine_show(config_file: &Path, id: &str, json: bool) -> anyhow::Result<
         writeln!(out, "    {name:<32} {value:>20}")?;
     }
     Ok(shown(&source))
+}
+
+/// What a command call to the daemon came to, when it was not an answer.
+fn refused(config: &Config, error: ClientError) -> anyhow::Result<Shown> {
+    match error {
+        ClientError::NotRunning { .. } => {
+            eprintln!(
+                "slotgate: not running (nothing answers on {})",
+                config.admin.socket.display()
+            );
+            Ok(Shown::NotRunning)
+        }
+        ClientError::Refused { status, message } if status == hyper::StatusCode::NOT_FOUND => {
+            eprintln!("slotgate: {message}");
+            Ok(Shown::NotFound)
+        }
+        // Rejected by verification (audited), or no local key to sign with.
+        ClientError::Refused { status, message }
+            if status == hyper::StatusCode::UNPROCESSABLE_ENTITY
+                || status == hyper::StatusCode::CONFLICT =>
+        {
+            eprintln!("slotgate: {message}");
+            Ok(Shown::Rejected)
+        }
+        error => Err(error.into()),
+    }
+}
+
+/// Asks the running daemon; its answer, or how the view ends when there is none.
+fn ask(
+    config: &Config,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<Result<serde_json::Value, Shown>> {
+    match runtime()?.block_on(request_with(&config.admin.socket, method, path, body)) {
+        Ok(value) => Ok(Ok(value)),
+        Err(error) => refused(config, error).map(Err),
+    }
+}
+
+/// `slotgate machine disable|enable ID --reason TEXT`: the daemon signs it with the local key
+/// and answers once the command is journalled; prints its id and where it stands.
+pub fn remote_command(
+    args: &crate::cli::RemoteCommandArgs,
+    action: Action,
+) -> anyhow::Result<Shown> {
+    let config = Config::load(&args.config)?;
+    let (id, path) = (&args.id, format!("/v1/machines/{}/{}", args.id, action.name()));
+    let body = serde_json::json!({ "reason": args.reason });
+    let outcome = match ask(&config, Method::POST, &path, Some(&body))? {
+        Ok(outcome) => outcome,
+        Err(shown) => return Ok(shown),
+    };
+    if args.json {
+        print_json(&outcome)?;
+    } else {
+        println!(
+            "{} {id}: {} as command {}, now {}",
+            action.name(),
+            outcome["outcome"].as_str().unwrap_or("?"),
+            outcome["command_id"].as_str().unwrap_or("?"),
+            outcome["state"].as_str().unwrap_or("?"),
+        );
+    }
+    Ok(Shown::Running)
+}
+
+/// `slotgate commands list [--state S]`.
+pub fn commands_list(config_file: &Path, state: Option<&str>, json: bool) -> anyhow::Result<Shown> {
+    let config = Config::load(config_file)?;
+    let path = match state {
+        Some(state) => format!("/v1/commands?state={state}"),
+        None => "/v1/commands".to_owned(),
+    };
+    let page = match ask(&config, Method::GET, &path, None)? {
+        Ok(page) => page,
+        Err(shown) => return Ok(shown),
+    };
+    if json {
+        print_json(&page)?;
+        return Ok(Shown::Running);
+    }
+    let records: Vec<CommandRecord> =
+        serde_json::from_value(page["commands"].clone()).context("the daemon's command list")?;
+    let mut out = std::io::stdout().lock();
+    write_commands(&mut out, &records)?;
+    Ok(Shown::Running)
+}
+
+fn write_commands(out: &mut impl Write, records: &[CommandRecord]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<8} {:<7} {:<9} {:<19} {:<16} {:<14} REASON",
+        "COMMAND", "ACTION", "STATE", "ISSUED (UTC)", "ORIGIN", "MACHINES"
+    )?;
+    for r in records {
+        let machines: Vec<&str> = r.targets.iter().map(|(m, _)| m.as_str()).collect();
+        let line = format!(
+            "{:<8} {:<7} {:<9} {:<19} {:<16} {:<14} {}",
+            short_id(r.id),
+            r.action.name(),
+            r.state.name(),
+            r.issued_at.strftime("%Y-%m-%d %H:%M:%S"),
+            clip(&r.origin, 16),
+            clip(&machines.join(","), 14),
+            r.reason
+        );
+        writeln!(out, "{}", clip(&line, 100))?;
+    }
+    Ok(())
+}
+
+/// `slotgate commands show ID`.
+pub fn commands_show(config_file: &Path, id: &str, json: bool) -> anyhow::Result<Shown> {
+    let config = Config::load(config_file)?;
+    let value = match ask(&config, Method::GET, &format!("/v1/commands/{id}"), None)? {
+        Ok(value) => value,
+        Err(shown) => return Ok(shown),
+    };
+    if json {
+        print_json(&value)?;
+        return Ok(Shown::Running);
+    }
+    let record: CommandRecord = serde_json::from_value(value).context("the daemon's command")?;
+    let mut out = std::io::stdout().lock();
+    write_command(&mut out, &record)?;
+    Ok(Shown::Running)
+}
+
+fn write_command(out: &mut impl Write, r: &CommandRecord) -> std::io::Result<()> {
+    let time = |t: jiff::Timestamp| t.strftime("%Y-%m-%d %H:%M:%S").to_string();
+    writeln!(out, "command {} ({})", r.id, r.state.name())?;
+    writeln!(out, "  action    {}", r.action.name())?;
+    writeln!(out, "  reason    {}", clip(&r.reason, 88))?;
+    writeln!(out, "  origin    {}", clip(&r.origin, 88))?;
+    writeln!(out, "  signed by {}", clip(&r.signers.join(", "), 88))?;
+    writeln!(
+        out,
+        "  valid     issued {}, from {} until {} (UTC)",
+        time(r.issued_at),
+        time(r.not_before),
+        time(r.expires_at)
+    )?;
+    for (machine, state) in &r.targets {
+        writeln!(out, "  machine   {:<14} {}", clip(machine, 14), state.name())?;
+    }
+    writeln!(out, "history:")?;
+    for t in &r.history {
+        let why = match (t.reason, &t.detail) {
+            (Some(reason), Some(detail)) => format!("{}: {detail}", reason.name()),
+            (Some(reason), None) => reason.name().to_owned(),
+            (None, Some(detail)) => detail.clone(),
+            (None, None) => String::new(),
+        };
+        let line = format!(
+            "  {} {:<9} {:<14} {why}",
+            t.at.strftime("%Y-%m-%d %H:%M:%S%.3f"),
+            t.state.name(),
+            clip(t.machine.as_deref().unwrap_or("all"), 14),
+        );
+        writeln!(out, "{}", clip(line.trim_end(), 100))?;
+    }
+    Ok(())
 }
 
 /// What `tail` shows.
@@ -476,11 +664,60 @@ mod tests {
         m.timeouts = 999_999;
         m.polls = 123_456_789;
         assert!(machine_summary(&m, now).chars().count() <= 100, "{}", machine_summary(&m, now));
-        let row = MachineRow { line: "a-long-line-name".into(), machine: m };
+        let desired = DesiredState {
+            action: Action::Disable,
+            command_id: uuid::Uuid::from_u128(u128::MAX),
+            issued_at: now,
+            since: now - jiff::SignedDuration::from_hours(49),
+        };
+        let row =
+            MachineRow { line: "a-long-line-name".into(), machine: m, desired: Some(desired) };
         let mut out = Vec::new();
         write_machines(&mut out, &[row], now).unwrap();
-        for line in String::from_utf8(out).unwrap().lines() {
+        let text = String::from_utf8(out).unwrap();
+        for line in text.lines() {
             assert!(line.chars().count() <= 100, "{line}");
         }
+        assert!(text.contains("UA-VERY-LONG-… disabled (cmd ffffffff) since 2 d 1 h"), "{text}");
+    }
+
+    #[test]
+    fn a_command_and_its_history_fit_the_screen() {
+        let at: jiff::Timestamp = "2026-12-07T08:00:00Z".parse().unwrap();
+        let record = CommandRecord {
+            id: uuid::Uuid::from_u128(0x1a2b_3c4d << 96),
+            action: Action::Disable,
+            reason: "a reason far longer than any screen is wide, ".repeat(4),
+            issued_at: at,
+            not_before: at,
+            expires_at: at + jiff::SignedDuration::from_hours(1),
+            origin: "admin uid=4294967295".into(),
+            signers: vec!["tech".into()],
+            envelope: String::new(),
+            state: crate::command::store::State::Failed,
+            targets: vec![(
+                "UA-VERY-LONG-REGISTRY-ID-0001".into(),
+                crate::command::store::State::Failed,
+            )],
+            history: vec![crate::command::store::Transition {
+                state: crate::command::store::State::Failed,
+                at,
+                machine: Some("UA-VERY-LONG-REGISTRY-ID-0001".into()),
+                reason: Some(crate::command::audit::FailReason::GameStartedAfterShutdown),
+                detail: Some("a detail far longer than any screen is wide, ".repeat(3)),
+            }],
+        };
+        let mut out = Vec::new();
+        write_commands(&mut out, std::slice::from_ref(&record)).unwrap();
+        write_command(&mut out, &record).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for line in text.lines() {
+            assert!(line.chars().count() <= 100, "{line}");
+        }
+        assert!(text.contains("1a2b3c4d disable failed"), "{text}");
+        assert!(
+            text.contains("failed    UA-VERY-LONG-… game_started_after_shutdown: a detail"),
+            "{text}"
+        );
     }
 }

@@ -10,25 +10,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{BIN, read_json_lines, run_gateway, simulate, write_config};
+use common::{BIN, read_json_lines, run_gateway, simulate, slotgate, wait_until, write_config};
 use serde_json::Value;
-
-fn slotgate(args: &[&str], config: &Path) -> Output {
-    Command::new(BIN).args(args).arg("--config").arg(config).env("NO_COLOR", "1").output().unwrap()
-}
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// `slotgate machines --json` as a list, or nothing while the daemon does not answer.

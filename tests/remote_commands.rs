@@ -263,7 +263,7 @@ fn every_hostile_command_is_rejected_audited_and_never_sent() {
         assert_eq!(g.receive(bytes, now()).unwrap_err(), *reason, "{name}");
         let new = &g.audit[audited..];
         assert_eq!(new.len(), 1, "{name}: one audit record");
-        assert_eq!(new[0].state, AuditState::Rejected, "{name}");
+        assert_eq!(new[0].state, AuditState::Step(State::Rejected), "{name}");
         let event = serde_json::to_value(new[0].event_kind()).unwrap();
         assert_eq!(event["kind"], "remote_command");
         assert_eq!(event["data"]["reason"], reason.name(), "{name}");
@@ -300,7 +300,14 @@ fn a_replayed_command_returns_the_stored_result_and_runs_once() {
     let Ok(Admission::New(record)) = g.receive(&bytes, now()) else { panic!() };
     assert_eq!(record.state, State::Verified);
     let states: Vec<_> = g.audit.iter().map(|r| r.state).collect();
-    assert_eq!(states, [AuditState::Received, AuditState::Verified, AuditState::Sent]);
+    assert_eq!(
+        states,
+        [
+            AuditState::Step(State::Received),
+            AuditState::Step(State::Verified),
+            AuditState::Step(State::Sent)
+        ]
+    );
     let ack =
         g.executor.observe(now(), "EGM-2", Observation::Acknowledged(RemoteControl::Shutdown));
     g.apply(ack, now());
@@ -310,7 +317,8 @@ fn a_replayed_command_returns_the_stored_result_and_runs_once() {
         assert_eq!(stored.state, State::Confirmed);
     }
     assert_eq!(g.sent, [("EGM-2".to_owned(), RemoteControl::Shutdown)], "sent once");
-    let replays: Vec<_> = g.audit.iter().filter(|r| r.state == AuditState::Rejected).collect();
+    let replays: Vec<_> =
+        g.audit.iter().filter(|r| r.state == AuditState::Step(State::Rejected)).collect();
     assert_eq!(replays.len(), 3);
     assert!(replays.iter().all(|r| r.reason.unwrap().name() == "replayed"));
     let history: Vec<_> = g

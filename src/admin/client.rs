@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 
@@ -26,6 +26,16 @@ pub async fn request(
     method: Method,
     path: &str,
 ) -> Result<serde_json::Value, ClientError> {
+    request_with(socket, method, path, None).await
+}
+
+/// [`request`] with a JSON body.
+pub async fn request_with(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, ClientError> {
     let stream = match tokio::net::UnixStream::connect(socket).await {
         Ok(stream) => stream,
         Err(source)
@@ -47,11 +57,13 @@ pub async fn request(
             .await
             .context("admin socket: HTTP handshake")?;
     tokio::spawn(connection);
+    let body = body.map(serde_json::Value::to_string).unwrap_or_default();
     let request = Request::builder()
         .method(method)
         .uri(path)
         .header(hyper::header::HOST, "slotgate")
-        .body(Empty::<Bytes>::new())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
         .context("admin socket: building the request")?;
     let response = sender.send_request(request).await.context("admin socket: request")?;
     let status = response.status();

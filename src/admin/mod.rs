@@ -5,7 +5,10 @@
 //! uid.
 //!
 //! The API is a view of the state model ([`crate::state`]) plus the lines' command channels
-//! ([`crate::poller::command`]); it holds no state of its own except the lines a probe holds.
+//! ([`crate::poller::command`]) and the remote-command task ([`crate::command`]): a technician's
+//! disable or enable is signed with the local key and submitted like any inbound command, its
+//! origin the caller's uid; the command store is read for `/v1/commands`. It holds no state of
+//! its own except the lines a probe holds.
 
 pub mod client;
 
@@ -16,12 +19,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::command::envelope::Action;
+use crate::command::local::LocalIssuer;
+use crate::command::service::{Outcome, Submitter};
+use crate::command::store::{CommandReader, State};
 use crate::journal::Journal;
 use crate::journal::record::Body;
 use crate::poller::{AllowedPoll, LineCommand, LineHandle, command::Release};
@@ -80,12 +87,26 @@ pub fn bind(path: &Path) -> anyhow::Result<Socket> {
     Ok(Socket { path: path.to_path_buf(), listener, inode })
 }
 
+/// Largest request body taken (a command's reason).
+pub const MAX_BODY: usize = 4096;
+
+/// The remote-command task as the API reaches it.
+#[derive(Debug)]
+pub struct Commands {
+    pub submitter: Submitter,
+    /// The local technician key; none: `disable`/`enable` are refused (`409`).
+    pub issuer: Option<LocalIssuer>,
+    pub reader: CommandReader,
+}
+
 /// What the API serves from.
 #[derive(Debug)]
 pub struct Api {
     pub view: StateView,
     pub lines: Vec<LineHandle>,
     pub journal: Journal,
+    /// None: the `/v1/commands` and disable/enable paths answer `503`.
+    pub commands: Option<Commands>,
     /// Lines a probe holds: the release that gives each back when dropped, numbered so that an
     /// expiry timer removes only the release it was started for.
     released: Mutex<HashMap<String, (u64, Release)>>,
@@ -98,9 +119,16 @@ impl Api {
             view,
             lines,
             journal,
+            commands: None,
             released: Mutex::new(HashMap::new()),
             releases: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// With the remote-command task's paths.
+    pub fn with_commands(mut self, commands: Commands) -> Self {
+        self.commands = Some(commands);
+        self
     }
 }
 
@@ -215,25 +243,42 @@ async fn handle(
             pid = peer.pid(), %method, %path, "Admin request refused: not the service's user or group.");
         return error(StatusCode::FORBIDDEN, format!("uid {} may not use this socket", peer.uid()));
     }
-    let reply = route(api, &method, &path, &query(&request)).await;
+    let query = query(&request);
+    let raw_query = request.uri().query().unwrap_or("").to_owned();
+    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is unreadable or over {MAX_BODY} bytes"),
+            );
+        }
+    };
+    let call = Call { method: &method, path: &path, query: &query, body: &body, uid: peer.uid() };
+    let reply = route(api, &call).await;
     // Reads are routine; every command is audited at info with the caller.
     if method == Method::GET {
         tracing::debug!(target: "slotgate::audit", uid = peer.uid(), %method, %path,
             status = reply.status().as_u16(), "Admin request.");
     } else {
         tracing::info!(target: "slotgate::audit", uid = peer.uid(), pid = peer.pid(), %method,
-            %path, query = request.uri().query().unwrap_or(""), status = reply.status().as_u16(),
-            "Admin command.");
+            %path, query = raw_query, status = reply.status().as_u16(), "Admin command.");
     }
     reply
 }
 
-async fn route(
-    api: &Arc<Api>,
-    method: &Method,
-    path: &str,
-    query: &HashMap<String, String>,
-) -> Reply {
+/// One request, as the routes see it.
+struct Call<'a> {
+    method: &'a Method,
+    path: &'a str,
+    query: &'a HashMap<String, String>,
+    body: &'a [u8],
+    /// The caller's uid (SO_PEERCRED).
+    uid: u32,
+}
+
+async fn route(api: &Arc<Api>, call: &Call<'_>) -> Reply {
+    let Call { method, path, query, .. } = *call;
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
         (&Method::GET, [API_VERSION, "status"]) => json(StatusCode::OK, &api.view.snapshot()),
@@ -246,6 +291,14 @@ async fn route(
             None => error(StatusCode::NOT_FOUND, format!("no machine {id}")),
         },
         (&Method::GET, [API_VERSION, "events"]) => events(api, query),
+        (&Method::POST, [API_VERSION, "machines", id, "disable"]) => {
+            remote_command(api, id, Action::Disable, call).await
+        }
+        (&Method::POST, [API_VERSION, "machines", id, "enable"]) => {
+            remote_command(api, id, Action::Enable, call).await
+        }
+        (&Method::GET, [API_VERSION, "commands"]) => commands(api, query),
+        (&Method::GET, [API_VERSION, "commands", id]) => command_record(api, id),
         (&Method::POST, [API_VERSION, "machines", id, "meter-snapshot"]) => {
             let machine = (*id).to_owned();
             command(api, id, |reply| LineCommand::MeterSnapshot { machine, reply }).await
@@ -281,6 +334,93 @@ async fn route(
             StatusCode::NOT_FOUND,
             format!("unknown API version in {path}; this is {API_VERSION}"),
         ),
+    }
+}
+
+/// The answer when the remote-command task is not there.
+fn no_command_task() -> Reply {
+    error(StatusCode::SERVICE_UNAVAILABLE, "the remote-command task is not running")
+}
+
+/// The body of `disable` and `enable`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandRequest {
+    reason: String,
+}
+
+/// `POST /v1/machines/{id}/disable|enable`: a command signed with the local key, submitted with
+/// the caller's uid as its origin, answered once its outcome is durable. The verifier decides
+/// as for any other command (an unknown machine is audited and answered `404`).
+async fn remote_command(api: &Api, id: &str, action: Action, call: &Call<'_>) -> Reply {
+    let Some(commands) = &api.commands else { return no_command_task() };
+    let Some(issuer) = &commands.issuer else {
+        return error(
+            StatusCode::CONFLICT,
+            "no local technician key: set [commands] local_key in the configuration",
+        );
+    };
+    let reason = match serde_json::from_slice::<CommandRequest>(call.body) {
+        Ok(request) => request.reason,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body {{\"reason\": TEXT}}: {e}")),
+    };
+    let envelope = issuer.envelope(action, id, reason.trim(), jiff::Timestamp::now());
+    let origin = crate::command::local::origin(call.uid);
+    match commands.submitter.submit(envelope, origin).await {
+        Ok(outcome @ Outcome::Accepted { .. }) => json(StatusCode::ACCEPTED, &outcome),
+        // A fresh id cannot be a duplicate; should it be, the stored state is the answer.
+        Ok(outcome @ Outcome::Duplicate { .. }) => json(StatusCode::OK, &outcome),
+        Ok(Outcome::Rejected { command_id, reason, detail }) => {
+            let status = if reason == crate::command::verify::RejectReason::UnknownMachine.name() {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            json(
+                status,
+                &serde_json::json!({
+                    "error": format!("rejected: {reason}: {detail}"),
+                    "outcome": "rejected",
+                    "command_id": command_id,
+                    "reason": reason,
+                    "detail": detail,
+                }),
+            )
+        }
+        Err(unavailable) => error(StatusCode::SERVICE_UNAVAILABLE, unavailable),
+    }
+}
+
+/// `GET /v1/commands[?state=S]`: the stored commands, oldest first.
+fn commands(api: &Api, query: &HashMap<String, String>) -> Reply {
+    let Some(commands) = &api.commands else { return no_command_task() };
+    let state = match query.get("state").map(|s| State::from_name(s)) {
+        None => None,
+        Some(Some(state)) => Some(state),
+        Some(None) => {
+            let names: Vec<&str> = State::ALL.iter().map(|s| s.name()).collect();
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("state= must be one of {}", names.join(", ")),
+            );
+        }
+    };
+    match commands.reader.list(state) {
+        Ok(list) => json(StatusCode::OK, &serde_json::json!({ "commands": list })),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `GET /v1/commands/{id}`: one stored command with its state history.
+fn command_record(api: &Api, id: &str) -> Reply {
+    let Some(commands) = &api.commands else { return no_command_task() };
+    let Ok(uuid) = id.parse::<uuid::Uuid>() else {
+        return error(StatusCode::BAD_REQUEST, format!("{id} is not a command id (a UUID)"));
+    };
+    match commands.reader.get(uuid) {
+        Ok(Some(record)) => json(StatusCode::OK, &record),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no command {id}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -8,38 +8,50 @@ use jiff::Timestamp;
 use uuid::Uuid;
 
 use super::envelope::Action;
+use super::store::State;
 use super::verify::RejectReason;
 use crate::event::EventKind;
 
-/// The `state` of a `remote_command` event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// The `state` of a `remote_command` event: a step of the command's life, or a re-assertion of
+/// a machine's desired state (which is no step: the command does not run again). Serialised as
+/// the state's name (`"sent"`, `"reasserted"`), as the event carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuditState {
-    Received,
-    Verified,
-    Sent,
-    Confirmed,
-    Done,
-    Rejected,
-    Failed,
-    Expired,
+    Step(State),
     /// The desired state was sent again (power cycle, link-up, RAM clear, gateway restart).
     Reasserted,
 }
 
 impl AuditState {
+    const REASSERTED: &'static str = "reasserted";
+
     pub fn name(self) -> &'static str {
         match self {
-            Self::Received => "received",
-            Self::Verified => "verified",
-            Self::Sent => "sent",
-            Self::Confirmed => "confirmed",
-            Self::Done => "done",
-            Self::Rejected => "rejected",
-            Self::Failed => "failed",
-            Self::Expired => "expired",
-            Self::Reasserted => "reasserted",
+            Self::Step(state) => state.name(),
+            Self::Reasserted => Self::REASSERTED,
         }
+    }
+
+    /// The state a name stands for.
+    pub fn from_name(name: &str) -> Option<Self> {
+        if name == Self::REASSERTED {
+            return Some(Self::Reasserted);
+        }
+        State::from_name(name).map(Self::Step)
+    }
+}
+
+impl serde::Serialize for AuditState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AuditState {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Self::from_name(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown command state `{name}`")))
     }
 }
 
@@ -113,5 +125,50 @@ impl AuditSink for Vec<AuditRecord> {
     fn append(&mut self, record: AuditRecord) -> Result<(), String> {
         self.push(record);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The audit vocabulary is what the journal and the state system hold: it never changes.
+    #[test]
+    fn audit_states_keep_their_names_and_serialised_form() {
+        let all = [
+            (AuditState::Step(State::Received), "received"),
+            (AuditState::Step(State::Verified), "verified"),
+            (AuditState::Step(State::Sent), "sent"),
+            (AuditState::Step(State::Confirmed), "confirmed"),
+            (AuditState::Step(State::Done), "done"),
+            (AuditState::Step(State::Rejected), "rejected"),
+            (AuditState::Step(State::Failed), "failed"),
+            (AuditState::Step(State::Expired), "expired"),
+            (AuditState::Reasserted, "reasserted"),
+        ];
+        for (state, name) in all {
+            assert_eq!(state.name(), name);
+            assert_eq!(serde_json::to_string(&state).ok(), Some(format!("\"{name}\"")));
+            assert_eq!(
+                serde_json::from_str::<AuditState>(&format!("\"{name}\"")).ok(),
+                Some(state)
+            );
+            let record = AuditRecord {
+                machines: Vec::new(),
+                command_id: None,
+                action: None,
+                state,
+                reason: None,
+                origin: "admin uid=0".into(),
+                signers: Vec::new(),
+                detail: None,
+                at: Timestamp::UNIX_EPOCH,
+            };
+            let EventKind::RemoteCommand { state: text, .. } = record.event_kind() else {
+                panic!("not a remote_command event");
+            };
+            assert_eq!(text, name);
+        }
+        assert!(serde_json::from_str::<AuditState>("\"resent\"").is_err());
     }
 }

@@ -14,11 +14,13 @@
 //! - [`store`]: the durable command journal and id store, and each machine's desired state.
 //! - [`audit`]: the `remote_command` audit records.
 //! - [`executor`]: when to send LP 01 / LP 02, re-assertion, confirmation, expiry.
+//! - [`local`]: commands of the technician on the gateway, signed with the local key.
 
 pub mod audit;
 pub mod envelope;
 pub mod executor;
 pub mod journal_sink;
+pub mod local;
 pub mod service;
 pub mod store;
 pub mod verify;

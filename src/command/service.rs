@@ -19,11 +19,11 @@
 //! Store and sink do blocking I/O (sled flush, fsync, the journal's durable append): they run
 //! on the blocking pool, one operation at a time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use firmware_protocols::sas::RemoteControl;
 use jiff::Timestamp;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -31,7 +31,7 @@ use super::audit::{AuditRecord, AuditSink, AuditState};
 use super::envelope::Action;
 use super::executor::{Executor, Observation, Output};
 use super::journal_sink::JournalSink;
-use super::store::{Admission, CommandStore, State, Step};
+use super::store::{Admission, CommandReader, CommandStore, DesiredState, State, Step};
 use super::verify::Verifier;
 use crate::event::CanonicalEvent;
 use crate::journal::{Body, Journal};
@@ -71,7 +71,7 @@ impl std::fmt::Debug for Inbound {
 }
 
 impl Submitter {
-    /// Submits `bytes` from `origin` (`mqtt:<destination>`, `admin:uid=<uid>`) and waits until
+    /// Submits `bytes` from `origin` (`mqtt:<destination>`, `admin uid=<uid>`) and waits until
     /// the outcome is durable. An error means nothing is known to be stored: the sender should
     /// send again (a repeat of a stored command is answered as a duplicate).
     pub async fn submit(&self, bytes: Vec<u8>, origin: String) -> Result<Outcome, String> {
@@ -101,7 +101,13 @@ pub struct Service {
     /// The first journal record not yet observed.
     next_seq: u64,
     inbound: mpsc::Receiver<Inbound>,
+    /// Each machine's desired state, for the state model's views.
+    desired: watch::Sender<DesiredStates>,
+    reader: CommandReader,
 }
+
+/// Each machine's desired state (registry id → the last command executed on it).
+pub type DesiredStates = BTreeMap<String, DesiredState>;
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -122,16 +128,37 @@ impl Service {
     ) -> anyhow::Result<(Self, Submitter)> {
         let unfinished: Vec<_> =
             store.list(None)?.into_iter().filter(|c| !c.state.is_terminal()).collect();
-        let executor =
-            Executor::new(settings, machines.keys().cloned(), store.desired()?, &unfinished);
+        let desired = store.desired()?;
+        let (desired_tx, _) = watch::channel(desired.iter().cloned().collect());
+        let reader = store.reader();
+        let executor = Executor::new(settings, machines.keys().cloned(), desired, &unfinished);
         let (tx, inbound) = mpsc::channel(INBOUND_QUEUE);
         let core = Some(Core { store, sink });
         // Built before the line tasks start: their first events (the link-ups that re-assert
         // desired states after a gateway restart) come after this point.
         let next_seq = *journal.durable().borrow();
-        let service =
-            Self { core, verifier, executor, lines: machines, journal, next_seq, inbound };
+        let service = Self {
+            core,
+            verifier,
+            executor,
+            lines: machines,
+            journal,
+            next_seq,
+            inbound,
+            desired: desired_tx,
+            reader,
+        };
         Ok((service, Submitter(tx)))
+    }
+
+    /// Each machine's desired state as it changes (the state model's views show it).
+    pub fn desired_states(&self) -> watch::Receiver<DesiredStates> {
+        self.desired.subscribe()
+    }
+
+    /// The command store for reading (the admin API's `/v1/commands`).
+    pub fn reader(&self) -> CommandReader {
+        self.reader.clone()
     }
 
     /// Runs until `cancel` fires. An error (the store or the journal failed, so no step can
@@ -280,11 +307,19 @@ impl Service {
         Ok(())
     }
 
+    /// Stores one step; a `sent` changes the machine's desired state, which the views then show.
     async fn advance(&mut self, step: Step, now: Timestamp) -> Result<(), String> {
-        self.blocking(move |c| c.store.advance(&step, now, &mut c.sink))
+        let desired = self
+            .blocking(move |c| {
+                let advanced = c.store.advance(&step, now, &mut c.sink)?;
+                (advanced && step.to == State::Sent).then(|| c.store.desired()).transpose()
+            })
             .await?
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        if let Some(desired) = desired {
+            self.desired.send_replace(desired.into_iter().collect());
+        }
+        Ok(())
     }
 
     async fn send(&self, machine: &str, control: RemoteControl) -> Result<(), String> {

@@ -60,21 +60,38 @@ impl State {
         }
     }
 
+    /// The name in audit records, the admin API and `slotgate commands` (serde's form too).
     pub fn name(self) -> &'static str {
-        self.audit().name()
+        match self {
+            Self::Received => "received",
+            Self::Verified => "verified",
+            Self::Sent => "sent",
+            Self::Confirmed => "confirmed",
+            Self::Done => "done",
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub const ALL: [Self; 8] = [
+        Self::Received,
+        Self::Verified,
+        Self::Sent,
+        Self::Confirmed,
+        Self::Done,
+        Self::Rejected,
+        Self::Failed,
+        Self::Expired,
+    ];
+
+    /// The state named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
     }
 
     fn audit(self) -> AuditState {
-        match self {
-            Self::Received => AuditState::Received,
-            Self::Verified => AuditState::Verified,
-            Self::Sent => AuditState::Sent,
-            Self::Confirmed => AuditState::Confirmed,
-            Self::Done => AuditState::Done,
-            Self::Rejected => AuditState::Rejected,
-            Self::Failed => AuditState::Failed,
-            Self::Expired => AuditState::Expired,
-        }
+        AuditState::Step(self)
     }
 }
 
@@ -172,6 +189,22 @@ pub struct DesiredState {
     pub since: Timestamp,
 }
 
+/// The first 8 hex digits of a command id, as the views show it.
+pub fn short_id(id: Uuid) -> String {
+    id.simple().to_string().chars().take(8).collect()
+}
+
+impl DesiredState {
+    /// How the views show it: `disabled (cmd 1a2b3c4d)`.
+    pub fn label(&self) -> String {
+        let state = match self.action {
+            Action::Disable => "disabled",
+            Action::Enable => "enabled",
+        };
+        format!("{state} (cmd {})", short_id(self.command_id))
+    }
+}
+
 /// The outcome of storing a verified command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
@@ -245,35 +278,24 @@ impl CommandStore {
         Self { tree, flush }
     }
 
+    /// A reader of this store, for views beside the task that writes it.
+    pub fn reader(&self) -> CommandReader {
+        CommandReader { tree: self.tree.clone() }
+    }
+
     /// A stored command.
     pub fn get(&self, id: Uuid) -> Result<Option<CommandRecord>, StoreError> {
-        let key = command_key(id);
-        self.tree.get(&key)?.map(|v| decode(&key, &v)).transpose()
+        self.reader().get(id)
     }
 
     /// Stored commands, oldest `issued_at` first; only those in `state` if given.
     pub fn list(&self, state: Option<State>) -> Result<Vec<CommandRecord>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self.tree.scan_prefix([COMMAND]) {
-            let (key, value) = entry?;
-            let record: CommandRecord = decode(&key, &value)?;
-            if state.is_none_or(|s| s == record.state) {
-                out.push(record);
-            }
-        }
-        out.sort_by_key(|r| (r.issued_at, r.id));
-        Ok(out)
+        self.reader().list(state)
     }
 
     /// Every machine's desired state (for the executor at start).
     pub fn desired(&self) -> Result<Vec<(String, DesiredState)>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self.tree.scan_prefix([DESIRED]) {
-            let (key, value) = entry?;
-            let machine = String::from_utf8_lossy(key.get(1..).unwrap_or_default()).into_owned();
-            out.push((machine, decode(&key, &value)?));
-        }
-        Ok(out)
+        self.reader().desired()
     }
 
     /// Stores a verified command as `received`, then `verified` (each audited first), or returns
@@ -287,7 +309,7 @@ impl CommandStore {
     ) -> Result<Admission, StoreError> {
         let envelope = &verified.envelope;
         if let Some(stored) = self.get(envelope.id)? {
-            let mut record = stored.audit(AuditState::Rejected, envelope.targets.clone(), now);
+            let mut record = stored.audit(State::Rejected.audit(), envelope.targets.clone(), now);
             record.origin = origin.to_owned();
             record.reason = Some(FailReason::Rejected(RejectReason::Replayed));
             record.detail = Some(format!("already {}", stored.state.name()));
@@ -332,7 +354,7 @@ impl CommandStore {
                 machines: envelope.map(|e| e.targets.clone()).unwrap_or_default(),
                 command_id: rejection.command_id(),
                 action: envelope.map(|e| e.action),
-                state: AuditState::Rejected,
+                state: State::Rejected.audit(),
                 reason: Some(FailReason::Rejected(rejection.reason)),
                 origin: origin.to_owned(),
                 signers: Vec::new(),
@@ -413,6 +435,46 @@ impl CommandStore {
         self.tree.apply_batch(batch)?;
         (self.flush)()?;
         Ok(true)
+    }
+}
+
+/// Reads the store while the remote-command task writes it (the admin API's `/v1/commands`):
+/// sled serves readers beside its writer, and every value is written whole.
+#[derive(Debug, Clone)]
+pub struct CommandReader {
+    tree: sled::Tree,
+}
+
+impl CommandReader {
+    /// A stored command.
+    pub fn get(&self, id: Uuid) -> Result<Option<CommandRecord>, StoreError> {
+        let key = command_key(id);
+        self.tree.get(&key)?.map(|v| decode(&key, &v)).transpose()
+    }
+
+    /// Stored commands, oldest `issued_at` first; only those in `state` if given.
+    pub fn list(&self, state: Option<State>) -> Result<Vec<CommandRecord>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.tree.scan_prefix([COMMAND]) {
+            let (key, value) = entry?;
+            let record: CommandRecord = decode(&key, &value)?;
+            if state.is_none_or(|s| s == record.state) {
+                out.push(record);
+            }
+        }
+        out.sort_by_key(|r| (r.issued_at, r.id));
+        Ok(out)
+    }
+
+    /// Every machine's desired state (for the executor at start).
+    pub fn desired(&self) -> Result<Vec<(String, DesiredState)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.tree.scan_prefix([DESIRED]) {
+            let (key, value) = entry?;
+            let machine = String::from_utf8_lossy(key.get(1..).unwrap_or_default()).into_owned();
+            out.push((machine, decode(&key, &value)?));
+        }
+        Ok(out)
     }
 }
 

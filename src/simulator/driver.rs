@@ -9,10 +9,11 @@ use std::io;
 use std::time::Instant;
 
 use firmware_protocols::sas::codec::{Request, RequestDecoder};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::ledger::LedgerSink;
-use super::machine::{Machine, Transmit};
+use super::machine::{Machine, MachineFault, Transmit};
 use super::pty::PtyPort;
 use super::tcp::TcpPort;
 
@@ -48,13 +49,23 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// What the simulation tells a running machine from outside.
+pub(crate) struct Controls {
+    /// Stop after the current exchange.
+    pub cancel: CancellationToken,
+    /// Start no new game.
+    pub close: CancellationToken,
+    /// Each change is one power cycle.
+    pub power: watch::Receiver<u64>,
+}
+
 /// Runs one machine until `cancel` fires; then writes its `stop` record. Once `close` fires,
-/// the machine starts no new game.
+/// the machine starts no new game; each change of `power` power-cycles it.
 pub(crate) async fn drive(
     mut machine: Machine,
     mut port: Port,
     ledger: LedgerSink,
-    (cancel, close): (CancellationToken, CancellationToken),
+    Controls { cancel, close, mut power }: Controls,
 ) -> io::Result<()> {
     let mut decoder = RequestDecoder::default();
     let mut input = Vec::new();
@@ -76,6 +87,7 @@ pub(crate) async fn drive(
                 closed = true;
                 machine.close_play();
             }
+            Ok(()) = power.changed() => machine.inject(now(), MachineFault::PowerCycle),
             () = timer => {
                 let now = now();
                 if let Some(request) = decoder.flush(now) {

@@ -23,6 +23,10 @@
 //!   cannot carry the 9th bit** (§1.4): message starts are found from the long-poll length
 //!   table plus the 5 ms inter-byte gap, and chirps are sent as the plain address byte.
 //!
+//! **Power control:** SIGUSR1 power-cycles every machine at once (as `--power-cycle-rate` does
+//! at random): 18, the power off for `--power-off-duration`, then 17 and the link to regain.
+//! A test uses it to switch the floor off and on at a moment of its choosing.
+//!
 //! On start, one line per machine goes to stdout, for example
 //! `machine=0 address=1 serial=SIM000000 tcp=127.0.0.1:40517` or
 //! `machine=0 address=1 serial=SIM000000 pty=/dev/pts/4`. Logs go to stderr.
@@ -412,6 +416,8 @@ pub struct Simulation {
     cancel: CancellationToken,
     /// Cancelled by [`close_play`](Self::close_play).
     close: CancellationToken,
+    /// Counts [`power_cycle`](Self::power_cycle) calls; each machine watches it.
+    power: tokio::sync::watch::Sender<u64>,
     /// The machine tasks; each returns its index and how it ended.
     tasks: JoinSet<(u16, std::io::Result<()>)>,
     /// The ledger writer; it ends once every machine task has dropped its sink.
@@ -460,18 +466,24 @@ impl Simulation {
         }
         let cancel = CancellationToken::new();
         let close = CancellationToken::new();
+        let (power, _) = tokio::sync::watch::channel(0);
         let mut tasks = JoinSet::new();
         let now = tokio::time::Instant::now().into_std();
         let wall = SystemTime::now();
         for (cfg, port) in configs.into_iter().zip(ports) {
             let index = cfg.index;
             let machine = Machine::new(cfg, now, wall)?;
-            let run = driver::drive(machine, port, sink.clone(), (cancel.clone(), close.clone()));
+            let controls = driver::Controls {
+                cancel: cancel.clone(),
+                close: close.clone(),
+                power: power.subscribe(),
+            };
+            let run = driver::drive(machine, port, sink.clone(), controls);
             tasks.spawn(async move { (index, run.await) });
         }
         // Only the machine tasks hold sinks now, so the writer ends when the last one stops.
         drop(sink);
-        Ok(Self { endpoints, cancel, close, tasks, ledger })
+        Ok(Self { endpoints, cancel, close, power, tasks, ledger })
     }
 
     /// Every machine finishes the game it is playing and starts no other, while still
@@ -479,6 +491,11 @@ impl Simulation {
     /// [`stop`](Self::stop).
     pub fn close_play(&self) {
         self.close.cancel();
+    }
+
+    /// Every machine loses power now and gets it back after its power-off duration.
+    pub fn power_cycle(&self) {
+        self.power.send_modify(|cycles| *cycles = cycles.wrapping_add(1));
     }
 
     /// Where each machine listens, in machine order.
@@ -538,9 +555,19 @@ pub async fn run(
         out.flush().context("cannot write to stdout")?;
     }
     tracing::info!(machines = simulation.endpoints().len(), "Simulator running.");
-    let outcome = tokio::select! {
-        signal = shutdown => signal.context("cannot wait for the shutdown signal"),
-        error = simulation.failed() => Err(anyhow::Error::new(error)),
+    let mut power_cycle =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+            .context("cannot listen for SIGUSR1")?;
+    tokio::pin!(shutdown);
+    let outcome = loop {
+        tokio::select! {
+            signal = &mut shutdown => break signal.context("cannot wait for the shutdown signal"),
+            error = simulation.failed() => break Err(anyhow::Error::new(error)),
+            Some(()) = power_cycle.recv() => {
+                tracing::info!("SIGUSR1: power-cycling every machine.");
+                simulation.power_cycle();
+            }
+        }
     };
     let stopped = simulation.stop().await.context("stopping the simulator");
     outcome.and(stopped)

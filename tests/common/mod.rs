@@ -237,6 +237,20 @@ pub fn ledger_reports(ledger: &[Value]) -> (Reports, Reports) {
 
 pub type Reports = BTreeMap<String, Vec<(bool, u64)>>;
 
+/// Runs one `slotgate` command against the configuration `config` (`--config` goes last).
+pub fn slotgate(args: &[&str], config: &Path) -> std::process::Output {
+    Command::new(BIN).args(args).arg("--config").arg(config).env("NO_COLOR", "1").output().unwrap()
+}
+
+/// Polls `done` every 200 ms until it holds; fails the test naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Starts `slotgate run` on `config`, its log appended to `log` (runs after a restart add to it).
 pub fn run_gateway(config: &Path, log: &Path) -> Proc {
     run_gateway_with(config, log, &[])

@@ -11,6 +11,7 @@ fn settings(policy: OfflinePolicy) -> CommandSettings {
         bulk_signatures: 2,
         offline_policy: policy,
         confirm_window: std::time::Duration::from_secs(60),
+        local_key: None,
     }
 }
 
