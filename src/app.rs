@@ -113,8 +113,13 @@ struct Daemon {
     status_done: CancellationToken,
     /// The admin socket's server; none when the socket could not be bound.
     admin: Option<JoinHandle<()>>,
+    /// The systemd watchdog and STATUS= line; none outside systemd.
+    watchdog: Option<JoinHandle<()>>,
     /// The state model every view reads.
     view: crate::state::StateView,
+    /// Publishes the set of lines of the state model (a reload changes it).
+    line_set: watch::Sender<Vec<watch::Receiver<poller::LineStatus>>>,
+    _destination_set: watch::Sender<Vec<watch::Receiver<crate::forward::DestinationStatus>>>,
 }
 
 impl Daemon {
@@ -170,24 +175,27 @@ impl Daemon {
         };
         let (forwarders, destinations) =
             crate::forward::spawn_all(config, &journal, &forward_cancel)?;
-        tokio::spawn(crate::service::watchdog(
-            crate::service::Parts {
-                journal: journal.clone(),
-                lines: watched.clone(),
-                destinations: destinations.clone(),
-            },
-            crate::service::watchdog_period().map(crate::service::Window),
-            cancel.clone(),
-        ));
         let (ready, ready_rx) = watch::channel(None);
+        let (line_set, lines_rx) = watch::channel(watched);
+        let (destination_set, destinations_rx) = watch::channel(destinations.clone());
         let view = crate::state::StateView {
             journal: journal.status(),
-            lines: watched,
-            destinations: destinations.clone(),
+            lines: lines_rx,
+            destinations: destinations_rx,
             started_at: jiff::Timestamp::now(),
             ready: ready_rx,
             stopping: cancel.clone(),
         };
+        let notifier = crate::service::Notifier::from_env();
+        let watchdog = notifier.is_active().then(|| {
+            tokio::spawn(crate::service::watchdog(
+                view.clone(),
+                journal.clone(),
+                crate::service::watchdog_period().map(crate::service::Window),
+                notifier,
+                cancel.clone(),
+            ))
+        });
         let status_done = CancellationToken::new();
         let status_writer = tokio::spawn(write_status(
             config.storage.status_file(),
@@ -212,7 +220,10 @@ impl Daemon {
             status_writer,
             status_done,
             admin,
+            watchdog,
             view,
+            line_set,
+            _destination_set: destination_set,
         };
         // Before the lines, so it observes their first link-ups (re-assertion after a restart).
         daemon.spawn_line(COMMANDS_TASK.into(), async move {
@@ -266,13 +277,22 @@ impl Daemon {
             mut status_writer,
             status_done,
             admin,
+            watchdog,
             view: _,
+            line_set: _,
+            _destination_set,
         } = self;
-        let mut admin = admin.unwrap_or_else(|| {
-            let cancel = cancel.clone();
-            tokio::spawn(async move { cancel.cancelled().await })
-        });
+        // A part that is not there waits for the stop like the others.
+        let until_stopped = |task: Option<JoinHandle<()>>| {
+            task.unwrap_or_else(|| {
+                let cancel = cancel.clone();
+                tokio::spawn(async move { cancel.cancelled().await })
+            })
+        };
+        let mut admin = until_stopped(admin);
         let mut admin_done = false;
+        let mut watchdog = until_stopped(watchdog);
+        let mut watchdog_done = false;
         let mut journal_status = journal.status();
         let line_name = |id: tokio::task::Id| {
             format!("line poller {}", line_names.get(&id).map_or("?", String::as_str))
@@ -311,6 +331,10 @@ impl Daemon {
                 admin_done = true;
                 failures.push(ended_by_itself("admin socket", ended));
             }
+            ended = &mut watchdog => {
+                watchdog_done = true;
+                failures.push(ended_by_itself("watchdog", ended));
+            }
             () = async { while journal_status.changed().await.is_ok() {} } => {
                 failures.push("the journal writer stopped".to_owned());
             }
@@ -340,6 +364,11 @@ impl Daemon {
         // (bounded), so no handle on the journal outlives this point.
         if !admin_done && let Err(e) = admin.await {
             let failure = ended_by_itself("admin socket", Err(e));
+            raise_task_alarm(&journal, &failure).await;
+            failures.push(failure);
+        }
+        if !watchdog_done && let Err(e) = watchdog.await {
+            let failure = ended_by_itself("watchdog", Err(e));
             raise_task_alarm(&journal, &failure).await;
             failures.push(failure);
         }
