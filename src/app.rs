@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -77,6 +78,12 @@ pub async fn run_with_view(
     // Journal, in-flight records, status and quarantine hold the venue's financial events:
     // private to the service's user whatever umask it was started with.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // Before anything runs: SIGHUP's default action would end the daemon.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .inspect_err(|error| {
+            tracing::error!(%error, "Cannot listen for SIGHUP; a reload needs a restart.");
+        })
+        .ok();
     let daemon = Daemon::start(&config)?;
     // Beside the supervision, not before it: the shutdown signal is only listened for once
     // `supervise` runs, and hashing the binary takes a moment.
@@ -90,7 +97,7 @@ pub async fn run_with_view(
         // Nobody waiting for the view is no reason not to run.
         let _ = view.send(daemon.view.clone());
     }
-    daemon.supervise(shutdown).await
+    daemon.supervise(shutdown, hangups).await
 }
 
 /// The running daemon: its state directory lock, journal and every long-running task.
@@ -100,8 +107,7 @@ struct Daemon {
     writer: journal::WriterHandle,
     /// Stops the line pollers and the status writer.
     cancel: CancellationToken,
-    lines: JoinSet<()>,
-    line_names: HashMap<tokio::task::Id, String>,
+    lines: LineTasks,
     /// Stopped after the pollers, so the last events still get a chance to go out.
     forward_cancel: CancellationToken,
     forwarders: JoinSet<()>,
@@ -117,8 +123,6 @@ struct Daemon {
     watchdog: Option<JoinHandle<()>>,
     /// The state model every view reads.
     view: crate::state::StateView,
-    /// Publishes the set of lines of the state model (a reload changes it).
-    line_set: watch::Sender<Vec<watch::Receiver<poller::LineStatus>>>,
     _destination_set: watch::Sender<Vec<watch::Receiver<crate::forward::DestinationStatus>>>,
 }
 
@@ -143,24 +147,6 @@ impl Daemon {
         let forward_cancel = CancellationToken::new();
         let now = tokio::time::Instant::now().into_std();
         let lines = build_lines(config, &journal, now)?;
-        let (line_status, watched): (Vec<_>, Vec<_>) = lines
-            .iter()
-            .map(|line| {
-                let mut status = poller::LineStatus::connecting(&line.name);
-                status.machines = line
-                    .machines
-                    .iter()
-                    .map(|m| {
-                        poller::MachineStatus::new(
-                            m.registry_id().to_string(),
-                            m.address().get(),
-                            jiff::Timestamp::now(),
-                        )
-                    })
-                    .collect();
-                watch::channel(status)
-            })
-            .unzip();
         let (handles, commands): (Vec<_>, Vec<_>) =
             lines.iter().map(|line| poller::command::channel(&line.name)).unzip();
         let (remote_commands, _submitter) = start_commands(config, &journal, &lines, &handles)?;
@@ -176,7 +162,7 @@ impl Daemon {
         let (forwarders, destinations) =
             crate::forward::spawn_all(config, &journal, &forward_cancel)?;
         let (ready, ready_rx) = watch::channel(None);
-        let (line_set, lines_rx) = watch::channel(watched);
+        let (line_set, lines_rx) = watch::channel(Vec::new());
         let (destination_set, destinations_rx) = watch::channel(destinations.clone());
         let view = crate::state::StateView {
             journal: journal.status(),
@@ -192,7 +178,7 @@ impl Daemon {
                 view.clone(),
                 journal.clone(),
                 crate::service::watchdog_period().map(crate::service::Window),
-                notifier,
+                notifier.clone(),
                 cancel.clone(),
             ))
         });
@@ -204,16 +190,26 @@ impl Daemon {
         ));
         let admin = socket.map(|socket| {
             let api = crate::admin::Api::new(view.clone(), handles, journal.clone());
-            tokio::spawn(crate::admin::serve(socket, std::sync::Arc::new(api), cancel.clone()))
+            tokio::spawn(crate::admin::serve(socket, Arc::new(api), cancel.clone()))
         });
         let cancel_commands = cancel.clone();
         let mut daemon = Self {
             _lock: lock,
-            journal,
+            journal: journal.clone(),
             writer,
-            cancel,
-            lines: JoinSet::new(),
-            line_names: HashMap::new(),
+            cancel: cancel.clone(),
+            lines: LineTasks {
+                set: JoinSet::new(),
+                names: HashMap::new(),
+                running: Vec::new(),
+                commands: HashMap::new(),
+                published: line_set,
+                cancel,
+                config: config.clone(),
+                text: running_text(config),
+                journal,
+                notifier,
+            },
             forward_cancel,
             forwarders,
             destinations,
@@ -222,7 +218,6 @@ impl Daemon {
             admin,
             watchdog,
             view,
-            line_set,
             _destination_set: destination_set,
         };
         // Before the lines, so it observes their first link-ups (re-assertion after a restart).
@@ -231,29 +226,17 @@ impl Daemon {
                 tracing::error!(%error, "The remote-command task failed.");
             }
         });
-        for ((line, status), commands) in lines.into_iter().zip(line_status).zip(commands) {
-            let inflight =
-                Some(config.storage.lines_dir().join(poller::inflight::file_name(&line.name)));
-            let task = poller::run_line(
-                line.name.clone(),
-                line.transport,
-                line.machines,
-                inflight,
-                daemon.journal.clone(),
-                daemon.cancel.clone(),
-                status,
-                commands,
-            );
-            daemon.spawn_line(line.name, task);
+        for (line, commands) in lines.into_iter().zip(commands) {
+            daemon.lines.start(line, Arc::new(tokio::sync::Mutex::new(commands)));
         }
+        daemon.lines.publish();
         ready.send_replace(Some(jiff::Timestamp::now()));
         tracing::info!(lines = config.lines.len(), machines = config.machine_count(), "Polling.");
         Ok(daemon)
     }
 
     fn spawn_line(&mut self, name: String, task: impl Future<Output = ()> + Send + 'static) {
-        let id = self.lines.spawn(task).id();
-        self.line_names.insert(id, name);
+        self.lines.spawn(name, task);
     }
 
     /// Waits for `shutdown` or for a task to end by itself, then stops everything in order:
@@ -263,6 +246,7 @@ impl Daemon {
     async fn supervise(
         self,
         shutdown: impl Future<Output = std::io::Result<()>>,
+        mut hangups: Option<tokio::signal::unix::Signal>,
     ) -> anyhow::Result<()> {
         let Self {
             _lock,
@@ -270,7 +254,6 @@ impl Daemon {
             writer,
             cancel,
             mut lines,
-            line_names,
             forward_cancel,
             mut forwarders,
             destinations,
@@ -279,7 +262,6 @@ impl Daemon {
             admin,
             watchdog,
             view: _,
-            line_set: _,
             _destination_set,
         } = self;
         // A part that is not there waits for the stop like the others.
@@ -294,9 +276,6 @@ impl Daemon {
         let mut watchdog = until_stopped(watchdog);
         let mut watchdog_done = false;
         let mut journal_status = journal.status();
-        let line_name = |id: tokio::task::Id| {
-            format!("line poller {}", line_names.get(&id).map_or("?", String::as_str))
-        };
         // A forwarder's task owns its status sender, so the ended one is the one whose sender
         // is gone (while stopping, those that stopped normally are listed too).
         let forwarder_name = |_: tokio::task::Id| {
@@ -309,35 +288,50 @@ impl Daemon {
         };
         let mut failures = Vec::new();
         let mut status_writer_done = false;
-        tokio::select! {
-            signal = shutdown => {
-                if let Err(error) = signal {
-                    failures.push(format!("cannot wait for the shutdown signal: {error}"));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                signal = &mut shutdown => {
+                    if let Err(error) = signal {
+                        failures.push(format!("cannot wait for the shutdown signal: {error}"));
+                    }
+                }
+                Some(()) = async {
+                    match &mut hangups {
+                        Some(hangups) => hangups.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    failures.extend(lines.reload().await);
+                    if failures.is_empty() {
+                        continue;
+                    }
+                }
+                Some(ended) = lines.set.join_next_with_id() => {
+                    let (id, ended) = split(ended);
+                    failures.push(ended_by_itself(&lines.name_of(id), ended));
+                }
+                Some(ended) = forwarders.join_next_with_id() => {
+                    let (id, ended) = split(ended);
+                    failures.push(ended_by_itself(&forwarder_name(id), ended));
+                }
+                ended = &mut status_writer => {
+                    status_writer_done = true;
+                    failures.push(ended_by_itself("status writer", ended));
+                }
+                ended = &mut admin => {
+                    admin_done = true;
+                    failures.push(ended_by_itself("admin socket", ended));
+                }
+                ended = &mut watchdog => {
+                    watchdog_done = true;
+                    failures.push(ended_by_itself("watchdog", ended));
+                }
+                () = async { while journal_status.changed().await.is_ok() {} } => {
+                    failures.push("the journal writer stopped".to_owned());
                 }
             }
-            Some(ended) = lines.join_next_with_id() => {
-                let (id, ended) = split(ended);
-                failures.push(ended_by_itself(&line_name(id), ended));
-            }
-            Some(ended) = forwarders.join_next_with_id() => {
-                let (id, ended) = split(ended);
-                failures.push(ended_by_itself(&forwarder_name(id), ended));
-            }
-            ended = &mut status_writer => {
-                status_writer_done = true;
-                failures.push(ended_by_itself("status writer", ended));
-            }
-            ended = &mut admin => {
-                admin_done = true;
-                failures.push(ended_by_itself("admin socket", ended));
-            }
-            ended = &mut watchdog => {
-                watchdog_done = true;
-                failures.push(ended_by_itself("watchdog", ended));
-            }
-            () = async { while journal_status.changed().await.is_ok() {} } => {
-                failures.push("the journal writer stopped".to_owned());
-            }
+            break;
         }
         crate::service::stopping();
         for failure in &failures {
@@ -345,7 +339,9 @@ impl Daemon {
         }
 
         cancel.cancel();
-        for failure in drain(&mut lines, "Line pollers", &line_name).await {
+        let line_names = &lines.names;
+        let line_name = |id| name_of(line_names, id);
+        for failure in drain(&mut lines.set, "Line pollers", &line_name).await {
             raise_task_alarm(&journal, &failure).await;
             failures.push(failure);
         }
@@ -372,6 +368,9 @@ impl Daemon {
             raise_task_alarm(&journal, &failure).await;
             failures.push(failure);
         }
+        // Every handle on the journal goes before its writer is joined (the line tasks keep one
+        // to start reloaded lines).
+        drop(lines);
         drop(journal);
         tokio::task::spawn_blocking(move || writer.join())
             .await
@@ -416,6 +415,248 @@ fn split(
     match ended {
         Ok((id, ())) => (id, Ok(())),
         Err(e) => (e.id(), Err(e)),
+    }
+}
+
+/// How the supervisor names the task `id` of the line tasks.
+fn name_of(names: &HashMap<tokio::task::Id, String>, id: tokio::task::Id) -> String {
+    format!("line poller {}", names.get(&id).map_or("?", String::as_str))
+}
+
+/// The text the running configuration was read from, the base of a reload's diff; empty (every
+/// setting then reads as added) if the file cannot be read again.
+fn running_text(config: &Config) -> String {
+    std::fs::read_to_string(&config.file).unwrap_or_else(|error| {
+        tracing::warn!(file = %config.file.display(), %error,
+            "Cannot read the configuration file again; a reload will list every setting.");
+        String::new()
+    })
+}
+
+/// A line's command channel, kept across the restarts of its task by a reload, so the admin
+/// socket's and the remote-command task's handles keep reaching the line.
+type Commands = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<poller::LineCommand>>>;
+
+/// One running line task.
+#[derive(Debug)]
+struct RunningLine {
+    name: String,
+    /// Stops this line only (a child of the daemon's stop).
+    stop: CancellationToken,
+    task: tokio::task::AbortHandle,
+    status: watch::Receiver<poller::LineStatus>,
+}
+
+/// The line tasks (and the remote-command task, supervised with them), what a reload needs to
+/// change them one by one, and the set of lines the state model shows.
+struct LineTasks {
+    set: JoinSet<()>,
+    names: HashMap<tokio::task::Id, String>,
+    /// In configuration order.
+    running: Vec<RunningLine>,
+    commands: HashMap<String, Commands>,
+    published: watch::Sender<Vec<watch::Receiver<poller::LineStatus>>>,
+    cancel: CancellationToken,
+    /// The configuration the lines run with, and the text it was read from.
+    config: Config,
+    text: String,
+    journal: Journal,
+    notifier: crate::service::Notifier,
+}
+
+impl LineTasks {
+    fn spawn(&mut self, name: String, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    fn name_of(&self, id: tokio::task::Id) -> String {
+        name_of(&self.names, id)
+    }
+
+    /// Starts `line`'s poller, reading its commands from `commands`.
+    fn start(&mut self, line: Line, commands: Commands) {
+        let mut status = poller::LineStatus::connecting(&line.name);
+        let now = jiff::Timestamp::now();
+        status.machines = line
+            .machines
+            .iter()
+            .map(|m| {
+                poller::MachineStatus::new(m.registry_id().to_string(), m.address().get(), now)
+            })
+            .collect();
+        let (status, status_rx) = watch::channel(status);
+        let stop = self.cancel.child_token();
+        let inflight =
+            self.config.storage.lines_dir().join(poller::inflight::file_name(&line.name));
+        let journal = self.journal.clone();
+        let task_stop = stop.clone();
+        let name = line.name.clone();
+        self.commands.insert(name.clone(), Arc::clone(&commands));
+        let task = async move {
+            // The poller owns the receiver it is given; a relay hands it the commands of the
+            // line's lasting channel, whichever task of the line is running.
+            let mut lasting = commands.lock_owned().await;
+            let (relay, relayed) = tokio::sync::mpsc::channel(1);
+            let relay = async {
+                while let Some(command) = lasting.recv().await {
+                    if relay.send(command).await.is_err() {
+                        break;
+                    }
+                }
+                std::future::pending::<()>().await;
+            };
+            tokio::select! {
+                () = poller::run_line(
+                    line.name,
+                    line.transport,
+                    line.machines,
+                    Some(inflight),
+                    journal,
+                    task_stop,
+                    status,
+                    relayed,
+                ) => {}
+                () = relay => {}
+            }
+        };
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name.clone());
+        self.running.push(RunningLine { name, stop, task: handle, status: status_rx });
+    }
+
+    /// Shows the running lines, in configuration order, in the state model.
+    fn publish(&mut self) {
+        let order = |name: &str| self.config.lines.iter().position(|l| l.name == name);
+        self.running.sort_by_key(|r| order(&r.name));
+        self.published.send_replace(self.running.iter().map(|r| r.status.clone()).collect());
+    }
+
+    /// SIGHUP (R18): RELOADING=1, the file read and validated again; a file that does not
+    /// validate changes nothing and says why; a valid one is journalled as `config_changed`
+    /// first and then applied ([`LineTasks::apply`]); READY=1 again either way. Returns the
+    /// failures of tasks that ended meanwhile (the daemon then stops, as for any failure).
+    async fn reload(&mut self) -> Vec<String> {
+        use crate::service::NotifyState;
+        tracing::info!(file = %self.config.file.display(), "SIGHUP: reloading the configuration.");
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => self.notifier.send(&[NotifyState::Reloading, now]),
+            Err(_) => self.notifier.send(&[NotifyState::Reloading]),
+        }
+        // Devices are not required to be there: a line whose port is missing is down and says
+        // so, which is no reason to refuse the rest of the change.
+        let failures = match crate::service::reload::prepare(&self.config.file, &self.text, false) {
+            Err(error) => {
+                tracing::error!(file = %error.file, field = %error.field, reason = %error.reason,
+                    "Reload refused: the configuration does not validate; nothing changed.");
+                Vec::new()
+            }
+            Ok(None) => {
+                tracing::info!("Reload: the configuration file is unchanged.");
+                Vec::new()
+            }
+            Ok(Some(reload)) => self.apply(reload).await,
+        };
+        let status = format!(
+            "Polling {} line(s), {} machine(s).",
+            self.config.lines.len(),
+            self.config.machine_count()
+        );
+        self.notifier.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        failures
+    }
+
+    /// Journals the change, then restarts the lines it touches between exchanges (stopped if
+    /// gone, started if new), the others untouched. Settings that only a restart applies are
+    /// named in the record and the log and keep their running value.
+    async fn apply(&mut self, reload: crate::service::reload::Reload) -> Vec<String> {
+        let mut change = reload.change;
+        let plan = crate::service::reload::plan(&change.changes);
+        change.needs_restart.clone_from(&plan.needs_restart);
+        match tokio::time::timeout(ALARM_DEADLINE, self.journal.append(vec![change.record()])).await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::error!(%error, "Reload not applied: the change cannot be journalled.");
+                return Vec::new();
+            }
+            Err(_) => {
+                tracing::error!("Reload not applied: the journal did not take the change in time.");
+                return Vec::new();
+            }
+        }
+        tracing::info!(config_sha256 = %change.config_sha256, changes = ?change.changes,
+            lines = ?plan.lines, "Configuration change journalled; applying it.");
+        if !plan.needs_restart.is_empty() {
+            tracing::warn!(needs_restart = ?plan.needs_restart,
+                "These settings take effect only at a restart (systemctl restart slotgate).");
+        }
+        let mut failures = self.stop_lines(&plan.lines).await;
+        self.config.lines = reload.config.lines;
+        self.text = reload.text;
+        let touched = Config {
+            lines: self
+                .config
+                .lines
+                .iter()
+                .filter(|l| plan.lines.contains(&l.name))
+                .cloned()
+                .collect(),
+            ..self.config.clone()
+        };
+        match build_lines(&touched, &self.journal, tokio::time::Instant::now().into_std()) {
+            Ok(lines) => {
+                for line in lines {
+                    let commands = self.commands.get(&line.name).cloned().unwrap_or_else(|| {
+                        // A new line: its commands reach it from here on, but the admin socket
+                        // and the remote-command task learn of it at the next restart.
+                        let (_handle, commands) = poller::command::channel(&line.name);
+                        Arc::new(tokio::sync::Mutex::new(commands))
+                    });
+                    tracing::info!(line = %line.name, "Line (re)started by the reload.");
+                    self.start(line, commands);
+                }
+            }
+            Err(error) => failures.push(format!("the reloaded lines cannot start: {error:#}")),
+        }
+        self.publish();
+        failures
+    }
+
+    /// Stops the running lines named in `names` between exchanges (aborted past the drain
+    /// deadline) and waits for them; returns the failures of other tasks that ended meanwhile.
+    async fn stop_lines(&mut self, names: &std::collections::BTreeSet<String>) -> Vec<String> {
+        let mut stopping = HashMap::new();
+        for line in self.running.iter().filter(|r| names.contains(&r.name)) {
+            line.stop.cancel();
+            stopping.insert(line.task.id(), line.task.clone());
+        }
+        self.running.retain(|r| !names.contains(&r.name));
+        let mut failures = Vec::new();
+        let mut deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+        while !stopping.is_empty() {
+            match tokio::time::timeout_at(deadline, self.set.join_next_with_id()).await {
+                Ok(Some(ended)) => {
+                    let (id, ended) = split(ended);
+                    let name = self.name_of(id);
+                    self.names.remove(&id);
+                    let retired = stopping.remove(&id).is_some();
+                    if !retired || ended.as_ref().is_err_and(tokio::task::JoinError::is_panic) {
+                        failures.push(ended_by_itself(&name, ended));
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::error!(
+                        "Lines stopped by the reload did not stop within the drain \
+                        deadline; aborted."
+                    );
+                    stopping.values().for_each(tokio::task::AbortHandle::abort);
+                    deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+                }
+            }
+        }
+        failures
     }
 }
 
@@ -719,7 +960,7 @@ mod tests {
             tokio::task::yield_now().await;
             panic!("injected failure");
         });
-        let outcome = daemon.supervise(std::future::pending()).await;
+        let outcome = daemon.supervise(std::future::pending(), None).await;
         let error = outcome.expect_err("a panicked task ends the daemon with an error");
         assert!(error.to_string().contains("line poller injected panicked"), "{error}");
         assert!(error.to_string().contains("injected failure"), "{error}");
@@ -760,7 +1001,7 @@ mod tests {
             tokio::task::yield_now().await;
             panic!("assertion failed: client id");
         });
-        let error = daemon.supervise(std::future::pending()).await.unwrap_err();
+        let error = daemon.supervise(std::future::pending(), None).await.unwrap_err();
         assert!(error.to_string().contains("forwarder central panicked"), "{error}");
         let alarms = exported_alarms(&config.storage.journal_dir());
         assert!(
@@ -775,7 +1016,7 @@ mod tests {
         let config = config(dir.path());
         let mut daemon = Daemon::start(&config).unwrap();
         daemon.spawn_line("quitter".into(), async {});
-        let error = daemon.supervise(std::future::pending()).await.unwrap_err();
+        let error = daemon.supervise(std::future::pending(), None).await.unwrap_err();
         assert!(error.to_string().contains("line poller quitter stopped by itself"), "{error}");
         let alarms = exported_alarms(&config.storage.journal_dir());
         assert!(alarms.iter().any(|a| a["alarm"] == "task_failed"), "{alarms:?}");
@@ -786,7 +1027,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
         let daemon = Daemon::start(&config).unwrap();
-        daemon.supervise(async { Ok(()) }).await.unwrap();
+        daemon.supervise(async { Ok(()) }, None).await.unwrap();
         assert!(exported_alarms(&config.storage.journal_dir()).is_empty());
     }
 }
