@@ -8,7 +8,7 @@
 //! the "ready" point, published in the state model (`ready_at`) with each part's progress mark
 //! (lines' `progress_at`, the journal's and destinations' channels) for a watchdog.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -107,12 +107,11 @@ struct Daemon {
     writer: journal::WriterHandle,
     /// Stops the line pollers and the status writer.
     cancel: CancellationToken,
-    lines: LineTasks,
-    /// Stopped after the pollers, so the last events still get a chance to go out.
-    forward_cancel: CancellationToken,
-    forwarders: JoinSet<()>,
-    /// Each forwarder's status; its sender closes when the forwarder's task ends.
-    destinations: Vec<watch::Receiver<crate::forward::DestinationStatus>>,
+    /// The line tasks and what a reload changes.
+    reloadable: Reloadable,
+    /// Stopped after the pollers (by their own stop, `forwarders.cancel`), so the last events
+    /// still get a chance to go out.
+    forwarders: Tasks<crate::forward::DestinationStatus>,
     status_writer: JoinHandle<()>,
     /// Stops the status writer once the other tasks have stopped, so the status file a stopped
     /// daemon leaves has their last word.
@@ -123,7 +122,6 @@ struct Daemon {
     watchdog: Option<JoinHandle<()>>,
     /// The state model every view reads.
     view: crate::state::StateView,
-    _destination_set: watch::Sender<Vec<watch::Receiver<crate::forward::DestinationStatus>>>,
 }
 
 impl Daemon {
@@ -159,11 +157,12 @@ impl Daemon {
                 None
             }
         };
-        let (forwarders, destinations) =
-            crate::forward::spawn_all(config, &journal, &forward_cancel)?;
+        let (mut forwarders, destinations_rx) = Tasks::new("forwarder", forward_cancel);
+        for destination in &config.destinations {
+            start_forwarder(config, destination, &journal, &mut forwarders)?;
+        }
         let (ready, ready_rx) = watch::channel(None);
-        let (line_set, lines_rx) = watch::channel(Vec::new());
-        let (destination_set, destinations_rx) = watch::channel(destinations.clone());
+        let (line_tasks, lines_rx) = Tasks::new("line poller", cancel.clone());
         let view = crate::state::StateView {
             journal: journal.status(),
             lines: lines_rx,
@@ -197,28 +196,21 @@ impl Daemon {
             _lock: lock,
             journal: journal.clone(),
             writer,
-            cancel: cancel.clone(),
-            lines: LineTasks {
-                set: JoinSet::new(),
-                names: HashMap::new(),
-                running: Vec::new(),
+            cancel,
+            reloadable: Reloadable {
+                lines: line_tasks,
                 commands: HashMap::new(),
-                published: line_set,
-                cancel,
                 config: config.clone(),
                 text: running_text(config),
                 journal,
                 notifier,
             },
-            forward_cancel,
             forwarders,
-            destinations,
             status_writer,
             status_done,
             admin,
             watchdog,
             view,
-            _destination_set: destination_set,
         };
         // Before the lines, so it observes their first link-ups (re-assertion after a restart).
         daemon.spawn_line(COMMANDS_TASK.into(), async move {
@@ -227,16 +219,16 @@ impl Daemon {
             }
         });
         for (line, commands) in lines.into_iter().zip(commands) {
-            daemon.lines.start(line, Arc::new(tokio::sync::Mutex::new(commands)));
+            daemon.reloadable.start(line, Arc::new(tokio::sync::Mutex::new(commands)));
         }
-        daemon.lines.publish();
+        daemon.reloadable.publish(&mut daemon.forwarders);
         ready.send_replace(Some(jiff::Timestamp::now()));
         tracing::info!(lines = config.lines.len(), machines = config.machine_count(), "Polling.");
         Ok(daemon)
     }
 
     fn spawn_line(&mut self, name: String, task: impl Future<Output = ()> + Send + 'static) {
-        self.lines.spawn(name, task);
+        self.reloadable.lines.spawn(name, task);
     }
 
     /// Waits for `shutdown` or for a task to end by itself, then stops everything in order:
@@ -253,16 +245,13 @@ impl Daemon {
             journal,
             writer,
             cancel,
-            mut lines,
-            forward_cancel,
+            mut reloadable,
             mut forwarders,
-            destinations,
             mut status_writer,
             status_done,
             admin,
             watchdog,
             view: _,
-            _destination_set,
         } = self;
         // A part that is not there waits for the stop like the others.
         let until_stopped = |task: Option<JoinHandle<()>>| {
@@ -276,16 +265,6 @@ impl Daemon {
         let mut watchdog = until_stopped(watchdog);
         let mut watchdog_done = false;
         let mut journal_status = journal.status();
-        // A forwarder's task owns its status sender, so the ended one is the one whose sender
-        // is gone (while stopping, those that stopped normally are listed too).
-        let forwarder_name = |_: tokio::task::Id| {
-            let ended: Vec<String> = destinations
-                .iter()
-                .filter(|d| d.has_changed().is_err())
-                .map(|d| d.borrow().name.clone())
-                .collect();
-            format!("forwarder {}", ended.join(", "))
-        };
         let mut failures = Vec::new();
         let mut status_writer_done = false;
         tokio::pin!(shutdown);
@@ -302,18 +281,18 @@ impl Daemon {
                         None => std::future::pending().await,
                     }
                 } => {
-                    failures.extend(lines.reload().await);
+                    failures.extend(reloadable.reload(&mut forwarders).await);
                     if failures.is_empty() {
                         continue;
                     }
                 }
-                Some(ended) = lines.set.join_next_with_id() => {
+                Some(ended) = reloadable.lines.set.join_next_with_id() => {
                     let (id, ended) = split(ended);
-                    failures.push(ended_by_itself(&lines.name_of(id), ended));
+                    failures.push(ended_by_itself(&reloadable.lines.name_of(id), ended));
                 }
-                Some(ended) = forwarders.join_next_with_id() => {
+                Some(ended) = forwarders.set.join_next_with_id() => {
                     let (id, ended) = split(ended);
-                    failures.push(ended_by_itself(&forwarder_name(id), ended));
+                    failures.push(ended_by_itself(&forwarders.name_of(id), ended));
                 }
                 ended = &mut status_writer => {
                     status_writer_done = true;
@@ -339,14 +318,15 @@ impl Daemon {
         }
 
         cancel.cancel();
-        let line_names = &lines.names;
-        let line_name = |id| name_of(line_names, id);
+        let lines = &mut reloadable.lines;
+        let line_name = |id| task_name(lines.what, &lines.names, id);
         for failure in drain(&mut lines.set, "Line pollers", &line_name).await {
             raise_task_alarm(&journal, &failure).await;
             failures.push(failure);
         }
-        forward_cancel.cancel();
-        for failure in drain(&mut forwarders, "Forwarders", &forwarder_name).await {
+        forwarders.cancel.cancel();
+        let forwarder_name = |id| task_name(forwarders.what, &forwarders.names, id);
+        for failure in drain(&mut forwarders.set, "Forwarders", &forwarder_name).await {
             raise_task_alarm(&journal, &failure).await;
             failures.push(failure);
         }
@@ -370,7 +350,7 @@ impl Daemon {
         }
         // Every handle on the journal goes before its writer is joined (the line tasks keep one
         // to start reloaded lines).
-        drop(lines);
+        drop(reloadable);
         drop(journal);
         tokio::task::spawn_blocking(move || writer.join())
             .await
@@ -418,11 +398,6 @@ fn split(
     }
 }
 
-/// How the supervisor names the task `id` of the line tasks.
-fn name_of(names: &HashMap<tokio::task::Id, String>, id: tokio::task::Id) -> String {
-    format!("line poller {}", names.get(&id).map_or("?", String::as_str))
-}
-
 /// The text the running configuration was read from, the base of a reload's diff; empty (every
 /// setting then reads as added) if the file cannot be read again.
 fn running_text(config: &Config) -> String {
@@ -433,47 +408,147 @@ fn running_text(config: &Config) -> String {
     })
 }
 
+/// One running task of a [`Tasks`] set.
+#[derive(Debug)]
+struct Running<T> {
+    name: String,
+    /// Stops this task only (a child of the set's stop).
+    stop: CancellationToken,
+    task: tokio::task::AbortHandle,
+    status: watch::Receiver<T>,
+}
+
+/// Tasks of one kind that a reload stops and starts one by one (line pollers, forwarders),
+/// supervised together: each runs under its own stop, a child of `cancel`, and the set of their
+/// status channels is published for the state model ([`crate::state::Parts`]).
+struct Tasks<T> {
+    /// What the supervisor calls one of them: "line poller", "forwarder".
+    what: &'static str,
+    set: JoinSet<()>,
+    names: HashMap<tokio::task::Id, String>,
+    /// In configuration order.
+    running: Vec<Running<T>>,
+    published: watch::Sender<Vec<watch::Receiver<T>>>,
+    cancel: CancellationToken,
+}
+
+/// `what name`, the task `id` of a [`Tasks`] set as the supervisor reports it.
+fn task_name(what: &str, names: &HashMap<tokio::task::Id, String>, id: tokio::task::Id) -> String {
+    format!("{what} {}", names.get(&id).map_or("?", String::as_str))
+}
+
+impl<T> Tasks<T> {
+    fn new(what: &'static str, cancel: CancellationToken) -> (Self, crate::state::Parts<T>) {
+        let (published, parts) = watch::channel(Vec::new());
+        let tasks = Self {
+            what,
+            set: JoinSet::new(),
+            names: HashMap::new(),
+            running: Vec::new(),
+            published,
+            cancel,
+        };
+        (tasks, parts)
+    }
+
+    /// Spawns a task supervised with the set that no reload stops (and that has no status).
+    fn spawn(&mut self, name: String, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Adds a task spawned into `set` under `stop`.
+    fn track(
+        &mut self,
+        name: String,
+        stop: CancellationToken,
+        task: tokio::task::AbortHandle,
+        status: watch::Receiver<T>,
+    ) {
+        self.names.insert(task.id(), name.clone());
+        self.running.push(Running { name, stop, task, status });
+    }
+
+    fn name_of(&self, id: tokio::task::Id) -> String {
+        task_name(self.what, &self.names, id)
+    }
+
+    /// Shows the running tasks' status, ordered by `order` (their place in the configuration).
+    fn publish(&mut self, order: impl Fn(&str) -> Option<usize>) {
+        self.running.sort_by_key(|r| order(&r.name));
+        self.published.send_replace(self.running.iter().map(|r| r.status.clone()).collect());
+    }
+
+    /// Stops the running tasks named in `names` (between exchanges: the same stop as at
+    /// shutdown; aborted past the drain deadline) and waits for them. Returns the failures of
+    /// other tasks of the set that ended meanwhile.
+    async fn stop(&mut self, names: &BTreeSet<String>) -> Vec<String> {
+        let mut stopping = HashMap::new();
+        for task in self.running.iter().filter(|r| names.contains(&r.name)) {
+            task.stop.cancel();
+            stopping.insert(task.task.id(), task.task.clone());
+        }
+        self.running.retain(|r| !names.contains(&r.name));
+        let mut failures = Vec::new();
+        let mut deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+        while !stopping.is_empty() {
+            match tokio::time::timeout_at(deadline, self.set.join_next_with_id()).await {
+                Ok(Some(ended)) => {
+                    let (id, ended) = split(ended);
+                    let name = self.name_of(id);
+                    self.names.remove(&id);
+                    let stopped = stopping.remove(&id).is_some();
+                    if !stopped || ended.as_ref().is_err_and(tokio::task::JoinError::is_panic) {
+                        failures.push(ended_by_itself(&name, ended));
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::error!(
+                        "{}s stopped by the reload did not stop within the drain deadline; \
+                         aborted.",
+                        self.what
+                    );
+                    stopping.values().for_each(tokio::task::AbortHandle::abort);
+                    deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+                }
+            }
+        }
+        failures
+    }
+}
+
+/// Starts the forwarder of `destination`, one of `config`'s.
+fn start_forwarder(
+    config: &Config,
+    destination: &crate::config::DestinationConfig,
+    journal: &Journal,
+    forwarders: &mut Tasks<crate::forward::DestinationStatus>,
+) -> anyhow::Result<()> {
+    let stop = forwarders.cancel.child_token();
+    let (task, status) =
+        crate::forward::spawn(config, destination, journal, stop.clone(), &mut forwarders.set)?;
+    forwarders.track(destination.name.clone(), stop, task, status);
+    Ok(())
+}
+
 /// A line's command channel, kept across the restarts of its task by a reload, so the admin
 /// socket's and the remote-command task's handles keep reaching the line.
 type Commands = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<poller::LineCommand>>>;
 
-/// One running line task.
-#[derive(Debug)]
-struct RunningLine {
-    name: String,
-    /// Stops this line only (a child of the daemon's stop).
-    stop: CancellationToken,
-    task: tokio::task::AbortHandle,
-    status: watch::Receiver<poller::LineStatus>,
-}
-
-/// The line tasks (and the remote-command task, supervised with them), what a reload needs to
-/// change them one by one, and the set of lines the state model shows.
-struct LineTasks {
-    set: JoinSet<()>,
-    names: HashMap<tokio::task::Id, String>,
-    /// In configuration order.
-    running: Vec<RunningLine>,
+/// What a reload changes: the line tasks (the remote-command task is supervised with them) and
+/// the configuration they run with.
+struct Reloadable {
+    lines: Tasks<poller::LineStatus>,
     commands: HashMap<String, Commands>,
-    published: watch::Sender<Vec<watch::Receiver<poller::LineStatus>>>,
-    cancel: CancellationToken,
-    /// The configuration the lines run with, and the text it was read from.
+    /// The configuration the tasks run with, and the text it was read from.
     config: Config,
     text: String,
     journal: Journal,
     notifier: crate::service::Notifier,
 }
 
-impl LineTasks {
-    fn spawn(&mut self, name: String, task: impl Future<Output = ()> + Send + 'static) {
-        let handle = self.set.spawn(task);
-        self.names.insert(handle.id(), name);
-    }
-
-    fn name_of(&self, id: tokio::task::Id) -> String {
-        name_of(&self.names, id)
-    }
-
+impl Reloadable {
     /// Starts `line`'s poller, reading its commands from `commands`.
     fn start(&mut self, line: Line, commands: Commands) {
         let mut status = poller::LineStatus::connecting(&line.name);
@@ -486,7 +561,7 @@ impl LineTasks {
             })
             .collect();
         let (status, status_rx) = watch::channel(status);
-        let stop = self.cancel.child_token();
+        let stop = self.lines.cancel.child_token();
         let inflight =
             self.config.storage.lines_dir().join(poller::inflight::file_name(&line.name));
         let journal = self.journal.clone();
@@ -520,23 +595,24 @@ impl LineTasks {
                 () = relay => {}
             }
         };
-        let handle = self.set.spawn(task);
-        self.names.insert(handle.id(), name.clone());
-        self.running.push(RunningLine { name, stop, task: handle, status: status_rx });
+        let handle = self.lines.set.spawn(task);
+        self.lines.track(name, stop, handle, status_rx);
     }
 
-    /// Shows the running lines, in configuration order, in the state model.
-    fn publish(&mut self) {
-        let order = |name: &str| self.config.lines.iter().position(|l| l.name == name);
-        self.running.sort_by_key(|r| order(&r.name));
-        self.published.send_replace(self.running.iter().map(|r| r.status.clone()).collect());
+    fn publish(&mut self, forwarders: &mut Tasks<crate::forward::DestinationStatus>) {
+        let config = &self.config;
+        self.lines.publish(|name| config.lines.iter().position(|l| l.name == name));
+        forwarders.publish(|name| config.destinations.iter().position(|d| d.name == name));
     }
 
     /// SIGHUP (R18): RELOADING=1, the file read and validated again; a file that does not
     /// validate changes nothing and says why; a valid one is journalled as `config_changed`
-    /// first and then applied ([`LineTasks::apply`]); READY=1 again either way. Returns the
+    /// first and then applied ([`Reloadable::apply`]); READY=1 again either way. Returns the
     /// failures of tasks that ended meanwhile (the daemon then stops, as for any failure).
-    async fn reload(&mut self) -> Vec<String> {
+    async fn reload(
+        &mut self,
+        forwarders: &mut Tasks<crate::forward::DestinationStatus>,
+    ) -> Vec<String> {
         use crate::service::NotifyState;
         tracing::info!(file = %self.config.file.display(), "SIGHUP: reloading the configuration.");
         match NotifyState::monotonic_usec_now() {
@@ -555,7 +631,7 @@ impl LineTasks {
                 tracing::info!("Reload: the configuration file is unchanged.");
                 Vec::new()
             }
-            Ok(Some(reload)) => self.apply(reload).await,
+            Ok(Some(reload)) => self.apply(reload, forwarders).await,
         };
         let status = format!(
             "Polling {} line(s), {} machine(s).",
@@ -566,10 +642,15 @@ impl LineTasks {
         failures
     }
 
-    /// Journals the change, then restarts the lines it touches between exchanges (stopped if
-    /// gone, started if new), the others untouched. Settings that only a restart applies are
-    /// named in the record and the log and keep their running value.
-    async fn apply(&mut self, reload: crate::service::reload::Reload) -> Vec<String> {
+    /// Journals the change, then restarts the lines it names (stopped if gone, started if new)
+    /// and the forwarders of the destinations whose settings changed, between exchanges, the
+    /// others untouched. Settings that only a restart applies are named in the record and the
+    /// log and keep their running value.
+    async fn apply(
+        &mut self,
+        reload: crate::service::reload::Reload,
+        forwarders: &mut Tasks<crate::forward::DestinationStatus>,
+    ) -> Vec<String> {
         let mut change = reload.change;
         let plan = crate::service::reload::plan(&change.changes);
         change.needs_restart.clone_from(&plan.needs_restart);
@@ -586,13 +667,21 @@ impl LineTasks {
             }
         }
         tracing::info!(config_sha256 = %change.config_sha256, changes = ?change.changes,
-            lines = ?plan.lines, "Configuration change journalled; applying it.");
+            lines = ?plan.lines, destinations = ?plan.destinations,
+            "Configuration change journalled; applying it.");
         if !plan.needs_restart.is_empty() {
             tracing::warn!(needs_restart = ?plan.needs_restart,
                 "These settings take effect only at a restart (systemctl restart slotgate).");
         }
-        let mut failures = self.stop_lines(&plan.lines).await;
-        self.config.lines = reload.config.lines;
+        let mut failures = self.lines.stop(&plan.lines).await;
+        failures.extend(forwarders.stop(&plan.destinations).await);
+        let new = reload.config;
+        self.config.lines = new.lines;
+        for destination in &mut self.config.destinations {
+            if let Some(changed) = new.destinations.iter().find(|d| d.name == destination.name) {
+                *destination = changed.clone();
+            }
+        }
         self.text = reload.text;
         let touched = Config {
             lines: self
@@ -619,43 +708,20 @@ impl LineTasks {
             }
             Err(error) => failures.push(format!("the reloaded lines cannot start: {error:#}")),
         }
-        self.publish();
-        failures
-    }
-
-    /// Stops the running lines named in `names` between exchanges (aborted past the drain
-    /// deadline) and waits for them; returns the failures of other tasks that ended meanwhile.
-    async fn stop_lines(&mut self, names: &std::collections::BTreeSet<String>) -> Vec<String> {
-        let mut stopping = HashMap::new();
-        for line in self.running.iter().filter(|r| names.contains(&r.name)) {
-            line.stop.cancel();
-            stopping.insert(line.task.id(), line.task.clone());
-        }
-        self.running.retain(|r| !names.contains(&r.name));
-        let mut failures = Vec::new();
-        let mut deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
-        while !stopping.is_empty() {
-            match tokio::time::timeout_at(deadline, self.set.join_next_with_id()).await {
-                Ok(Some(ended)) => {
-                    let (id, ended) = split(ended);
-                    let name = self.name_of(id);
-                    self.names.remove(&id);
-                    let retired = stopping.remove(&id).is_some();
-                    if !retired || ended.as_ref().is_err_and(tokio::task::JoinError::is_panic) {
-                        failures.push(ended_by_itself(&name, ended));
-                    }
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    tracing::error!(
-                        "Lines stopped by the reload did not stop within the drain \
-                        deadline; aborted."
-                    );
-                    stopping.values().for_each(tokio::task::AbortHandle::abort);
-                    deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
-                }
+        for destination in
+            self.config.destinations.iter().filter(|d| plan.destinations.contains(&d.name))
+        {
+            tracing::info!(destination = %destination.name, "Forwarder restarted by the reload.");
+            if let Err(error) =
+                start_forwarder(&self.config, destination, &self.journal, forwarders)
+            {
+                failures.push(format!(
+                    "the forwarder {} cannot start again: {error:#}",
+                    destination.name
+                ));
             }
         }
+        self.publish(forwarders);
         failures
     }
 }
@@ -995,12 +1061,13 @@ mod tests {
             drain_eta_seconds: None,
             last_error: None,
         });
-        daemon.destinations.push(rx);
-        daemon.forwarders.spawn(async move {
+        let stop = daemon.forwarders.cancel.child_token();
+        let task = daemon.forwarders.set.spawn(async move {
             let _status = status;
             tokio::task::yield_now().await;
             panic!("assertion failed: client id");
         });
+        daemon.forwarders.track("central".into(), stop, task, rx);
         let error = daemon.supervise(std::future::pending(), None).await.unwrap_err();
         assert!(error.to_string().contains("forwarder central panicked"), "{error}");
         let alarms = exported_alarms(&config.storage.journal_dir());

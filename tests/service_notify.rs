@@ -195,8 +195,22 @@ fn sighup_removes_a_line_and_adds_one_without_losing_an_event_of_the_others() {
         ],
     );
     let journal = dir.path().join("state/journal");
+    // A destination nobody listens at (it stays down): its secret must never reach the journal.
+    let token = dir.path().join("central.token");
+    std::fs::write(&token, "s3cret-token-42\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let destination = |name: &str, port: u16| {
+        format!(
+            "\n[[destination]]\nname = \"{name}\"\nkind = \"https\"\n\
+             url = \"https://127.0.0.1:{port}/events\"\ntoken_file = \"{}\"\n",
+            token.display()
+        )
+    };
     // Machines 0 and 1 at the start (lines line-0 and line-1).
     let config = write_config(dir.path(), &machines[..2]);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&destination("central", 9));
+    std::fs::write(&config, &text).unwrap();
     let socket = dir.path().join("notify.sock");
     let notes = Notifications::listen(&socket);
     let log = dir.path().join("gateway.log");
@@ -204,18 +218,12 @@ fn sighup_removes_a_line_and_adds_one_without_losing_an_event_of_the_others() {
     notes.wait_for("READY=1", 1, Duration::from_secs(20));
     wait_for_games(&journal, 10, Duration::from_secs(30));
 
-    // The reload: line-1 (machine 1) goes, line-2 (machine 2) comes, and a destination is added,
-    // which takes a restart; its token must not reach the journal.
-    let token = dir.path().join("central.token");
-    std::fs::write(&token, "s3cret-token-42\n").unwrap();
-    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // The reload: line-1 (machine 1) goes, line-2 (machine 2) comes, central's URL changes (its
+    // forwarder is restarted) and a destination is added, which takes a restart.
     write_config(dir.path(), &[machines[0].clone(), machines[2].clone()]);
     let mut text = std::fs::read_to_string(&config).unwrap().replace("line-1", "line-2");
-    text.push_str(&format!(
-        "\n[[destination]]\nname = \"central\"\nkind = \"https\"\n\
-         url = \"https://127.0.0.1:9/events\"\ntoken_file = \"{}\"\n",
-        token.display()
-    ));
+    text.push_str(&destination("central", 10));
+    text.push_str(&destination("backup", 11));
     std::fs::write(&config, &text).unwrap();
     let new_sha256: String = {
         use sha2::Digest;
@@ -279,8 +287,11 @@ fn sighup_removes_a_line_and_adds_one_without_losing_an_event_of_the_others() {
         change["changes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     assert!(listed.contains(&"line[line-1]: removed"), "{listed:?}");
     assert!(listed.iter().any(|c| c.starts_with("line[line-2]: added = ")), "{listed:?}");
-    // The first destination: the whole `destination` array is new.
-    assert_eq!(change["needs_restart"], serde_json::json!(["destination"]));
+    assert!(
+        listed.contains(&"destination[central].url: \"https://127.0.0.1:9/events\" -> \"https://127.0.0.1:10/events\""),
+        "{listed:?}"
+    );
+    assert_eq!(change["needs_restart"], serde_json::json!(["destination[backup]"]));
     assert!(!export.contains("s3cret-token-42"), "the token reached the journal");
     // The untouched line was never restarted.
     let logged = std::fs::read_to_string(&log).unwrap();
@@ -288,6 +299,11 @@ fn sighup_removes_a_line_and_adds_one_without_losing_an_event_of_the_others() {
         logged.lines().filter(|l| l.contains("Line poller started.") && l.contains(line)).count()
     };
     assert_eq!((started("line=line-0"), started("line=line-1"), started("line=line-2")), (1, 1, 1));
+    let restarted = logged
+        .lines()
+        .filter(|l| l.contains("Forwarder restarted by the reload.") && l.contains("central"))
+        .count();
+    assert_eq!(restarted, 1, "{logged}");
 
     // Nothing a machine dropped as acknowledged is missing, nothing is there twice: not for
     // the untouched machine, nor for the one stopped and the one started by the reload.

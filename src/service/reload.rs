@@ -45,9 +45,12 @@ pub struct ConfigChange {
 pub struct Plan {
     /// The lines whose task is stopped, started or restarted: every line named in a change.
     pub lines: std::collections::BTreeSet<String>,
+    /// The destinations whose settings changed: their forwarder is restarted.
+    pub destinations: std::collections::BTreeSet<String>,
     /// The paths of the other changed settings: storage, admin socket, journal, venue,
-    /// polling, commands and destinations are read once at the start (the journal's set of
-    /// destinations decides what it may remove), so they wait for a restart.
+    /// polling and commands are read once at the start, and so is the set of destinations
+    /// (the journal's decides which records it may remove): a destination added or removed
+    /// waits for a restart too.
     pub needs_restart: Vec<String>,
 }
 
@@ -56,21 +59,21 @@ pub fn plan(changes: &[String]) -> Plan {
     let mut plan = Plan::default();
     for change in changes {
         let path = change.split_once(": ").map_or(change.as_str(), |(path, _)| path);
-        let line = path.strip_prefix("line[").and_then(|rest| {
-            let end = [rest.find("]."), rest.strip_suffix(']').map(str::len)]
-                .into_iter()
-                .flatten()
-                .min()?;
-            rest.get(..end)
-        });
-        match line {
-            Some(name) => {
-                plan.lines.insert(name.to_owned());
+        // `array[name]` (the whole entry) or `array[name].field…`: the name, and whether a
+        // field of it changed.
+        let entry = |array: &str| {
+            let rest = path.strip_prefix(array)?.strip_prefix('[')?;
+            match rest.find("].") {
+                Some(end) => Some((rest.get(..end)?, true)),
+                None => Some((rest.strip_suffix(']')?, false)),
             }
-            None if !plan.needs_restart.iter().any(|p| p == path) => {
-                plan.needs_restart.push(path.to_owned())
-            }
-            None => {}
+        };
+        if let Some((name, _)) = entry("line") {
+            plan.lines.insert(name.to_owned());
+        } else if let Some((name, true)) = entry("destination") {
+            plan.destinations.insert(name.to_owned());
+        } else if !plan.needs_restart.iter().any(|p| p == path) {
+            plan.needs_restart.push(path.to_owned());
         }
     }
     plan
@@ -266,6 +269,7 @@ name = "line-1"
     fn a_change_restarts_the_lines_it_names_and_lists_what_needs_a_restart() {
         let changes: Vec<String> = [
             "destination[regulator].url: \"a\" -> \"b\"",
+            "destination[backup]: removed",
             "line[line-1].machine[EGM-1]: removed",
             "line[line-1].machine[EGM-3]: added = { address = 3, registry_id = \"EGM-3\" }",
             "line[hall.b]: added = { name = \"hall.b\" }",
@@ -276,10 +280,8 @@ name = "line-1"
         .into();
         let plan = plan(&changes);
         assert_eq!(plan.lines.into_iter().collect::<Vec<_>>(), ["hall.b", "line-1", "old"]);
-        assert_eq!(
-            plan.needs_restart,
-            ["destination[regulator].url", "polling.meter_snapshot_interval"]
-        );
+        assert_eq!(plan.destinations.into_iter().collect::<Vec<_>>(), ["regulator"]);
+        assert_eq!(plan.needs_restart, ["destination[backup]", "polling.meter_snapshot_interval"]);
     }
 
     #[test]
