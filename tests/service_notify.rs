@@ -76,13 +76,12 @@ fn run_notified(config: &Path, socket: &Path, watchdog: Duration, log: &Path) ->
     )
 }
 
-#[test]
-fn ready_status_watchdog_and_stopping_reach_the_notify_socket_and_sigterm_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger_path = dir.path().join("ledger.jsonl");
-    let (sim, machines) = simulate(
-        6,
-        &ledger_path,
+/// `machines` simulated machines over TCP playing fast (10 games a minute each, no cash-out).
+fn busy_hall(machines: u16, ledger: &Path, seed: u16) -> (Proc, Vec<Simulated>) {
+    let seed = seed.to_string();
+    simulate(
+        machines,
+        ledger,
         &[
             "--rte",
             "--game-rate",
@@ -92,9 +91,51 @@ fn ready_status_watchdog_and_stopping_reach_the_notify_socket_and_sigterm_loses_
             "--cashout-probability",
             "0",
             "--seed",
-            "11",
+            &seed,
         ],
-    );
+    )
+}
+
+/// Ledger against journal (under `dir`) once the gateway has stopped: the play reports each
+/// machine dropped as acknowledged are exactly the start of what was journalled for it, with at
+/// most the one report journalled before the stop and never acknowledged after them (the
+/// machine repeats it to the next run, which recognises it), in the machine's order (except for
+/// `unordered`, a machine whose queue may have overflowed), and sequences have no gap.
+fn assert_nothing_acknowledged_lost(
+    dir: &Path,
+    ledger: &Path,
+    machines: &[Simulated],
+    log: &Path,
+    unordered: Option<&str>,
+) {
+    let events = journal_events(&dir.join("state/journal"));
+    assert_sequences_gap_free(&events);
+    let got = gateway_reports(&events);
+    let (acked, all) = ledger_reports(&read_json_lines(ledger));
+    assert_eq!(acked.len(), machines.len(), "every machine played");
+    for (serial, acked) in &acked {
+        let journalled = got.get(serial).map_or(&[][..], Vec::as_slice);
+        assert!(
+            journalled.starts_with(acked) && journalled.len() <= acked.len() + 1,
+            "machine {serial}: {} acknowledged, {} journalled; log: {}",
+            acked.len(),
+            journalled.len(),
+            log.display()
+        );
+        if unordered != Some(serial.as_str()) {
+            assert!(
+                all[serial].starts_with(journalled),
+                "machine {serial}: not in the machine's order"
+            );
+        }
+    }
+}
+
+#[test]
+fn ready_status_watchdog_and_stopping_reach_the_notify_socket_and_sigterm_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let (sim, machines) = busy_hall(6, &ledger_path, 11);
     let config = write_config(dir.path(), &machines);
     let socket = dir.path().join("notify.sock");
     let notes = Notifications::listen(&socket);
@@ -128,28 +169,7 @@ fn ready_status_watchdog_and_stopping_reach_the_notify_socket_and_sigterm_loses_
     std::fs::remove_file(&socket).unwrap();
 
     // Nothing a machine dropped as acknowledged is missing, nothing is there twice.
-    let events = journal_events(&dir.path().join("state/journal"));
-    assert_sequences_gap_free(&events);
-    let got = gateway_reports(&events);
-    let (acked, all) = ledger_reports(&read_json_lines(&ledger_path));
-    assert_eq!(acked.len(), machines.len(), "every machine played");
-    for (serial, acked) in &acked {
-        let journalled = got.get(serial).map_or(&[][..], Vec::as_slice);
-        // Acknowledged reports are exactly the start of what was journalled; at most the one
-        // report journalled before the stop, never acknowledged, follows (the machine repeats it
-        // to the next run, which recognises it).
-        assert!(
-            journalled.starts_with(acked) && journalled.len() <= acked.len() + 1,
-            "machine {serial}: {} acknowledged, {} journalled; log: {}",
-            acked.len(),
-            journalled.len(),
-            log.display()
-        );
-        assert!(
-            all[serial].starts_with(journalled),
-            "machine {serial}: not in the machine's order"
-        );
-    }
+    assert_nothing_acknowledged_lost(dir.path(), &ledger_path, &machines, &log, None);
 }
 
 /// The `config_changed` records of the journal at `dir`, as their JSON message, and the whole
@@ -179,21 +199,7 @@ fn hangup(gateway: &Proc) {
 fn sighup_removes_a_line_and_adds_one_without_losing_an_event_of_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let ledger_path = dir.path().join("ledger.jsonl");
-    let (sim, machines) = simulate(
-        3,
-        &ledger_path,
-        &[
-            "--rte",
-            "--game-rate",
-            "600",
-            "--game-duration",
-            "50ms",
-            "--cashout-probability",
-            "0",
-            "--seed",
-            "12",
-        ],
-    );
+    let (sim, machines) = busy_hall(3, &ledger_path, 12);
     let journal = dir.path().join("state/journal");
     // A destination nobody listens at (it stays down): its secret must never reach the journal.
     let token = dir.path().join("central.token");
@@ -306,27 +312,8 @@ fn sighup_removes_a_line_and_adds_one_without_losing_an_event_of_the_others() {
     assert_eq!(restarted, 1, "{logged}");
 
     // Nothing a machine dropped as acknowledged is missing, nothing is there twice: not for
-    // the untouched machine, nor for the one stopped and the one started by the reload.
-    let events = journal_events(&journal);
-    assert_sequences_gap_free(&events);
-    let got = gateway_reports(&events);
-    let (acked, all) = ledger_reports(&read_json_lines(&ledger_path));
-    assert_eq!(acked.len(), machines.len(), "every machine played");
-    for (serial, acked) in &acked {
-        let journalled = got.get(serial).map_or(&[][..], Vec::as_slice);
-        assert!(
-            journalled.starts_with(acked) && journalled.len() <= acked.len() + 1,
-            "machine {serial}: {} acknowledged, {} journalled; log: {}",
-            acked.len(),
-            journalled.len(),
-            log.display()
-        );
-        // The added machine played unpolled until the reload: its queue may have overflowed.
-        if *serial != machines[2].serial {
-            assert!(
-                all[serial].starts_with(journalled),
-                "machine {serial}: not in the machine's order"
-            );
-        }
-    }
+    // the untouched machine, nor for the one stopped and the one started by the reload (which
+    // played unpolled until then: its queue may have overflowed).
+    let added = Some(machines[2].serial.as_str());
+    assert_nothing_acknowledged_lost(dir.path(), &ledger_path, &machines, &log, added);
 }
