@@ -7,6 +7,10 @@
 //! spawned, so a configuration that cannot start starts nothing. The moment everything runs is
 //! the "ready" point, published in the state model (`ready_at`) with each part's progress mark
 //! (lines' `progress_at`, the journal's and destinations' channels) for a watchdog.
+//!
+//! SIGHUP reloads the configuration (`Reloadable::reload`, R18): the change is journalled
+//! before it is applied, and only the lines and forwarders it touches are stopped (between
+//! exchanges, as at shutdown) and started again; what cannot change live is named, not ignored.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;

@@ -629,7 +629,7 @@ impl Config {
     }
 
     /// Validates configuration text; `path` names it in errors and anchors relative paths.
-    /// Credential paths are read in `$CREDENTIALS_DIRECTORY` ([`Paths`]).
+    /// Credential paths (`credential:NAME`) are read in `$CREDENTIALS_DIRECTORY`.
     pub fn from_toml_str(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let credentials = std::env::var_os("CREDENTIALS_DIRECTORY")
             .filter(|dir| !dir.is_empty())
