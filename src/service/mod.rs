@@ -362,6 +362,33 @@ mod tests {
         );
     }
 
+    /// systemd names its socket by path or, with `@`, in the abstract namespace: both get the
+    /// states one per line, in one datagram.
+    #[test]
+    fn notifications_reach_a_path_or_an_abstract_socket() {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let by_path = UnixDatagram::bind(&path).unwrap();
+        let name = format!("slotgate-test-{}", std::process::id());
+        let by_name =
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap();
+        let states = [NotifyState::Ready, NotifyState::Status("Polling 1 line(s).")];
+        Notifier::to(&path).send(&states);
+        Notifier::to(format!("@{name}")).send(&states);
+        for socket in [by_path, by_name] {
+            socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 256];
+            let n = socket.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"READY=1\nSTATUS=Polling 1 line(s).\n");
+        }
+        // Outside systemd nothing is sent, and nothing fails.
+        Notifier::default().send(&states);
+        assert!(!Notifier::default().is_active());
+    }
+
     /// Hands out one end of an in-memory line once; later attempts never end.
     #[derive(Clone)]
     struct HandedOnce(std::sync::Arc<std::sync::Mutex<Option<crate::transport::MemoryLine>>>);
