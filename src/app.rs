@@ -7,10 +7,15 @@
 //! spawned, so a configuration that cannot start starts nothing. The moment everything runs is
 //! the "ready" point, published in the state model (`ready_at`) with each part's progress mark
 //! (lines' `progress_at`, the journal's and destinations' channels) for a watchdog.
+//!
+//! SIGHUP reloads the configuration (`Reloadable::reload`, R18): the change is journalled
+//! before it is applied, and only the lines and forwarders it touches are stopped (between
+//! exchanges, as at shutdown) and started again; what cannot change live is named, not ignored.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -77,6 +82,12 @@ pub async fn run_with_view(
     // Journal, in-flight records, status and quarantine hold the venue's financial events:
     // private to the service's user whatever umask it was started with.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // Before anything runs: SIGHUP's default action would end the daemon.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .inspect_err(|error| {
+            tracing::error!(%error, "Cannot listen for SIGHUP; a reload needs a restart.");
+        })
+        .ok();
     let daemon = Daemon::start(&config)?;
     // Beside the supervision, not before it: the shutdown signal is only listened for once
     // `supervise` runs, and hashing the binary takes a moment.
@@ -90,7 +101,7 @@ pub async fn run_with_view(
         // Nobody waiting for the view is no reason not to run.
         let _ = view.send(daemon.view.clone());
     }
-    daemon.supervise(shutdown).await
+    daemon.supervise(shutdown, hangups).await
 }
 
 /// The running daemon: its state directory lock, journal and every long-running task.
@@ -100,19 +111,19 @@ struct Daemon {
     writer: journal::WriterHandle,
     /// Stops the line pollers and the status writer.
     cancel: CancellationToken,
-    lines: JoinSet<()>,
-    line_names: HashMap<tokio::task::Id, String>,
-    /// Stopped after the pollers, so the last events still get a chance to go out.
-    forward_cancel: CancellationToken,
-    forwarders: JoinSet<()>,
-    /// Each forwarder's status; its sender closes when the forwarder's task ends.
-    destinations: Vec<watch::Receiver<crate::forward::DestinationStatus>>,
+    /// The line tasks and what a reload changes.
+    reloadable: Reloadable,
+    /// Stopped after the pollers (by their own stop, `forwarders.cancel`), so the last events
+    /// still get a chance to go out.
+    forwarders: Tasks<crate::forward::DestinationStatus>,
     status_writer: JoinHandle<()>,
     /// Stops the status writer once the other tasks have stopped, so the status file a stopped
     /// daemon leaves has their last word.
     status_done: CancellationToken,
     /// The admin socket's server; none when the socket could not be bound.
     admin: Option<JoinHandle<()>>,
+    /// The systemd watchdog and STATUS= line; none outside systemd.
+    watchdog: Option<JoinHandle<()>>,
     /// The state model every view reads.
     view: crate::state::StateView,
 }
@@ -138,24 +149,6 @@ impl Daemon {
         let forward_cancel = CancellationToken::new();
         let now = tokio::time::Instant::now().into_std();
         let lines = build_lines(config, &journal, now)?;
-        let (line_status, watched): (Vec<_>, Vec<_>) = lines
-            .iter()
-            .map(|line| {
-                let mut status = poller::LineStatus::connecting(&line.name);
-                status.machines = line
-                    .machines
-                    .iter()
-                    .map(|m| {
-                        poller::MachineStatus::new(
-                            m.registry_id().to_string(),
-                            m.address().get(),
-                            jiff::Timestamp::now(),
-                        )
-                    })
-                    .collect();
-                watch::channel(status)
-            })
-            .unzip();
         let (handles, commands): (Vec<_>, Vec<_>) =
             lines.iter().map(|line| poller::command::channel(&line.name)).unzip();
         let (remote_commands, submitter) = start_commands(config, &journal, &lines, &handles)?;
@@ -174,31 +167,32 @@ impl Daemon {
                 None
             }
         };
-        let (forwarders, destinations) = crate::forward::spawn_all(
-            config,
-            &journal,
-            &forward_cancel,
-            Some(std::sync::Arc::new(submitter)),
-        )?;
-        tokio::spawn(crate::service::watchdog(
-            crate::service::Parts {
-                journal: journal.clone(),
-                lines: watched.clone(),
-                destinations: destinations.clone(),
-            },
-            crate::service::watchdog_period().map(crate::service::Window),
-            cancel.clone(),
-        ));
+        let inbox: Option<Arc<dyn crate::forward::CommandInbox>> = Some(Arc::new(submitter));
+        let (mut forwarders, destinations_rx) = Tasks::new("forwarder", forward_cancel);
+        for destination in &config.destinations {
+            start_forwarder(config, destination, &journal, &inbox, &mut forwarders)?;
+        }
         let (ready, ready_rx) = watch::channel(None);
+        let (line_tasks, lines_rx) = Tasks::new("line poller", cancel.clone());
         let view = crate::state::StateView {
             journal: journal.status(),
-            lines: watched,
-            destinations: destinations.clone(),
+            lines: lines_rx,
+            destinations: destinations_rx,
             desired: remote_commands.desired_states(),
             started_at: jiff::Timestamp::now(),
             ready: ready_rx,
             stopping: cancel.clone(),
         };
+        let notifier = crate::service::Notifier::from_env();
+        let watchdog = notifier.is_active().then(|| {
+            tokio::spawn(crate::service::watchdog(
+                view.clone(),
+                journal.clone(),
+                crate::service::watchdog_period().map(crate::service::Window),
+                notifier.clone(),
+                cancel.clone(),
+            ))
+        });
         let status_done = CancellationToken::new();
         let status_writer = tokio::spawn(write_status(
             config.storage.status_file(),
@@ -208,22 +202,28 @@ impl Daemon {
         let admin = socket.map(|socket| {
             let api = crate::admin::Api::new(view.clone(), handles, journal.clone())
                 .with_commands(local_commands);
-            tokio::spawn(crate::admin::serve(socket, std::sync::Arc::new(api), cancel.clone()))
+            tokio::spawn(crate::admin::serve(socket, Arc::new(api), cancel.clone()))
         });
         let cancel_commands = cancel.clone();
         let mut daemon = Self {
             _lock: lock,
-            journal,
+            journal: journal.clone(),
             writer,
             cancel,
-            lines: JoinSet::new(),
-            line_names: HashMap::new(),
-            forward_cancel,
+            reloadable: Reloadable {
+                lines: line_tasks,
+                commands: HashMap::new(),
+                config: config.clone(),
+                text: running_text(config),
+                journal,
+                notifier,
+                inbox,
+            },
             forwarders,
-            destinations,
             status_writer,
             status_done,
             admin,
+            watchdog,
             view,
         };
         // Before the lines, so it observes their first link-ups (re-assertion after a restart).
@@ -232,29 +232,17 @@ impl Daemon {
                 tracing::error!(%error, "The remote-command task failed.");
             }
         });
-        for ((line, status), commands) in lines.into_iter().zip(line_status).zip(commands) {
-            let inflight =
-                Some(config.storage.lines_dir().join(poller::inflight::file_name(&line.name)));
-            let task = poller::run_line(
-                line.name.clone(),
-                line.transport,
-                line.machines,
-                inflight,
-                daemon.journal.clone(),
-                daemon.cancel.clone(),
-                status,
-                commands,
-            );
-            daemon.spawn_line(line.name, task);
+        for (line, commands) in lines.into_iter().zip(commands) {
+            daemon.reloadable.start(line, Arc::new(tokio::sync::Mutex::new(commands)));
         }
+        daemon.reloadable.publish(&mut daemon.forwarders);
         ready.send_replace(Some(jiff::Timestamp::now()));
         tracing::info!(lines = config.lines.len(), machines = config.machine_count(), "Polling.");
         Ok(daemon)
     }
 
     fn spawn_line(&mut self, name: String, task: impl Future<Output = ()> + Send + 'static) {
-        let id = self.lines.spawn(task).id();
-        self.line_names.insert(id, name);
+        self.reloadable.lines.spawn(name, task);
     }
 
     /// Waits for `shutdown` or for a task to end by itself, then stops everything in order:
@@ -264,68 +252,79 @@ impl Daemon {
     async fn supervise(
         self,
         shutdown: impl Future<Output = std::io::Result<()>>,
+        mut hangups: Option<tokio::signal::unix::Signal>,
     ) -> anyhow::Result<()> {
         let Self {
             _lock,
             journal,
             writer,
             cancel,
-            mut lines,
-            line_names,
-            forward_cancel,
+            mut reloadable,
             mut forwarders,
-            destinations,
             mut status_writer,
             status_done,
             admin,
+            watchdog,
             view: _,
         } = self;
-        let mut admin = admin.unwrap_or_else(|| {
-            let cancel = cancel.clone();
-            tokio::spawn(async move { cancel.cancelled().await })
-        });
+        // A part that is not there waits for the stop like the others.
+        let until_stopped = |task: Option<JoinHandle<()>>| {
+            task.unwrap_or_else(|| {
+                let cancel = cancel.clone();
+                tokio::spawn(async move { cancel.cancelled().await })
+            })
+        };
+        let mut admin = until_stopped(admin);
         let mut admin_done = false;
+        let mut watchdog = until_stopped(watchdog);
+        let mut watchdog_done = false;
         let mut journal_status = journal.status();
-        let line_name = |id: tokio::task::Id| {
-            format!("line poller {}", line_names.get(&id).map_or("?", String::as_str))
-        };
-        // A forwarder's task owns its status sender, so the ended one is the one whose sender
-        // is gone (while stopping, those that stopped normally are listed too).
-        let forwarder_name = |_: tokio::task::Id| {
-            let ended: Vec<String> = destinations
-                .iter()
-                .filter(|d| d.has_changed().is_err())
-                .map(|d| d.borrow().name.clone())
-                .collect();
-            format!("forwarder {}", ended.join(", "))
-        };
         let mut failures = Vec::new();
         let mut status_writer_done = false;
-        tokio::select! {
-            signal = shutdown => {
-                if let Err(error) = signal {
-                    failures.push(format!("cannot wait for the shutdown signal: {error}"));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                signal = &mut shutdown => {
+                    if let Err(error) = signal {
+                        failures.push(format!("cannot wait for the shutdown signal: {error}"));
+                    }
+                }
+                Some(()) = async {
+                    match &mut hangups {
+                        Some(hangups) => hangups.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    failures.extend(reloadable.reload(&mut forwarders).await);
+                    if failures.is_empty() {
+                        continue;
+                    }
+                }
+                Some(ended) = reloadable.lines.set.join_next_with_id() => {
+                    let (id, ended) = split(ended);
+                    failures.push(ended_by_itself(&reloadable.lines.name_of(id), ended));
+                }
+                Some(ended) = forwarders.set.join_next_with_id() => {
+                    let (id, ended) = split(ended);
+                    failures.push(ended_by_itself(&forwarders.name_of(id), ended));
+                }
+                ended = &mut status_writer => {
+                    status_writer_done = true;
+                    failures.push(ended_by_itself("status writer", ended));
+                }
+                ended = &mut admin => {
+                    admin_done = true;
+                    failures.push(ended_by_itself("admin socket", ended));
+                }
+                ended = &mut watchdog => {
+                    watchdog_done = true;
+                    failures.push(ended_by_itself("watchdog", ended));
+                }
+                () = async { while journal_status.changed().await.is_ok() {} } => {
+                    failures.push("the journal writer stopped".to_owned());
                 }
             }
-            Some(ended) = lines.join_next_with_id() => {
-                let (id, ended) = split(ended);
-                failures.push(ended_by_itself(&line_name(id), ended));
-            }
-            Some(ended) = forwarders.join_next_with_id() => {
-                let (id, ended) = split(ended);
-                failures.push(ended_by_itself(&forwarder_name(id), ended));
-            }
-            ended = &mut status_writer => {
-                status_writer_done = true;
-                failures.push(ended_by_itself("status writer", ended));
-            }
-            ended = &mut admin => {
-                admin_done = true;
-                failures.push(ended_by_itself("admin socket", ended));
-            }
-            () = async { while journal_status.changed().await.is_ok() {} } => {
-                failures.push("the journal writer stopped".to_owned());
-            }
+            break;
         }
         crate::service::stopping();
         for failure in &failures {
@@ -333,12 +332,15 @@ impl Daemon {
         }
 
         cancel.cancel();
-        for failure in drain(&mut lines, "Line pollers", &line_name).await {
+        let lines = &mut reloadable.lines;
+        let line_name = |id| task_name(lines.what, &lines.names, id);
+        for failure in drain(&mut lines.set, "Line pollers", &line_name).await {
             raise_task_alarm(&journal, &failure).await;
             failures.push(failure);
         }
-        forward_cancel.cancel();
-        for failure in drain(&mut forwarders, "Forwarders", &forwarder_name).await {
+        forwarders.cancel.cancel();
+        let forwarder_name = |id| task_name(forwarders.what, &forwarders.names, id);
+        for failure in drain(&mut forwarders.set, "Forwarders", &forwarder_name).await {
             raise_task_alarm(&journal, &failure).await;
             failures.push(failure);
         }
@@ -355,6 +357,14 @@ impl Daemon {
             raise_task_alarm(&journal, &failure).await;
             failures.push(failure);
         }
+        if !watchdog_done && let Err(e) = watchdog.await {
+            let failure = ended_by_itself("watchdog", Err(e));
+            raise_task_alarm(&journal, &failure).await;
+            failures.push(failure);
+        }
+        // Every handle on the journal goes before its writer is joined (the line tasks keep one
+        // to start reloaded lines).
+        drop(reloadable);
         drop(journal);
         tokio::task::spawn_blocking(move || writer.join())
             .await
@@ -399,6 +409,343 @@ fn split(
     match ended {
         Ok((id, ())) => (id, Ok(())),
         Err(e) => (e.id(), Err(e)),
+    }
+}
+
+/// The text the running configuration was read from, the base of a reload's diff; empty (every
+/// setting then reads as added) if the file cannot be read again.
+fn running_text(config: &Config) -> String {
+    std::fs::read_to_string(&config.file).unwrap_or_else(|error| {
+        tracing::warn!(file = %config.file.display(), %error,
+            "Cannot read the configuration file again; a reload will list every setting.");
+        String::new()
+    })
+}
+
+/// One running task of a [`Tasks`] set.
+#[derive(Debug)]
+struct Running<T> {
+    name: String,
+    /// Stops this task only (a child of the set's stop).
+    stop: CancellationToken,
+    task: tokio::task::AbortHandle,
+    status: watch::Receiver<T>,
+}
+
+/// Tasks of one kind that a reload stops and starts one by one (line pollers, forwarders),
+/// supervised together: each runs under its own stop, a child of `cancel`, and the set of their
+/// status channels is published for the state model ([`crate::state::Parts`]).
+struct Tasks<T> {
+    /// What the supervisor calls one of them: "line poller", "forwarder".
+    what: &'static str,
+    set: JoinSet<()>,
+    names: HashMap<tokio::task::Id, String>,
+    /// In configuration order.
+    running: Vec<Running<T>>,
+    published: watch::Sender<Vec<watch::Receiver<T>>>,
+    cancel: CancellationToken,
+}
+
+/// `what name`, the task `id` of a [`Tasks`] set as the supervisor reports it.
+fn task_name(what: &str, names: &HashMap<tokio::task::Id, String>, id: tokio::task::Id) -> String {
+    format!("{what} {}", names.get(&id).map_or("?", String::as_str))
+}
+
+impl<T> Tasks<T> {
+    fn new(what: &'static str, cancel: CancellationToken) -> (Self, crate::state::Parts<T>) {
+        let (published, parts) = watch::channel(Vec::new());
+        let tasks = Self {
+            what,
+            set: JoinSet::new(),
+            names: HashMap::new(),
+            running: Vec::new(),
+            published,
+            cancel,
+        };
+        (tasks, parts)
+    }
+
+    /// Spawns a task supervised with the set that no reload stops (and that has no status).
+    fn spawn(&mut self, name: String, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Adds a task spawned into `set` under `stop`.
+    fn track(
+        &mut self,
+        name: String,
+        stop: CancellationToken,
+        task: tokio::task::AbortHandle,
+        status: watch::Receiver<T>,
+    ) {
+        self.names.insert(task.id(), name.clone());
+        self.running.push(Running { name, stop, task, status });
+    }
+
+    fn name_of(&self, id: tokio::task::Id) -> String {
+        task_name(self.what, &self.names, id)
+    }
+
+    /// Shows the running tasks' status, ordered by `order` (their place in the configuration).
+    fn publish(&mut self, order: impl Fn(&str) -> Option<usize>) {
+        self.running.sort_by_key(|r| order(&r.name));
+        self.published.send_replace(self.running.iter().map(|r| r.status.clone()).collect());
+    }
+
+    /// Stops the running tasks named in `names` (between exchanges: the same stop as at
+    /// shutdown; aborted past the drain deadline) and waits for them. Returns the failures of
+    /// other tasks of the set that ended meanwhile.
+    async fn stop(&mut self, names: &BTreeSet<String>) -> Vec<String> {
+        let mut stopping = HashMap::new();
+        for task in self.running.iter().filter(|r| names.contains(&r.name)) {
+            task.stop.cancel();
+            stopping.insert(task.task.id(), task.task.clone());
+        }
+        self.running.retain(|r| !names.contains(&r.name));
+        let mut failures = Vec::new();
+        let mut deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+        while !stopping.is_empty() {
+            match tokio::time::timeout_at(deadline, self.set.join_next_with_id()).await {
+                Ok(Some(ended)) => {
+                    let (id, ended) = split(ended);
+                    let name = self.name_of(id);
+                    self.names.remove(&id);
+                    let stopped = stopping.remove(&id).is_some();
+                    if !stopped || ended.as_ref().is_err_and(tokio::task::JoinError::is_panic) {
+                        failures.push(ended_by_itself(&name, ended));
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::error!(
+                        "{}s stopped by the reload did not stop within the drain deadline; \
+                         aborted.",
+                        self.what
+                    );
+                    stopping.values().for_each(tokio::task::AbortHandle::abort);
+                    deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+                }
+            }
+        }
+        failures
+    }
+}
+
+/// Starts the forwarder of `destination`, one of `config`'s.
+fn start_forwarder(
+    config: &Config,
+    destination: &crate::config::DestinationConfig,
+    journal: &Journal,
+    inbox: &Option<Arc<dyn crate::forward::CommandInbox>>,
+    forwarders: &mut Tasks<crate::forward::DestinationStatus>,
+) -> anyhow::Result<()> {
+    let stop = forwarders.cancel.child_token();
+    let (task, status) = crate::forward::spawn(
+        config,
+        destination,
+        journal,
+        stop.clone(),
+        &mut forwarders.set,
+        inbox.clone(),
+    )?;
+    forwarders.track(destination.name.clone(), stop, task, status);
+    Ok(())
+}
+
+/// A line's command channel, kept across the restarts of its task by a reload, so the admin
+/// socket's and the remote-command task's handles keep reaching the line.
+type Commands = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<poller::LineCommand>>>;
+
+/// What a reload changes: the line tasks (the remote-command task is supervised with them) and
+/// the configuration they run with.
+struct Reloadable {
+    lines: Tasks<poller::LineStatus>,
+    commands: HashMap<String, Commands>,
+    /// The configuration the tasks run with, and the text it was read from.
+    config: Config,
+    text: String,
+    journal: Journal,
+    notifier: crate::service::Notifier,
+    /// The remote-command input a restarted forwarder takes commands into.
+    inbox: Option<Arc<dyn crate::forward::CommandInbox>>,
+}
+
+impl Reloadable {
+    /// Starts `line`'s poller, reading its commands from `commands`.
+    fn start(&mut self, line: Line, commands: Commands) {
+        let mut status = poller::LineStatus::connecting(&line.name);
+        let now = jiff::Timestamp::now();
+        status.machines = line
+            .machines
+            .iter()
+            .map(|m| {
+                poller::MachineStatus::new(m.registry_id().to_string(), m.address().get(), now)
+            })
+            .collect();
+        let (status, status_rx) = watch::channel(status);
+        let stop = self.lines.cancel.child_token();
+        let inflight =
+            self.config.storage.lines_dir().join(poller::inflight::file_name(&line.name));
+        let journal = self.journal.clone();
+        let task_stop = stop.clone();
+        let name = line.name.clone();
+        self.commands.insert(name.clone(), Arc::clone(&commands));
+        let task = async move {
+            // The poller owns the receiver it is given; a relay hands it the commands of the
+            // line's lasting channel, whichever task of the line is running.
+            let mut lasting = commands.lock_owned().await;
+            let (relay, relayed) = tokio::sync::mpsc::channel(1);
+            let relay = async {
+                while let Some(command) = lasting.recv().await {
+                    if relay.send(command).await.is_err() {
+                        break;
+                    }
+                }
+                std::future::pending::<()>().await;
+            };
+            tokio::select! {
+                () = poller::run_line(
+                    line.name,
+                    line.transport,
+                    line.machines,
+                    Some(inflight),
+                    journal,
+                    task_stop,
+                    status,
+                    relayed,
+                ) => {}
+                () = relay => {}
+            }
+        };
+        let handle = self.lines.set.spawn(task);
+        self.lines.track(name, stop, handle, status_rx);
+    }
+
+    fn publish(&mut self, forwarders: &mut Tasks<crate::forward::DestinationStatus>) {
+        let config = &self.config;
+        self.lines.publish(|name| config.lines.iter().position(|l| l.name == name));
+        forwarders.publish(|name| config.destinations.iter().position(|d| d.name == name));
+    }
+
+    /// SIGHUP (R18): RELOADING=1, the file read and validated again; a file that does not
+    /// validate changes nothing and says why; a valid one is journalled as `config_changed`
+    /// first and then applied ([`Reloadable::apply`]); READY=1 again either way. Returns the
+    /// failures of tasks that ended meanwhile (the daemon then stops, as for any failure).
+    async fn reload(
+        &mut self,
+        forwarders: &mut Tasks<crate::forward::DestinationStatus>,
+    ) -> Vec<String> {
+        use crate::service::NotifyState;
+        tracing::info!(file = %self.config.file.display(), "SIGHUP: reloading the configuration.");
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => self.notifier.send(&[NotifyState::Reloading, now]),
+            Err(_) => self.notifier.send(&[NotifyState::Reloading]),
+        }
+        // Devices are not required to be there: a line whose port is missing is down and says
+        // so, which is no reason to refuse the rest of the change.
+        let failures = match crate::service::reload::prepare(&self.config.file, &self.text, false) {
+            Err(error) => {
+                tracing::error!(file = %error.file, field = %error.field, reason = %error.reason,
+                    "Reload refused: the configuration does not validate; nothing changed.");
+                Vec::new()
+            }
+            Ok(None) => {
+                tracing::info!("Reload: the configuration file is unchanged.");
+                Vec::new()
+            }
+            Ok(Some(reload)) => self.apply(reload, forwarders).await,
+        };
+        let status = format!(
+            "Polling {} line(s), {} machine(s).",
+            self.config.lines.len(),
+            self.config.machine_count()
+        );
+        self.notifier.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        failures
+    }
+
+    /// Journals the change, then restarts the lines it names (stopped if gone, started if new)
+    /// and the forwarders of the destinations whose settings changed, between exchanges, the
+    /// others untouched. Settings that only a restart applies are named in the record and the
+    /// log and keep their running value.
+    async fn apply(
+        &mut self,
+        reload: crate::service::reload::Reload,
+        forwarders: &mut Tasks<crate::forward::DestinationStatus>,
+    ) -> Vec<String> {
+        let mut change = reload.change;
+        let plan = crate::service::reload::plan(&change.changes);
+        change.needs_restart.clone_from(&plan.needs_restart);
+        match tokio::time::timeout(ALARM_DEADLINE, self.journal.append(vec![change.record()])).await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::error!(%error, "Reload not applied: the change cannot be journalled.");
+                return Vec::new();
+            }
+            Err(_) => {
+                tracing::error!("Reload not applied: the journal did not take the change in time.");
+                return Vec::new();
+            }
+        }
+        tracing::info!(config_sha256 = %change.config_sha256, changes = ?change.changes,
+            lines = ?plan.lines, destinations = ?plan.destinations,
+            "Configuration change journalled; applying it.");
+        if !plan.needs_restart.is_empty() {
+            tracing::warn!(needs_restart = ?plan.needs_restart,
+                "These settings take effect only at a restart (systemctl restart slotgate).");
+        }
+        let mut failures = self.lines.stop(&plan.lines).await;
+        failures.extend(forwarders.stop(&plan.destinations).await);
+        let new = reload.config;
+        self.config.lines = new.lines;
+        for destination in &mut self.config.destinations {
+            if let Some(changed) = new.destinations.iter().find(|d| d.name == destination.name) {
+                *destination = changed.clone();
+            }
+        }
+        self.text = reload.text;
+        let touched = Config {
+            lines: self
+                .config
+                .lines
+                .iter()
+                .filter(|l| plan.lines.contains(&l.name))
+                .cloned()
+                .collect(),
+            ..self.config.clone()
+        };
+        match build_lines(&touched, &self.journal, tokio::time::Instant::now().into_std()) {
+            Ok(lines) => {
+                for line in lines {
+                    let commands = self.commands.get(&line.name).cloned().unwrap_or_else(|| {
+                        // A new line: its commands reach it from here on, but the admin socket
+                        // and the remote-command task learn of it at the next restart.
+                        let (_handle, commands) = poller::command::channel(&line.name);
+                        Arc::new(tokio::sync::Mutex::new(commands))
+                    });
+                    tracing::info!(line = %line.name, "Line (re)started by the reload.");
+                    self.start(line, commands);
+                }
+            }
+            Err(error) => failures.push(format!("the reloaded lines cannot start: {error:#}")),
+        }
+        for destination in
+            self.config.destinations.iter().filter(|d| plan.destinations.contains(&d.name))
+        {
+            tracing::info!(destination = %destination.name, "Forwarder restarted by the reload.");
+            if let Err(error) =
+                start_forwarder(&self.config, destination, &self.journal, &self.inbox, forwarders)
+            {
+                failures.push(format!(
+                    "the forwarder {} cannot start again: {error:#}",
+                    destination.name
+                ));
+            }
+        }
+        self.publish(forwarders);
+        failures
     }
 }
 
@@ -717,7 +1064,7 @@ mod tests {
             tokio::task::yield_now().await;
             panic!("injected failure");
         });
-        let outcome = daemon.supervise(std::future::pending()).await;
+        let outcome = daemon.supervise(std::future::pending(), None).await;
         let error = outcome.expect_err("a panicked task ends the daemon with an error");
         assert!(error.to_string().contains("line poller injected panicked"), "{error}");
         assert!(error.to_string().contains("injected failure"), "{error}");
@@ -752,13 +1099,14 @@ mod tests {
             drain_eta_seconds: None,
             last_error: None,
         });
-        daemon.destinations.push(rx);
-        daemon.forwarders.spawn(async move {
+        let stop = daemon.forwarders.cancel.child_token();
+        let task = daemon.forwarders.set.spawn(async move {
             let _status = status;
             tokio::task::yield_now().await;
             panic!("assertion failed: client id");
         });
-        let error = daemon.supervise(std::future::pending()).await.unwrap_err();
+        daemon.forwarders.track("central".into(), stop, task, rx);
+        let error = daemon.supervise(std::future::pending(), None).await.unwrap_err();
         assert!(error.to_string().contains("forwarder central panicked"), "{error}");
         let alarms = exported_alarms(&config.storage.journal_dir());
         assert!(
@@ -773,7 +1121,7 @@ mod tests {
         let config = config(dir.path());
         let mut daemon = Daemon::start(&config).unwrap();
         daemon.spawn_line("quitter".into(), async {});
-        let error = daemon.supervise(std::future::pending()).await.unwrap_err();
+        let error = daemon.supervise(std::future::pending(), None).await.unwrap_err();
         assert!(error.to_string().contains("line poller quitter stopped by itself"), "{error}");
         let alarms = exported_alarms(&config.storage.journal_dir());
         assert!(alarms.iter().any(|a| a["alarm"] == "task_failed"), "{alarms:?}");
@@ -784,7 +1132,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
         let daemon = Daemon::start(&config).unwrap();
-        daemon.supervise(async { Ok(()) }).await.unwrap();
+        daemon.supervise(async { Ok(()) }, None).await.unwrap();
         assert!(exported_alarms(&config.storage.journal_dir()).is_empty());
     }
 }

@@ -429,7 +429,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
     n.checked_mul(1 << shift).ok_or_else(|| format!("`{text}` is too large"))
 }
 
-fn validate_journal(raw: &RawJournal, base: &Path) -> Result<JournalSettings, FieldError> {
+fn validate_journal(raw: &RawJournal, paths: Paths<'_>) -> Result<JournalSettings, FieldError> {
     let cap_bytes = parse_size(&raw.cap).map_err(|r| ("journal.cap", r))?;
     if cap_bytes < 1 << 20 {
         return Err(("journal.cap", "must be at least 1MiB".into()));
@@ -444,14 +444,18 @@ fn validate_journal(raw: &RawJournal, base: &Path) -> Result<JournalSettings, Fi
     {
         return Err(("journal.checkpoint_interval", "must be between 1s and 24h".into()));
     }
-    let anchor = |p: &PathBuf| if p.is_relative() { base.join(p) } else { p.clone() };
+    let trusted_keys = raw
+        .trusted_keys
+        .iter()
+        .map(|p| paths.resolve(p).map_err(|r| ("journal.trusted_keys", r)))
+        .collect::<Result<_, _>>()?;
     Ok(JournalSettings {
         cap_bytes,
         disk_floor_bytes,
         cache_bytes,
         retain_acknowledged: raw.retain_acknowledged,
-        signing_key: raw.signing_key.as_ref().map(anchor),
-        trusted_keys: raw.trusted_keys.iter().map(anchor).collect(),
+        signing_key: paths.optional("journal.signing_key", &raw.signing_key)?,
+        trusted_keys,
         checkpoint_interval: raw.checkpoint_interval,
     })
 }
@@ -600,7 +604,10 @@ struct RawIssuerKey {
     retired: bool,
 }
 
-fn validate_commands(raw: &RawCommands, base: &Path) -> Result<CommandSettings, (String, String)> {
+fn validate_commands(
+    raw: &RawCommands,
+    paths: Paths<'_>,
+) -> Result<CommandSettings, (String, String)> {
     let mut keys: Vec<IssuerKey> = Vec::new();
     for (i, key) in raw.keys.iter().enumerate() {
         let at = |field: &str| format!("commands.keys[{i}].{field}");
@@ -622,13 +629,9 @@ fn validate_commands(raw: &RawCommands, base: &Path) -> Result<CommandSettings, 
                 roles.push(*role);
             }
         }
-        let file = &key.public_key_file;
-        keys.push(IssuerKey {
-            id: key.id.clone(),
-            public_key_file: if file.is_relative() { base.join(file) } else { file.clone() },
-            roles,
-            retired: key.retired,
-        });
+        let public_key_file =
+            paths.resolve(&key.public_key_file).map_err(|r| (at("public_key_file"), r))?;
+        keys.push(IssuerKey { id: key.id.clone(), public_key_file, roles, retired: key.retired });
     }
     if raw.max_clock_skew < Duration::from_secs(1) || raw.max_clock_skew > Duration::from_secs(3600)
     {
@@ -651,10 +654,9 @@ fn validate_commands(raw: &RawCommands, base: &Path) -> Result<CommandSettings, 
         bulk_signatures: raw.bulk_signatures,
         offline_policy: raw.offline_policy,
         confirm_window: raw.confirm_window,
-        local_key: raw
-            .local_key
-            .as_ref()
-            .map(|file| if file.is_relative() { base.join(file) } else { file.clone() }),
+        local_key: paths
+            .optional("commands.local_key", &raw.local_key)
+            .map_err(|(field, reason)| (field.to_owned(), reason))?,
     })
 }
 
@@ -672,7 +674,20 @@ impl Config {
     }
 
     /// Validates configuration text; `path` names it in errors and anchors relative paths.
+    /// Credential paths (`credential:NAME`) are read in `$CREDENTIALS_DIRECTORY`.
     pub fn from_toml_str(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from);
+        Self::from_toml_str_with(path, text, credentials.as_deref())
+    }
+
+    /// [`Config::from_toml_str`] with the credentials directory given.
+    fn from_toml_str_with(
+        path: &Path,
+        text: &str,
+        credentials: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
         let error = |field: &str, reason: String| ConfigError {
             file: file.clone(),
@@ -697,6 +712,7 @@ impl Config {
             return Err(error("line", "at least one [[line]] is needed".into()));
         }
         let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let paths = Paths { base, credentials };
         let mut names = BTreeSet::new();
         let mut registry_ids: BTreeMap<String, String> = BTreeMap::new();
         let mut lines = Vec::new();
@@ -808,7 +824,7 @@ impl Config {
         if dir.as_os_str().is_empty() {
             return Err(error("storage.dir", "must not be empty".into()));
         }
-        let journal = validate_journal(&raw.journal, base).map_err(|(f, r)| error(f, r))?;
+        let journal = validate_journal(&raw.journal, paths).map_err(|(f, r)| error(f, r))?;
         let metrics_listen = match &raw.admin.metrics_listen {
             None => None,
             Some(text) => Some(text.parse::<std::net::SocketAddr>().map_err(|_| {
@@ -835,7 +851,7 @@ impl Config {
         }
         let mut destinations = Vec::new();
         for (i, raw) in raw.destination.iter().enumerate() {
-            let destination = validate_destination(raw, &venue, base)
+            let destination = validate_destination(raw, &venue, paths)
                 .map_err(|(f, r)| error(&format!("destination[{i}].{f}"), r))?;
             if destinations.iter().any(|d: &DestinationConfig| d.name == destination.name) {
                 return Err(error(
@@ -854,7 +870,7 @@ impl Config {
             admin: Admin { metrics_listen, socket },
             lines,
             destinations,
-            commands: validate_commands(&raw.commands, base).map_err(|(f, r)| error(&f, r))?,
+            commands: validate_commands(&raw.commands, paths).map_err(|(f, r)| error(&f, r))?,
         })
     }
 
@@ -1004,7 +1020,7 @@ type FieldError = (&'static str, String);
 fn validate_destination(
     raw: &RawDestination,
     venue: &Venue,
-    base: &Path,
+    paths: Paths<'_>,
 ) -> Result<DestinationConfig, FieldError> {
     let name_ok = !raw.name.is_empty()
         && raw.name.len() <= 64
@@ -1012,9 +1028,7 @@ fn validate_destination(
     if !name_ok {
         return Err(("name", format!("`{}` must be 1–64 characters of A–Z a–z 0–9 - _", raw.name)));
     }
-    let anchor = |p: &PathBuf| if p.is_relative() { base.join(p) } else { p.clone() };
     // The files are checked by `Config::check_files`, which also reads them.
-    let file = |p: &Option<PathBuf>| p.as_ref().map(anchor);
     // A user name and password in the URL would be printed wherever the URL is (logs, status):
     // refused without echoing it. Messages below show the URL without its query, which may
     // carry a token.
@@ -1053,9 +1067,9 @@ fn validate_destination(
     }
     let tls = if secure {
         let files = crate::forward::tls::TlsFiles {
-            ca_file: file(&raw.ca_file),
-            client_cert: file(&raw.client_cert),
-            client_key: file(&raw.client_key),
+            ca_file: paths.optional("ca_file", &raw.ca_file)?,
+            client_cert: paths.optional("client_cert", &raw.client_cert)?,
+            client_key: paths.optional("client_key", &raw.client_key)?,
         };
         if files.client_cert.is_some() != files.client_key.is_some() {
             return Err(("client_key", "client_cert and client_key go together".into()));
@@ -1133,7 +1147,7 @@ fn validate_destination(
                 client_id,
                 topic,
                 username: raw.username.clone(),
-                password_file: file(&raw.password_file),
+                password_file: paths.optional("password_file", &raw.password_file)?,
                 keep_alive: raw.keep_alive,
                 max_in_flight: raw.max_in_flight,
                 stuck_after: raw.stuck_after,
@@ -1152,9 +1166,9 @@ fn validate_destination(
             let commands = validate_command_poll(raw, secure)?;
             DestinationKind::Https(HttpsDestination {
                 url: raw.url.clone(),
-                token_file: file(&raw.token_file),
-                api_key_file: file(&raw.api_key_file),
-                hmac_key_file: file(&raw.hmac_key_file),
+                token_file: paths.optional("token_file", &raw.token_file)?,
+                api_key_file: paths.optional("api_key_file", &raw.api_key_file)?,
+                hmac_key_file: paths.optional("hmac_key_file", &raw.hmac_key_file)?,
                 batch_size: raw.batch_size,
                 timeout: raw.timeout,
                 commands,
@@ -1204,6 +1218,62 @@ fn validate_command_poll(
         return Err(("commands_interval", "must be between 1s and 1h".into()));
     }
     Ok(Some(CommandPoll { url: url.trim_end_matches('/').to_owned(), interval }))
+}
+
+/// How the paths of the file are read: relative ones from the file's folder, and systemd
+/// credentials (`LoadCredential=`, systemd.exec(5)) from the directory systemd passes the
+/// service in `$CREDENTIALS_DIRECTORY`, written `credential:NAME` or
+/// `${CREDENTIALS_DIRECTORY}/NAME`. No other variable is expanded.
+#[derive(Debug, Clone, Copy)]
+struct Paths<'a> {
+    base: &'a Path,
+    credentials: Option<&'a Path>,
+}
+
+/// The forms of a path that name a systemd credential.
+const CREDENTIAL_PREFIX: &str = "credential:";
+const CREDENTIALS_VARIABLE: [&str; 2] = ["${CREDENTIALS_DIRECTORY}", "$CREDENTIALS_DIRECTORY"];
+
+impl Paths<'_> {
+    fn resolve(&self, path: &Path) -> Result<PathBuf, String> {
+        let Some(text) = path.to_str() else { return Ok(self.base.join(path)) };
+        let credential = match text.strip_prefix(CREDENTIAL_PREFIX) {
+            Some(name) => {
+                let plain = !name.is_empty() && name != "." && name != ".." && !name.contains('/');
+                if !plain {
+                    return Err(format!(
+                        "`{text}`: a credential's name is a file name (what LoadCredential= \
+                         gives before the colon), without `/`"
+                    ));
+                }
+                Some(Path::new(name))
+            }
+            None => CREDENTIALS_VARIABLE.iter().find_map(|variable| {
+                text.strip_prefix(variable).and_then(|rest| rest.strip_prefix('/')).map(Path::new)
+            }),
+        };
+        match (credential, self.credentials) {
+            (Some(name), Some(dir)) => Ok(dir.join(name)),
+            (Some(_), None) => Err(format!(
+                "`{text}` is a systemd credential, but CREDENTIALS_DIRECTORY is not set: \
+                 systemd sets it for a service with LoadCredential=; outside systemd give the \
+                 file's path"
+            )),
+            (None, _) if text.contains('$') => Err(format!(
+                "`{text}`: only `credential:NAME` or `${{CREDENTIALS_DIRECTORY}}/NAME` is \
+                 expanded in a path"
+            )),
+            (None, _) => Ok(self.base.join(path)),
+        }
+    }
+
+    fn optional(
+        &self,
+        field: &'static str,
+        path: &Option<PathBuf>,
+    ) -> Result<Option<PathBuf>, FieldError> {
+        path.as_deref().map(|p| self.resolve(p).map_err(|r| (field, r))).transpose()
+    }
 }
 
 /// What registry and venue ids may contain: they are joined with `/` into idempotency keys.
@@ -1511,6 +1581,44 @@ registry_id = "EGM-1"
         );
         let e = check(&token).unwrap_err();
         assert!(e.reason.contains("plaintext") && !e.reason.contains("hunter2"), "{e}");
+    }
+
+    /// Secrets given to the service by systemd's `LoadCredential=`: `credential:NAME` and
+    /// `${CREDENTIALS_DIRECTORY}/NAME` are read in the directory systemd names; without it the
+    /// error names the field and says why; nothing else is expanded.
+    #[test]
+    fn systemd_credentials_are_read_from_the_credentials_directory_in_both_forms() {
+        let text = format!(
+            "{MINIMAL}\n[journal]\nsigning_key = \"credential:checkpoint.key\"\n\n\
+             [[destination]]\nname = \"d\"\nkind = \"https\"\n\
+             url = \"https://central.example.com/events\"\n\
+             token_file = \"${{CREDENTIALS_DIRECTORY}}/central.token\"\n"
+        );
+        let path = Path::new("/etc/slotgate/slotgate.toml");
+        let dir = Path::new("/run/credentials/slotgate.service");
+        let config = Config::from_toml_str_with(path, &text, Some(dir)).unwrap();
+        assert_eq!(config.journal.signing_key, Some(dir.join("checkpoint.key")));
+        let DestinationKind::Https(https) = &config.destinations[0].kind else {
+            panic!("not https")
+        };
+        assert_eq!(https.token_file, Some(dir.join("central.token")));
+
+        let e = Config::from_toml_str_with(path, &text, None).unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.field.as_str()),
+            (path.to_str().unwrap(), "journal.signing_key")
+        );
+        assert!(e.reason.contains("CREDENTIALS_DIRECTORY is not set"), "{e}");
+        let token_only = text.replace("signing_key = \"credential:checkpoint.key\"", "");
+        let e = Config::from_toml_str_with(path, &token_only, None).unwrap_err();
+        assert_eq!(e.field, "destination[0].token_file");
+        assert!(e.reason.contains("LoadCredential="), "{e}");
+
+        for bad in ["credential:../checkpoint.key", "credential:", "$HOME/checkpoint.key"] {
+            let text = text.replace("credential:checkpoint.key", bad);
+            let e = Config::from_toml_str_with(path, &text, Some(dir)).unwrap_err();
+            assert_eq!(e.field, "journal.signing_key", "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -89,13 +89,17 @@ impl Snapshot {
     }
 }
 
+/// The channels of a set of parts that a reload may change (lines, destinations): the set is
+/// itself published, so every view sees a line the moment it is added or removed.
+pub type Parts<T> = watch::Receiver<Vec<watch::Receiver<T>>>;
+
 /// Where a [`Snapshot`] is taken from: the receiving ends of every part's channel. Cheap to
 /// clone; any number of views may exist.
 #[derive(Debug, Clone)]
 pub struct StateView {
     pub(crate) journal: watch::Receiver<JournalStatus>,
-    pub(crate) lines: Vec<watch::Receiver<LineStatus>>,
-    pub(crate) destinations: Vec<watch::Receiver<DestinationStatus>>,
+    pub(crate) lines: Parts<LineStatus>,
+    pub(crate) destinations: Parts<DestinationStatus>,
     pub(crate) desired: watch::Receiver<DesiredStates>,
     pub(crate) started_at: jiff::Timestamp,
     pub(crate) ready: watch::Receiver<Option<jiff::Timestamp>>,
@@ -114,8 +118,8 @@ impl StateView {
             started_at: Some(self.started_at),
             ready_at: *self.ready.borrow(),
             journal: self.journal.borrow().clone(),
-            lines: self.lines.iter().map(|l| l.borrow().clone()).collect(),
-            destinations: self.destinations.iter().map(|d| d.borrow().clone()).collect(),
+            lines: self.lines.borrow().iter().map(|l| l.borrow().clone()).collect(),
+            destinations: self.destinations.borrow().iter().map(|d| d.borrow().clone()).collect(),
             desired: self.desired.borrow().clone(),
         }
     }

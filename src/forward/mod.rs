@@ -158,41 +158,56 @@ pub fn spawn_all(
     cancel: &CancellationToken,
     commands: Option<Arc<dyn CommandInbox>>,
 ) -> anyhow::Result<(JoinSet<()>, Vec<watch::Receiver<DestinationStatus>>)> {
-    tls::install_provider();
-    let origin = Origin::new(config.venue.id.as_str(), &config.venue.gateway_id);
     let mut tasks = JoinSet::new();
     let mut statuses = Vec::new();
     for destination in &config.destinations {
-        if let Some(warning) = slow_strict_replay(destination, config.machine_count()) {
-            tracing::warn!(destination = %destination.name, "{warning}");
-        }
-        let cursor = journal.status().borrow().cursors.get(&destination.name).copied().unwrap_or(0);
-        let head = *journal.durable().borrow();
-        let (tx, rx) = watch::channel(DestinationStatus::new(destination, cursor, head));
-        statuses.push(rx);
-        let shared = Shared {
-            name: destination.name.clone(),
-            origin: origin.clone(),
-            journal: journal.clone(),
-            status: tx,
-            state_dir: config.storage.dir.join("destinations"),
-            order: destination.order,
-            commands: commands.clone(),
-        };
-        match &destination.kind {
-            DestinationKind::Mqtt(mqtt) => {
-                let driver = mqtt::Driver::new(destination, mqtt)
-                    .with_context(|| format!("destination {}", destination.name))?;
-                tasks.spawn(driver.run(shared, cancel.clone()));
-            }
-            DestinationKind::Https(https) => {
-                let driver = https::Driver::new(destination, https)
-                    .with_context(|| format!("destination {}", destination.name))?;
-                tasks.spawn(driver.run(shared, cancel.clone()));
-            }
-        }
+        let (_, status) =
+            spawn(config, destination, journal, cancel.clone(), &mut tasks, commands.clone())?;
+        statuses.push(status);
     }
     Ok((tasks, statuses))
+}
+
+/// Starts the forwarder of `destination` (one of `config`'s) into `tasks`, from its cursor in
+/// the journal, until `cancel`: its task and its status channel.
+pub fn spawn(
+    config: &Config,
+    destination: &DestinationConfig,
+    journal: &Journal,
+    cancel: CancellationToken,
+    tasks: &mut JoinSet<()>,
+    commands: Option<Arc<dyn CommandInbox>>,
+) -> anyhow::Result<(tokio::task::AbortHandle, watch::Receiver<DestinationStatus>)> {
+    tls::install_provider();
+    let origin = Origin::new(config.venue.id.as_str(), &config.venue.gateway_id);
+    if let Some(warning) = slow_strict_replay(destination, config.machine_count()) {
+        tracing::warn!(destination = %destination.name, "{warning}");
+    }
+    let cursor = journal.status().borrow().cursors.get(&destination.name).copied().unwrap_or(0);
+    let head = *journal.durable().borrow();
+    let (tx, rx) = watch::channel(DestinationStatus::new(destination, cursor, head));
+    let shared = Shared {
+        name: destination.name.clone(),
+        origin,
+        journal: journal.clone(),
+        status: tx,
+        state_dir: config.storage.dir.join("destinations"),
+        order: destination.order,
+        commands,
+    };
+    let task = match &destination.kind {
+        DestinationKind::Mqtt(mqtt) => {
+            let driver = mqtt::Driver::new(destination, mqtt)
+                .with_context(|| format!("destination {}", destination.name))?;
+            tasks.spawn(driver.run(shared, cancel))
+        }
+        DestinationKind::Https(https) => {
+            let driver = https::Driver::new(destination, https)
+                .with_context(|| format!("destination {}", destination.name))?;
+            tasks.spawn(driver.run(shared, cancel))
+        }
+    };
+    Ok((task, rx))
 }
 
 /// Events per second a busy machine reports at most: about 2 a game at up to 15 games a minute

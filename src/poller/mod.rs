@@ -152,11 +152,11 @@ pub async fn run_line<C>(
     let mut next_publish = Instant::now();
 
     loop {
-        // The heartbeat the service watchdog counts (src/service.rs): a turn of this loop, at
-        // least once a second unless something blocks it.
-        status.send_modify(|_| {});
         let now = Instant::now().into_std();
         let wall = jiff::Timestamp::now();
+        // The progress mark the service watchdog judges (`crate::service`): a turn of this
+        // loop, at least once a second unless a send or the journal blocks it.
+        status.send_modify(|s| s.progress_at = Some(wall));
         let pressure = *journal.pressure().borrow();
         for m in &mut machines {
             m.session.handle_timeout(now);
@@ -580,7 +580,7 @@ fn obey(
     }
 }
 
-/// Publishes the machines' counters and links, and the line's progress mark.
+/// Publishes the machines' counters and links.
 fn publish(
     status: &tokio::sync::watch::Sender<LineStatus>,
     machines: &[MachinePoller],
@@ -598,10 +598,7 @@ fn publish(
         s.chirps = stats.chirps;
         s.rte = m.session.rte_enabled();
     }
-    status.send_modify(|s| {
-        s.machines = published.to_vec();
-        s.progress_at = Some(jiff::Timestamp::now());
-    });
+    status.send_modify(|s| s.machines = published.to_vec());
 }
 
 /// The next message for the line, honouring the shared-line rules of the module doc.
@@ -654,12 +651,12 @@ async fn persist(
     status: &tokio::sync::watch::Sender<LineStatus>,
 ) -> bool {
     let mut delay = PERSIST_RETRY.0;
-    loop {
-        // Waiting for a journal that refuses (a full disk) is not a stuck poller: a restart
-        // would not cure it, and the journal raises its own alarm.
-        status.send_modify(|_| {});
+    // Waiting for the journal (slow, or refusing: a full disk) is not a stuck poller: the
+    // watchdog judges the journal's health instead, and a refusing journal raises its own alarm.
+    status.send_modify(|s| s.waiting_for_journal = true);
+    let stored = loop {
         match journal.append_events(events).await {
-            Ok(_) => return true,
+            Ok(_) => break true,
             Err(error) => {
                 tracing::error!(
                     line,
@@ -669,24 +666,27 @@ async fn persist(
                      append is retried."
                 );
                 tokio::select! {
-                    () = cancel.cancelled() => return false,
+                    () = cancel.cancelled() => break false,
                     () = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(PERSIST_RETRY.1);
             }
         }
-    }
+    };
+    status.send_modify(|s| s.waiting_for_journal = false);
+    stored
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::event::{Currency, RegistryId, VenueId};
     use crate::normalizer::{MachineIdentity, VenueSettings};
     use firmware_protocols::FirmwareProfile;
     use firmware_protocols::sas::Address;
 
-    fn machines(now: std::time::Instant) -> Vec<MachinePoller> {
+    /// Two machines, at addresses 1 and 2, their sequences continuing at 5.
+    pub(crate) fn machines(now: std::time::Instant) -> Vec<MachinePoller> {
         [1, 2]
             .into_iter()
             .map(|address| {

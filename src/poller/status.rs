@@ -29,6 +29,10 @@ pub struct LineStatus {
     /// When the line task last went round its loop: the systemd watchdog's progress mark.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_at: Option<jiff::Timestamp>,
+    /// The task waits for the journal to make its events durable: its progress is then the
+    /// journal's (a refusing disk is the journal's alarm, not a stuck poller).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting_for_journal: bool,
     /// The machines on the line, in configuration order.
     #[serde(default)]
     pub machines: Vec<MachineStatus>,
@@ -165,6 +169,7 @@ impl LineStatus {
             discarded_bytes: 0,
             transport: String::new(),
             progress_at: None,
+            waiting_for_journal: false,
             machines: Vec::new(),
         }
     }

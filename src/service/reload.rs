@@ -35,6 +35,48 @@ pub struct ConfigChange {
     /// One line per changed setting, sorted by path: `path: old -> new`, `path: added = new`,
     /// `path: removed (was old)`.
     pub changes: Vec<String>,
+    /// The changed settings the running daemon keeps until a restart (see [`plan`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub needs_restart: Vec<String>,
+}
+
+/// How a running daemon takes a change.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// The lines whose task is stopped, started or restarted: every line named in a change.
+    pub lines: std::collections::BTreeSet<String>,
+    /// The destinations whose settings changed: their forwarder is restarted.
+    pub destinations: std::collections::BTreeSet<String>,
+    /// The paths of the other changed settings: storage, admin socket, journal, venue,
+    /// polling and commands are read once at the start, and so is the set of destinations
+    /// (the journal's decides which records it may remove): a destination added or removed
+    /// waits for a restart too.
+    pub needs_restart: Vec<String>,
+}
+
+/// The plan for `changes` (as [`diff`] writes them).
+pub fn plan(changes: &[String]) -> Plan {
+    let mut plan = Plan::default();
+    for change in changes {
+        let path = change.split_once(": ").map_or(change.as_str(), |(path, _)| path);
+        // `array[name]` (the whole entry) or `array[name].field…`: the name, and whether a
+        // field of it changed.
+        let entry = |array: &str| {
+            let rest = path.strip_prefix(array)?.strip_prefix('[')?;
+            match rest.find("].") {
+                Some(end) => Some((rest.get(..end)?, true)),
+                None => Some((rest.strip_suffix(']')?, false)),
+            }
+        };
+        if let Some((name, _)) = entry("line") {
+            plan.lines.insert(name.to_owned());
+        } else if let Some((name, true)) = entry("destination") {
+            plan.destinations.insert(name.to_owned());
+        } else if !plan.needs_restart.iter().any(|p| p == path) {
+            plan.needs_restart.push(path.to_owned());
+        }
+    }
+    plan
 }
 
 impl ConfigChange {
@@ -68,7 +110,11 @@ pub fn prepare(
         use sha2::Digest;
         super::identity::hex(&sha2::Sha256::digest(text.as_bytes()))
     };
-    Ok(Some(Reload { config, text, change: ConfigChange { config_sha256, changes } }))
+    Ok(Some(Reload {
+        config,
+        text,
+        change: ConfigChange { config_sha256, changes, needs_restart: Vec::new() },
+    }))
 }
 
 /// The settings that differ between two configuration texts, secrets redacted. Texts that do
@@ -217,6 +263,25 @@ name = "line-1"
             ]
         );
         assert!(changes.iter().all(|c| !c.contains("hunter2") && !c.contains("correct-horse")));
+    }
+
+    #[test]
+    fn a_change_restarts_the_lines_it_names_and_lists_what_needs_a_restart() {
+        let changes: Vec<String> = [
+            "destination[regulator].url: \"a\" -> \"b\"",
+            "destination[backup]: removed",
+            "line[line-1].machine[EGM-1]: removed",
+            "line[line-1].machine[EGM-3]: added = { address = 3, registry_id = \"EGM-3\" }",
+            "line[hall.b]: added = { name = \"hall.b\" }",
+            "line[old]: removed",
+            "polling.meter_snapshot_interval: \"5m\" -> \"1m\"",
+        ]
+        .map(str::to_owned)
+        .into();
+        let plan = plan(&changes);
+        assert_eq!(plan.lines.into_iter().collect::<Vec<_>>(), ["hall.b", "line-1", "old"]);
+        assert_eq!(plan.destinations.into_iter().collect::<Vec<_>>(), ["regulator"]);
+        assert_eq!(plan.needs_restart, ["destination[backup]", "polling.meter_snapshot_interval"]);
     }
 
     #[test]
