@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use slotgate::cli::{
-    Cli, Command, ConfigCommand, EXIT_CONFIG, EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_NOT_RUNNING,
-    LogFormat, MachineCommand,
+    Cli, Command, ConfigCommand, EXIT_CONFIG, EXIT_FAILURE, EXIT_NO_ANSWER, EXIT_NOT_FOUND,
+    EXIT_NOT_RUNNING, LogFormat, MachineCommand,
 };
 use slotgate::config::{Config, ConfigError};
 use slotgate::inspect::Outcome;
@@ -73,6 +73,12 @@ fn main() -> ExitCode {
             let filter = slotgate::technician::TailFilter { machine, kind, since };
             shown(slotgate::technician::tail(&config, &filter, json))
         }
+        Command::Probe(args) => match slotgate::probe::run(&args) {
+            Ok(slotgate::probe::Outcome::Answered) => ExitCode::SUCCESS,
+            Ok(slotgate::probe::Outcome::NoAnswer) => ExitCode::from(EXIT_NO_ANSWER),
+            Ok(slotgate::probe::Outcome::NoSuchLine) => ExitCode::from(EXIT_NOT_FOUND),
+            Err(error) => fail_printing(&error),
+        },
         Command::DiagBundle { config, out, log } => {
             match slotgate::diag::bundle(&config, &out, log.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
