@@ -65,6 +65,8 @@ const PROBE_REPLY_WINDOW: Duration = Duration::from_millis(150);
 /// Longest message the probe sends and reply it expects, for the reply deadline: LP 54 at its
 /// longest (`addr 54 len` + 3 version + 40 serial + CRC).
 const LONGEST_REPLY: u32 = 48;
+/// Width of the human output.
+const COLUMNS: usize = 100;
 /// Most distinct unsolicited bytes kept for the report.
 const MAX_UNSOLICITED: usize = 16;
 
@@ -738,8 +740,8 @@ pub fn verdict(address: u8, findings: &Findings, sees_chirps: bool) -> Verdict {
         (VerdictKind::Answers, format!("machine at address {address} answers: {}", what.join(", ")))
     } else {
         let text = format!(
-            "machine at address {address} answers with errors ({}, {} other): check cable, \
-             baud rate and 9th-bit wiring",
+            "machine at address {address} answers with errors: {}, {} other; check cable, baud \
+             rate and 9th-bit wiring",
             what.join(", "),
             c.other_errors
         );
@@ -749,7 +751,7 @@ pub fn verdict(address: u8, findings: &Findings, sees_chirps: bool) -> Verdict {
         text.push_str(&format!("; {} late", c.late_answers));
     }
     if findings.report_left_queued.is_some() {
-        text.push_str("; events queued for the daemon");
+        text.push_str("; events left queued");
     }
     Verdict { outcome, text }
 }
@@ -822,7 +824,28 @@ pub fn write_human(out: &mut impl std::io::Write, r: &Report) -> std::io::Result
         "errors        {} CRC, {} other corrupt, {} no answer, {} retries, {} busy, {} NACK, {} late",
         c.crc_errors, c.other_errors, c.no_answers, c.retries, c.busy, c.nacks, c.late_answers
     )?;
-    writeln!(out, "verdict: {}", r.verdict.text)
+    write_wrapped(out, "verdict: ", &r.verdict.text)
+}
+
+/// Writes `label` and `text`, wrapped at word boundaries to [`COLUMNS`], continuation lines
+/// indented under the text.
+fn write_wrapped(out: &mut impl std::io::Write, label: &str, text: &str) -> std::io::Result<()> {
+    let indent = " ".repeat(label.chars().count());
+    let mut line = label.to_owned();
+    let mut empty = true;
+    for word in text.split(' ') {
+        if !empty && line.chars().count() + 1 + word.chars().count() > COLUMNS {
+            writeln!(out, "{line}")?;
+            line = indent.clone();
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+        }
+        line.push_str(word);
+        empty = false;
+    }
+    writeln!(out, "{line}")
 }
 
 #[cfg(test)]

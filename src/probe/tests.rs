@@ -156,7 +156,7 @@ fn a_reported_exception_is_nacked_out_and_nothing_acknowledges_it() {
     assert_eq!(findings.counters.no_answers, 0, "the final NACK's silence is expected");
     let verdict = verdict(1, &findings, true);
     assert_eq!(verdict.outcome, VerdictKind::Answers);
-    assert!(verdict.text.ends_with("; events queued for the daemon"), "{}", verdict.text);
+    assert!(verdict.text.ends_with("; events left queued"), "{}", verdict.text);
 }
 
 #[test]
@@ -244,7 +244,7 @@ fn corrupt_answers_are_counted_and_retried_and_name_the_wiring() {
     assert_eq!(verdict.outcome, VerdictKind::AnswersWithErrors);
     assert_eq!(
         verdict.text,
-        "machine at address 1 answers with errors (SAS 6.02, game ID AT, 1 CRC error, 0 other): \
+        "machine at address 1 answers with errors: SAS 6.02, game ID AT, 1 CRC error, 0 other; \
          check cable, baud rate and 9th-bit wiring"
     );
 }
@@ -266,7 +266,14 @@ fn the_human_report_fits_100_columns() {
         },
         daemon: "released",
         first_listen_ms: 450,
-        verdict: verdict(1, &findings, true),
+        verdict: Verdict {
+            outcome: VerdictKind::AnswersWithErrors,
+            text: format!(
+                "{} and then some more words{}",
+                verdict(1, &findings, true).text,
+                " x".repeat(60)
+            ),
+        },
         findings,
     };
     let mut out = Vec::new();
@@ -277,9 +284,9 @@ fn the_human_report_fits_100_columns() {
     }
     assert!(text.contains("\nLP 54         SAS 6.02, serial SN42\n"), "{text}");
     assert!(text.contains("\nreply time    min 1.0 ms, median 1.0 ms, max 1.0 ms (6 answers)\n"));
-    assert!(
-        text.ends_with(
-            "verdict: machine at address 1 answers: SAS 6.02, game ID AT, 0 CRC errors\n"
-        )
-    );
+    assert!(text.contains(
+        "\nverdict: machine at address 1 answers: SAS 6.02, game ID AT, 0 CRC errors and"
+    ));
+    assert!(text.ends_with(" x x\n"), "{text}");
+    assert!(text.lines().last().unwrap().starts_with("         x x"), "{text}");
 }
