@@ -205,31 +205,57 @@ fn a_wrong_address_gets_no_answer_and_the_line_names_the_chirping_machine() {
     assert!(simulator.terminate().success());
 }
 
-#[test]
-fn with_the_daemon_running_the_line_is_released_to_the_probe_and_polled_again_after() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = dir.path().join("ledger.jsonl");
-    let (simulator, machines) = simulate(1, &ledger, &["--game-rate", "0"]);
-    let config = write_config(dir.path(), &machines);
-    let log = dir.path().join("gateway.log");
-    let gateway = run_gateway(&config, &log);
-    let polls = |config: &Path| machine_row(config).and_then(|m| m["polls"].as_u64());
-    let online = |config: &Path| machine_row(config).is_some_and(|m| m["link"] == "online");
-    wait_until("the machine is online", Duration::from_secs(30), || online(&config));
+fn polls(config: &Path) -> Option<u64> {
+    machine_row(config).and_then(|m| m["polls"].as_u64())
+}
 
-    let (probed, report) = probe_json(&config, &["--line", "line-0", "--address", "1"]);
+fn online(config: &Path) -> bool {
+    machine_row(config).is_some_and(|m| m["link"] == "online")
+}
+
+/// A daemon polling the simulator on `transport` (`--pty`, or `--tcp` by default).
+fn daemon_on(dir: &Path, transport: &[&str]) -> (common::Proc, common::Proc, std::path::PathBuf) {
+    let ledger = dir.join("ledger.jsonl");
+    let args: Vec<&str> = transport.iter().copied().chain(["--game-rate", "0"]).collect();
+    let (simulator, machines) = simulate(1, &ledger, &args);
+    let config = write_config(dir, &machines);
+    let gateway = run_gateway(&config, &dir.join("gateway.log"));
+    wait_until("the machine is online", Duration::from_secs(30), || online(&config));
+    (simulator, gateway, config)
+}
+
+/// Probes address 1 of the daemon's line and checks that the line was released for it and is
+/// polled again after.
+fn probe_released_line(dir: &Path, config: &Path) {
+    let (probed, report) = probe_json(config, &["--line", "line-0", "--address", "1"]);
     assert_eq!(probed.status.code(), Some(0), "{}{}", probed.stdout, probed.stderr);
     assert_eq!(report["daemon"], "released");
     assert_eq!(report["verdict"]["outcome"], "answers", "{report}");
     assert_eq!(report["findings"]["version"]["serial"], "SIM000000");
     assert_eq!(report["findings"]["counters"]["crc_errors"], 0);
-    let gateway_log = std::fs::read_to_string(&log).unwrap();
+    let gateway_log = std::fs::read_to_string(dir.join("gateway.log")).unwrap();
     assert!(gateway_log.contains("Line released to a probe"), "{gateway_log}");
     // Given back: the daemon polls the machine again (long before the release would expire).
-    let after = polls(&config).unwrap();
+    let after = polls(config).unwrap();
     wait_until("the machine is polled again", Duration::from_secs(15), || {
-        online(&config) && polls(&config) > Some(after + 5)
+        online(config) && polls(config) > Some(after + 5)
     });
+}
+
+#[test]
+fn on_a_pty_with_the_daemon_running_the_line_is_released_to_the_probe_and_polled_again_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (simulator, gateway, config) = daemon_on(dir.path(), &["--pty"]);
+    probe_released_line(dir.path(), &config);
+    assert!(gateway.terminate().success());
+    assert!(simulator.terminate().success());
+}
+
+#[test]
+fn over_tcp_with_the_daemon_running_the_line_is_released_and_given_back_also_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let (simulator, gateway, config) = daemon_on(dir.path(), &[]);
+    probe_released_line(dir.path(), &config);
 
     // Ctrl-C in the middle of a probe (nothing answers at address 9, so it listens for chirps)
     // gives the line back at once, not when the release expires.

@@ -17,7 +17,8 @@
 //! - when an answer carries a report (a real exception, an RTE event overriding a long poll, a
 //!   ROM signature), the probe repeats that same message until the third transmission, the final
 //!   NACK after which the machine keeps the report queued and stops offering it (§4.2), and then
-//!   sends nothing more: the daemon reads the report later;
+//!   sends nothing more: the daemon reads the report later (a machine that answers even the
+//!   final NACK gets a loop break of silence, after which it no longer waits for an ACK);
 //! - with the daemon stopped while its line's last exchange was unconfirmed (the in-flight
 //!   record, [`crate::poller::inflight`]), the probe first stays silent for a loop break (5 s),
 //!   after which the machine no longer takes the next message as an ACK of that exchange, so the
@@ -460,7 +461,16 @@ impl Probe {
             return;
         }
         if exchange.nacking {
-            // Whatever comes (MON answers the final NACK with silence) the report stays queued.
+            let answered = exchange.last_byte_at.is_some();
+            if answered && exchange.tries >= FINAL_NACK_TRANSMISSIONS {
+                // MON answers the final NACK with silence. A machine that offers the report
+                // even then still waits for its ACK, which the next message (the daemon's)
+                // would be: a loop break of silence makes it drop the pending report and keep
+                // it queued (§4.1, §4.3).
+                self.steps.clear();
+                self.steps.push_back(Step::Listen(LOOP_BREAK + CHIRP_INTERVAL * 2));
+                return;
+            }
             return self.nack_out(exchange);
         }
         let counters = &mut self.findings.counters;

@@ -17,13 +17,15 @@ fn plan(address: u8) -> Plan {
     }
 }
 
+/// Every message the probe sent and when, and when it ended.
+struct Run {
+    sent: Vec<(Duration, Vec<u8>)>,
+    ended: Duration,
+}
+
 /// Runs the probe to its end; `machine` answers each message (its bytes) with characters that
-/// arrive 1 ms later. Returns every message sent, and when.
-fn run(
-    probe: &mut Probe,
-    start: Instant,
-    mut machine: impl FnMut(&[u8]) -> Vec<Character>,
-) -> Vec<(Duration, Vec<u8>)> {
+/// arrive 1 ms later.
+fn run(probe: &mut Probe, start: Instant, mut machine: impl FnMut(&[u8]) -> Vec<Character>) -> Run {
     let mut now = start;
     let mut sent = Vec::new();
     for _ in 0..10_000 {
@@ -38,7 +40,7 @@ fn run(
                 probe.handle_input(now, &reply);
             }
         }
-        let Some(at) = probe.poll_timeout() else { return sent };
+        let Some(at) = probe.poll_timeout() else { return Run { sent, ended: now - start } };
         now = now.max(at);
         probe.handle_timeout(now);
     }
@@ -82,7 +84,7 @@ fn healthy(bytes: &[u8]) -> Vec<Character> {
 fn a_healthy_machine_is_read_and_gets_the_answers_verdict() {
     let start = Instant::now();
     let mut probe = Probe::new(&plan(1), start);
-    let sent = run(&mut probe, start, healthy);
+    let Run { sent, .. } = run(&mut probe, start, healthy);
     let bytes: Vec<&[u8]> = sent.iter().map(|(_, b)| b.as_slice()).collect();
     let expected: [&[u8]; 10] = [
         &[0x80],
@@ -139,7 +141,7 @@ fn a_reported_exception_is_nacked_out_and_nothing_acknowledges_it() {
     // Door open (11) is queued: every general poll that gets an answer offers it. MON answers
     // the third identical poll (the final NACK) with silence.
     let mut general_polls = 0;
-    let sent = run(&mut probe, start, |bytes| match bytes {
+    let Run { sent, .. } = run(&mut probe, start, |bytes| match bytes {
         [0x81] => {
             general_polls += 1;
             if general_polls < 3 { chars(&[0x11]) } else { Vec::new() }
@@ -160,13 +162,29 @@ fn a_reported_exception_is_nacked_out_and_nothing_acknowledges_it() {
 }
 
 #[test]
+fn a_machine_that_answers_even_the_final_nack_gets_a_loop_break_of_silence() {
+    let start = Instant::now();
+    let mut probe = Probe::new(&plan(1), start);
+    let Run { sent, ended } = run(&mut probe, start, |bytes| match bytes {
+        [0x81] => chars(&[0x11]),
+        other => healthy(other),
+    });
+    let bytes: Vec<&[u8]> = sent.iter().map(|(_, b)| b.as_slice()).collect();
+    let tail: [&[u8]; 4] = [&[0x80], &[0x81], &[0x81], &[0x81]];
+    assert_eq!(&bytes[4..], tail, "nothing after the final NACK");
+    // The probe ends a loop break after its last transmission, not at once.
+    let (last, _) = sent.last().unwrap();
+    assert!(ended - *last >= LOOP_BREAK, "{:?}", ended - *last);
+}
+
+#[test]
 fn an_rte_event_overriding_a_read_is_nacked_out_too() {
     let start = Instant::now();
     let mut probe = Probe::new(&plan(1), start);
     let address = Address::new(1).unwrap();
     let event = Reply::Event(RealTimeEvent::Exception(Exception::from_code(0x11)));
     let frame = chars(&event.encode(address).unwrap());
-    let sent = run(&mut probe, start, |bytes| match bytes {
+    let Run { sent, .. } = run(&mut probe, start, |bytes| match bytes {
         [1, 0x54] => frame.clone(),
         other => healthy(other),
     });
@@ -182,7 +200,7 @@ fn an_rte_event_overriding_a_read_is_nacked_out_too() {
 fn no_answer_listens_for_a_loop_break_and_names_the_chirping_address() {
     let start = Instant::now();
     let mut probe = Probe::new(&plan(1), start);
-    let sent = run(&mut probe, start, |_| Vec::new());
+    let Run { sent, .. } = run(&mut probe, start, |_| Vec::new());
     // Only LP 54 of the reads was tried: with nothing answering, the general polls say more.
     let reads = sent.iter().filter(|(_, b)| b.len() == 2).count();
     assert_eq!(reads, 3, "LP 54 three times");
