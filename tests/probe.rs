@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, read_json_lines, run_gateway, simulate, write_config};
+use common::{BIN, read_json_lines, run_gateway, simulate, wait_until, write_config};
 use serde_json::Value;
 
 struct Probed {
@@ -71,14 +71,6 @@ fn line<'a>(text: &'a str, label: &str) -> &'a str {
     text.lines()
         .find(|l| l.starts_with(label))
         .unwrap_or_else(|| panic!("no {label:?} line in:\n{text}"))
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// The one machine's row of `slotgate machines --json`, while the daemon answers.

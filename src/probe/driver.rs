@@ -108,7 +108,7 @@ async fn probe(config: &Config, line: &LineConfig, args: &ProbeArgs) -> anyhow::
         .with_context(|| format!("{} is not a SAS address (1–127)", args.address))?;
     let mut plan = Plan {
         address,
-        timing: line.profile.timing.clone(),
+        timing: line.profile.timing,
         rounds: args.polls,
         first_listen: FIRST_LISTEN,
     };

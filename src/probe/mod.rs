@@ -96,7 +96,7 @@ enum Step {
 #[derive(Debug)]
 enum Current {
     Listening { until: Instant },
-    Exchanging(Exchange),
+    Exchanging(Box<Exchange>),
 }
 
 #[derive(Debug)]
@@ -144,8 +144,8 @@ pub struct Findings {
     pub version: Option<Version>,
     /// LP 1F: the game.
     pub game: Option<Game>,
-    /// LP 1C: the basic meters.
-    pub meters: Option<Meters>,
+    /// LP 1C: the basic meters, in accounting credits except the counts.
+    pub meters: Option<BasicMeters>,
     /// Reads that got no usable answer, e.g. `"LP 54: no answer"`.
     pub failed_reads: Vec<String>,
     /// A report the machine offered and the probe left queued for the daemon (module doc).
@@ -187,16 +187,6 @@ pub struct Game {
     pub denomination_code: u8,
     /// "96.00".
     pub base_percentage: String,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Meters {
-    pub coin_in: u64,
-    pub coin_out: u64,
-    pub drop: u64,
-    pub jackpot: u64,
-    pub games_played: u64,
-    pub games_won: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -245,7 +235,7 @@ impl Probe {
         steps.push_back(Step::ListenIfSilent);
         Self {
             address: plan.address,
-            timing: plan.timing.clone(),
+            timing: plan.timing,
             steps,
             current: None,
             next_due: now,
@@ -359,7 +349,7 @@ impl Probe {
                         }),
                     },
                 };
-                self.conclude(now, exchange, outcome);
+                self.conclude(now, *exchange, outcome);
             }
             None => {}
         }
@@ -393,7 +383,7 @@ impl Probe {
                 Err(error) => TryOutcome::Corrupt(error),
             };
             if let Some(Current::Exchanging(exchange)) = self.current.take() {
-                self.conclude(now, exchange, outcome);
+                self.conclude(now, *exchange, outcome);
             }
         }
     }
@@ -441,7 +431,7 @@ impl Probe {
         let characters =
             bytes.iter().enumerate().map(|(i, &byte)| Character { byte, wakeup: i == 0 }).collect();
         let decoder = ReplyDecoder::new(self.address, Expect::for_message(&message), false);
-        self.current = Some(Current::Exchanging(Exchange {
+        self.current = Some(Current::Exchanging(Box::new(Exchange {
             message,
             bytes,
             tries,
@@ -451,7 +441,7 @@ impl Probe {
             last_byte_at: None,
             decoder,
             nacking,
-        }));
+        })));
         characters
     }
 
@@ -542,7 +532,7 @@ impl Probe {
                 None
             }
             (_, Reply::Meters(m)) => {
-                self.findings.meters = Some(meters(&m));
+                self.findings.meters = Some(m);
                 None
             }
             (_, _) => None,
@@ -619,17 +609,6 @@ fn game(info: &MachineInfo) -> Game {
     }
 }
 
-fn meters(m: &BasicMeters) -> Meters {
-    Meters {
-        coin_in: m.coin_in,
-        coin_out: m.coin_out,
-        drop: m.drop,
-        jackpot: m.jackpot,
-        games_played: m.games_played,
-        games_won: m.games_won,
-    }
-}
-
 impl ReplyTimes {
     fn of(times: &[Duration]) -> Option<Self> {
         let mut micros: Vec<u128> = times.iter().map(Duration::as_micros).collect();
@@ -639,7 +618,7 @@ impl ReplyTimes {
         let middle = micros.len() / 2;
         let upper = micros.get(middle).copied().unwrap_or(max);
         let median = match middle.checked_sub(1).and_then(|i| micros.get(i)) {
-            Some(&lower) if micros.len() % 2 == 0 => (lower + upper) / 2,
+            Some(&lower) if micros.len().is_multiple_of(2) => (lower + upper) / 2,
             _ => upper,
         };
         Some(Self { min: ms(min), median: ms(median), max: ms(max), samples: micros.len() })

@@ -248,10 +248,11 @@ fn corrupt_answers_are_counted_and_retried_and_name_the_wiring() {
     run(&mut probe, start, |bytes| {
         let mut reply = healthy(bytes);
         // The first LP 54 answer has a bad CRC; its retry (an implied NACK) gets it right.
-        if bytes == [1, 0x54] && std::mem::take(&mut first) {
-            if let Some(last) = reply.last_mut() {
-                last.byte ^= 0xFF;
-            }
+        if bytes == [1, 0x54]
+            && std::mem::take(&mut first)
+            && let Some(last) = reply.last_mut()
+        {
+            last.byte ^= 0xFF;
         }
         reply
     });

@@ -40,6 +40,15 @@ impl Proc {
     }
 }
 
+/// Polls `done` every 200 ms until it holds; fails the test naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// One simulated machine as `slotgate simulate` announces it.
 #[derive(Debug, Clone)]
 pub struct Simulated {
