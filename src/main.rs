@@ -21,7 +21,12 @@ fn main() -> ExitCode {
     slotgate::forward::tls::install_provider();
     // The demo's live view shows what the logs would; warnings about the outage it causes
     // itself would only scroll it away.
-    let default_level = if matches!(cli.command, Command::Demo(_)) { "error" } else { "info" };
+    let default_level = match cli.command {
+        Command::Demo(_) => "error",
+        // The report is the output; a technician needs only the transport's warnings with it.
+        Command::Probe(_) => "warn",
+        _ => "info",
+    };
     init_logging(cli.log_format, default_level);
     match cli.command {
         Command::Run { config, checks } => {

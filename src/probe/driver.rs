@@ -242,3 +242,30 @@ fn last_exchange_unconfirmed(config: &Config, line: &str) -> bool {
         Err(error) => error.kind() != std::io::ErrorKind::NotFound,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::poller::inflight::InflightFile;
+
+    #[test]
+    fn only_a_sent_or_unreadable_in_flight_record_calls_for_a_loop_break_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[venue]\nid = \"UA-1\"\ncurrency = \"UAH\"\ntime_zone = \"Europe/Kyiv\"\n\n\
+                    [storage]\ndir = \"state\"\n\n[[line]]\nname = \"a\"\nkind = \"tcp\"\n\
+                    address = \"127.0.0.1:1\"\n\n[[line.machine]]\naddress = 1\n\
+                    registry_id = \"EGM-1\"\n";
+        let config = Config::from_toml_str(&dir.path().join("slotgate.toml"), text).unwrap();
+        assert!(!last_exchange_unconfirmed(&config, "a"), "no record: the daemon never ran");
+        let path = config.storage.lines_dir().join(inflight::file_name("a"));
+        let (mut record, _) = InflightFile::open(&path).unwrap();
+        record.sent(1, &[0x81], false, 7, Vec::new()).unwrap();
+        assert!(last_exchange_unconfirmed(&config, "a"));
+        record.confirmed().unwrap();
+        assert!(!last_exchange_unconfirmed(&config, "a"));
+        // A record that cannot be read may be anything: wait.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(last_exchange_unconfirmed(&config, "a"));
+    }
+}
