@@ -93,7 +93,7 @@ pub enum Command {
     /// general poll, LP 54/1F/1C (reads only), reply times, CRC errors, retries, chirps, and a
     /// plain verdict. A running daemon releases the line for the probe and polls it again after;
     /// with none running the probe opens the port itself. Exit status 0 if the machine answered,
-    /// 5 if not, 4 for a line the configuration does not have.
+    /// 6 if not, 4 for a line the configuration does not have.
     Probe(crate::probe::ProbeArgs),
     /// Write a tar.gz for support: versions, the configuration without secrets, the daemon's
     /// state, the journal's figures, the service's log (a progress bar on a terminal).
@@ -217,7 +217,7 @@ pub const EXIT_NOT_RUNNING: u8 = 3;
 /// line the configuration does not have.
 pub const EXIT_NOT_FOUND: u8 = 4;
 /// Exit status of `slotgate probe` when nothing gave a valid answer at the address.
-pub const EXIT_NO_ANSWER: u8 = 5;
+pub const EXIT_NO_ANSWER: u8 = 6;
 
 const EXIT_STATUS_HELP: &str = "Exit status:
   0  success (also when the reader of the output goes away, as with `| head`)
@@ -228,4 +228,4 @@ const EXIT_STATUS_HELP: &str = "Exit status:
   3  `slotgate status`, `machines`, `machine show`, `tail`: the daemon is not running
      (status and the machine views then show the last state it left)
   4  `slotgate machine show`: no such machine; `slotgate probe`: no such line
-  5  `slotgate probe`: no valid answer at the address (the verdict says what was heard)";
+  6  `slotgate probe`: no valid answer at the address (the verdict says what was heard)";

@@ -173,7 +173,7 @@ fn a_wrong_address_gets_no_answer_and_the_line_names_the_chirping_machine() {
     let config = write_config(dir.path(), &machines);
 
     let human = probe(&config, &["--line", "line-0", "--address", "1"]);
-    assert_eq!(human.status.code(), Some(5), "{}{}", human.stdout, human.stderr);
+    assert_eq!(human.status.code(), Some(6), "{}{}", human.stdout, human.stderr);
     let text = &human.stdout;
     assert_eq!(line(text, "general poll "), "general poll  3 sent, 0 answered");
     assert_eq!(line(text, "LP 54 "), "LP 54         no answer");
@@ -183,7 +183,7 @@ fn a_wrong_address_gets_no_answer_and_the_line_names_the_chirping_machine() {
          from address 3"
     );
     let (json, report) = probe_json(&config, &["--line", "line-0", "--address", "1"]);
-    assert_eq!(json.status.code(), Some(5));
+    assert_eq!(json.status.code(), Some(6));
     assert_eq!(report["verdict"]["outcome"], "no_answer");
     assert_eq!(report["findings"]["chirps_from"], serde_json::json!([3]));
 

@@ -40,7 +40,7 @@ pub struct ProbeArgs {
 pub enum Outcome {
     /// The machine gave at least one valid answer (exit status 0).
     Answered,
-    /// No valid answer at the address (exit status 5).
+    /// No valid answer at the address (exit status 6).
     NoAnswer,
     /// The configuration has no such line (exit status 4).
     NoSuchLine,
