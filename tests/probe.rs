@@ -260,7 +260,7 @@ fn over_tcp_with_the_daemon_running_the_line_is_released_and_given_back_also_on_
     let interrupted = finish(child);
     assert_eq!(interrupted.status.code(), Some(1), "{}", interrupted.stderr);
     assert!(
-        interrupted.stderr.contains("interrupted; line line-0 given back"),
+        interrupted.stderr.contains("interrupted; line line-0 given back to the daemon"),
         "{}",
         interrupted.stderr
     );

@@ -84,8 +84,10 @@ pub fn run(args: &ProbeArgs) -> anyhow::Result<Outcome> {
         }
     });
     let Some(report) = report else {
-        runtime.block_on(resume(&config, &line.name));
-        anyhow::bail!("interrupted; line {} given back", line.name)
+        if runtime.block_on(resume(&config, &line.name)) {
+            anyhow::bail!("interrupted; line {} given back to the daemon", line.name)
+        }
+        anyhow::bail!("interrupted")
     };
     let report = report?;
     let mut out = std::io::stdout().lock();
@@ -220,16 +222,20 @@ async fn release(config: &Config, line: &str, time: Duration) -> anyhow::Result<
     }
 }
 
-/// Gives the line back to a running daemon. A failure is only reported: the release expires by
-/// itself.
-async fn resume(config: &Config, line: &str) {
+/// Gives the line back to a running daemon; whether one took it. A failure is only reported:
+/// the release expires by itself.
+async fn resume(config: &Config, line: &str) -> bool {
     let path = format!("/v1/lines/{line}/resume");
     match request(&config.admin.socket, Method::POST, &path).await {
-        Ok(_) | Err(ClientError::NotRunning { .. }) => {}
-        Err(error) => eprintln!(
-            "slotgate: line {line} not given back ({error}); the daemon takes it back when the \
-             release expires"
-        ),
+        Ok(_) => true,
+        Err(ClientError::NotRunning { .. }) => false,
+        Err(error) => {
+            eprintln!(
+                "slotgate: line {line} not given back ({error}); the daemon takes it back when \
+                 the release expires"
+            );
+            false
+        }
     }
 }
 
