@@ -255,6 +255,15 @@ fn over_tcp_with_the_daemon_running_the_line_is_released_and_given_back_also_on_
     wait_until("the line is released again", Duration::from_secs(15), || {
         machine_row(&config).is_some_and(|m| m["link"] != "online")
     });
+    // A second probe meanwhile is refused by the daemon and opens nothing.
+    let second = probe(&config, &["--line", "line-0", "--address", "1"]);
+    assert_eq!(second.status.code(), Some(1), "{}{}", second.stdout, second.stderr);
+    assert!(
+        second.stderr.contains("the daemon did not release line line-0")
+            && second.stderr.contains("line line-0 is released already"),
+        "{}",
+        second.stderr
+    );
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let interrupted = finish(child);
