@@ -23,12 +23,12 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Endpoint};
+use crate::config::Config;
 use crate::journal::record::Body;
 use crate::journal::{self, CheckpointSettings, Class, Journal, JournalConfig, NewRecord};
 use crate::normalizer::{MachineIdentity, VenueSettings};
 use crate::poller::{self, MachinePoller, Schedule};
-use crate::transport::{SerialConfig, TcpConfig, TransportConfig};
+use crate::transport::TransportConfig;
 
 /// How long line pollers get to finish their exchange and make their events durable on stop.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -1009,18 +1009,7 @@ pub fn build_lines(
             .with_context(|| format!("machine {id}: cannot continue from the journal"))?;
             machines.push(poller);
         }
-        let transport = match &line.endpoint {
-            Endpoint::Tcp { address, connect_timeout } => TransportConfig::Tcp(TcpConfig {
-                connect_timeout: *connect_timeout,
-                post_wakeup_delay: line.profile.timing.post_wakeup_delay,
-                ..TcpConfig::new(address.clone())
-            }),
-            Endpoint::Serial { device, wakeup } => TransportConfig::Serial(SerialConfig {
-                wakeup: wakeup.unwrap_or_else(|| line.profile.wakeup.into()),
-                post_wakeup_delay: line.profile.timing.post_wakeup_delay,
-                ..SerialConfig::new(device.display().to_string())
-            }),
-        };
+        let transport = line.transport();
         lines.push(Line { name: line.name.clone(), transport, machines });
     }
     Ok(lines)

@@ -92,6 +92,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Diagnose one address on one line in front of the machine: the 9th-bit method, sync,
+    /// general poll, LP 54/1F/1C (reads only), reply times, CRC errors, retries, chirps, and a
+    /// plain verdict. A running daemon releases the line for the probe and polls it again after;
+    /// with none running the probe opens the port itself. Exit status 0 if the machine answered,
+    /// 6 if not, 4 for a line the configuration does not have.
+    Probe(crate::probe::ProbeArgs),
     /// Write a tar.gz for support: versions, the configuration without secrets, the daemon's
     /// state, the journal's figures, the service's log (a progress bar on a terminal).
     DiagBundle {
@@ -258,12 +264,15 @@ pub const EXIT_CONFIG: u8 = 2;
 /// Exit status of `slotgate status`, `machines`, `machine show` and `tail` when the daemon is
 /// not running.
 pub const EXIT_NOT_RUNNING: u8 = 3;
-/// Exit status of `slotgate machine show|disable|enable` for an id no line has, and of
-/// `slotgate commands show` for an unknown command id.
+/// Exit status of `slotgate machine show|disable|enable` for an id no line has, of
+/// `slotgate commands show` for an unknown command id, and of `slotgate probe` for a line the
+/// configuration does not have.
 pub const EXIT_NOT_FOUND: u8 = 4;
 /// Exit status of `slotgate machine disable|enable` when the daemon rejected the command (the
 /// reason is printed and audited) or has no local key to sign it with.
 pub const EXIT_REJECTED: u8 = 5;
+/// Exit status of `slotgate probe` when nothing gave a valid answer at the address.
+pub const EXIT_NO_ANSWER: u8 = 6;
 
 const EXIT_STATUS_HELP: &str = "Exit status:
   0  success (also when the reader of the output goes away, as with `| head`)
@@ -273,6 +282,8 @@ const EXIT_STATUS_HELP: &str = "Exit status:
      device (the message names the field); restarting cannot help
   3  `slotgate status`, `machines`, `machine …`, `commands …`, `tail`: the daemon is not
      running (status and the machine views then show the last state it left)
-  4  `slotgate machine show|disable|enable`: no such machine; `commands show`: no such command
+  4  `slotgate machine show|disable|enable`: no such machine; `commands show`: no such command;
+     `slotgate probe`: no such line
   5  `slotgate machine disable|enable`: the command was rejected (the reason is printed) or
-     cannot be given (no [commands] local_key)";
+     cannot be given (no [commands] local_key)
+  6  `slotgate probe`: no valid answer at the address (the verdict says what was heard)";

@@ -201,6 +201,28 @@ pub struct LineConfig {
     pub machines: Vec<MachineConfig>,
 }
 
+impl LineConfig {
+    /// How the transport opens the line: the endpoint with the profile's wakeup style (unless
+    /// the line overrides it) and post-wakeup pause. The daemon and `slotgate probe` open lines
+    /// the same way.
+    pub fn transport(&self) -> crate::transport::TransportConfig {
+        use crate::transport::{SerialConfig, TcpConfig, TransportConfig};
+        let post_wakeup_delay = self.profile.timing.post_wakeup_delay;
+        match &self.endpoint {
+            Endpoint::Tcp { address, connect_timeout } => TransportConfig::Tcp(TcpConfig {
+                connect_timeout: *connect_timeout,
+                post_wakeup_delay,
+                ..TcpConfig::new(address.clone())
+            }),
+            Endpoint::Serial { device, wakeup } => TransportConfig::Serial(SerialConfig {
+                wakeup: wakeup.unwrap_or_else(|| self.profile.wakeup.into()),
+                post_wakeup_delay,
+                ..SerialConfig::new(device.display().to_string())
+            }),
+        }
+    }
+}
+
 /// How a line is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {

@@ -22,6 +22,7 @@
 //! - [`event`]: the canonical event, its versioned schema, and exact money.
 //! - [`normalizer`]: pure and synchronous; turns one machine's session events into canonical
 //!   events. Protocol quirks end there.
+//! - [`probe`]: `slotgate probe`, a line and address diagnosis for a field technician.
 //! - [`poller`]: one task per SAS line: sessions, normalizers, durable-before-acknowledged.
 //! - [`service`]: the daemon as systemd sees it: READY, STATUS, the progress watchdog,
 //!   STOPPING (sd_notify).
@@ -49,6 +50,7 @@ pub mod inspect;
 pub mod journal;
 pub mod normalizer;
 pub mod poller;
+pub mod probe;
 pub mod service;
 pub mod shutdown;
 pub mod simulator;

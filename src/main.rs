@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use slotgate::cli::{
-    Cli, Command, CommandsCommand, ConfigCommand, EXIT_CONFIG, EXIT_FAILURE, EXIT_NOT_FOUND,
-    EXIT_NOT_RUNNING, EXIT_REJECTED, LogFormat, MachineCommand,
+    Cli, Command, CommandsCommand, ConfigCommand, EXIT_CONFIG, EXIT_FAILURE, EXIT_NO_ANSWER,
+    EXIT_NOT_FOUND, EXIT_NOT_RUNNING, EXIT_REJECTED, LogFormat, MachineCommand,
 };
 use slotgate::command::envelope::Action;
 use slotgate::config::{Config, ConfigError};
@@ -22,7 +22,12 @@ fn main() -> ExitCode {
     slotgate::forward::tls::install_provider();
     // The demo's live view shows what the logs would; warnings about the outage it causes
     // itself would only scroll it away.
-    let default_level = if matches!(cli.command, Command::Demo(_)) { "error" } else { "info" };
+    let default_level = match cli.command {
+        Command::Demo(_) => "error",
+        // The report is the output; a technician needs only the transport's warnings with it.
+        Command::Probe(_) => "warn",
+        _ => "info",
+    };
     init_logging(cli.log_format, default_level);
     match cli.command {
         Command::Run { config, checks } => {
@@ -86,6 +91,12 @@ fn main() -> ExitCode {
             let filter = slotgate::technician::TailFilter { machine, kind, since };
             shown(slotgate::technician::tail(&config, &filter, json))
         }
+        Command::Probe(args) => match slotgate::probe::run(&args) {
+            Ok(slotgate::probe::Outcome::Answered) => ExitCode::SUCCESS,
+            Ok(slotgate::probe::Outcome::NoAnswer) => ExitCode::from(EXIT_NO_ANSWER),
+            Ok(slotgate::probe::Outcome::NoSuchLine) => ExitCode::from(EXIT_NOT_FOUND),
+            Err(error) => fail_printing(&error),
+        },
         Command::DiagBundle { config, out, log } => {
             match slotgate::diag::bundle(&config, &out, log.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,

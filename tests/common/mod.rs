@@ -40,6 +40,15 @@ impl Proc {
     }
 }
 
+/// Polls `done` every 200 ms until it holds; fails the test naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// One simulated machine as `slotgate simulate` announces it.
 #[derive(Debug, Clone)]
 pub struct Simulated {
@@ -240,15 +249,6 @@ pub type Reports = BTreeMap<String, Vec<(bool, u64)>>;
 /// Runs one `slotgate` command against the configuration `config` (`--config` goes last).
 pub fn slotgate(args: &[&str], config: &Path) -> std::process::Output {
     Command::new(BIN).args(args).arg("--config").arg(config).env("NO_COLOR", "1").output().unwrap()
-}
-
-/// Polls `done` every 200 ms until it holds; fails the test naming `what` after `limit`.
-pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Starts `slotgate run` on `config`, its log appended to `log` (runs after a restart add to it).

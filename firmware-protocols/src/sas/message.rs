@@ -768,7 +768,7 @@ impl Meters10To15 {
 }
 
 /// LP1C reply: the eight basic meters, in accounting credits except the counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct BasicMeters {
     pub coin_in: u64,
     pub coin_out: u64,
