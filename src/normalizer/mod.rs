@@ -173,6 +173,8 @@ pub struct Normalizer {
     egm_clock: Option<(civil::DateTime, Timestamp)>,
     pending: Pending,
     meters: MeterBook,
+    /// All-zero LP1B answers dropped (see [`Normalizer::empty_handpays`]).
+    empty_handpays: u64,
 }
 
 impl Normalizer {
@@ -207,6 +209,7 @@ impl Normalizer {
             egm_clock: None,
             pending: Pending::default(),
             meters: MeterBook::default(),
+            empty_handpays: 0,
         }
     }
 
@@ -245,6 +248,12 @@ impl Normalizer {
     /// Sequence number of the next event.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// LP1B answers dropped because every field was zero: what a machine sends once an
+    /// attendant has reset the handpay, or a hostile one to invent a handpay of 0.
+    pub fn empty_handpays(&self) -> u64 {
+        self.empty_handpays
     }
 
     /// What the machine has said about itself so far (LP1F, LP54).
@@ -561,6 +570,14 @@ impl Normalizer {
                     })
                     .collect();
                 self.snapshot(now, extended.game, &reads, source, drafts);
+            }
+            // Nothing pending: no handpay, however many times the 51 is re-reported.
+            Reply::HandpayInfo(info) if *info == HandpayInfo::default() => {
+                self.empty_handpays = self.empty_handpays.saturating_add(1);
+                tracing::warn!(
+                    machine = %self.machine.registry_id,
+                    "LP1B answered with every field zero: no handpay pending; dropped."
+                );
             }
             Reply::HandpayInfo(info) => {
                 let kind = handpay(info, self.accounting_denomination(), &currency);
