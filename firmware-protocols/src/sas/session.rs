@@ -1140,10 +1140,9 @@ impl HostSession {
         self.follow_up(exception, with_data);
     }
 
-    /// Follow-up polls for exceptions whose details must be read (§5, §13 item 8). Polls this
-    /// crate cannot encode (72 AFT interrogation, 85/87 progressive, 90 legacy bonus) are the
-    /// caller's, who sees the exception; those that move money (58 validation number, 71
-    /// redemption) are never sent.
+    /// Follow-up polls for exceptions whose details must be read (§5, §13 item 8). Those that
+    /// move money (58 validation number, 71 redemption, 72 transfer requests) are never sent;
+    /// LP72 goes only as an interrogation.
     fn follow_up(&mut self, exception: Exception, with_data: bool) {
         match exception {
             Exception::HandpayPending => self.owe(LongPoll::SendHandpayInfo, exception),
@@ -1163,6 +1162,15 @@ impl HostSession {
             // A handpay receipt, and a redeemed ticket: their validation records.
             Exception::HandpayValidated | Exception::TicketTransferComplete => {
                 self.owe(LongPoll::SendEnhancedValidation { function: 0 }, exception);
+            }
+            // A transfer someone else made: its amounts, type and transaction ID, read only.
+            Exception::AftTransferComplete => {
+                self.owe(LongPoll::AftInterrogate { index: 0 }, exception);
+            }
+            Exception::SasProgressiveLevelHit => self.owe(LongPoll::SendProgressiveWin, exception),
+            // With RTE the 7C frame carries the award already.
+            Exception::LegacyBonusAwarded if !with_data => {
+                self.owe(LongPoll::SendLegacyBonusWin, exception);
             }
             _ => {}
         }
