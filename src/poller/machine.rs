@@ -241,6 +241,10 @@ impl MachinePoller {
         // hand-paid cash-outs, so that every money event has a meter to reconcile against.
         let money = vec![0x0D, 0x0E, 0x11, 0x12, 0x0B, 0x03];
         self.enqueue(LongPoll::SendSelectedMeters { game: 0, meters: money });
+        // What `aft_transfer`, `progressive_win` and `bonus_award` reconcile against: AFT in and
+        // out per class (cents), machine- and attendant-paid progressives and external bonuses.
+        let electronic = vec![0xA0, 0xA2, 0xA4, 0xB8, 0xBA, 0xBC, 0x1D, 0x1E, 0x20, 0x21];
+        self.enqueue(LongPoll::SendSelectedMeters { game: 0, meters: electronic });
     }
 
     /// LP7F with the venue's local time (SAS clocks have no zone, §8), then LP7E to read it back.
