@@ -7,7 +7,8 @@ use firmware_protocols::crc::append_crc;
 use firmware_protocols::sas::message::{
     AftTransferStatus, BasicMeters, DateTime, EnabledFeatures, ExtendedMeter, ExtendedMeters,
     HandpayInfo, LastBill, LegacyBonusWin, MachineInfo, MeterPoll, Meters10To15, ProgressiveWin,
-    SelectedMeters, TicketDetail, TicketMessage, ValidationRecord, VersionAndSerial,
+    ProgressiveWins, SelectedMeters, TicketDetail, TicketMessage, ValidationRecord,
+    VersionAndSerial,
 };
 use firmware_protocols::sas::{
     Address, Exception, HostMessage, LongPoll, MeterCode, RealTimeEvent, Reply,
@@ -651,6 +652,11 @@ fn lp72_lp85_lp90_answers_round_trip() {
         Reply::AftTransfer(status.clone()),
         Reply::AftTransfer(AftTransferStatus { status: 0xFF, ..Default::default() }),
         Reply::ProgressiveWin(ProgressiveWin { group: 3, level: 0x20, amount: 1_000_000 }),
+        Reply::ProgressiveWins(ProgressiveWins {
+            group: 3,
+            levels: vec![(0x01, 12_345), (0x20, 9_999_999_999)],
+        }),
+        Reply::ProgressiveWins(ProgressiveWins { group: 0, levels: Vec::new() }),
         Reply::LegacyBonusWin(LegacyBonusWin {
             multiplier: 0,
             multiplied_win: 0,

@@ -9,8 +9,8 @@ use firmware_protocols::FirmwareProfile;
 use firmware_protocols::crc::append_crc;
 use firmware_protocols::profile::{BUILT_IN, SyncStyle};
 use firmware_protocols::sas::message::{
-    AftTransferStatus, ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill, LegacyBonusWin,
-    ProgressiveWin, TicketMessage, ValidationRecord,
+    AftTransferStatus, EnabledFeatures, ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill,
+    LegacyBonusWin, ProgressiveWin, ProgressiveWins, TicketMessage, ValidationRecord,
 };
 use firmware_protocols::sas::session::{
     CHARACTER_TIME, EnqueueError, HostSession, LinkState, MAX_BUSY_ANSWERS, PollError, ResumeError,
@@ -147,6 +147,10 @@ fn well_formed_answer(bytes: &[u8]) -> Option<Vec<u8>> {
         LongPoll::SendLegacyBonusWin => {
             Reply::LegacyBonusWin(LegacyBonusWin { bonus: 40, ..Default::default() })
         }
+        LongPoll::SendProgressiveWins => Reply::ProgressiveWins(ProgressiveWins {
+            group: 1,
+            levels: vec![(1, 10_000), (2, 20_000)],
+        }),
         LongPoll::SendExtendedMeters { alternate, game, meters } => {
             Reply::ExtendedMeters(ExtendedMeters {
                 alternate,
@@ -886,6 +890,28 @@ fn money_exceptions_are_followed_by_their_read_only_polls() {
     assert_eq!(replies(|r| matches!(r, Reply::AftTransfer(t) if t.cashable == 2_500)), 1);
     assert_eq!(replies(|r| matches!(r, Reply::ProgressiveWin(w) if w.amount == 50_000)), 1);
     assert_eq!(replies(|r| matches!(r, Reply::LegacyBonusWin(b) if b.bonus == 40)), 1);
+}
+
+/// A machine whose LPA0 says it reports several progressive levels at once is read with LP87
+/// after a 56, not LP85.
+#[test]
+fn a_progressive_hit_is_read_with_lp87_when_lpa0_says_so() {
+    let mut pair = Pair::new(&profile());
+    let features = EnabledFeatures { game: 0, features: [0x00, 0x00, 0x02] };
+    let answer = Reply::EnabledFeatures(features).encode(addr(1)).expect("encodes");
+    pair.machine.script(0xA0, [Some(answer)]);
+    pair.session.enqueue(LongPoll::SendEnabledFeatures { game: 0 }).expect("supported");
+    pair.run(8);
+    pair.machine.general.push_back(vec![0x56]);
+    pair.run(20);
+    let commands: Vec<u8> =
+        pair.sent().iter().filter(|m| m.len() > 1).filter_map(|m| m.get(1).copied()).collect();
+    assert!(commands.contains(&0x87) && !commands.contains(&0x85), "{commands:02X?}");
+    let events = pair.take_events();
+    assert!(events.iter().any(|e| matches!(
+        e,
+        SessionEvent::Reply { reply: Reply::ProgressiveWins(w), .. } if w.levels.len() == 2
+    )));
 }
 
 #[test]

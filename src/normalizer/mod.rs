@@ -620,10 +620,12 @@ impl Normalizer {
             Reply::EnhancedValidation(record) => self.validation_record(record, source, drafts),
             Reply::AftTransfer(status) => self.aft_transfer(status, source, drafts),
             Reply::ProgressiveWin(win) => {
-                let amount = Amount::from_hundredths(win.amount, &currency);
-                self.meters.window.wins.add(&amount, self.accounting_denomination());
-                let kind = EventKind::ProgressiveWin { group: win.group, level: win.level, amount };
-                drafts.push(Draft::play(kind, source));
+                self.progressive_win(win.group, win.level, win.amount, source, drafts);
+            }
+            Reply::ProgressiveWins(wins) => {
+                for &(level, cents) in &wins.levels {
+                    self.progressive_win(wins.group, level, cents, source.clone(), drafts);
+                }
             }
             Reply::LegacyBonusWin(award) => self.bonus_award(award, source, drafts),
             Reply::TicketValidationData(ticket) | Reply::TicketRedemption(ticket) => {
@@ -788,6 +790,21 @@ impl Normalizer {
             };
             drafts.push(Draft::play(kind, source.clone()));
         }
+    }
+
+    /// A SAS progressive level paid to the credit meter (LP85, LP87): a win outside the game's
+    /// 7F, in cents.
+    fn progressive_win(
+        &mut self,
+        group: u8,
+        level: u8,
+        cents: u64,
+        source: Source,
+        drafts: &mut Vec<Draft>,
+    ) {
+        let amount = Amount::from_hundredths(cents, &self.venue.currency);
+        self.meters.window.wins.add(&amount, self.accounting_denomination());
+        drafts.push(Draft::play(EventKind::ProgressiveWin { group, level, amount }, source));
     }
 
     /// A legacy bonus paid to the credit meter (RTE 7C or LP90): a win outside the game's 7F.

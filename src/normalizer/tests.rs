@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use firmware_protocols::sas::message::{
     AftTransferStatus, BasicMeters, DateTime, ExtendedMeter, ExtendedMeters, HandpayInfo,
-    LegacyBonusWin, ProgressiveWin,
+    LegacyBonusWin, ProgressiveWin, ProgressiveWins,
 };
 use firmware_protocols::sas::session::SessionEvent;
 use firmware_protocols::sas::{Address, Exception, LongPoll, MeterCode, RealTimeEvent, Reply};
@@ -1255,6 +1255,18 @@ fn money_exceptions_and_their_follow_ups_table() {
         assert_eq!(events.get(2).map(|e| e.kind.name()).unwrap_or(""), kind, "{code:02X}");
         assert_eq!(events.len(), 2 + usize::from(!kind.is_empty()), "{code:02X}");
     }
+    // LP87: every level reported is a win of its own.
+    let wins = SessionEvent::Reply {
+        poll: LongPoll::SendProgressiveWins,
+        reply: Reply::ProgressiveWins(ProgressiveWins {
+            group: 1,
+            levels: vec![(1, 1_000), (2, 3_000)],
+        }),
+    };
+    let events = run(&mut normalizer(), 0, &[wins]);
+    assert_eq!(kinds(&events), ["progressive_win", "progressive_win"]);
+    let EventKind::ProgressiveWin { level, amount, .. } = &events[1].kind else { unreachable!() };
+    assert_eq!((*level, minor(amount)), (2, Some(3_000)));
     // Priced: the progressive in cents, the bonus in credits at 20 kopiyky.
     let events = run(&mut normalizer(), 0, &[machine_info(0x0B), rte_bonus]);
     let EventKind::BonusAward { amount, multiplied_win, multiplier, .. } = &events[1].kind else {

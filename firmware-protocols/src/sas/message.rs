@@ -59,6 +59,8 @@ pub mod command {
     pub const SET_DATE_TIME: u8 = 0x7F;
     /// 0x85 — send SAS progressive win amount.
     pub const SEND_PROGRESSIVE_WIN: u8 = 0x85;
+    /// 0x87 — send multiple SAS progressive win amounts.
+    pub const SEND_PROGRESSIVE_WINS: u8 = 0x87;
     /// 0x90 — send legacy bonus win amount.
     pub const SEND_LEGACY_BONUS_WIN: u8 = 0x90;
     /// 0xAF — send extended meters for game N (alternate code, so that two consecutive
@@ -171,6 +173,9 @@ pub enum LongPoll {
     AftInterrogate { index: u8 },
     /// 0x85 — the amount of the SAS progressive level just hit (after exception 56).
     SendProgressiveWin,
+    /// 0x87 — every SAS progressive level hit since the last read (after exception 56, on a
+    /// machine whose LPA0 says it reports several at once).
+    SendProgressiveWins,
     /// 0x90 — the legacy bonus just awarded (after exception 7C).
     SendLegacyBonusWin,
     /// 0x7E — current date and time.
@@ -231,6 +236,7 @@ impl LongPoll {
             Self::RedeemTicket(_) => REDEEM_TICKET,
             Self::AftInterrogate { .. } => AFT_TRANSFER_FUNDS,
             Self::SendProgressiveWin => SEND_PROGRESSIVE_WIN,
+            Self::SendProgressiveWins => SEND_PROGRESSIVE_WINS,
             Self::SendLegacyBonusWin => SEND_LEGACY_BONUS_WIN,
             Self::SendDateTime => SEND_DATE_TIME,
             Self::SetDateTime(_) => SET_DATE_TIME,
@@ -267,6 +273,7 @@ impl LongPoll {
             // Reads: the status of a transfer someone else made, and what was won.
             | Self::AftInterrogate { .. }
             | Self::SendProgressiveWin
+            | Self::SendProgressiveWins
             | Self::SendLegacyBonusWin
             | Self::SendDateTime
             | Self::SetDateTime(_) => false,
@@ -287,6 +294,7 @@ impl LongPoll {
                 | Self::SendVersionAndSerial
                 | Self::SendTicketValidationData
                 | Self::SendProgressiveWin
+                | Self::SendProgressiveWins
                 | Self::SendLegacyBonusWin
                 | Self::SendDateTime
         )
@@ -430,6 +438,7 @@ impl LongPoll {
             SEND_VERSION_AND_SERIAL => Self::SendVersionAndSerial,
             SEND_TICKET_VALIDATION_DATA => Self::SendTicketValidationData,
             SEND_PROGRESSIVE_WIN => Self::SendProgressiveWin,
+            SEND_PROGRESSIVE_WINS => Self::SendProgressiveWins,
             SEND_LEGACY_BONUS_WIN => Self::SendLegacyBonusWin,
             SEND_DATE_TIME => Self::SendDateTime,
             other => Self::SendMeter(MeterPoll::from_command(other)?),
@@ -583,6 +592,8 @@ pub enum Reply {
     AftTransfer(AftTransferStatus),
     /// LP85.
     ProgressiveWin(ProgressiveWin),
+    /// LP87.
+    ProgressiveWins(ProgressiveWins),
     /// LP90.
     LegacyBonusWin(LegacyBonusWin),
     /// LP7E.
@@ -682,6 +693,10 @@ impl Reply {
                 out.extend_from_slice(&[w.group, w.level]);
                 bcd::encode(w.amount, 5, &mut out).map_err(bcd_encode_field("amount"))?;
             }
+            Self::ProgressiveWins(w) => {
+                out.push(SEND_PROGRESSIVE_WINS);
+                w.encode_body(&mut out)?;
+            }
             Self::LegacyBonusWin(b) => {
                 out.push(SEND_LEGACY_BONUS_WIN);
                 b.encode_body(&mut out)?;
@@ -743,6 +758,7 @@ impl Reply {
                 level: r.u8()?,
                 amount: r.bcd(5, "amount")?,
             }),
+            SEND_PROGRESSIVE_WINS => Self::ProgressiveWins(ProgressiveWins::decode_body(&mut r)?),
             SEND_LEGACY_BONUS_WIN => Self::LegacyBonusWin(LegacyBonusWin::decode_body(&mut r)?),
             SEND_DATE_TIME => Self::DateTime(DateTime::decode_from(&mut r)?),
             other => match MeterPoll::from_command(other) {
@@ -781,6 +797,7 @@ impl Reply {
             | SEND_EXTENDED_METERS_ALT
             | SEND_TICKET_VALIDATION_DATA
             | AFT_TRANSFER_FUNDS
+            | SEND_PROGRESSIVE_WINS
             | REDEEM_TICKET => match frame.get(2) {
                 Some(&len) => fixed(3 + usize::from(len) + 2),
                 None => Some(ReplyLen::NeedLengthByte),
@@ -1272,6 +1289,50 @@ pub struct ProgressiveWin {
     pub amount: u64,
 }
 
+/// LP87 reply: `addr 87 len group count {level amount(5 BCD)}… crc`, every level hit since
+/// the last read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProgressiveWins {
+    pub group: u8,
+    /// (level 01–20, amount in cents).
+    pub levels: Vec<(u8, u64)>,
+}
+
+/// Most levels an LP87 reply can carry: levels are 01–20 (hex).
+pub const MAX_PROGRESSIVE_LEVELS: usize = 32;
+
+impl ProgressiveWins {
+    fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        if self.levels.len() > MAX_PROGRESSIVE_LEVELS {
+            return Err(EncodeError::TooLong {
+                field: "levels",
+                len: self.levels.len(),
+                max: MAX_PROGRESSIVE_LEVELS,
+            });
+        }
+        let mut body = vec![self.group, self.levels.len() as u8];
+        for &(level, amount) in &self.levels {
+            body.push(level);
+            bcd::encode(amount, 5, &mut body).map_err(bcd_encode_field("amount"))?;
+        }
+        push_length_prefixed(out, &body, "levels")
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let mut body = r.length_prefixed()?;
+        let group = body.u8()?;
+        let count = usize::from(body.u8()?);
+        if count > MAX_PROGRESSIVE_LEVELS {
+            return Err(DecodeError::InvalidField { field: "levels", value: count as u64 });
+        }
+        let levels = (0..count)
+            .map(|_| Ok((body.u8()?, body.bcd(5, "amount")?)))
+            .collect::<Result<_, _>>()?;
+        body.finish()?;
+        Ok(Self { group, levels })
+    }
+}
+
 /// LP90 reply (and the RTE 7C payload): a legacy bonus award.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LegacyBonusWin {
@@ -1353,6 +1414,11 @@ impl EnabledFeatures {
 
     pub fn multi_denomination(&self) -> bool {
         self.bit(1, 7)
+    }
+
+    /// Several SAS progressive levels reported at once (LP87 rather than LP85).
+    pub fn multiple_progressive_wins(&self) -> bool {
+        self.bit(2, 1)
     }
 }
 
