@@ -73,7 +73,10 @@ fn ledger_movements(ledger: &[Value]) -> BTreeMap<String, Vec<Movement>> {
                 let class = r["class"].as_str().map(Into::into);
                 ("aft_transfer".into(), cents("cents"), Some(reference), class)
             }
-            "progressive" => ("progressive_win".into(), cents("cents"), None, None),
+            // A progressive paid by an attendant is its `handpay` record.
+            "progressive" if r["paid_by"] == "machine" => {
+                ("progressive_win".into(), cents("cents"), None, None)
+            }
             "bonus" => ("bonus_award".into(), cents("cents"), None, None),
             "handpay" => {
                 let serial = r["serial"].as_str().unwrap().to_owned();
@@ -228,7 +231,7 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
         "--win",
         "0:6,1:2,2:1,20:1",
         "--handpay-limit",
-        "2000",
+        "400",
     ]);
     let (cashless_sim, cashless) = simulate(2, &cashless_ledger, &args);
     machines.extend(cashless);
@@ -251,7 +254,15 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
             .iter()
             .filter(|r| r["type"] == "game" && r["paid_by"] == "handpay")
             .count()
-            > ledger.iter().filter(|r| r["type"] == "handpay" && r["kind"] == "jackpot").count();
+            > ledger.iter().filter(|r| r["type"] == "handpay" && r["kind"] == "jackpot").count()
+            || ledger
+                .iter()
+                .filter(|r| r["type"] == "progressive" && r["paid_by"] == "handpay")
+                .count()
+                > ledger
+                    .iter()
+                    .filter(|r| r["type"] == "handpay" && r["kind"] == "progressive")
+                    .count();
         let events = unique();
         let snapshot_after_money = machines.iter().all(|m| {
             let id = format!("EGM-{}", m.serial);
@@ -388,6 +399,19 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
             last_meter(&events, &id, "machine_paid_external_bonus").unwrap(),
             sum("bonus_award"),
             "{id}: bonuses = 001E"
+        );
+        // Progressive levels paid by an attendant: handpays with a level, in cents.
+        let progressive_handpays: i64 = mine
+            .iter()
+            .filter(|e| {
+                e["kind"] == "handpay" && (1..=0x20).contains(&e["data"]["level"].as_u64().unwrap())
+            })
+            .map(|e| e["data"]["amount"]["minor_units"].as_i64().unwrap())
+            .sum();
+        assert_eq!(
+            last_meter(&events, &id, "attendant_paid_progressive").unwrap(),
+            progressive_handpays,
+            "{id}: progressive handpays = 0020"
         );
         // Σ events = the meters the gateway read (lifetime, from zero), per machine and game 1.
         assert_eq!(

@@ -946,7 +946,7 @@ fn aft_transfers_progressive_hits_and_bonuses_are_read_back_and_move_their_meter
         }
         rig.send(&[0x81]);
         // A hit waits until the last was read: at most one new one since the last read.
-        let hits = rig.count(|e| matches!(e, Entry::Progressive { .. }));
+        let hits = rig.count(|e| matches!(e, Entry::Progressive { paid_by: PaidBy::Machine, .. }));
         let Reply::ProgressiveWin(win) = rig.decoded(LongPoll::SendProgressiveWin) else {
             panic!("LP85")
         };
@@ -974,7 +974,9 @@ fn aft_transfers_progressive_hits_and_bonuses_are_read_back_and_move_their_meter
         _ => None,
     });
     let hits = ledger(&|e| match e {
-        Entry::Progressive { cents, credits, .. } => Some((*cents, *credits)),
+        Entry::Progressive { cents, credits, paid_by: PaidBy::Machine, .. } => {
+            Some((*cents, *credits))
+        }
         _ => None,
     });
     let awards = ledger(&|e| match e {
@@ -1003,4 +1005,36 @@ fn aft_transfers_progressive_hits_and_bonuses_are_read_back_and_move_their_meter
     assert_eq!(value(0x1C) + value(0x1D) + value(0x1E), m.coin_out);
     assert_eq!(value(0xA4), m.aft_in_cents[2]);
     assert_eq!(value(0xB9), aft_out.len() as u64);
+}
+
+/// A progressive level at or above the handpay limit is paid by an attendant: LP1B reports its
+/// group, level and the amount in cents, and the attendant-paid progressive meter (0020) moves
+/// when it is paid.
+#[test]
+fn a_progressive_too_large_for_the_machine_is_a_handpay_with_its_level_in_cents() {
+    use firmware_protocols::sas::message::HandpayInfo;
+    let mut cfg = playing(30.0);
+    cfg.denomination = 0x02; // 5 cents a credit
+    cfg.play.bets = Weighted::constant(5);
+    cfg.play.win_multipliers = Weighted::constant(0);
+    cfg.play.progressive_probability = 1.0;
+    cfg.play.handpay_limit = 10;
+    cfg.play.handpay_duration = Duration::from_secs(2);
+    let mut rig = Rig::new(cfg);
+    rig.sync();
+    rig.until(Duration::from_secs(60), |m| m.handpay_pending());
+    let Reply::HandpayInfo(HandpayInfo { progressive_group, level, amount, .. }) =
+        rig.decoded(LongPoll::SendHandpayInfo)
+    else {
+        panic!("LP1B")
+    };
+    assert_eq!(progressive_group, 1);
+    assert!((1..=3).contains(&level), "level {level}");
+    let credits = 5 * 10 * u64::from(level);
+    assert_eq!(amount, credits * 5, "cents, not credits");
+    rig.until(Duration::from_secs(10), |m| !m.handpay_pending());
+    assert_eq!(rig.m.meters().value(MeterCode(0x20)), Some(credits));
+    assert_eq!(rig.m.meters().value(MeterCode(0x1F)), Some(0), "no paytable handpay");
+    assert_eq!(rig.m.meters().jackpot, credits);
+    assert_eq!(rig.count(|e| matches!(e, Entry::Handpay { level: Some(l), .. } if *l == level)), 1);
 }

@@ -585,6 +585,13 @@ impl Normalizer {
             }
             Reply::HandpayInfo(info) => {
                 let kind = handpay(info, self.accounting_denomination(), &currency);
+                // A progressive level is no part of its game's 7F win, but the jackpot meter
+                // counts it: a win of its own in the window.
+                if let EventKind::Handpay { amount, .. } = &kind
+                    && is_progressive_level(info.level)
+                {
+                    self.meters.window.wins.add(amount, self.accounting_denomination());
+                }
                 drafts.push(Draft::play(kind, source));
             }
             Reply::MachineInfo(info) => self.learn_machine_info(info, source, drafts),

@@ -1307,3 +1307,24 @@ fn progressive_wins_and_bonuses_reconcile_with_coin_out() {
         run(&mut n, 20, &[game_started(25, 50, 0x0B), game_ended(0), meters(50, 180, 0, 2)]);
     assert!(kinds(&mismatched).contains(&"reconciliation"), "the test can fail");
 }
+
+/// A progressive level paid by an attendant is no part of its game's 7F win; the jackpot meter
+/// counts it, and the window counts it as a win.
+#[test]
+fn a_progressive_handpay_reconciles_with_the_jackpot_meter() {
+    let mut n = normalizer();
+    let events = run(
+        &mut n,
+        0,
+        &[
+            machine_info(0x0B),
+            meters(0, 0, 0, 0),
+            game_started(25, 25, 0x0B),
+            game_ended(0),
+            // Level 3, 2 000 kopiyky: 100 credits at 20 kopiyky.
+            handpay_info(0x03, 2_000),
+            meters(25, 0, 100, 1),
+        ],
+    );
+    assert!(!kinds(&events).contains(&"reconciliation"), "{:?}", kinds(&events));
+}

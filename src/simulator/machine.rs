@@ -132,6 +132,8 @@ struct Game {
 #[derive(Debug, Clone)]
 struct Handpay {
     kind: HandpayKind,
+    /// The progressive level of a `Progressive` handpay, else 0.
+    level: u8,
     credits: u64,
     reset_at: Instant,
     info_read: bool,
@@ -974,17 +976,23 @@ impl Machine {
         let Some(h) = self.handpay.as_mut() else { return HandpayInfo::default() };
         h.info_read = true;
         h.reissue_at = None;
+        let progressive = h.kind == HandpayKind::Progressive;
         HandpayInfo {
-            progressive_group: 0,
+            progressive_group: if progressive { PROGRESSIVE_GROUP } else { 0 },
             // Level 00 = non-progressive win, 80 = cancelled-credits handpay [unverified: SAS
             // 6.02 table 7.8a, as recalled; check against the licensed spec].
             level: match h.kind {
                 HandpayKind::Jackpot => 0x00,
                 HandpayKind::CancelledCredits => 0x80,
+                HandpayKind::Progressive => h.level,
             },
             // A non-progressive handpay is reported in accounting credits; only progressive
             // levels (01–20) are in cents (MON `LP1BSendHandpayInfoHandler`).
-            amount: on_wire(h.credits, 5),
+            amount: if progressive {
+                on_wire(h.credits.saturating_mul(self.credit_minor_units), 5)
+            } else {
+                on_wire(h.credits, 5)
+            },
             partial_pay: 0,
             reset_id: 0,
         }
@@ -1167,6 +1175,24 @@ impl Machine {
             let level = self.money_rng.random_range(1..=3u8);
             let credits = bet * 10 * u64::from(level);
             let cents = credits.saturating_mul(self.credit_minor_units);
+            if credits >= self.cfg.play.handpay_limit {
+                // Too much for the machine to pay: an attendant pays it, and LP1B reports the
+                // level. Only 51 is raised (no 56), so the host reads it once, as a handpay.
+                let entry = Entry::Progressive {
+                    group: PROGRESSIVE_GROUP,
+                    level,
+                    cents,
+                    credits,
+                    game: GAME_ID,
+                    paid_by: PaidBy::Handpay,
+                };
+                self.record(at, entry);
+                self.start_handpay(at, HandpayKind::Progressive, credits);
+                if let Some(h) = self.handpay.as_mut() {
+                    h.level = level;
+                }
+                return;
+            }
             self.meters.paid_extra(credits, true);
             let win = ProgressiveWin { group: PROGRESSIVE_GROUP, level, amount: on_wire(cents, 5) };
             self.progressive = Some((win, false));
@@ -1176,6 +1202,7 @@ impl Machine {
                 cents,
                 credits,
                 game: GAME_ID,
+                paid_by: PaidBy::Machine,
             };
             self.record(at, entry);
             self.raise_simple(at, Exception::SasProgressiveLevelHit);
@@ -1347,6 +1374,7 @@ impl Machine {
     fn start_handpay(&mut self, at: Instant, kind: HandpayKind, credits: u64) {
         self.handpay = Some(Handpay {
             kind,
+            level: 0,
             credits,
             reset_at: at + self.cfg.play.handpay_duration,
             info_read: false,
@@ -1368,17 +1396,19 @@ impl Machine {
         match h.kind {
             HandpayKind::Jackpot => self.meters.jackpot_handpaid(h.credits),
             HandpayKind::CancelledCredits => self.meters.cashout_handpaid(h.credits),
+            HandpayKind::Progressive => self.meters.progressive_handpaid(h.credits),
         }
         let cents = h.credits.saturating_mul(self.credit_minor_units);
         let receipt = (self.cfg.validation != Validation::None).then(|| {
             let validation_type = match h.kind {
-                HandpayKind::Jackpot => JACKPOT_RECEIPT,
+                HandpayKind::Jackpot | HandpayKind::Progressive => JACKPOT_RECEIPT,
                 HandpayKind::CancelledCredits => CANCELLED_CREDIT_RECEIPT,
             };
             printed_number(self.print_validation(at, validation_type, cents))
         });
         let printed = receipt.is_some();
-        self.record(at, Entry::Handpay { kind: h.kind, credits: h.credits, cents, receipt });
+        let level = (h.kind == HandpayKind::Progressive).then_some(h.level);
+        self.record(at, Entry::Handpay { kind: h.kind, credits: h.credits, cents, receipt, level });
         if printed {
             self.raise_simple(at, Exception::HandpayValidated);
         }

@@ -73,6 +73,8 @@ pub struct Meters {
     pub machine_paid_progressive: u64,
     /// 001E — legacy bonuses paid by the machine (part of coin out).
     pub machine_paid_bonus: u64,
+    /// 0020 — SAS progressive wins paid by an attendant (part of jackpot).
+    pub attendant_paid_progressive: u64,
 }
 
 impl Meters {
@@ -198,6 +200,12 @@ impl Meters {
         self.jackpot += credits;
     }
 
+    /// An attendant paid a SAS progressive win.
+    pub fn progressive_handpaid(&mut self, credits: u64) {
+        self.jackpot += credits;
+        self.attendant_paid_progressive += credits;
+    }
+
     /// An attendant paid a cash-out; the credits leave the credit meter only now.
     pub fn cashout_handpaid(&mut self, credits: u64) {
         self.handpaid_cancelled_credits += credits;
@@ -238,8 +246,9 @@ impl Meters {
             0x001D => self.machine_paid_progressive,
             0x001E => self.machine_paid_bonus,
             // Attendant-paid paytable win; progressive and external bonus: none.
-            0x001F => self.jackpot,
-            0x0020 | 0x0021 => 0,
+            0x001F => self.jackpot - self.attendant_paid_progressive,
+            0x0020 => self.attendant_paid_progressive,
+            0x0021 => 0,
             0x0022 => self.total_won(),
             0x0023 => self.total_hand_paid(),
             0x0024 => self.drop(),
