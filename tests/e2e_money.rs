@@ -96,6 +96,18 @@ fn ledger_movements(ledger: &[Value]) -> BTreeMap<String, Vec<Movement>> {
     out
 }
 
+/// Play at 0.05 a credit (cents and credits differ) with small bills.
+const NICKEL_PLAY: [&str; 8] = [
+    "--denomination",
+    "2",
+    "--bills",
+    "1,5,10",
+    "--bet",
+    "1:1,5:1,25:1",
+    "--win",
+    "0:6,1:2,2:1,20:1",
+];
+
 fn cash() -> Option<String> {
     Some("cashable".into())
 }
@@ -193,46 +205,18 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
     // TITO machines at 0.05 a credit: tickets out, tickets in, handpays with receipts.
     let tito_ledger = dir.path().join("tito.jsonl");
     let mut args = play("TIT", "10", "4").to_vec();
-    args.extend([
-        "--validation",
-        "secure-enhanced",
-        "--ticket-in-probability",
-        "0.5",
-        "--denomination",
-        "2",
-        "--bills",
-        "1,5,10",
-        "--bet",
-        "1:1,5:1,25:1",
-        "--win",
-        "0:6,1:2,2:1,20:1",
-        "--handpay-limit",
-        "200",
-    ]);
+    args.extend(NICKEL_PLAY);
+    args.extend(["--validation", "secure-enhanced", "--ticket-in-probability", "0.5"]);
+    args.extend(["--handpay-limit", "200"]);
     let (tito_sim, tito) = simulate(2, &tito_ledger, &args);
     machines.extend(tito);
     // Cashless machines at 0.05 a credit: the player moves money by AFT (in, cashable or
     // promotional, and cash-outs to the host), SAS progressive levels hit, bonuses are awarded.
     let cashless_ledger = dir.path().join("cashless.jsonl");
     let mut args = play("AFT", "20", "5").to_vec();
-    args.extend([
-        "--aft-probability",
-        "0.6",
-        "--progressive-probability",
-        "0.25",
-        "--bonus-probability",
-        "0.25",
-        "--denomination",
-        "2",
-        "--bills",
-        "1,5,10",
-        "--bet",
-        "1:1,5:1,25:1",
-        "--win",
-        "0:6,1:2,2:1,20:1",
-        "--handpay-limit",
-        "400",
-    ]);
+    args.extend(NICKEL_PLAY);
+    args.extend(["--aft-probability", "0.6", "--handpay-limit", "400"]);
+    args.extend(["--progressive-probability", "0.25", "--bonus-probability", "0.25"]);
     let (cashless_sim, cashless) = simulate(2, &cashless_ledger, &args);
     machines.extend(cashless);
     let config = write_config(dir.path(), &machines, broker.port());

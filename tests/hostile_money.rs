@@ -17,24 +17,12 @@ use firmware_protocols::sas::codec::RequestDecoder;
 use firmware_protocols::sas::message::{HandpayInfo, Reply, ValidationRecord};
 use line_support::{MACHINE, OnceLine, chars, machine, next_message};
 use serde_json::Value;
-use slotgate::journal::{Body, Journal, JournalConfig};
+use slotgate::journal::{Journal, JournalConfig};
 use slotgate::poller;
 use slotgate::transport::{Line, memory};
 use tokio_util::sync::CancellationToken;
 
-fn events(journal: &Journal) -> Vec<Value> {
-    journal
-        .read(0, 100_000)
-        .unwrap()
-        .into_iter()
-        .filter_map(|r| match r.body {
-            Some(Body::Event { canonical_json, .. }) => {
-                serde_json::from_slice(&canonical_json).ok()
-            }
-            _ => None,
-        })
-        .collect()
-}
+use line_support::journal_events as events;
 
 fn kinds<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["kind"] == kind).collect()

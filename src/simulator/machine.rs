@@ -1175,18 +1175,17 @@ impl Machine {
             let level = self.money_rng.random_range(1..=3u8);
             let credits = bet * 10 * u64::from(level);
             let cents = credits.saturating_mul(self.credit_minor_units);
-            if credits >= self.cfg.play.handpay_limit {
+            let paid_by = if credits >= self.cfg.play.handpay_limit {
+                PaidBy::Handpay
+            } else {
+                PaidBy::Machine
+            };
+            let group = PROGRESSIVE_GROUP;
+            let entry = Entry::Progressive { group, level, cents, credits, game: GAME_ID, paid_by };
+            self.record(at, entry);
+            if paid_by == PaidBy::Handpay {
                 // Too much for the machine to pay: an attendant pays it, and LP1B reports the
                 // level. Only 51 is raised (no 56), so the host reads it once, as a handpay.
-                let entry = Entry::Progressive {
-                    group: PROGRESSIVE_GROUP,
-                    level,
-                    cents,
-                    credits,
-                    game: GAME_ID,
-                    paid_by: PaidBy::Handpay,
-                };
-                self.record(at, entry);
                 self.start_handpay(at, HandpayKind::Progressive, credits);
                 if let Some(h) = self.handpay.as_mut() {
                     h.level = level;
@@ -1194,17 +1193,8 @@ impl Machine {
                 return;
             }
             self.meters.paid_extra(credits, true);
-            let win = ProgressiveWin { group: PROGRESSIVE_GROUP, level, amount: on_wire(cents, 5) };
+            let win = ProgressiveWin { group, level, amount: on_wire(cents, 5) };
             self.progressive = Some((win, false));
-            let entry = Entry::Progressive {
-                group: PROGRESSIVE_GROUP,
-                level,
-                cents,
-                credits,
-                game: GAME_ID,
-                paid_by: PaidBy::Machine,
-            };
-            self.record(at, entry);
             self.raise_simple(at, Exception::SasProgressiveLevelHit);
         }
         let probability = self.cfg.play.bonus_probability;
