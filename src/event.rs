@@ -29,7 +29,7 @@ use uuid::Uuid;
 pub use money::{Amount, AmountStatus, Currency, CurrencyCode, MoneyError};
 
 /// Version of the event schema this code writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Namespace of the UUID v5 event ids. Fixed forever: changing it changes every event id.
 pub const EVENT_ID_NAMESPACE: Uuid = uuid::uuid!("118a79c3-2bd0-4849-b62f-eaa91cda6ee8");
@@ -215,6 +215,25 @@ pub enum SourceKind {
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum EventKind {
+    /// An electronic funds transfer (AFT) the machine completed, as its interrogation (LP72,
+    /// transfer code FF) reports it after exception 69: one event per credit class the transfer
+    /// moved, all with the same `transaction_id`. The gateway only reads: the transfer was made
+    /// by the venue's cashless system.
+    AftTransfer {
+        direction: AftDirection,
+        class: TicketClass,
+        /// In cents, as LP72 reports it.
+        amount: Amount,
+        /// LP72 transfer type, raw (00 in-house to machine, 10/11 bonus to machine, 20 to
+        /// ticket, 40 debit to machine, 60 debit to ticket, 80 in-house to host, 90 win to host).
+        transfer_type: u8,
+        /// 00 full, 01 partial transfer.
+        status: u8,
+        /// The cashless system's transaction ID (ASCII; anything else as `\xNN`).
+        transaction_id: String,
+        /// When the machine completed it, by its own clock (no zone); null if it did not say.
+        machine_time: Option<jiff::civil::DateTime>,
+    },
     /// A wager was accepted. From RTE 7E (one game), or derived from the coin-in meter delta
     /// when the machine reports games without data (`derived`, `games` may exceed 1).
     BetAccepted {
@@ -279,6 +298,19 @@ pub enum EventKind {
     },
     /// Another machine chirped on this machine's line (its address with the wakeup bit).
     ForeignChirp { address: u8 },
+    /// A legacy bonus the machine paid to the credit meter: RTE 7C, or LP90 after a bare 7C.
+    /// Counts as a win (meter 001E, machine-paid external bonus, is part of coin out); a game's
+    /// 7F win excludes it.
+    BonusAward {
+        /// The bonus, accounting credits priced at the accounting denomination.
+        amount: Amount,
+        /// 00 = not a multiplied jackpot, else the multiplier.
+        multiplier: u8,
+        /// The multiplied win, accounting credits.
+        multiplied_win: Amount,
+        /// 00 deductible, 01 non-deductible, 02 wager match, raw.
+        tax_status: u8,
+    },
     /// A game ended with a prize, possibly 0. From RTE 7F, or derived from the coin-out and
     /// jackpot meter deltas (`derived`, `games` may exceed 1).
     GameEnded {
@@ -335,6 +367,16 @@ pub enum EventKind {
         game_number: u16,
         /// Keyed by canonical meter name (`coin_in`, `games_played`, `sas_001c`, …).
         meters: BTreeMap<String, MeterReading>,
+    },
+    /// A SAS progressive level was hit and paid by the machine (exception 56, amount from LP85).
+    /// Counts as a win (meter 001D, machine-paid progressive, is part of coin out). A hit paid
+    /// by an attendant is a `handpay` with its level instead.
+    ProgressiveWin {
+        group: u8,
+        /// 01–20 (hex).
+        level: u8,
+        /// In cents, as LP85 reports it.
+        amount: Amount,
     },
     /// A long poll was given up (every try failed, refused, or became unsupported).
     PollFailed { command: u8, poll: String, error: String },
@@ -404,9 +446,11 @@ pub enum EventKind {
 impl EventKind {
     /// Every kind's name, as serialised in `kind`.
     pub const NAMES: &'static [&'static str] = &[
+        "aft_transfer",
         "bet_accepted",
         "bet_refunded",
         "bill_details",
+        "bonus_award",
         "clock_drift",
         "clock_set",
         "credits_in",
@@ -427,6 +471,7 @@ impl EventKind {
         "meter_snapshot",
         "poll_failed",
         "poll_unsupported",
+        "progressive_win",
         "reconciliation",
         "remote_command",
         "rom_signature",
@@ -440,9 +485,11 @@ impl EventKind {
     /// The name serialised in `kind`.
     pub fn name(&self) -> &'static str {
         match self {
+            Self::AftTransfer { .. } => "aft_transfer",
             Self::BetAccepted { .. } => "bet_accepted",
             Self::BetRefunded { .. } => "bet_refunded",
             Self::BillDetails { .. } => "bill_details",
+            Self::BonusAward { .. } => "bonus_award",
             Self::ClockDrift { .. } => "clock_drift",
             Self::ClockSet { .. } => "clock_set",
             Self::CreditsIn { .. } => "credits_in",
@@ -463,6 +510,7 @@ impl EventKind {
             Self::MeterSnapshot { .. } => "meter_snapshot",
             Self::PollFailed { .. } => "poll_failed",
             Self::PollUnsupported { .. } => "poll_unsupported",
+            Self::ProgressiveWin { .. } => "progressive_win",
             Self::Reconciliation { .. } => "reconciliation",
             Self::RemoteCommand { .. } => "remote_command",
             Self::RomSignature { .. } => "rom_signature",
@@ -508,7 +556,32 @@ pub struct TicketInfo {
     pub ticket_number: u16,
 }
 
-/// Cashable, restricted or non-restricted (promotional) credits. Variants are alphabetical.
+/// Where an AFT transfer took the money. Variants are alphabetical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AftDirection {
+    /// From the credit meter to the cashless system (LP72 types 80, 90).
+    ToHost,
+    /// From the cashless system onto the credit meter (types 00, 10, 11, 40).
+    ToMachine,
+    /// From the cashless system to a printed ticket (types 20, 60).
+    ToTicket,
+}
+
+impl AftDirection {
+    /// The direction of an LP72 transfer type; `None` for types the spec does not define.
+    pub fn of_transfer_type(transfer_type: u8) -> Option<Self> {
+        match transfer_type {
+            0x00 | 0x10 | 0x11 | 0x40 => Some(Self::ToMachine),
+            0x20 | 0x60 => Some(Self::ToTicket),
+            0x80 | 0x90 => Some(Self::ToHost),
+            _ => None,
+        }
+    }
+}
+
+/// Cashable, restricted or non-restricted (promotional) credits: of a ticket or of an AFT
+/// transfer. Variants are alphabetical.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TicketClass {

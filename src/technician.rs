@@ -327,7 +327,33 @@ pub fn machine_show(config_file: &Path, id: &str, json: bool) -> anyhow::Result<
         "  counters      polls {}, retries {}, timeouts {}, CRC errors {}, other bad answers {}",
         m.polls, m.retries, m.timeouts, m.crc_errors, m.decode_errors
     )?;
-    writeln!(out, "                busy {}, chirps {}", m.busy, m.chirps)?;
+    writeln!(
+        out,
+        "                busy {}, chirps {}, dropped reports {}",
+        m.busy, m.chirps, m.dropped_reports
+    )?;
+    match &m.features {
+        Some(f) => {
+            let raw: Vec<String> = f.raw.iter().map(|b| format!("{b:02X}")).collect();
+            let yes = |on: bool| if on { "yes" } else { "no" };
+            writeln!(out, "  features      LPA0 {}", raw.join(" "))?;
+            writeln!(
+                out,
+                "                validation {}, ticket redemption {}, AFT {}",
+                f.validation,
+                yes(f.ticket_redemption),
+                yes(f.aft)
+            )?;
+            writeln!(
+                out,
+                "                legacy bonus {}, extended meters {}, multi-denomination {}",
+                yes(f.legacy_bonus_awards),
+                yes(f.extended_meters),
+                yes(f.multi_denomination)
+            )?;
+        }
+        None => writeln!(out, "  features      - (LPA0 not read or not supported)")?,
+    }
     writeln!(out, "  meters        {}", at(m.meters_at))?;
     for (name, value) in &m.meters {
         writeln!(out, "    {name:<32} {value:>20}")?;

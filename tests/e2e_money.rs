@@ -1,6 +1,7 @@
 //! Every money movement end to end: simulated machines → `slotgate run` → journal → mosquitto →
-//! a subscriber. A floor mixing bill-only machines and TITO machines (cash-out tickets, tickets
-//! inserted, handpays with receipts) plays; what the subscriber received must hold every money
+//! a subscriber. A floor mixing bill-only machines, TITO machines (cash-out tickets, tickets
+//! inserted, handpays with receipts) and cashless machines (AFT transfers in and out, SAS
+//! progressive hits, legacy bonuses) plays; what the subscriber received must hold every money
 //! movement of the simulators' ground-truth ledgers exactly once, with its amount, class and game,
 //! nothing invented, and the sums must equal the meters' deltas per machine and per game.
 
@@ -17,7 +18,8 @@ use common::{Simulated, assert_sequences_gap_free, read_json_lines, run_gateway,
 use serde_json::Value;
 use upstream::{Mosquitto, MosquittoOptions, Subscriber, wait_until};
 
-/// One money movement: (kind, amount in minor units, last 4 digits of the ticket, class).
+/// One money movement: (kind, amount in minor units, reference, class). The reference is the
+/// last 4 digits of a ticket, or an AFT transfer's `direction/transaction_id`.
 type Movement = (String, i64, Option<String>, Option<String>);
 
 /// A configuration where every machine learns its denomination from LP1F (the TITO machines
@@ -62,6 +64,20 @@ fn ledger_movements(ledger: &[Value]) -> BTreeMap<String, Vec<Movement>> {
             "ticket_in" => {
                 ("ticket_in".into(), cents("cents"), last4(&r["validation_number"]), cash())
             }
+            "aft_transfer" => {
+                let reference = format!(
+                    "{}/{}",
+                    r["direction"].as_str().unwrap(),
+                    r["transaction_id"].as_str().unwrap()
+                );
+                let class = r["class"].as_str().map(Into::into);
+                ("aft_transfer".into(), cents("cents"), Some(reference), class)
+            }
+            // A progressive paid by an attendant is its `handpay` record.
+            "progressive" if r["paid_by"] == "machine" => {
+                ("progressive_win".into(), cents("cents"), None, None)
+            }
+            "bonus" => ("bonus_award".into(), cents("cents"), None, None),
             "handpay" => {
                 let serial = r["serial"].as_str().unwrap().to_owned();
                 let list = out.entry(serial).or_default();
@@ -80,12 +96,33 @@ fn ledger_movements(ledger: &[Value]) -> BTreeMap<String, Vec<Movement>> {
     out
 }
 
+/// Play at 0.05 a credit (cents and credits differ) with small bills.
+const NICKEL_PLAY: [&str; 8] = [
+    "--denomination",
+    "2",
+    "--bills",
+    "1,5,10",
+    "--bet",
+    "1:1,5:1,25:1",
+    "--win",
+    "0:6,1:2,2:1,20:1",
+];
+
 fn cash() -> Option<String> {
     Some("cashable".into())
 }
 
-const MONEY_KINDS: [&str; 6] =
-    ["credits_in", "credits_out", "handpay", "handpay_receipt", "ticket_in", "ticket_out"];
+const MONEY_KINDS: [&str; 9] = [
+    "aft_transfer",
+    "bonus_award",
+    "credits_in",
+    "credits_out",
+    "handpay",
+    "handpay_receipt",
+    "progressive_win",
+    "ticket_in",
+    "ticket_out",
+];
 
 /// Money events per serial as the gateway reported them, sorted like [`ledger_movements`].
 fn event_movements(events: &[Value]) -> BTreeMap<String, Vec<Movement>> {
@@ -107,6 +144,14 @@ fn event_movements(events: &[Value]) -> BTreeMap<String, Vec<Movement>> {
                     Some(number[number.len() - 4..].to_owned()),
                     ticket["class"].as_str().map(Into::into),
                 )
+            }
+            None if kind == "aft_transfer" => {
+                let reference = format!(
+                    "{}/{}",
+                    data["direction"].as_str().unwrap(),
+                    data["transaction_id"].as_str().unwrap()
+                );
+                (Some(reference), data["class"].as_str().map(Into::into))
             }
             None => (None, None),
         };
@@ -160,24 +205,20 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
     // TITO machines at 0.05 a credit: tickets out, tickets in, handpays with receipts.
     let tito_ledger = dir.path().join("tito.jsonl");
     let mut args = play("TIT", "10", "4").to_vec();
-    args.extend([
-        "--validation",
-        "secure-enhanced",
-        "--ticket-in-probability",
-        "0.5",
-        "--denomination",
-        "2",
-        "--bills",
-        "1,5,10",
-        "--bet",
-        "1:1,5:1,25:1",
-        "--win",
-        "0:6,1:2,2:1,20:1",
-        "--handpay-limit",
-        "200",
-    ]);
+    args.extend(NICKEL_PLAY);
+    args.extend(["--validation", "secure-enhanced", "--ticket-in-probability", "0.5"]);
+    args.extend(["--handpay-limit", "200"]);
     let (tito_sim, tito) = simulate(2, &tito_ledger, &args);
     machines.extend(tito);
+    // Cashless machines at 0.05 a credit: the player moves money by AFT (in, cashable or
+    // promotional, and cash-outs to the host), SAS progressive levels hit, bonuses are awarded.
+    let cashless_ledger = dir.path().join("cashless.jsonl");
+    let mut args = play("AFT", "20", "5").to_vec();
+    args.extend(NICKEL_PLAY);
+    args.extend(["--aft-probability", "0.6", "--handpay-limit", "400"]);
+    args.extend(["--progressive-probability", "0.25", "--bonus-probability", "0.25"]);
+    let (cashless_sim, cashless) = simulate(2, &cashless_ledger, &args);
+    machines.extend(cashless);
     let config = write_config(dir.path(), &machines, broker.port());
     let gateway = run_gateway(&config, &dir.path().join("run.log"));
 
@@ -185,6 +226,7 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
     let ledgers = || {
         let mut all = read_json_lines(&bills_ledger);
         all.extend(read_json_lines(&tito_ledger));
+        all.extend(read_json_lines(&cashless_ledger));
         all
     };
     // Until every game is played and paid, and the subscriber has every movement and a meter
@@ -196,7 +238,15 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
             .iter()
             .filter(|r| r["type"] == "game" && r["paid_by"] == "handpay")
             .count()
-            > ledger.iter().filter(|r| r["type"] == "handpay" && r["kind"] == "jackpot").count();
+            > ledger.iter().filter(|r| r["type"] == "handpay" && r["kind"] == "jackpot").count()
+            || ledger
+                .iter()
+                .filter(|r| r["type"] == "progressive" && r["paid_by"] == "handpay")
+                .count()
+                > ledger
+                    .iter()
+                    .filter(|r| r["type"] == "handpay" && r["kind"] == "progressive")
+                    .count();
         let events = unique();
         let snapshot_after_money = machines.iter().all(|m| {
             let id = format!("EGM-{}", m.serial);
@@ -208,9 +258,13 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
                 e["kind"] == "meter_snapshot"
                     && !e["data"]["meters"]["cashable_ticket_out_cents"].is_null()
             });
-            last_ticket_meter > last_money
+            let last_electronic_meter = mine.iter().rposition(|e| {
+                e["kind"] == "meter_snapshot"
+                    && !e["data"]["meters"]["machine_paid_progressive"].is_null()
+            });
+            last_ticket_meter > last_money && last_electronic_meter > last_money
         });
-        games == 4 * 12
+        games == 6 * 12
             && !handpays_open
             && snapshot_after_money
             && event_movements(&events) == ledger_movements(&ledger)
@@ -221,6 +275,7 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
     // The simulators write their `stop` records (the final meters) as they end.
     bills_sim.terminate();
     tito_sim.terminate();
+    cashless_sim.terminate();
     broker.stop();
 
     let events = unique();
@@ -243,10 +298,22 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
         let validation = if tito { "secure_enhanced" } else { "none" };
         assert_eq!(features["validation"], validation, "{id}");
         assert_eq!(features["ticket_redemption"], tito, "{id}");
+        let cashless = m.serial.starts_with("AFT");
+        assert_eq!(features["aft"], cashless, "{id}");
+        assert_eq!(features["legacy_bonus_awards"], cashless, "{id}");
     }
     // The floor really mixed: every kind of movement happened.
     let all: Vec<&Movement> = expected.values().flatten().collect();
-    for kind in ["credits_in", "ticket_out", "ticket_in", "handpay", "handpay_receipt"] {
+    for kind in [
+        "credits_in",
+        "ticket_out",
+        "ticket_in",
+        "handpay",
+        "handpay_receipt",
+        "aft_transfer",
+        "progressive_win",
+        "bonus_award",
+    ] {
         assert!(all.iter().any(|m| m.0 == kind), "no {kind} in the ledger");
     }
     assert!(
@@ -255,6 +322,19 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
             .filter(|s| s.starts_with("BIL"))
             .all(|s| { expected[s].iter().all(|m| m.0 == "credits_in" || m.0 == "handpay") })
     );
+    // Transfers both ways, and in both classes the player uses.
+    let transfers: Vec<&&Movement> = all.iter().filter(|m| m.0 == "aft_transfer").collect();
+    for (direction, class) in
+        [("to_machine/", "cashable"), ("to_machine/", "non_restricted"), ("to_host/", "cashable")]
+    {
+        assert!(
+            transfers.iter().any(|m| {
+                m.2.as_deref().is_some_and(|r| r.starts_with(direction))
+                    && m.3.as_deref() == Some(class)
+            }),
+            "no {direction}{class} transfer: {transfers:?}"
+        );
+    }
 
     for m in &machines {
         let id = format!("EGM-{}", m.serial);
@@ -269,6 +349,54 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
         }
         assert!(per_game.keys().all(|(game, _)| *game == 1), "{id}: {per_game:?}");
         let sum = |kind: &str| per_game.get(&(1, kind.to_owned())).copied().unwrap_or(0);
+        // AFT per direction and class, from the events themselves.
+        let aft = |direction: &str, class: &str| -> i64 {
+            mine.iter()
+                .filter(|e| {
+                    e["kind"] == "aft_transfer"
+                        && e["data"]["direction"] == direction
+                        && e["data"]["class"] == class
+                })
+                .map(|e| e["data"]["amount"]["minor_units"].as_i64().unwrap())
+                .sum()
+        };
+        for (meter, direction, class) in [
+            ("aft_cashable_in_cents", "to_machine", "cashable"),
+            ("aft_restricted_in_cents", "to_machine", "restricted"),
+            ("aft_non_restricted_in_cents", "to_machine", "non_restricted"),
+            ("aft_cashable_out_cents", "to_host", "cashable"),
+            ("aft_restricted_out_cents", "to_host", "restricted"),
+            ("aft_non_restricted_out_cents", "to_host", "non_restricted"),
+        ] {
+            assert_eq!(
+                last_meter(&events, &id, meter).unwrap(),
+                aft(direction, class),
+                "{id}: {meter} = Σ aft_transfer {direction} {class}"
+            );
+        }
+        assert_eq!(
+            last_meter(&events, &id, "machine_paid_progressive").unwrap(),
+            sum("progressive_win"),
+            "{id}: progressives = 001D"
+        );
+        assert_eq!(
+            last_meter(&events, &id, "machine_paid_external_bonus").unwrap(),
+            sum("bonus_award"),
+            "{id}: bonuses = 001E"
+        );
+        // Progressive levels paid by an attendant: handpays with a level, in cents.
+        let progressive_handpays: i64 = mine
+            .iter()
+            .filter(|e| {
+                e["kind"] == "handpay" && (1..=0x20).contains(&e["data"]["level"].as_u64().unwrap())
+            })
+            .map(|e| e["data"]["amount"]["minor_units"].as_i64().unwrap())
+            .sum();
+        assert_eq!(
+            last_meter(&events, &id, "attendant_paid_progressive").unwrap(),
+            progressive_handpays,
+            "{id}: progressive handpays = 0020"
+        );
         // Σ events = the meters the gateway read (lifetime, from zero), per machine and game 1.
         assert_eq!(
             last_meter(&events, &id, "cashable_ticket_out_cents").unwrap(),
@@ -296,10 +424,17 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
             .iter()
             .find(|r| r["type"] == "stop" && r["serial"] == m.serial.as_str())
             .unwrap_or_else(|| panic!("{id}: no stop record"));
-        let credit = if m.serial.starts_with("TIT") { 5 } else { 1 };
+        let credit = if m.serial.starts_with("BIL") { 1 } else { 5 };
         assert_eq!(stop["meters"]["ticket_out_cents"].as_i64().unwrap(), sum("ticket_out"));
         assert_eq!(stop["meters"]["ticket_in_cents"].as_i64().unwrap(), sum("ticket_in"));
         assert_eq!(stop["meters"]["bill_credits"].as_i64().unwrap() * credit, sum("credits_in"));
+        let total = |meter: &str| -> i64 {
+            stop["meters"][meter].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).sum()
+        };
+        assert_eq!(total("aft_in_cents") + total("aft_out_cents"), sum("aft_transfer"));
+        let paid = |meter: &str| stop["meters"][meter].as_i64().unwrap() * credit;
+        assert_eq!(paid("machine_paid_progressive"), sum("progressive_win"));
+        assert_eq!(paid("machine_paid_bonus"), sum("bonus_award"));
     }
     // Nothing moves money without a ledger record: no money event outside the comparison above,
     // and no poll that moves money was ever sent (the journal would show its reply).

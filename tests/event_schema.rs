@@ -115,6 +115,22 @@ fn samples() -> Vec<EventKind> {
             coin_in_meter: Some(123_481),
         },
         EventKind::BetRefunded { amount: uah(500) },
+        EventKind::AftTransfer {
+            direction: AftDirection::ToMachine,
+            class: TicketClass::NonRestricted,
+            amount: uah(2_000),
+            transfer_type: 0x00,
+            status: 0x00,
+            transaction_id: "SIM-1".into(),
+            machine_time: Some("2026-03-01T14:00:05".parse().unwrap()),
+        },
+        EventKind::BonusAward {
+            amount: Amount::from_credits(40, Some(0x01), &Currency::UAH),
+            multiplier: 0,
+            multiplied_win: Amount::from_credits(0, Some(0x01), &Currency::UAH),
+            tax_status: 1,
+        },
+        EventKind::ProgressiveWin { group: 1, level: 0x20, amount: uah(1_000_000) },
         EventKind::BillDetails { bill, amount: Some(uah(500)) },
         EventKind::ClockDrift {
             egm_clock: "2024-03-15T13:45:30".into(),

@@ -19,24 +19,12 @@ use firmware_protocols::sas::codec::RequestDecoder;
 use firmware_protocols::sas::message::{HandpayInfo, LastBill, Reply};
 use line_support::{MACHINE, OnceLine, chars, machine, next_message};
 use serde_json::Value;
-use slotgate::journal::{Body, Journal, JournalConfig};
+use slotgate::journal::{Journal, JournalConfig};
 use slotgate::poller;
 use slotgate::transport::{Line, MemoryLine, memory};
 use tokio_util::sync::CancellationToken;
 
-fn events(journal: &Journal) -> Vec<Value> {
-    journal
-        .read(0, 10_000)
-        .unwrap()
-        .into_iter()
-        .filter_map(|r| match r.body {
-            Some(Body::Event { canonical_json, .. }) => {
-                serde_json::from_slice(&canonical_json).ok()
-            }
-            _ => None,
-        })
-        .collect()
-}
+use line_support::journal_events as events;
 
 fn start(
     dir: &std::path::Path,

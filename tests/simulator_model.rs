@@ -910,3 +910,131 @@ fn the_meter_codes_of_tickets_are_answered_by_lp2f() {
         ]
     );
 }
+
+/// Issue 12: the player moves money by AFT (in, and cash-outs to the host), SAS progressive
+/// levels hit and legacy bonuses are awarded; LP72 (interrogation), LP85 and LP90 report each,
+/// a new transfer or hit waits until the host read the last, and the meters move by exactly
+/// what the ledger says.
+#[test]
+fn aft_transfers_progressive_hits_and_bonuses_are_read_back_and_move_their_meters() {
+    use firmware_protocols::sas::message::EnabledFeatures;
+    let mut cfg = playing(30.0);
+    cfg.denomination = 0x02; // 5 cents a credit
+    cfg.bills = vec![1, 5, 10];
+    cfg.play.cashout_probability = 0.3;
+    cfg.play.aft_probability = 0.5;
+    cfg.play.progressive_probability = 0.2;
+    cfg.play.bonus_probability = 0.2;
+    cfg.seed = 11;
+    let mut rig = Rig::new(cfg);
+    rig.sync();
+    let Reply::EnabledFeatures(EnabledFeatures { features, .. }) =
+        rig.decoded(LongPoll::SendEnabledFeatures { game: 0 })
+    else {
+        panic!("LPA0")
+    };
+    assert!(features[1] & 0x40 != 0 && features[0] & 0x04 != 0, "AFT and bonus: {features:02X?}");
+    let (mut transfers, mut progressives, mut bonuses) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..(20 * 60) {
+        rig.advance_polling(Duration::from_secs(1));
+        // The host reads what was reported, as the gateway does after 69, 56 and 7C.
+        let Reply::AftTransfer(status) = rig.decoded(LongPoll::AftInterrogate { index: 0 }) else {
+            panic!("LP72")
+        };
+        if status.is_complete() && transfers.last() != Some(&status) {
+            transfers.push(status);
+        }
+        rig.send(&[0x81]);
+        // A hit waits until the last was read: at most one new one since the last read.
+        let hits = rig.count(|e| matches!(e, Entry::Progressive { paid_by: PaidBy::Machine, .. }));
+        let Reply::ProgressiveWin(win) = rig.decoded(LongPoll::SendProgressiveWin) else {
+            panic!("LP85")
+        };
+        if hits > progressives.len() {
+            progressives.push(win);
+        }
+        rig.send(&[0x81]);
+        let Reply::LegacyBonusWin(bonus) = rig.decoded(LongPoll::SendLegacyBonusWin) else {
+            panic!("LP90")
+        };
+        bonuses.push(bonus);
+        rig.send(&[0x81]);
+    }
+    let ledger = |f: &dyn Fn(&Entry) -> Option<(u64, u64)>| -> Vec<(u64, u64)> {
+        rig.ledger.iter().filter_map(|r| f(&r.entry)).collect()
+    };
+    let aft_in = ledger(&|e| match e {
+        Entry::AftTransfer { direction: "to_machine", cents, credits, .. } => {
+            Some((*cents, *credits))
+        }
+        _ => None,
+    });
+    let aft_out = ledger(&|e| match e {
+        Entry::AftTransfer { direction: "to_host", cents, credits, .. } => Some((*cents, *credits)),
+        _ => None,
+    });
+    let hits = ledger(&|e| match e {
+        Entry::Progressive { cents, credits, paid_by: PaidBy::Machine, .. } => {
+            Some((*cents, *credits))
+        }
+        _ => None,
+    });
+    let awards = ledger(&|e| match e {
+        Entry::Bonus { cents, credits, .. } => Some((*cents, *credits)),
+        _ => None,
+    });
+    assert!(aft_in.len() > 3 && !aft_out.is_empty() && hits.len() > 2 && awards.len() > 2);
+    // Every transfer and hit was read, one at a time: the host saw each exactly once.
+    assert_eq!(transfers.len(), aft_in.len() + aft_out.len());
+    assert_eq!(progressives.len(), hits.len());
+    let sum = |v: &[(u64, u64)], i: usize| -> u64 {
+        v.iter().map(|p| if i == 0 { p.0 } else { p.1 }).sum()
+    };
+    let m = rig.m.meters().clone();
+    assert_eq!(m.aft_in_cents.iter().sum::<u64>(), sum(&aft_in, 0));
+    assert_eq!(m.aft_in_credits, sum(&aft_in, 1));
+    assert_eq!(m.aft_out_cents[0], sum(&aft_out, 0));
+    assert_eq!(m.machine_paid_progressive, sum(&hits, 1));
+    assert_eq!(m.machine_paid_bonus, sum(&awards, 1));
+    let read: u64 = transfers.iter().map(|t| t.cashable + t.restricted + t.non_restricted).sum();
+    assert_eq!(read, sum(&aft_in, 0) + sum(&aft_out, 0), "LP72 amounts are the ledger's");
+    assert_eq!(progressives.iter().map(|w| w.amount).sum::<u64>(), sum(&hits, 0));
+    assert!(m.aft_in_cents[0] > 0 && m.aft_in_cents[2] > 0, "both classes: {:?}", m.aft_in_cents);
+    // Coin out is paytable + progressive + bonus (001C + 001D + 001E).
+    let value = |code| m.value(MeterCode(code)).unwrap();
+    assert_eq!(value(0x1C) + value(0x1D) + value(0x1E), m.coin_out);
+    assert_eq!(value(0xA4), m.aft_in_cents[2]);
+    assert_eq!(value(0xB9), aft_out.len() as u64);
+}
+
+/// A progressive level at or above the handpay limit is paid by an attendant: LP1B reports its
+/// group, level and the amount in cents, and the attendant-paid progressive meter (0020) moves
+/// when it is paid.
+#[test]
+fn a_progressive_too_large_for_the_machine_is_a_handpay_with_its_level_in_cents() {
+    use firmware_protocols::sas::message::HandpayInfo;
+    let mut cfg = playing(30.0);
+    cfg.denomination = 0x02; // 5 cents a credit
+    cfg.play.bets = Weighted::constant(5);
+    cfg.play.win_multipliers = Weighted::constant(0);
+    cfg.play.progressive_probability = 1.0;
+    cfg.play.handpay_limit = 10;
+    cfg.play.handpay_duration = Duration::from_secs(2);
+    let mut rig = Rig::new(cfg);
+    rig.sync();
+    rig.until(Duration::from_secs(60), |m| m.handpay_pending());
+    let Reply::HandpayInfo(HandpayInfo { progressive_group, level, amount, .. }) =
+        rig.decoded(LongPoll::SendHandpayInfo)
+    else {
+        panic!("LP1B")
+    };
+    assert_eq!(progressive_group, 1);
+    assert!((1..=3).contains(&level), "level {level}");
+    let credits = 5 * 10 * u64::from(level);
+    assert_eq!(amount, credits * 5, "cents, not credits");
+    rig.until(Duration::from_secs(10), |m| !m.handpay_pending());
+    assert_eq!(rig.m.meters().value(MeterCode(0x20)), Some(credits));
+    assert_eq!(rig.m.meters().value(MeterCode(0x1F)), Some(0), "no paytable handpay");
+    assert_eq!(rig.m.meters().jackpot, credits);
+    assert_eq!(rig.count(|e| matches!(e, Entry::Handpay { level: Some(l), .. } if *l == level)), 1);
+}

@@ -3,10 +3,12 @@
 // Test helpers outside `#[test]` functions are not covered by clippy.toml's allow-unwrap-in-tests.
 #![allow(clippy::unwrap_used)]
 
+use firmware_protocols::crc::append_crc;
 use firmware_protocols::sas::message::{
-    BasicMeters, DateTime, EnabledFeatures, ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill,
-    MachineInfo, MeterPoll, Meters10To15, SelectedMeters, TicketDetail, TicketMessage,
-    ValidationRecord, VersionAndSerial,
+    AftTransferStatus, BasicMeters, DateTime, EnabledFeatures, ExtendedMeter, ExtendedMeters,
+    HandpayInfo, LastBill, LegacyBonusWin, MachineInfo, MeterPoll, Meters10To15, ProgressiveWin,
+    ProgressiveWins, SelectedMeters, TicketDetail, TicketMessage, ValidationRecord,
+    VersionAndSerial,
 };
 use firmware_protocols::sas::{
     Address, Exception, HostMessage, LongPoll, MeterCode, RealTimeEvent, Reply,
@@ -112,7 +114,7 @@ fn lp0e_real_time_event_reporting() {
 
 fn firmware_protocols_crc(body: &str) -> Vec<u8> {
     let mut b = hex(body);
-    firmware_protocols::crc::append_crc(&mut b);
+    append_crc(&mut b);
     b
 }
 
@@ -598,4 +600,81 @@ proptest! {
         let _ = Reply::decode_frame(address, &bytes);
         let _ = HostMessage::decode(&bytes);
     }
+}
+
+/// R22: LP72 exists here only as an interrogation. Its encoding is `addr 72 02 FF index crc`
+/// (sas-protocol.md §3.3 vector `01 72 02 FF 00 0F 22`), and no other transfer code decodes
+/// into a poll: a transfer request, a partial transfer or a cancel has no `LongPoll` value, so
+/// nothing can queue, encode or send one.
+#[test]
+fn lp72_is_only_ever_an_interrogation() {
+    let poll = LongPoll::AftInterrogate { index: 0 };
+    assert_eq!(poll.encode(1).unwrap(), [0x01, 0x72, 0x02, 0xFF, 0x00, 0x0F, 0x22]);
+    assert!(!poll.moves_money());
+    for index in 0..=u8::MAX {
+        let bytes = LongPoll::AftInterrogate { index }.encode(1).unwrap();
+        assert_eq!(bytes[..5], [0x01, 0x72, 0x02, 0xFF, index]);
+        assert_eq!(LongPoll::decode(&bytes).unwrap(), LongPoll::AftInterrogate { index });
+    }
+    for code in (0..=u8::MAX).filter(|c| *c != 0xFF) {
+        let mut short = vec![0x01, 0x72, 0x02, code, 0x00];
+        append_crc(&mut short);
+        assert!(HostMessage::decode(&short).is_err(), "transfer code {code:02X}");
+        // A whole transfer request: type 00, 25.00 cashable, asset, no registration key, ID "1".
+        let mut body = vec![code, 0x00, 0x00, 0x00, 0x00, 0x00, 0x25, 0x00];
+        body.extend_from_slice(&[0; 10]);
+        body.extend_from_slice(&[0x00, 0x01, 0x00, 0x00, 0x00]);
+        body.extend_from_slice(&[0; 20]);
+        body.extend_from_slice(&[0x01, b'1', 0, 0, 0, 0, 0, 0, 0]);
+        let mut request = vec![0x01, 0x72, body.len() as u8];
+        request.extend_from_slice(&body);
+        append_crc(&mut request);
+        assert!(HostMessage::decode(&request).is_err(), "transfer code {code:02X}");
+    }
+}
+
+#[test]
+fn lp72_lp85_lp90_answers_round_trip() {
+    let status = AftTransferStatus {
+        position: 0,
+        status: 0x00,
+        receipt_status: 0xFF,
+        transfer_type: 0x80,
+        cashable: 12_345,
+        restricted: 0,
+        non_restricted: 500,
+        flags: 0,
+        asset_number: 0x0102_0304,
+        transaction_id: b"TX-42".to_vec(),
+        completed: Some(march_15_2024()),
+    };
+    for reply in [
+        Reply::AftTransfer(status.clone()),
+        Reply::AftTransfer(AftTransferStatus { status: 0xFF, ..Default::default() }),
+        Reply::ProgressiveWin(ProgressiveWin { group: 3, level: 0x20, amount: 1_000_000 }),
+        Reply::ProgressiveWins(ProgressiveWins {
+            group: 3,
+            levels: vec![(0x01, 12_345), (0x20, 9_999_999_999)],
+        }),
+        Reply::ProgressiveWins(ProgressiveWins { group: 0, levels: Vec::new() }),
+        Reply::LegacyBonusWin(LegacyBonusWin {
+            multiplier: 0,
+            multiplied_win: 0,
+            tax_status: 1,
+            bonus: 250,
+        }),
+    ] {
+        let frame = reply.encode(a(1)).unwrap();
+        assert_eq!(Reply::decode_frame(a(1), &frame).unwrap(), reply);
+        let len = Reply::data_reply_len(frame[1], &frame);
+        assert_eq!(len, Some(firmware_protocols::sas::message::ReplyLen::Fixed(frame.len())));
+    }
+    // The short form a machine with no transfer to report may send: position and status.
+    let mut short = vec![0x01, 0x72, 0x02, 0x00, 0xFF];
+    append_crc(&mut short);
+    let Reply::AftTransfer(decoded) = Reply::decode_frame(a(1), &short).unwrap() else {
+        unreachable!()
+    };
+    assert_eq!((decoded.status, decoded.is_complete()), (0xFF, false));
+    assert!(status.is_complete());
 }

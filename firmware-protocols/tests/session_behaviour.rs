@@ -9,7 +9,8 @@ use firmware_protocols::FirmwareProfile;
 use firmware_protocols::crc::append_crc;
 use firmware_protocols::profile::{BUILT_IN, SyncStyle};
 use firmware_protocols::sas::message::{
-    ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill, TicketMessage, ValidationRecord,
+    AftTransferStatus, EnabledFeatures, ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill,
+    LegacyBonusWin, ProgressiveWin, ProgressiveWins, TicketMessage, ValidationRecord,
 };
 use firmware_protocols::sas::session::{
     CHARACTER_TIME, EnqueueError, HostSession, LinkState, MAX_BUSY_ANSWERS, PollError, ResumeError,
@@ -134,6 +135,22 @@ fn well_formed_answer(bytes: &[u8]) -> Option<Vec<u8>> {
         LongPoll::SendEnhancedValidation { .. } => {
             Reply::EnhancedValidation(ValidationRecord::default())
         }
+        LongPoll::AftInterrogate { .. } => Reply::AftTransfer(AftTransferStatus {
+            status: 0x00,
+            cashable: 2_500,
+            transaction_id: b"T1".to_vec(),
+            ..Default::default()
+        }),
+        LongPoll::SendProgressiveWin => {
+            Reply::ProgressiveWin(ProgressiveWin { group: 1, level: 2, amount: 50_000 })
+        }
+        LongPoll::SendLegacyBonusWin => {
+            Reply::LegacyBonusWin(LegacyBonusWin { bonus: 40, ..Default::default() })
+        }
+        LongPoll::SendProgressiveWins => Reply::ProgressiveWins(ProgressiveWins {
+            group: 1,
+            levels: vec![(1, 10_000), (2, 20_000)],
+        }),
         LongPoll::SendExtendedMeters { alternate, game, meters } => {
             Reply::ExtendedMeters(ExtendedMeters {
                 alternate,
@@ -831,13 +848,70 @@ fn a_poll_that_moves_money_can_never_be_sent() {
             .any(|e| matches!(e, SessionEvent::FollowUpLost { poll, .. } if *poll == redeem)),
         "the restored LP71 is reported lost, not sent"
     );
+    let mut interrogations = 0;
     for sent in pair.sent() {
         if let Ok(HostMessage::LongPoll(_, poll)) = HostMessage::decode(&sent) {
             assert!(!poll.moves_money(), "sent {sent:02X?}");
         }
-        assert!(!matches!(sent.get(1), Some(0x71 | 0x72)), "sent {sent:02X?}");
+        assert_ne!(sent.get(1), Some(&0x71), "sent {sent:02X?}");
+        // LP72 only as an interrogation of the current transfer (after exception 69): length
+        // 2, transfer code FF; never a transfer request or a cancel.
+        if sent.get(1) == Some(&0x72) {
+            interrogations += 1;
+            assert_eq!(sent.get(..5), Some(&[0x01, 0x72, 0x02, 0xFF, 0x00][..]), "{sent:02X?}");
+            assert_eq!(sent.len(), 7, "{sent:02X?}");
+        }
     }
+    assert!(interrogations > 0, "exception 69 is followed by an interrogation");
     assert!(pair.sent().len() >= 3_000);
+}
+
+/// Issue 12: an AFT transfer complete (69) is read by interrogation, a SAS progressive hit (56)
+/// by LP85, a legacy bonus without RTE (bare 7C) by LP90; each answer is a session reply.
+#[test]
+fn money_exceptions_are_followed_by_their_read_only_polls() {
+    let mut pair = Pair::new(&profile());
+    for code in [0x69, 0x56, 0x7C] {
+        pair.machine.general.push_back(vec![code]);
+    }
+    pair.run(40);
+    let commands: Vec<u8> =
+        pair.sent().iter().filter(|m| m.len() > 1).filter_map(|m| m.get(1).copied()).collect();
+    for command in [0x72, 0x85, 0x90] {
+        assert!(commands.contains(&command), "{command:02X} in {commands:02X?}");
+    }
+    let events = pair.take_events();
+    let replies = |want: fn(&Reply) -> bool| {
+        events
+            .iter()
+            .filter(|e| matches!(e, SessionEvent::Reply { reply, .. } if want(reply)))
+            .count()
+    };
+    assert_eq!(replies(|r| matches!(r, Reply::AftTransfer(t) if t.cashable == 2_500)), 1);
+    assert_eq!(replies(|r| matches!(r, Reply::ProgressiveWin(w) if w.amount == 50_000)), 1);
+    assert_eq!(replies(|r| matches!(r, Reply::LegacyBonusWin(b) if b.bonus == 40)), 1);
+}
+
+/// A machine whose LPA0 says it reports several progressive levels at once is read with LP87
+/// after a 56, not LP85.
+#[test]
+fn a_progressive_hit_is_read_with_lp87_when_lpa0_says_so() {
+    let mut pair = Pair::new(&profile());
+    let features = EnabledFeatures { game: 0, features: [0x00, 0x00, 0x02] };
+    let answer = Reply::EnabledFeatures(features).encode(addr(1)).expect("encodes");
+    pair.machine.script(0xA0, [Some(answer)]);
+    pair.session.enqueue(LongPoll::SendEnabledFeatures { game: 0 }).expect("supported");
+    pair.run(8);
+    pair.machine.general.push_back(vec![0x56]);
+    pair.run(20);
+    let commands: Vec<u8> =
+        pair.sent().iter().filter(|m| m.len() > 1).filter_map(|m| m.get(1).copied()).collect();
+    assert!(commands.contains(&0x87) && !commands.contains(&0x85), "{commands:02X?}");
+    let events = pair.take_events();
+    assert!(events.iter().any(|e| matches!(
+        e,
+        SessionEvent::Reply { reply: Reply::ProgressiveWins(w), .. } if w.levels.len() == 2
+    )));
 }
 
 #[test]

@@ -70,8 +70,8 @@ use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{SignedDuration, Timestamp};
 
 use firmware_protocols::sas::message::{
-    BasicMeters, DateTime, HandpayInfo, MachineInfo as SasMachineInfo, MeterPoll, Meters10To15,
-    ValidationRecord, VersionAndSerial,
+    AftTransferStatus, BasicMeters, DateTime, HandpayInfo, LegacyBonusWin,
+    MachineInfo as SasMachineInfo, MeterPoll, Meters10To15, ValidationRecord, VersionAndSerial,
 };
 use firmware_protocols::sas::meter::denomination_minor_units;
 use firmware_protocols::sas::session::SessionEvent;
@@ -79,10 +79,10 @@ use firmware_protocols::sas::{Address, Exception, LongPoll, RealTimeEvent, Reply
 
 use crate::event::money::bill_value;
 use crate::event::{
-    Amount, BillInfo, CanonicalEvent, Category, CreditMethod, Currency, EventKind, GamePhase,
-    GameRef, LinkStatus, MachineInfo, MachineRef, RegistryId, SCHEMA_VERSION, SnapshotTrigger,
-    Source, SourceKind, TicketClass, TicketInfo, TicketNumbers, VenueId, WindowContext, event_id,
-    idempotency_key,
+    AftDirection, Amount, BillInfo, CanonicalEvent, Category, CreditMethod, Currency, EventKind,
+    GamePhase, GameRef, LinkStatus, MachineInfo, MachineRef, RegistryId, SCHEMA_VERSION,
+    SnapshotTrigger, Source, SourceKind, TicketClass, TicketInfo, TicketNumbers, VenueId,
+    WindowContext, event_id, idempotency_key,
 };
 use exceptions::Mapping;
 use meters::{MeterBook, MeterKey, Outcome, Read, SnapshotContext};
@@ -173,6 +173,11 @@ pub struct Normalizer {
     egm_clock: Option<(civil::DateTime, Timestamp)>,
     pending: Pending,
     meters: MeterBook,
+    /// All-zero LP1B answers dropped (see [`Normalizer::empty_handpays`]).
+    empty_handpays: u64,
+    /// The last completed AFT transfer reported: reading it again (a restored follow-up, a
+    /// repeated 69) is not a second transfer.
+    last_aft: Option<AftTransferStatus>,
 }
 
 impl Normalizer {
@@ -207,6 +212,8 @@ impl Normalizer {
             egm_clock: None,
             pending: Pending::default(),
             meters: MeterBook::default(),
+            empty_handpays: 0,
+            last_aft: None,
         }
     }
 
@@ -245,6 +252,12 @@ impl Normalizer {
     /// Sequence number of the next event.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// LP1B answers dropped because every field was zero: what a machine sends once an
+    /// attendant has reset the handpay, or a hostile one to invent a handpay of 0.
+    pub fn empty_handpays(&self) -> u64 {
+        self.empty_handpays
     }
 
     /// What the machine has said about itself so far (LP1F, LP54).
@@ -487,13 +500,13 @@ impl Normalizer {
                 ));
             }
             RealTimeEvent::LegacyBonus { multiplier, multiplied_win, tax_status, bonus } => {
-                let details = [
-                    ("multiplier", u64::from(*multiplier)),
-                    ("multiplied_win_credits", *multiplied_win),
-                    ("tax_status", u64::from(*tax_status)),
-                    ("bonus_credits", *bonus),
-                ];
-                drafts.push(significant(Category::Bonus, code, &details, source));
+                let award = LegacyBonusWin {
+                    multiplier: *multiplier,
+                    multiplied_win: *multiplied_win,
+                    tax_status: *tax_status,
+                    bonus: *bonus,
+                };
+                self.bonus_award(&award, source, drafts);
             }
             RealTimeEvent::Exception(exception) => self.exception(*exception, source, drafts),
             other => drafts.push(Draft::plain(
@@ -562,8 +575,23 @@ impl Normalizer {
                     .collect();
                 self.snapshot(now, extended.game, &reads, source, drafts);
             }
+            // Nothing pending: no handpay, however many times the 51 is re-reported.
+            Reply::HandpayInfo(info) if *info == HandpayInfo::default() => {
+                self.empty_handpays = self.empty_handpays.saturating_add(1);
+                tracing::warn!(
+                    machine = %self.machine.registry_id,
+                    "LP1B answered with every field zero: no handpay pending; dropped."
+                );
+            }
             Reply::HandpayInfo(info) => {
                 let kind = handpay(info, self.accounting_denomination(), &currency);
+                // A progressive level is no part of its game's 7F win, but the jackpot meter
+                // counts it: a win of its own in the window.
+                if let EventKind::Handpay { amount, .. } = &kind
+                    && is_progressive_level(info.level)
+                {
+                    self.meters.window.wins.add(amount, self.accounting_denomination());
+                }
                 drafts.push(Draft::play(kind, source));
             }
             Reply::MachineInfo(info) => self.learn_machine_info(info, source, drafts),
@@ -597,6 +625,16 @@ impl Normalizer {
                 drafts.push(Draft::plain(EventKind::BillDetails { bill: info, amount }, source));
             }
             Reply::EnhancedValidation(record) => self.validation_record(record, source, drafts),
+            Reply::AftTransfer(status) => self.aft_transfer(status, source, drafts),
+            Reply::ProgressiveWin(win) => {
+                self.progressive_win(win.group, win.level, win.amount, source, drafts);
+            }
+            Reply::ProgressiveWins(wins) => {
+                for &(level, cents) in &wins.levels {
+                    self.progressive_win(wins.group, level, cents, source.clone(), drafts);
+                }
+            }
+            Reply::LegacyBonusWin(award) => self.bonus_award(award, source, drafts),
             Reply::TicketValidationData(ticket) | Reply::TicketRedemption(ticket) => {
                 let event = match reply {
                     Reply::TicketRedemption(_) => "ticket_redemption_status",
@@ -707,6 +745,86 @@ impl Normalizer {
             other => EventKind::Unrecognized {
                 description: format!("LP4D validation record of type {other:#04x}"),
             },
+        };
+        drafts.push(Draft::play(kind, source));
+    }
+
+    /// An LP72 interrogation answer: a completed transfer is one `aft_transfer` per class it
+    /// moved. A pending or refused transfer moved nothing, and the same completed transfer read
+    /// again is not a second one.
+    fn aft_transfer(
+        &mut self,
+        status: &AftTransferStatus,
+        source: Source,
+        drafts: &mut Vec<Draft>,
+    ) {
+        if !status.is_complete() || self.last_aft.as_ref() == Some(status) {
+            return;
+        }
+        self.last_aft = Some(status.clone());
+        let Some(direction) = AftDirection::of_transfer_type(status.transfer_type) else {
+            drafts.push(Draft::plain(
+                EventKind::Unrecognized {
+                    description: format!(
+                        "LP72 transfer of type {:#04x}: cashable {}, restricted {}, \
+                         non-restricted {} cents",
+                        status.transfer_type,
+                        status.cashable,
+                        status.restricted,
+                        status.non_restricted
+                    ),
+                },
+                source,
+            ));
+            return;
+        };
+        let transaction_id = ascii(&status.transaction_id);
+        let machine_time = status.completed.as_ref().and_then(civil_time);
+        let classes = [
+            (TicketClass::Cashable, status.cashable),
+            (TicketClass::Restricted, status.restricted),
+            (TicketClass::NonRestricted, status.non_restricted),
+        ];
+        for (class, cents) in classes.into_iter().filter(|(_, cents)| *cents > 0) {
+            let kind = EventKind::AftTransfer {
+                direction,
+                class,
+                amount: Amount::from_hundredths(cents, &self.venue.currency),
+                transfer_type: status.transfer_type,
+                status: status.status,
+                transaction_id: transaction_id.clone(),
+                machine_time,
+            };
+            drafts.push(Draft::play(kind, source.clone()));
+        }
+    }
+
+    /// A SAS progressive level paid to the credit meter (LP85, LP87): a win outside the game's
+    /// 7F, in cents.
+    fn progressive_win(
+        &mut self,
+        group: u8,
+        level: u8,
+        cents: u64,
+        source: Source,
+        drafts: &mut Vec<Draft>,
+    ) {
+        let amount = Amount::from_hundredths(cents, &self.venue.currency);
+        self.meters.window.wins.add(&amount, self.accounting_denomination());
+        drafts.push(Draft::play(EventKind::ProgressiveWin { group, level, amount }, source));
+    }
+
+    /// A legacy bonus paid to the credit meter (RTE 7C or LP90): a win outside the game's 7F.
+    fn bonus_award(&mut self, award: &LegacyBonusWin, source: Source, drafts: &mut Vec<Draft>) {
+        let accounting = self.accounting_denomination();
+        let currency = self.venue.currency;
+        let amount = Amount::from_credits(award.bonus, accounting, &currency);
+        self.meters.window.wins.add(&amount, accounting);
+        let kind = EventKind::BonusAward {
+            amount,
+            multiplier: award.multiplier,
+            multiplied_win: Amount::from_credits(award.multiplied_win, accounting, &currency),
+            tax_status: award.tax_status,
         };
         drafts.push(Draft::play(kind, source));
     }

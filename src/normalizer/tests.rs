@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use firmware_protocols::sas::message::{
-    BasicMeters, DateTime, ExtendedMeter, ExtendedMeters, HandpayInfo,
+    AftTransferStatus, BasicMeters, DateTime, ExtendedMeter, ExtendedMeters, HandpayInfo,
+    LegacyBonusWin, ProgressiveWin, ProgressiveWins,
 };
 use firmware_protocols::sas::session::SessionEvent;
 use firmware_protocols::sas::{Address, Exception, LongPoll, MeterCode, RealTimeEvent, Reply};
@@ -14,8 +15,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::event::{
-    AmountStatus, CanonicalEvent, EventKind, LinkStatus, MeterReading, ReconciliationOutcome,
-    RegistryId, SnapshotTrigger, SourceKind, VenueId, WindowContext,
+    AftDirection, AmountStatus, CanonicalEvent, EventKind, LinkStatus, MeterReading,
+    ReconciliationOutcome, RegistryId, SnapshotTrigger, SourceKind, VenueId, WindowContext,
 };
 
 // === Fixtures ===
@@ -980,7 +981,7 @@ fn every_event_names_the_venue_machine_and_local_time() {
     let events =
         normalizer().handle(at(0), &SessionEvent::Exception(Exception::AcPowerLost)).unwrap();
     let event = &events[0];
-    assert_eq!((event.schema_version, event.venue_id.as_str()), (2, "hall-1"));
+    assert_eq!((event.schema_version, event.venue_id.as_str()), (3, "hall-1"));
     assert_eq!((event.machine.registry_id.as_str(), event.machine.sas_address), ("UA-0001", 1));
     assert_eq!(event.machine.asset_number.as_deref(), Some("A-17"));
     assert_eq!(event.occurred_at.to_string(), "2026-03-01T12:00:00Z");
@@ -1133,4 +1134,197 @@ fn bills_and_handpays_carry_the_game_they_belong_to() {
     for event in &events[1..] {
         assert_eq!(event.game.as_ref().and_then(|g| g.number), Some(3), "{:?}", event.kind);
     }
+}
+
+// === Electronic transfers, progressives, bonuses (issue 12) ===
+
+fn aft(
+    transfer_type: u8,
+    status: u8,
+    cashable: u64,
+    non_restricted: u64,
+    id: &str,
+) -> SessionEvent {
+    let status = AftTransferStatus {
+        status,
+        receipt_status: 0xFF,
+        transfer_type,
+        cashable,
+        non_restricted,
+        transaction_id: id.as_bytes().to_vec(),
+        completed: Some(DateTime { year: 2026, month: 3, day: 1, hour: 14, minute: 0, second: 9 }),
+        ..Default::default()
+    };
+    SessionEvent::Reply {
+        poll: LongPoll::AftInterrogate { index: 0 },
+        reply: Reply::AftTransfer(status),
+    }
+}
+
+#[test]
+fn a_completed_aft_transfer_is_one_event_per_class_in_cents_and_counted_once() {
+    let mut n = normalizer();
+    let events = run(
+        &mut n,
+        0,
+        &[
+            rte(RTE_GAME_SELECTED),
+            SessionEvent::Exception(Exception::AftTransferComplete),
+            aft(0x00, 0x00, 2_500, 500, "T-1"),
+            // Read again (a repeated 69, a restored follow-up): the same transfer.
+            aft(0x00, 0x00, 2_500, 500, "T-1"),
+            // Pending or refused: nothing moved.
+            aft(0x80, 0x40, 1_000, 0, "T-2"),
+            aft(0x80, 0x87, 1_000, 0, "T-2"),
+            aft(0x80, 0x01, 1_000, 0, "T-2"),
+            aft(0x33, 0x00, 7, 0, "T-3"),
+        ],
+    );
+    assert_eq!(
+        kinds(&events),
+        [
+            "game_selected",
+            "significant_event",
+            "aft_transfer",
+            "aft_transfer",
+            "aft_transfer",
+            "unrecognized"
+        ]
+    );
+    let EventKind::AftTransfer { direction, class, amount, transaction_id, machine_time, .. } =
+        &events[2].kind
+    else {
+        unreachable!()
+    };
+    assert_eq!((*direction, *class), (AftDirection::ToMachine, TicketClass::Cashable));
+    assert_eq!((minor(amount), transaction_id.as_str()), (Some(2_500), "T-1"));
+    assert_eq!(machine_time.unwrap().to_string(), "2026-03-01T14:00:09");
+    assert_eq!(events[2].game.as_ref().and_then(|g| g.number), Some(3), "carries its game");
+    let EventKind::AftTransfer { class, amount, .. } = &events[3].kind else { unreachable!() };
+    assert_eq!((*class, minor(amount)), (TicketClass::NonRestricted, Some(500)));
+    let EventKind::AftTransfer { direction, status, amount, .. } = &events[4].kind else {
+        unreachable!()
+    };
+    assert_eq!((*direction, *status, minor(amount)), (AftDirection::ToHost, 0x01, Some(1_000)));
+}
+
+/// Every exception issue 12 reads money for, with the follow-up answer the session delivers:
+/// the exception is a `significant_event` of its category, the answer the money event.
+#[test]
+fn money_exceptions_and_their_follow_ups_table() {
+    let progressive = SessionEvent::Reply {
+        poll: LongPoll::SendProgressiveWin,
+        reply: Reply::ProgressiveWin(ProgressiveWin { group: 2, level: 0x05, amount: 12_000 }),
+    };
+    let bonus = SessionEvent::Reply {
+        poll: LongPoll::SendLegacyBonusWin,
+        reply: Reply::LegacyBonusWin(LegacyBonusWin {
+            multiplier: 0,
+            multiplied_win: 0,
+            tax_status: 1,
+            bonus: 40,
+        }),
+    };
+    let rte_bonus = SessionEvent::RealTimeEvent(RealTimeEvent::LegacyBonus {
+        multiplier: 2,
+        multiplied_win: 100,
+        tax_status: 0,
+        bonus: 50,
+    });
+    let table: Vec<(u8, Category, Option<SessionEvent>, &str)> = vec![
+        (0x69, Category::ElectronicTransfer, Some(aft(0x00, 0x00, 100, 0, "X")), "aft_transfer"),
+        (0x56, Category::Progressive, Some(progressive), "progressive_win"),
+        (0x7C, Category::Bonus, Some(bonus), "bonus_award"),
+        (0x54, Category::Progressive, None, ""),
+        (0x59, Category::Progressive, None, ""),
+        (0x5A, Category::Progressive, None, ""),
+        (0x53, Category::Progressive, None, ""),
+        (0x6A, Category::ElectronicTransfer, None, ""),
+        (0x6F, Category::ElectronicTransfer, None, ""),
+    ];
+    for (code, want, follow_up, kind) in table {
+        let mut n = normalizer();
+        let mut session =
+            vec![machine_info(0x0B), SessionEvent::Exception(Exception::from_code(code))];
+        session.extend(follow_up);
+        let events = run(&mut n, 0, &session);
+        let EventKind::SignificantEvent { category, .. } = &events[1].kind else {
+            panic!("{code:02X}: {:?}", kinds(&events))
+        };
+        assert_eq!(*category, want, "{code:02X}");
+        assert_eq!(events.get(2).map(|e| e.kind.name()).unwrap_or(""), kind, "{code:02X}");
+        assert_eq!(events.len(), 2 + usize::from(!kind.is_empty()), "{code:02X}");
+    }
+    // LP87: every level reported is a win of its own.
+    let wins = SessionEvent::Reply {
+        poll: LongPoll::SendProgressiveWins,
+        reply: Reply::ProgressiveWins(ProgressiveWins {
+            group: 1,
+            levels: vec![(1, 1_000), (2, 3_000)],
+        }),
+    };
+    let events = run(&mut normalizer(), 0, &[wins]);
+    assert_eq!(kinds(&events), ["progressive_win", "progressive_win"]);
+    let EventKind::ProgressiveWin { level, amount, .. } = &events[1].kind else { unreachable!() };
+    assert_eq!((*level, minor(amount)), (2, Some(3_000)));
+    // Priced: the progressive in cents, the bonus in credits at 20 kopiyky.
+    let events = run(&mut normalizer(), 0, &[machine_info(0x0B), rte_bonus]);
+    let EventKind::BonusAward { amount, multiplied_win, multiplier, .. } = &events[1].kind else {
+        unreachable!()
+    };
+    assert_eq!((minor(amount), minor(multiplied_win), *multiplier), (Some(1_000), Some(2_000), 2));
+}
+
+/// Progressive wins and bonuses paid to the credit meter are in coin out (001D and 001E are part
+/// of it): the window counts them as wins, and the meters reconcile.
+#[test]
+fn progressive_wins_and_bonuses_reconcile_with_coin_out() {
+    let mut n = normalizer();
+    let progressive = SessionEvent::Reply {
+        poll: LongPoll::SendProgressiveWin,
+        reply: Reply::ProgressiveWin(ProgressiveWin { group: 1, level: 1, amount: 2_000 }),
+    };
+    let bonus = SessionEvent::Reply {
+        poll: LongPoll::SendLegacyBonusWin,
+        reply: Reply::LegacyBonusWin(LegacyBonusWin { bonus: 40, ..Default::default() }),
+    };
+    let events = run(
+        &mut n,
+        0,
+        &[
+            machine_info(0x0B),
+            meters(0, 0, 0, 0),
+            game_started(25, 25, 0x0B),
+            game_ended(0),
+            progressive,
+            bonus,
+            // 2 000 kopiyky are 100 credits, the bonus 40: coin out +140.
+            meters(25, 140, 0, 1),
+        ],
+    );
+    assert!(!kinds(&events).contains(&"reconciliation"), "{:?}", kinds(&events));
+    let mismatched =
+        run(&mut n, 20, &[game_started(25, 50, 0x0B), game_ended(0), meters(50, 180, 0, 2)]);
+    assert!(kinds(&mismatched).contains(&"reconciliation"), "the test can fail");
+}
+
+/// A progressive level paid by an attendant is no part of its game's 7F win; the jackpot meter
+/// counts it, and the window counts it as a win.
+#[test]
+fn a_progressive_handpay_reconciles_with_the_jackpot_meter() {
+    let mut n = normalizer();
+    let events = run(
+        &mut n,
+        0,
+        &[
+            machine_info(0x0B),
+            meters(0, 0, 0, 0),
+            game_started(25, 25, 0x0B),
+            game_ended(0),
+            // Level 3, 2 000 kopiyky: 100 credits at 20 kopiyky.
+            handpay_info(0x03, 2_000),
+            meters(25, 0, 100, 1),
+        ],
+    );
+    assert!(!kinds(&events).contains(&"reconciliation"), "{:?}", kinds(&events));
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use firmware_protocols::FirmwareProfile;
 use firmware_protocols::sas::message::DateTime;
 use firmware_protocols::sas::session::{HostSession, SessionEvent};
-use firmware_protocols::sas::{Address, LongPoll, Reply};
+use firmware_protocols::sas::{Address, Exception, LongPoll, Reply};
 
 use crate::event::{CanonicalEvent, RegistryId};
 use crate::journal::Pressure;
@@ -19,6 +19,11 @@ pub struct Schedule {
     pub meter_snapshot_interval: Duration,
     pub clock_sync_interval: Duration,
 }
+
+/// Most LP4D records read for one exception: the machine's validation buffer has indexes 01–1F
+/// (sas-protocol.md §8), so a machine still reporting unread records after that many reads is
+/// inventing them.
+pub const MAX_VALIDATION_READS: u8 = 31;
 
 /// Session, normalizer and schedule of one machine.
 #[derive(Debug)]
@@ -37,6 +42,10 @@ pub struct MachinePoller {
     /// Bytes received since the last message to this machine: the raw source of the events
     /// its answer produces, kept with them in the journal.
     reply: Vec<u8>,
+    /// LP4D records read since the exception that asked for them, or the last empty record.
+    validation_reads: u8,
+    /// Times a machine still had unread records after [`MAX_VALIDATION_READS`].
+    validation_overflows: u64,
 }
 
 impl MachinePoller {
@@ -68,6 +77,8 @@ impl MachinePoller {
             next_snapshot: None,
             next_clock_sync: None,
             reply: Vec::new(),
+            validation_reads: 0,
+            validation_overflows: 0,
         })
     }
 
@@ -84,6 +95,12 @@ impl MachinePoller {
     /// The sequence number this machine's next event gets.
     pub fn next_seq(&self) -> u64 {
         self.normalizer.next_seq()
+    }
+
+    /// Reports this machine sent that the gateway dropped as implausible: LP4D reads beyond
+    /// [`MAX_VALIDATION_READS`] for one exception, and all-zero LP1B answers.
+    pub fn dropped_reports(&self) -> u64 {
+        self.validation_overflows.saturating_add(self.normalizer.empty_handpays())
     }
 
     /// A message is about to go to this machine: what comes back from now on is its answer.
@@ -143,12 +160,12 @@ impl MachinePoller {
         while let Some(event) = self.session.poll_event() {
             match &event {
                 SessionEvent::LinkUp => self.discover(now, wall),
-                // One exception may stand for several records (two tickets printed before the
-                // follow-up went out): read on until the machine has none left.
                 SessionEvent::Reply {
-                    poll: poll @ LongPoll::SendEnhancedValidation { function: 0 },
+                    poll: LongPoll::SendEnhancedValidation { function: 0 },
                     reply: Reply::EnhancedValidation(record),
-                } if !record.is_empty() => self.enqueue(poll.clone()),
+                } => self.validation_read(record.is_empty()),
+                SessionEvent::Exception(exception) => self.exception_seen(*exception),
+                SessionEvent::RealTimeEvent(event) => self.exception_seen(event.exception()),
                 SessionEvent::LinkDown => {
                     self.next_snapshot = None;
                     self.next_clock_sync = None;
@@ -164,6 +181,41 @@ impl MachinePoller {
                     "An event could not be normalised and is lost."
                 ),
             }
+        }
+    }
+
+    /// One exception may stand for several records (two tickets printed before the follow-up
+    /// went out): read on until the machine has none left, but no further than its buffer
+    /// holds, or a hostile machine keeps the line busy inventing tickets.
+    fn validation_read(&mut self, empty: bool) {
+        if empty {
+            self.validation_reads = 0;
+            return;
+        }
+        self.validation_reads = self.validation_reads.saturating_add(1);
+        if self.validation_reads < MAX_VALIDATION_READS {
+            self.enqueue(LongPoll::SendEnhancedValidation { function: 0 });
+            return;
+        }
+        self.validation_overflows = self.validation_overflows.saturating_add(1);
+        self.validation_reads = 0;
+        tracing::warn!(
+            machine = %self.registry_id,
+            reads = MAX_VALIDATION_READS,
+            "LP4D still reports unread records after the whole validation buffer was read; \
+             no further reads until the machine reports another exception."
+        );
+    }
+
+    /// An exception that asks for LP4D starts a new count of reads.
+    fn exception_seen(&mut self, exception: Exception) {
+        if matches!(
+            exception,
+            Exception::CashoutTicketPrinted
+                | Exception::HandpayValidated
+                | Exception::TicketTransferComplete
+        ) {
+            self.validation_reads = 0;
         }
     }
 
@@ -189,6 +241,10 @@ impl MachinePoller {
         // hand-paid cash-outs, so that every money event has a meter to reconcile against.
         let money = vec![0x0D, 0x0E, 0x11, 0x12, 0x0B, 0x03];
         self.enqueue(LongPoll::SendSelectedMeters { game: 0, meters: money });
+        // What `aft_transfer`, `progressive_win` and `bonus_award` reconcile against: AFT in and
+        // out per class (cents), machine- and attendant-paid progressives and external bonuses.
+        let electronic = vec![0xA0, 0xA2, 0xA4, 0xB8, 0xBA, 0xBC, 0x1D, 0x1E, 0x20, 0x21];
+        self.enqueue(LongPoll::SendSelectedMeters { game: 0, meters: electronic });
     }
 
     /// LP7F with the venue's local time (SAS clocks have no zone, §8), then LP7E to read it back.

@@ -596,6 +596,7 @@ fn publish(
         s.decode_errors = stats.decode_errors;
         s.busy = stats.busy;
         s.chirps = stats.chirps;
+        s.dropped_reports = m.dropped_reports();
         s.rte = m.session.rte_enabled();
     }
     status.send_modify(|s| s.machines = published.to_vec());

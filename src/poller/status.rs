@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{CanonicalEvent, EventKind, LinkStatus};
+use crate::event::{CanonicalEvent, EventKind, Features, LinkStatus};
 
 /// One line as the status file shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +68,13 @@ pub struct MachineStatus {
     /// Busy answers: the machine's way of saying "not now" (its NACK).
     pub busy: u64,
     pub chirps: u64,
+    /// Reports dropped as implausible: LP4D reads beyond the validation buffer for one
+    /// exception, all-zero LP1B answers (issue 12).
+    #[serde(default)]
+    pub dropped_reports: u64,
+    /// What LPA0 said the machine supports, as the last `machine_info` event had it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Features>,
     /// Machine minus gateway clock, seconds, from the last read-back past the drift threshold;
     /// cleared when the gateway sets the clock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,6 +109,8 @@ impl MachineStatus {
             decode_errors: 0,
             busy: 0,
             chirps: 0,
+            dropped_reports: 0,
+            features: None,
             clock_drift_seconds: None,
             meters: BTreeMap::new(),
             meters_at: None,
@@ -133,6 +142,9 @@ impl MachineStatus {
                 self.clock_drift_seconds = *drift_seconds;
             }
             EventKind::ClockSet { .. } => self.clock_drift_seconds = None,
+            EventKind::MachineInfo(info) if info.features.is_some() => {
+                self.features.clone_from(&info.features);
+            }
             EventKind::MeterSnapshot { game_number: 0, meters, .. } => {
                 for (name, reading) in meters {
                     self.meters.insert(name.clone(), reading.lifetime.unwrap_or(reading.raw));

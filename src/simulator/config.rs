@@ -211,6 +211,16 @@ pub struct PlayConfig {
     pub max_games: Option<u64>,
     /// With validation: the chance that the player funds play with a ticket instead of a bill.
     pub ticket_in_probability: f64,
+    /// The chance that the player funds play by an AFT transfer from the cashless system
+    /// instead of a bill, and cashes out to it instead of a ticket or the hopper. Above 0 the
+    /// machine supports AFT (LPA0, LP72 interrogation).
+    pub aft_probability: f64,
+    /// The chance, at each game end, that a SAS progressive level is hit and paid to the credit
+    /// meter (56, LP85). Above 0 the machine is on a SAS progressive link.
+    pub progressive_probability: f64,
+    /// The chance, at each game end, that the bonusing system awards a legacy bonus paid to the
+    /// credit meter (7C, LP90). Above 0 the machine supports legacy bonus awards (LPA0).
+    pub bonus_probability: f64,
 }
 
 /// Security events unrelated to faults.
@@ -308,6 +318,9 @@ impl MachineConfig {
                 handpay_duration: Duration::from_secs(10),
                 max_games: None,
                 ticket_in_probability: 0.0,
+                aft_probability: 0.0,
+                progressive_probability: 0.0,
+                bonus_probability: 0.0,
             },
             bills: vec![1, 5, 10, 20, 50, 100],
             bill_country: 0,
@@ -376,6 +389,9 @@ impl MachineConfig {
         for (name, value) in [
             ("cashout probability", self.play.cashout_probability),
             ("ticket-in probability", self.play.ticket_in_probability),
+            ("AFT probability", self.play.aft_probability),
+            ("progressive probability", self.play.progressive_probability),
+            ("bonus probability", self.play.bonus_probability),
             ("CRC fault probability", f.corrupt_crc),
             ("drop fault probability", f.drop_reply),
             ("late fault probability", f.late_reply),

@@ -24,9 +24,12 @@
 //! | `game` | `game_number` (per machine, from 1, never reset), `game` (game id, always 1), `bet`, `win`, `denomination`, `started_at`, `paid_by` (`machine` or `handpay`) | a game **ends**; a game still running at stop appears only in `stop.game_in_progress` and as its 7E exception |
 //! | `bill` | `value` (currency units), `bill_code` (SAS bill denomination code), `credits` | a bill is stacked |
 //! | `cashout` | `credits`, `paid_by` (`machine` or `handpay`) | the player cashes out (a handpay cash-out is paid at its `handpay` record) |
-//! | `handpay` | `kind` (`jackpot` or `cancelled_credits`), `credits`, `cents`, `receipt` (validation number of the printed receipt, or `null` without validation) | an attendant pays and resets a handpay (3E, if a receipt was printed, then 52) |
+//! | `handpay` | `kind` (`jackpot`, `cancelled_credits` or `progressive`), `credits`, `cents`, `receipt` (validation number of the printed receipt, or `null` without validation), `level` (only for `progressive`: the SAS progressive level, 1–32) | an attendant pays and resets a handpay (3E, if a receipt was printed, then 52) |
 //! | `ticket_out` | `validation_number` (18 digits: system ID + 16), `validation_type` (LP4D type, 0 = cashable cash-out ticket), `cents`, `credits` | a cash-out ticket is printed (3D); the matching `cashout` record has `paid_by` = `ticket` |
 //! | `ticket_in` | `validation_number`, `cents`, `credits` | a ticket is inserted (67) and redeemed by the validation system onto the credit meter (68) |
+//! | `aft_transfer` | `direction` (`to_machine` or `to_host`), `class` (`cashable` or `non_restricted`), `transfer_type` (LP72 type: 0 in-house to the machine, 128 in-house to the host), `cents`, `credits`, `transaction_id` | the cashless system completed a transfer the player asked for (69); a cash-out to the host also has a `cashout` record with `paid_by` = `aft` |
+//! | `progressive` | `group`, `level`, `cents`, `credits`, `game`, `paid_by` (`machine` or `handpay`) | a SAS progressive level is hit at a game end: paid to the credit meter (56), or at or above the handpay limit by an attendant (51; then a `handpay` record of kind `progressive` when paid) |
+//! | `bonus` | `credits`, `cents`, `game` | the bonusing system awards a legacy bonus at a game end, paid to the credit meter (7C) |
 //! | `exception` | `exception_seq` (per machine, from 1), `code`, `legacy_code`, `name`, `priority`, `event` | an exception is queued. `code` is what an RTE frame carries, `legacy_code` the single byte reported without RTE (they differ only for bills: 4F vs 47–50). `event` holds the RTE payload for 7E (`credits_wagered`, `total_coin_in`, `wager_type`, `progressive_group`), 7F (`win`), 8C (`game`) and 4F (`country`, `denomination_code`, `count`), else `null` |
 //! | `exception_acknowledged` | `exception_seq`, `code`, `name`, `rte` (reported as an RTE frame) | the host implied-ACKed the report: the exception left the queue |
 //! | `exception_lost` | `exception_seq`, `code`, `name`, `reason` (`overflow` or `ram_clear`) | the exception left the queue without being acknowledged |
@@ -41,7 +44,9 @@
 //! `handpaid_cancelled_credits`, `cancelled_credits`, `games_played`, `games_won`, `games_lost`,
 //! `bill_credits`, `current_credits`, `games_since_power_up`, `games_since_door_closed`,
 //! `slot_door_openings`, `power_resets`, `bills_accepted` = 24 counts by bill code, `ticket_in_cents`, `tickets_in`, `ticket_in_credits`,
-//! `ticket_out_cents`, `tickets_out`, `ticket_out_credits`).
+//! `ticket_out_cents`, `tickets_out`, `ticket_out_credits`, `aft_in_cents`, `aft_in_count`,
+//! `aft_out_cents`, `aft_out_count` (three each: cashable, restricted, non-restricted),
+//! `aft_in_credits`, `aft_out_credits`, `machine_paid_progressive`, `machine_paid_bonus`).
 //!
 //! # Reconciling
 //!
@@ -59,7 +64,12 @@
 //! - `ticket_out_cents` (000E), `tickets_out`, `ticket_out_credits` by Σ `cents`, the count and
 //!   Σ `credits` of `ticket_out` records; `ticket_in_cents` (000D), `tickets_in`,
 //!   `ticket_in_credits` likewise from `ticket_in` records; drop (0024) = bills + tickets in;
-//! - `current_credits` = bills + tickets in + machine-paid wins − bets − cash-outs (all kinds).
+//! - `aft_in_cents` (00A0 / 00A4 by class), `aft_out_cents` (00B8) by Σ `cents` of
+//!   `aft_transfer` records per direction and class; `machine_paid_progressive` (001D) and
+//!   `machine_paid_bonus` (001E) by Σ `credits` of `progressive` and `bonus` records, which
+//!   `coin_out` counts as well;
+//! - `current_credits` = bills + tickets in + AFT in + machine-paid wins, progressives and
+//!   bonuses − bets − cash-outs (all kinds).
 //!
 //! The host received an exception exactly when an `exception_acknowledged` record names its
 //! `exception_seq`. An exception can be both `exception_lost` and, later,
@@ -99,6 +109,8 @@ pub enum PaidBy {
     Handpay,
     /// A printed cash-out ticket (machines with validation).
     Ticket,
+    /// An AFT transfer to the cashless system.
+    Aft,
 }
 
 /// What a handpay paid.
@@ -107,6 +119,9 @@ pub enum PaidBy {
 pub enum HandpayKind {
     Jackpot,
     CancelledCredits,
+    /// A SAS progressive level too large for the machine to pay (LP1B reports its level and
+    /// amount in cents).
+    Progressive,
 }
 
 /// Why an exception left the queue unacknowledged.
@@ -195,6 +210,9 @@ pub enum Entry {
         cents: u64,
         /// The validation number of the receipt printed for it (machines with validation).
         receipt: Option<String>,
+        /// The progressive level (01–20) of a `progressive` handpay.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        level: Option<u8>,
     },
     TicketOut {
         validation_number: String,
@@ -250,6 +268,31 @@ pub enum Entry {
     Link {
         state: LinkState,
         reason: &'static str,
+    },
+    AftTransfer {
+        /// `to_machine` (type 00, in-house to the machine) or `to_host` (type 80).
+        direction: &'static str,
+        /// `cashable` or `non_restricted`.
+        class: &'static str,
+        transfer_type: u8,
+        cents: u64,
+        credits: u64,
+        transaction_id: String,
+    },
+    Progressive {
+        group: u8,
+        level: u8,
+        cents: u64,
+        credits: u64,
+        game: u16,
+        /// `machine` (to the credit meter, 56 and LP85) or `handpay` (51 and LP1B; paid at its
+        /// `handpay` record).
+        paid_by: PaidBy,
+    },
+    Bonus {
+        credits: u64,
+        cents: u64,
+        game: u16,
     },
     Stop {
         meters: Meters,

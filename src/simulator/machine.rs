@@ -33,9 +33,9 @@ use firmware_protocols::crc::crc16;
 use firmware_protocols::sas::Reply;
 use firmware_protocols::sas::codec::Request;
 use firmware_protocols::sas::message::{
-    BasicMeters, EnabledFeatures, ExtendedMeter, ExtendedMeters, HandpayInfo, LastBill,
-    MachineInfo, MeterPoll, Meters10To15, SelectedMeters, TicketDetail, TicketMessage,
-    ValidationRecord, VersionAndSerial,
+    AftTransferStatus, BasicMeters, EnabledFeatures, ExtendedMeter, ExtendedMeters, HandpayInfo,
+    LastBill, LegacyBonusWin, MachineInfo, MeterPoll, Meters10To15, ProgressiveWin, SelectedMeters,
+    TicketDetail, TicketMessage, ValidationRecord, VersionAndSerial,
 };
 use firmware_protocols::sas::message::{DateTime, command};
 use firmware_protocols::sas::{
@@ -82,6 +82,11 @@ const CASHABLE_TICKET_OUT: u8 = 0x00;
 const CANCELLED_CREDIT_RECEIPT: u8 = 0x10;
 const JACKPOT_RECEIPT: u8 = 0x20;
 const CASHABLE_TICKET_REDEEMED: u8 = 0x80;
+/// LP72 transfer types: in-house from the cashless system to the machine, and back.
+const AFT_TO_MACHINE: u8 = 0x00;
+const AFT_TO_HOST: u8 = 0x80;
+/// The SAS progressive group this machine's levels belong to.
+const PROGRESSIVE_GROUP: u8 = 1;
 
 /// Bytes for the transport to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +132,8 @@ struct Game {
 #[derive(Debug, Clone)]
 struct Handpay {
     kind: HandpayKind,
+    /// The progressive level of a `Progressive` handpay, else 0.
+    level: u8,
     credits: u64,
     reset_at: Instant,
     info_read: bool,
@@ -207,6 +214,19 @@ pub struct Machine {
     validation_index: u8,
     /// The last ticket inserted, for LP70.
     last_ticket_in: Option<TicketDetail>,
+    /// AFT, progressive and bonus choices and amounts: a stream of its own, so that a machine
+    /// with them plays the same games as one without.
+    money_rng: Xoshiro256PlusPlus,
+    /// The last AFT transfer and whether an interrogation (LP72) has read it since it
+    /// completed: the player's next transfer waits until then, as a machine holds one transfer
+    /// at a time.
+    aft: Option<(AftTransferStatus, bool)>,
+    aft_transactions: u64,
+    /// The last SAS progressive hit and whether LP85 has read it; the next hit waits until
+    /// then, because LP85 reports only the last.
+    progressive: Option<(ProgressiveWin, bool)>,
+    /// The last legacy bonus, for LP90.
+    last_bonus: LegacyBonusWin,
 }
 
 impl Machine {
@@ -259,6 +279,11 @@ impl Machine {
             validation: VecDeque::new(),
             validation_index: 0,
             last_ticket_in: None,
+            money_rng: stream(5),
+            aft: None,
+            aft_transactions: 0,
+            progressive: None,
+            last_bonus: LegacyBonusWin::default(),
             cfg,
         };
         machine.record(
@@ -705,6 +730,15 @@ impl Machine {
                 _,
                 LongPoll::SendTicketValidationData | LongPoll::RedeemTicket(_),
             )) => self.cfg.validation != Validation::None,
+            Ok(HostMessage::LongPoll(_, LongPoll::AftInterrogate { .. })) => {
+                self.cfg.play.aft_probability > 0.0
+            }
+            Ok(HostMessage::LongPoll(_, LongPoll::SendProgressiveWin)) => {
+                self.cfg.play.progressive_probability > 0.0
+            }
+            Ok(HostMessage::LongPoll(_, LongPoll::SendLegacyBonusWin)) => {
+                self.cfg.play.bonus_probability > 0.0
+            }
             _ => true,
         }
     }
@@ -866,8 +900,10 @@ impl Machine {
                     Validation::SecureEnhanced => 0b10,
                 };
                 let redemption = if self.cfg.validation == Validation::None { 0 } else { 0x80 };
+                let bonus = if self.cfg.play.bonus_probability > 0.0 { 0x04 } else { 0 };
+                let aft = if self.cfg.play.aft_probability > 0.0 { 0x40 } else { 0 };
                 // Extended meters (LP6F/AF) always; the 40 ms polling rate.
-                let features = [redemption | validation << 5, 0x08, 0x01];
+                let features = [redemption | validation << 5 | bonus, 0x08 | aft, 0x01];
                 Reply::EnabledFeatures(EnabledFeatures { game: *game, features })
             }
             LongPoll::SendEnhancedValidation { function }
@@ -875,6 +911,29 @@ impl Machine {
             {
                 Reply::EnhancedValidation(self.validation_record(*function))
             }
+            // Only reached with the feature on (see `supports`). Index 0 is the current or most
+            // recent transfer, which this read acknowledges; this machine keeps no history.
+            LongPoll::AftInterrogate { index } => {
+                Reply::AftTransfer(match (index, &mut self.aft) {
+                    (0, Some((status, read))) => {
+                        *read = true;
+                        status.clone()
+                    }
+                    _ => AftTransferStatus {
+                        status: 0xFF,
+                        receipt_status: 0xFF,
+                        ..Default::default()
+                    },
+                })
+            }
+            LongPoll::SendProgressiveWin => Reply::ProgressiveWin(match &mut self.progressive {
+                Some((win, read)) => {
+                    *read = true;
+                    *win
+                }
+                None => ProgressiveWin::default(),
+            }),
+            LongPoll::SendLegacyBonusWin => Reply::LegacyBonusWin(self.last_bonus),
             LongPoll::SendDateTime => Reply::DateTime(self.clock.egm_date_time(now)),
             LongPoll::SetDateTime(t) => match self.clock.set_egm(now, *t) {
                 Ok(()) => {
@@ -917,17 +976,23 @@ impl Machine {
         let Some(h) = self.handpay.as_mut() else { return HandpayInfo::default() };
         h.info_read = true;
         h.reissue_at = None;
+        let progressive = h.kind == HandpayKind::Progressive;
         HandpayInfo {
-            progressive_group: 0,
+            progressive_group: if progressive { PROGRESSIVE_GROUP } else { 0 },
             // Level 00 = non-progressive win, 80 = cancelled-credits handpay [unverified: SAS
             // 6.02 table 7.8a, as recalled; check against the licensed spec].
             level: match h.kind {
                 HandpayKind::Jackpot => 0x00,
                 HandpayKind::CancelledCredits => 0x80,
+                HandpayKind::Progressive => h.level,
             },
             // A non-progressive handpay is reported in accounting credits; only progressive
             // levels (01–20) are in cents (MON `LP1BSendHandpayInfoHandler`).
-            amount: on_wire(h.credits, 5),
+            amount: if progressive {
+                on_wire(h.credits.saturating_mul(self.credit_minor_units), 5)
+            } else {
+                on_wire(h.credits, 5)
+            },
             partial_pay: 0,
             reset_id: 0,
         }
@@ -1027,6 +1092,12 @@ impl Machine {
         while self.meters.current_credits < bet {
             let bills = &self.cfg.bills;
             let value = bills[self.play_rng.random_range(0..bills.len())];
+            if self.wants_aft() {
+                // As much as the bill would have been, cashable or promotional.
+                let class = if self.money_rng.random_bool(0.5) { 0 } else { 2 };
+                self.aft_in(at, class, value * 100);
+                continue;
+            }
             let probability = self.cfg.play.ticket_in_probability;
             if self.cfg.validation != Validation::None
                 && probability > 0.0
@@ -1037,6 +1108,115 @@ impl Machine {
             } else {
                 self.accept_bill(at, value);
             }
+        }
+    }
+
+    /// Whether the player moves money by AFT this time: the machine supports it, holds no
+    /// transfer the host has not read yet, and the player so chooses.
+    fn wants_aft(&mut self) -> bool {
+        let probability = self.cfg.play.aft_probability;
+        probability > 0.0
+            && self.aft.as_ref().is_none_or(|(_, read)| *read)
+            && self.money_rng.random_bool(probability.min(1.0))
+    }
+
+    /// The cashless system transfers `cents` of `class` (0 cashable, 2 non-restricted) onto the
+    /// credit meter.
+    fn aft_in(&mut self, at: Instant, class: usize, cents: u64) {
+        // Validation guarantees whole credits for every bill value.
+        let credits = (cents / self.credit_minor_units).max(1);
+        self.meters.aft_in(class, cents, credits);
+        self.aft_complete(at, AFT_TO_MACHINE, class, cents, credits);
+    }
+
+    /// A transfer completed: kept for LP72, in the ledger, and reported (69).
+    fn aft_complete(
+        &mut self,
+        at: Instant,
+        transfer_type: u8,
+        class: usize,
+        cents: u64,
+        credits: u64,
+    ) {
+        self.aft_transactions += 1;
+        let transaction_id =
+            format!("SIM{:05}-{:010}", self.cfg.index, self.aft_transactions % 10_000_000_000);
+        let amount = on_wire(cents, 5);
+        let status = AftTransferStatus {
+            position: 0,
+            status: 0x00,
+            receipt_status: 0xFF,
+            transfer_type,
+            cashable: if class == 0 { amount } else { 0 },
+            restricted: if class == 1 { amount } else { 0 },
+            non_restricted: if class == 2 { amount } else { 0 },
+            flags: 0,
+            asset_number: 0,
+            transaction_id: transaction_id.clone().into_bytes(),
+            completed: Some(self.clock.egm_date_time(at)),
+        };
+        self.aft = Some((status, false));
+        let direction = if transfer_type == AFT_TO_HOST { "to_host" } else { "to_machine" };
+        let class = ["cashable", "restricted", "non_restricted"].get(class).copied().unwrap_or("");
+        let entry =
+            Entry::AftTransfer { direction, class, transfer_type, cents, credits, transaction_id };
+        self.record(at, entry);
+        self.raise_simple(at, Exception::AftTransferComplete);
+    }
+
+    /// At a game end paid by the machine: a SAS progressive hit (56, LP85) and a legacy bonus
+    /// (7C, LP90), each by its chance, paid to the credit meter.
+    fn extra_wins(&mut self, at: Instant, bet: u64) {
+        let probability = self.cfg.play.progressive_probability;
+        if probability > 0.0
+            && self.progressive.as_ref().is_none_or(|(_, read)| *read)
+            && self.money_rng.random_bool(probability.min(1.0))
+        {
+            let level = self.money_rng.random_range(1..=3u8);
+            let credits = bet * 10 * u64::from(level);
+            let cents = credits.saturating_mul(self.credit_minor_units);
+            let paid_by = if credits >= self.cfg.play.handpay_limit {
+                PaidBy::Handpay
+            } else {
+                PaidBy::Machine
+            };
+            let group = PROGRESSIVE_GROUP;
+            let entry = Entry::Progressive { group, level, cents, credits, game: GAME_ID, paid_by };
+            self.record(at, entry);
+            if paid_by == PaidBy::Handpay {
+                // Too much for the machine to pay: an attendant pays it, and LP1B reports the
+                // level. Only 51 is raised (no 56), so the host reads it once, as a handpay.
+                self.start_handpay(at, HandpayKind::Progressive, credits);
+                if let Some(h) = self.handpay.as_mut() {
+                    h.level = level;
+                }
+                return;
+            }
+            self.meters.paid_extra(credits, true);
+            let win = ProgressiveWin { group, level, amount: on_wire(cents, 5) };
+            self.progressive = Some((win, false));
+            self.raise_simple(at, Exception::SasProgressiveLevelHit);
+        }
+        let probability = self.cfg.play.bonus_probability;
+        if probability > 0.0 && self.money_rng.random_bool(probability.min(1.0)) {
+            let credits = bet * 5;
+            self.meters.paid_extra(credits, false);
+            let cents = credits.saturating_mul(self.credit_minor_units);
+            self.last_bonus = LegacyBonusWin {
+                multiplier: 0,
+                multiplied_win: 0,
+                tax_status: 0x01,
+                bonus: on_wire(credits, 4),
+            };
+            self.record(at, Entry::Bonus { credits, cents, game: GAME_ID });
+            let b = self.last_bonus;
+            let event = RealTimeEvent::LegacyBonus {
+                multiplier: b.multiplier,
+                multiplied_win: b.multiplied_win,
+                tax_status: b.tax_status,
+                bonus: b.bonus,
+            };
+            self.raise(at, event, Exception::LegacyBonusAwarded);
         }
     }
 
@@ -1139,6 +1319,9 @@ impl Machine {
             paid_by,
         };
         self.record(at, entry);
+        if !handpay {
+            self.extra_wins(at, game.bet);
+        }
         if handpay {
             self.start_handpay(at, HandpayKind::Jackpot, game.win);
         } else if self.meters.current_credits > 0
@@ -1155,6 +1338,11 @@ impl Machine {
         if credits >= self.cfg.play.handpay_limit {
             self.record(at, Entry::Cashout { credits, paid_by: PaidBy::Handpay });
             self.start_handpay(at, HandpayKind::CancelledCredits, credits);
+        } else if self.wants_aft() {
+            let cents = credits.saturating_mul(self.credit_minor_units);
+            self.meters.aft_out(cents, credits);
+            self.record(at, Entry::Cashout { credits, paid_by: PaidBy::Aft });
+            self.aft_complete(at, AFT_TO_HOST, 0, cents, credits);
         } else if self.cfg.validation != Validation::None {
             let cents = credits.saturating_mul(self.credit_minor_units);
             self.meters.ticket_out(cents, credits);
@@ -1176,6 +1364,7 @@ impl Machine {
     fn start_handpay(&mut self, at: Instant, kind: HandpayKind, credits: u64) {
         self.handpay = Some(Handpay {
             kind,
+            level: 0,
             credits,
             reset_at: at + self.cfg.play.handpay_duration,
             info_read: false,
@@ -1197,17 +1386,19 @@ impl Machine {
         match h.kind {
             HandpayKind::Jackpot => self.meters.jackpot_handpaid(h.credits),
             HandpayKind::CancelledCredits => self.meters.cashout_handpaid(h.credits),
+            HandpayKind::Progressive => self.meters.progressive_handpaid(h.credits),
         }
         let cents = h.credits.saturating_mul(self.credit_minor_units);
         let receipt = (self.cfg.validation != Validation::None).then(|| {
             let validation_type = match h.kind {
-                HandpayKind::Jackpot => JACKPOT_RECEIPT,
+                HandpayKind::Jackpot | HandpayKind::Progressive => JACKPOT_RECEIPT,
                 HandpayKind::CancelledCredits => CANCELLED_CREDIT_RECEIPT,
             };
             printed_number(self.print_validation(at, validation_type, cents))
         });
         let printed = receipt.is_some();
-        self.record(at, Entry::Handpay { kind: h.kind, credits: h.credits, cents, receipt });
+        let level = (h.kind == HandpayKind::Progressive).then_some(h.level);
+        self.record(at, Entry::Handpay { kind: h.kind, credits: h.credits, cents, receipt, level });
         if printed {
             self.raise_simple(at, Exception::HandpayValidated);
         }

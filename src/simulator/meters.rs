@@ -58,6 +58,23 @@ pub struct Meters {
     pub tickets_out: u64,
     /// 0016 / 002C — the same in credits.
     pub ticket_out_credits: u64,
+    /// 00A0 / 00A2 / 00A4 — in-house AFT transfers to the machine, in cents, per class
+    /// (cashable, restricted, non-restricted); 00A1 / 00A3 / 00A5 how many.
+    pub aft_in_cents: [u64; 3],
+    pub aft_in_count: [u64; 3],
+    /// 00B8 / 00BA / 00BC — in-house AFT transfers to the host, in cents, per class; 00B9 /
+    /// 00BB / 00BD how many.
+    pub aft_out_cents: [u64; 3],
+    pub aft_out_count: [u64; 3],
+    /// 0017 / 0018 — electronic transfers to the machine / to the host, in credits.
+    pub aft_in_credits: u64,
+    pub aft_out_credits: u64,
+    /// 001D — SAS progressive wins paid by the machine (part of coin out).
+    pub machine_paid_progressive: u64,
+    /// 001E — legacy bonuses paid by the machine (part of coin out).
+    pub machine_paid_bonus: u64,
+    /// 0020 — SAS progressive wins paid by an attendant (part of jackpot).
+    pub attendant_paid_progressive: u64,
 }
 
 impl Meters {
@@ -72,9 +89,42 @@ impl Meters {
         }
     }
 
-    /// 0024 — total drop: bills and tickets (no coins, no electronic transfers here).
+    /// 0024 — total drop: bills, tickets and electronic transfers in (no coins here).
     pub fn drop(&self) -> u64 {
-        self.bill_credits + self.ticket_in_credits
+        self.bill_credits + self.ticket_in_credits + self.aft_in_credits
+    }
+
+    /// An AFT transfer of `cents` (`credits`) of `class` (0 cashable, 1 restricted, 2
+    /// non-restricted) from the cashless system onto the credit meter.
+    pub fn aft_in(&mut self, class: usize, cents: u64, credits: u64) {
+        if let (Some(c), Some(n)) =
+            (self.aft_in_cents.get_mut(class), self.aft_in_count.get_mut(class))
+        {
+            *c += cents;
+            *n += 1;
+        }
+        self.aft_in_credits += credits;
+        self.current_credits += credits;
+    }
+
+    /// The player cashed out `credits` (`cents`, cashable) to the cashless system.
+    pub fn aft_out(&mut self, cents: u64, credits: u64) {
+        self.aft_out_cents[0] += cents;
+        self.aft_out_count[0] += 1;
+        self.aft_out_credits += credits;
+        self.current_credits -= credits.min(self.current_credits);
+    }
+
+    /// A SAS progressive win or a legacy bonus paid to the credit meter: coin out, and the
+    /// meter of its source.
+    pub fn paid_extra(&mut self, credits: u64, progressive: bool) {
+        if progressive {
+            self.machine_paid_progressive += credits;
+        } else {
+            self.machine_paid_bonus += credits;
+        }
+        self.coin_out += credits;
+        self.current_credits += credits;
     }
 
     /// 0022 — total won.
@@ -150,6 +200,12 @@ impl Meters {
         self.jackpot += credits;
     }
 
+    /// An attendant paid a SAS progressive win.
+    pub fn progressive_handpaid(&mut self, credits: u64) {
+        self.jackpot += credits;
+        self.attendant_paid_progressive += credits;
+    }
+
     /// An attendant paid a cash-out; the credits leave the credit meter only now.
     pub fn cashout_handpaid(&mut self, credits: u64) {
         self.handpaid_cancelled_credits += credits;
@@ -183,14 +239,16 @@ impl Meters {
             0x0016 | 0x002C => self.ticket_out_credits,
             0x000F | 0x0010 | 0x0013 | 0x0014 | 0x002A | 0x002B | 0x002D | 0x0036 | 0x0037
             | 0x0039 => 0,
-            // Electronic transfers: none.
-            0x0017 | 0x0018 => 0,
-            // Machine-paid paytable win; progressive and external bonus: none.
-            0x001C => self.coin_out,
-            0x001D | 0x001E => 0,
+            0x0017 => self.aft_in_credits,
+            0x0018 => self.aft_out_credits,
+            // Machine-paid paytable win, progressive and external bonus make up coin out.
+            0x001C => self.coin_out - self.machine_paid_progressive - self.machine_paid_bonus,
+            0x001D => self.machine_paid_progressive,
+            0x001E => self.machine_paid_bonus,
             // Attendant-paid paytable win; progressive and external bonus: none.
-            0x001F => self.jackpot,
-            0x0020 | 0x0021 => 0,
+            0x001F => self.jackpot - self.attendant_paid_progressive,
+            0x0020 => self.attendant_paid_progressive,
+            0x0021 => 0,
             0x0022 => self.total_won(),
             0x0023 => self.total_hand_paid(),
             0x0024 => self.drop(),
@@ -201,6 +259,19 @@ impl Meters {
             code @ 0x0040..=0x0057 => {
                 self.bills_accepted.get(usize::from(code - 0x0040)).copied().unwrap_or(0)
             }
+            // In-house AFT in and out; debit, bonus and to-ticket transfers: none.
+            code @ (0x00A0..=0x00A5 | 0x00B8..=0x00BD) => {
+                let (base, cents, count) = if code < 0x00B8 {
+                    (0x00A0, &self.aft_in_cents, &self.aft_in_count)
+                } else {
+                    (0x00B8, &self.aft_out_cents, &self.aft_out_count)
+                };
+                // Pairs of cents and count: cashable, restricted, non-restricted.
+                let class = usize::from((code - base) / 2);
+                let meter = if code.is_multiple_of(2) { cents } else { count };
+                meter.get(class).copied().unwrap_or(0)
+            }
+            0x00A6..=0x00B7 => 0,
             _ => return None,
         })
     }
@@ -248,7 +319,27 @@ mod tests {
         assert_eq!(m.value(MeterCode(0x0044)), Some(1), "one $20 bill");
         assert_eq!(m.lp1e_bill_counts(), [0, 0, 0, 1, 0, 0]);
         assert_eq!(m.value(MeterCode(0x0024)), Some(2_000));
-        assert_eq!(m.value(MeterCode(0x00A0)), None);
+        assert_eq!(m.value(MeterCode(0x00A0)), Some(0));
+        assert_eq!(m.value(MeterCode(0x00C0)), None);
+    }
+
+    #[test]
+    fn aft_progressive_and_bonus_move_their_meters_and_coin_out_is_their_sum() {
+        let mut m = Meters::default();
+        m.aft_in(0, 2_000, 400);
+        m.aft_in(2, 500, 100);
+        m.bet(300);
+        m.game_ended(100, true);
+        m.paid_extra(50, true);
+        m.paid_extra(20, false);
+        m.aft_out(1_850, 370);
+        let v = |code| m.value(MeterCode(code)).unwrap();
+        assert_eq!((v(0xA0), v(0xA1), v(0xA4), v(0xA5), v(0xA2)), (2_000, 1, 500, 1, 0));
+        assert_eq!((v(0xB8), v(0xB9), v(0xBC)), (1_850, 1, 0));
+        assert_eq!((v(0x17), v(0x18)), (500, 370));
+        assert_eq!((v(0x1C), v(0x1D), v(0x1E), v(0x01)), (100, 50, 20, 170));
+        assert_eq!(m.current_credits, 0);
+        assert_eq!(m.drop(), 500, "electronic transfers in count in the drop");
     }
 
     #[test]

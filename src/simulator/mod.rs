@@ -181,6 +181,20 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "P", default_value_t = 0.0, help_heading = "Play")]
     pub ticket_in_probability: f64,
 
+    /// Chance that the player funds play by an AFT transfer (exception 69, LP72) rather than a
+    /// bill, and cashes out to the cashless system rather than a ticket or the hopper; above 0
+    /// the machine supports AFT.
+    #[arg(long, value_name = "P", default_value_t = 0.0, help_heading = "Play")]
+    pub aft_probability: f64,
+
+    /// Chance at each game end of a SAS progressive hit paid to the credit meter (56, LP85).
+    #[arg(long, value_name = "P", default_value_t = 0.0, help_heading = "Play")]
+    pub progressive_probability: f64,
+
+    /// Chance at each game end of a legacy bonus award paid to the credit meter (7C, LP90).
+    #[arg(long, value_name = "P", default_value_t = 0.0, help_heading = "Play")]
+    pub bonus_probability: f64,
+
     /// Start with real-time event reporting on (otherwise the host turns it on with LP0E).
     #[arg(long, help_heading = "Protocol")]
     pub rte: bool,
@@ -318,6 +332,9 @@ impl SimulateArgs {
                     handpay_duration: self.handpay_duration,
                     max_games: self.max_games,
                     ticket_in_probability: self.ticket_in_probability,
+                    aft_probability: self.aft_probability,
+                    progressive_probability: self.progressive_probability,
+                    bonus_probability: self.bonus_probability,
                 };
                 cfg.validation = self.validation;
                 cfg.bills = self.bills.0.clone();

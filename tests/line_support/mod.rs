@@ -43,6 +43,21 @@ pub fn machine(next_seq: u64, now: std::time::Instant) -> MachinePoller {
     MachinePoller::new(venue, identity, &profile, schedule, next_seq, &[], now).unwrap()
 }
 
+/// Every canonical event in `journal`, oldest first, as JSON.
+pub fn journal_events(journal: &slotgate::journal::Journal) -> Vec<serde_json::Value> {
+    journal
+        .read(0, 100_000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r.body {
+            Some(slotgate::journal::Body::Event { canonical_json, .. }) => {
+                serde_json::from_slice(&canonical_json).ok()
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// The next message the machine end receives, framed as a machine frames it.
 pub async fn next_message(egm: &mut MemoryLine, framer: &mut RequestDecoder) -> Vec<u8> {
     let mut input = Vec::new();

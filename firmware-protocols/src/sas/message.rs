@@ -50,14 +50,28 @@ pub mod command {
     pub const SEND_TICKET_VALIDATION_DATA: u8 = 0x70;
     /// 0x71 — redeem ticket.
     pub const REDEEM_TICKET: u8 = 0x71;
+    /// 0x72 — AFT transfer funds; slotgate sends only its interrogation form
+    /// ([`AFT_INTERROGATION`](super::AFT_INTERROGATION)).
+    pub const AFT_TRANSFER_FUNDS: u8 = 0x72;
     /// 0x7E — send current date and time.
     pub const SEND_DATE_TIME: u8 = 0x7E;
     /// 0x7F — receive date and time.
     pub const SET_DATE_TIME: u8 = 0x7F;
+    /// 0x85 — send SAS progressive win amount.
+    pub const SEND_PROGRESSIVE_WIN: u8 = 0x85;
+    /// 0x87 — send multiple SAS progressive win amounts.
+    pub const SEND_PROGRESSIVE_WINS: u8 = 0x87;
+    /// 0x90 — send legacy bonus win amount.
+    pub const SEND_LEGACY_BONUS_WIN: u8 = 0x90;
     /// 0xAF — send extended meters for game N (alternate code, so that two consecutive
     /// extended-meter polls are not an implied NACK).
     pub const SEND_EXTENDED_METERS_ALT: u8 = 0xAF;
 }
+
+/// The LP72 transfer code of an interrogation: "tell me the status of a transfer", which moves
+/// nothing. Every other transfer code (00/01 transfer, 80 cancel) is a transfer request, which
+/// no [`LongPoll`] can hold (requirements R22).
+pub const AFT_INTERROGATION: u8 = 0xFF;
 
 /// The general poll to address 0: the sync poll, and an implied ACK of whatever came before.
 pub const SYNC_POLL: u8 = 0x80;
@@ -153,6 +167,17 @@ pub enum LongPoll {
     SendTicketValidationData,
     /// 0x71 — redeem a ticket, or (transfer code 0xFF) ask for the redemption status.
     RedeemTicket(TicketMessage),
+    /// 0x72 in its interrogation form (transfer code [`AFT_INTERROGATION`]): the status of the
+    /// transfer at `index` (00 = the current or most recent one, 01–7F a history buffer
+    /// position). A transfer request has no variant: it cannot be built, encoded or decoded.
+    AftInterrogate { index: u8 },
+    /// 0x85 — the amount of the SAS progressive level just hit (after exception 56).
+    SendProgressiveWin,
+    /// 0x87 — every SAS progressive level hit since the last read (after exception 56, on a
+    /// machine whose LPA0 says it reports several at once).
+    SendProgressiveWins,
+    /// 0x90 — the legacy bonus just awarded (after exception 7C).
+    SendLegacyBonusWin,
     /// 0x7E — current date and time.
     SendDateTime,
     /// 0x7F — set date and time (type S, or type G as a broadcast).
@@ -209,6 +234,10 @@ impl LongPoll {
             Self::SendExtendedMeters { alternate: true, .. } => SEND_EXTENDED_METERS_ALT,
             Self::SendTicketValidationData => SEND_TICKET_VALIDATION_DATA,
             Self::RedeemTicket(_) => REDEEM_TICKET,
+            Self::AftInterrogate { .. } => AFT_TRANSFER_FUNDS,
+            Self::SendProgressiveWin => SEND_PROGRESSIVE_WIN,
+            Self::SendProgressiveWins => SEND_PROGRESSIVE_WINS,
+            Self::SendLegacyBonusWin => SEND_LEGACY_BONUS_WIN,
             Self::SendDateTime => SEND_DATE_TIME,
             Self::SetDateTime(_) => SET_DATE_TIME,
         }
@@ -241,6 +270,11 @@ impl LongPoll {
             | Self::SendVersionAndSerial
             | Self::SendExtendedMeters { .. }
             | Self::SendTicketValidationData
+            // Reads: the status of a transfer someone else made, and what was won.
+            | Self::AftInterrogate { .. }
+            | Self::SendProgressiveWin
+            | Self::SendProgressiveWins
+            | Self::SendLegacyBonusWin
             | Self::SendDateTime
             | Self::SetDateTime(_) => false,
         }
@@ -259,6 +293,9 @@ impl LongPoll {
                 | Self::SendLastBill
                 | Self::SendVersionAndSerial
                 | Self::SendTicketValidationData
+                | Self::SendProgressiveWin
+                | Self::SendProgressiveWins
+                | Self::SendLegacyBonusWin
                 | Self::SendDateTime
         )
     }
@@ -300,6 +337,9 @@ impl LongPoll {
             }
             Self::RedeemTicket(ticket) => ticket.encode_body(&mut out)?,
             Self::SendEnhancedValidation { function } => out.push(*function),
+            Self::AftInterrogate { index } => {
+                out.extend_from_slice(&[2, AFT_INTERROGATION, *index])
+            }
             Self::SendEnabledFeatures { game } => {
                 bcd::encode(u64::from(*game), 2, &mut out).map_err(bcd_encode_field("game"))?;
             }
@@ -365,6 +405,20 @@ impl LongPoll {
                 }
             }
             REDEEM_TICKET => Self::RedeemTicket(TicketMessage::decode_body(&mut r)?),
+            AFT_TRANSFER_FUNDS => {
+                let mut body = r.length_prefixed()?;
+                let code = body.u8()?;
+                if code != AFT_INTERROGATION {
+                    // A transfer request (or a cancel): nothing a monitoring host sends (R22).
+                    return Err(DecodeError::InvalidField {
+                        field: "transfer_code",
+                        value: code.into(),
+                    });
+                }
+                let index = body.u8()?;
+                body.finish()?;
+                Self::AftInterrogate { index }
+            }
             SET_DATE_TIME => Self::SetDateTime(DateTime::decode_from(&mut r)?),
             other => return Err(DecodeError::UnknownCommand { command: other }),
         };
@@ -383,6 +437,9 @@ impl LongPoll {
             SEND_LAST_BILL => Self::SendLastBill,
             SEND_VERSION_AND_SERIAL => Self::SendVersionAndSerial,
             SEND_TICKET_VALIDATION_DATA => Self::SendTicketValidationData,
+            SEND_PROGRESSIVE_WIN => Self::SendProgressiveWin,
+            SEND_PROGRESSIVE_WINS => Self::SendProgressiveWins,
+            SEND_LEGACY_BONUS_WIN => Self::SendLegacyBonusWin,
             SEND_DATE_TIME => Self::SendDateTime,
             other => Self::SendMeter(MeterPoll::from_command(other)?),
         })
@@ -403,6 +460,7 @@ impl LongPoll {
             SEND_SELECTED_METERS
             | SEND_EXTENDED_METERS
             | SEND_EXTENDED_METERS_ALT
+            | AFT_TRANSFER_FUNDS
             | REDEEM_TICKET => match length_byte {
                 Some(len) => RequestLen::Fixed(3 + usize::from(len) + 2),
                 None => RequestLen::NeedLengthByte,
@@ -530,6 +588,14 @@ pub enum Reply {
     TicketValidationData(TicketMessage),
     /// LP71.
     TicketRedemption(TicketMessage),
+    /// LP72 interrogation.
+    AftTransfer(AftTransferStatus),
+    /// LP85.
+    ProgressiveWin(ProgressiveWin),
+    /// LP87.
+    ProgressiveWins(ProgressiveWins),
+    /// LP90.
+    LegacyBonusWin(LegacyBonusWin),
     /// LP7E.
     DateTime(DateTime),
 }
@@ -618,6 +684,23 @@ impl Reply {
                 out.push(REDEEM_TICKET);
                 t.encode_body(&mut out)?;
             }
+            Self::AftTransfer(t) => {
+                out.push(AFT_TRANSFER_FUNDS);
+                t.encode_body(&mut out)?;
+            }
+            Self::ProgressiveWin(w) => {
+                out.push(SEND_PROGRESSIVE_WIN);
+                out.extend_from_slice(&[w.group, w.level]);
+                bcd::encode(w.amount, 5, &mut out).map_err(bcd_encode_field("amount"))?;
+            }
+            Self::ProgressiveWins(w) => {
+                out.push(SEND_PROGRESSIVE_WINS);
+                w.encode_body(&mut out)?;
+            }
+            Self::LegacyBonusWin(b) => {
+                out.push(SEND_LEGACY_BONUS_WIN);
+                b.encode_body(&mut out)?;
+            }
             Self::DateTime(t) => {
                 out.push(SEND_DATE_TIME);
                 t.encode_into(&mut out)?;
@@ -669,6 +752,14 @@ impl Reply {
                 features: r.array()?,
             }),
             REDEEM_TICKET => Self::TicketRedemption(TicketMessage::decode_body(&mut r)?),
+            AFT_TRANSFER_FUNDS => Self::AftTransfer(AftTransferStatus::decode_body(&mut r)?),
+            SEND_PROGRESSIVE_WIN => Self::ProgressiveWin(ProgressiveWin {
+                group: r.u8()?,
+                level: r.u8()?,
+                amount: r.bcd(5, "amount")?,
+            }),
+            SEND_PROGRESSIVE_WINS => Self::ProgressiveWins(ProgressiveWins::decode_body(&mut r)?),
+            SEND_LEGACY_BONUS_WIN => Self::LegacyBonusWin(LegacyBonusWin::decode_body(&mut r)?),
             SEND_DATE_TIME => Self::DateTime(DateTime::decode_from(&mut r)?),
             other => match MeterPoll::from_command(other) {
                 Some(poll) => {
@@ -698,11 +789,15 @@ impl Reply {
             SEND_DATE_TIME => fixed(2 + DateTime::BODY_LEN + 2),
             SEND_ENHANCED_VALIDATION => fixed(2 + ValidationRecord::BODY_LEN + 2),
             SEND_ENABLED_FEATURES => fixed(2 + 2 + 3 + 2),
+            SEND_PROGRESSIVE_WIN => fixed(2 + 1 + 1 + 5 + 2),
+            SEND_LEGACY_BONUS_WIN => fixed(2 + LegacyBonusWin::BODY_LEN + 2),
             SEND_SELECTED_METERS
             | SEND_VERSION_AND_SERIAL
             | SEND_EXTENDED_METERS
             | SEND_EXTENDED_METERS_ALT
             | SEND_TICKET_VALIDATION_DATA
+            | AFT_TRANSFER_FUNDS
+            | SEND_PROGRESSIVE_WINS
             | REDEEM_TICKET => match frame.get(2) {
                 Some(&len) => fixed(3 + usize::from(len) + 2),
                 None => Some(ReplyLen::NeedLengthByte),
@@ -1084,6 +1179,193 @@ impl TicketMessage {
     }
 }
 
+/// LP72 answer to an interrogation (SAS 6.02 §8.3, layout as MON's `LP72AftTransferFundsParser`
+/// documents it): the transfer's buffer position and status, its type and amounts in cents, the
+/// host's transaction ID and, once complete, when it completed. A machine with no transfer to
+/// report may send only position and status (`FF`); the other fields are then zero.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AftTransferStatus {
+    /// 00 = the current or most recent transfer, else its history buffer position.
+    pub position: u8,
+    /// 00 full transfer, 01 partial transfer successful, 40 pending, 80–9F and C0–C1 refused,
+    /// FF no transfer information.
+    pub status: u8,
+    /// 00 printed, 20 printing, 40 pending, FF no receipt.
+    pub receipt_status: u8,
+    /// 00 in-house host → machine, 10 / 11 bonus coin-out / jackpot win host → machine, 20
+    /// in-house host → ticket, 40 debit host → machine, 60 debit host → ticket, 80 in-house
+    /// machine → host, 90 win machine → host.
+    pub transfer_type: u8,
+    /// Amounts in cents (5 BCD bytes each).
+    pub cashable: u64,
+    pub restricted: u64,
+    pub non_restricted: u64,
+    pub flags: u8,
+    /// Asset number, binary, least significant byte first.
+    pub asset_number: u32,
+    /// The host's transaction ID, 0–20 ASCII characters as sent.
+    pub transaction_id: Vec<u8>,
+    /// When the transfer completed; `None` while pending or when the machine sent zeros.
+    pub completed: Option<DateTime>,
+}
+
+/// Longest AFT transaction ID.
+pub const MAX_TRANSACTION_ID_LEN: usize = 20;
+
+impl AftTransferStatus {
+    /// Whether the transfer moved money: completed, in full or in part.
+    pub fn is_complete(&self) -> bool {
+        matches!(self.status, 0x00 | 0x01)
+    }
+
+    fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        if self.transaction_id.len() > MAX_TRANSACTION_ID_LEN {
+            return Err(EncodeError::TooLong {
+                field: "transaction_id",
+                len: self.transaction_id.len(),
+                max: MAX_TRANSACTION_ID_LEN,
+            });
+        }
+        let mut body = vec![self.position, self.status, self.receipt_status, self.transfer_type];
+        for (field, value) in [
+            ("cashable", self.cashable),
+            ("restricted", self.restricted),
+            ("non_restricted", self.non_restricted),
+        ] {
+            bcd::encode(value, 5, &mut body).map_err(bcd_encode_field(field))?;
+        }
+        body.push(self.flags);
+        body.extend_from_slice(&self.asset_number.to_le_bytes());
+        push_length_prefixed(&mut body, &self.transaction_id, "transaction_id")?;
+        match &self.completed {
+            Some(t) => t.encode_into(&mut body)?,
+            None => body.extend_from_slice(&[0; DateTime::BODY_LEN]),
+        }
+        // Expiration (4 BCD), pool ID (2), and three cumulative meters not sent (size 0).
+        body.extend_from_slice(&[0; 4 + 2 + 3]);
+        push_length_prefixed(out, &body, "aft_status")
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let mut body = r.length_prefixed()?;
+        let mut status = Self { position: body.u8()?, status: body.u8()?, ..Self::default() };
+        if body.is_empty() {
+            return Ok(status);
+        }
+        status.receipt_status = body.u8()?;
+        status.transfer_type = body.u8()?;
+        status.cashable = body.bcd(5, "cashable")?;
+        status.restricted = body.bcd(5, "restricted")?;
+        status.non_restricted = body.bcd(5, "non_restricted")?;
+        status.flags = body.u8()?;
+        status.asset_number = u32::from_le_bytes(body.array()?);
+        let id_len = usize::from(body.u8()?);
+        if id_len > MAX_TRANSACTION_ID_LEN {
+            return Err(DecodeError::InvalidField {
+                field: "transaction_id",
+                value: id_len as u64,
+            });
+        }
+        status.transaction_id = body.bytes(id_len)?.to_vec();
+        if body.buf.len() >= DateTime::BODY_LEN {
+            let raw = body.bytes(DateTime::BODY_LEN)?;
+            if raw.iter().any(|&b| b != 0) {
+                status.completed = Some(DateTime::decode_from(&mut Reader::new(r.command, raw))?);
+            }
+        }
+        // Expiration, pool ID and the cumulative meters: the gateway reads meters itself.
+        body.rest();
+        Ok(status)
+    }
+}
+
+/// LP85 reply: the SAS progressive level hit and its amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProgressiveWin {
+    pub group: u8,
+    /// 01–20 (hex).
+    pub level: u8,
+    /// Amount in cents (5 BCD bytes).
+    pub amount: u64,
+}
+
+/// LP87 reply: `addr 87 len group count {level amount(5 BCD)}… crc`, every level hit since
+/// the last read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProgressiveWins {
+    pub group: u8,
+    /// (level 01–20, amount in cents).
+    pub levels: Vec<(u8, u64)>,
+}
+
+/// Most levels an LP87 reply can carry: levels are 01–20 (hex).
+pub const MAX_PROGRESSIVE_LEVELS: usize = 32;
+
+impl ProgressiveWins {
+    fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        if self.levels.len() > MAX_PROGRESSIVE_LEVELS {
+            return Err(EncodeError::TooLong {
+                field: "levels",
+                len: self.levels.len(),
+                max: MAX_PROGRESSIVE_LEVELS,
+            });
+        }
+        let mut body = vec![self.group, self.levels.len() as u8];
+        for &(level, amount) in &self.levels {
+            body.push(level);
+            bcd::encode(amount, 5, &mut body).map_err(bcd_encode_field("amount"))?;
+        }
+        push_length_prefixed(out, &body, "levels")
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let mut body = r.length_prefixed()?;
+        let group = body.u8()?;
+        let count = usize::from(body.u8()?);
+        if count > MAX_PROGRESSIVE_LEVELS {
+            return Err(DecodeError::InvalidField { field: "levels", value: count as u64 });
+        }
+        let levels = (0..count)
+            .map(|_| Ok((body.u8()?, body.bcd(5, "amount")?)))
+            .collect::<Result<_, _>>()?;
+        body.finish()?;
+        Ok(Self { group, levels })
+    }
+}
+
+/// LP90 reply (and the RTE 7C payload): a legacy bonus award.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LegacyBonusWin {
+    /// 00 = not a multiplied jackpot, else the multiplier.
+    pub multiplier: u8,
+    /// Multiplied win, accounting credits (4 BCD bytes).
+    pub multiplied_win: u64,
+    /// 00 deductible, 01 non-deductible, 02 wager match.
+    pub tax_status: u8,
+    /// Bonus, accounting credits (4 BCD bytes).
+    pub bonus: u64,
+}
+
+impl LegacyBonusWin {
+    const BODY_LEN: usize = 1 + 4 + 1 + 4;
+
+    fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        out.push(self.multiplier);
+        bcd::encode(self.multiplied_win, 4, out).map_err(bcd_encode_field("multiplied_win"))?;
+        out.push(self.tax_status);
+        bcd::encode(self.bonus, 4, out).map_err(bcd_encode_field("bonus"))
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            multiplier: r.u8()?,
+            multiplied_win: r.bcd(4, "multiplied_win")?,
+            tax_status: r.u8()?,
+            bonus: r.bcd(4, "bonus")?,
+        })
+    }
+}
+
 /// LPA0: the features enabled for a game, three bit fields (SAS 6.02 layout as recalled
 /// [unverified against the licensed spec]; 6.03 machines may send a fourth byte, which this
 /// decoder refuses as a bad length).
@@ -1132,6 +1414,11 @@ impl EnabledFeatures {
 
     pub fn multi_denomination(&self) -> bool {
         self.bit(1, 7)
+    }
+
+    /// Several SAS progressive levels reported at once (LP87 rather than LP85).
+    pub fn multiple_progressive_wins(&self) -> bool {
+        self.bit(2, 1)
     }
 }
 

@@ -327,6 +327,9 @@ pub struct HostSession {
     rte_on: bool,
     /// Seed of an LP21 that was ACKed, whose signature will come on a general poll.
     rom_seed: Option<u16>,
+    /// LPA0 said the machine reports several SAS progressive levels at once: a 56 is then read
+    /// with LP87 rather than LP85.
+    multiple_progressive_wins: bool,
     /// The last RTE report delivered, to recognise the machine sending it again.
     last_report: Option<RealTimeEvent>,
     /// Since that report, an exchange failed or the link was lost, so the implied ACK that
@@ -437,6 +440,7 @@ impl HostSession {
             previous_answered: false,
             rte_on: false,
             rom_seed: None,
+            multiple_progressive_wins: false,
             last_report: None,
             ack_in_doubt: false,
             owed: Vec::new(),
@@ -1079,6 +1083,11 @@ impl HostSession {
                         _ => {}
                     }
                 }
+                if let (LongPoll::SendEnabledFeatures { game: 0 }, Reply::EnabledFeatures(f)) =
+                    (&poll, &reply)
+                {
+                    self.multiple_progressive_wins = f.multiple_progressive_wins();
+                }
                 self.poll_answered(&poll);
                 self.events.push_back(SessionEvent::Reply { poll, reply });
             }
@@ -1140,10 +1149,9 @@ impl HostSession {
         self.follow_up(exception, with_data);
     }
 
-    /// Follow-up polls for exceptions whose details must be read (§5, §13 item 8). Polls this
-    /// crate cannot encode (72 AFT interrogation, 85/87 progressive, 90 legacy bonus) are the
-    /// caller's, who sees the exception; those that move money (58 validation number, 71
-    /// redemption) are never sent.
+    /// Follow-up polls for exceptions whose details must be read (§5, §13 item 8). Those that
+    /// move money (58 validation number, 71 redemption, 72 transfer requests) are never sent;
+    /// LP72 goes only as an interrogation.
     fn follow_up(&mut self, exception: Exception, with_data: bool) {
         match exception {
             Exception::HandpayPending => self.owe(LongPoll::SendHandpayInfo, exception),
@@ -1163,6 +1171,18 @@ impl HostSession {
             // A handpay receipt, and a redeemed ticket: their validation records.
             Exception::HandpayValidated | Exception::TicketTransferComplete => {
                 self.owe(LongPoll::SendEnhancedValidation { function: 0 }, exception);
+            }
+            // A transfer someone else made: its amounts, type and transaction ID, read only.
+            Exception::AftTransferComplete => {
+                self.owe(LongPoll::AftInterrogate { index: 0 }, exception);
+            }
+            Exception::SasProgressiveLevelHit if self.multiple_progressive_wins => {
+                self.owe(LongPoll::SendProgressiveWins, exception);
+            }
+            Exception::SasProgressiveLevelHit => self.owe(LongPoll::SendProgressiveWin, exception),
+            // With RTE the 7C frame carries the award already.
+            Exception::LegacyBonusAwarded if !with_data => {
+                self.owe(LongPoll::SendLegacyBonusWin, exception);
             }
             _ => {}
         }
