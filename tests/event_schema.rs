@@ -61,7 +61,12 @@ fn event(machine_seq: u64, kind: EventKind) -> CanonicalEvent {
         occurred_at: at(0),
         occurred_at_local: "2026-03-01T14:00:00+02:00".into(),
         egm_time: Some("2026-03-01T14:00:02".parse().unwrap()),
-        game: Some(GameRef { number: Some(3), game_id: Some("AT".into()), paytable_id: None }),
+        game: Some(GameRef {
+            number: Some(3),
+            game_id: Some("AT".into()),
+            paytable_id: None,
+            denomination_code: Some(0x02),
+        }),
         source: Source {
             kind: SourceKind::RealTimeEvent,
             code: Some(0x7E),
@@ -167,6 +172,14 @@ fn samples() -> Vec<EventKind> {
                 extended_meters: true,
                 multi_denomination: false,
             }),
+            number_of_games: Some(2),
+            games: vec![GameInfo {
+                number: 2,
+                denomination_code: 0x02,
+                denomination: Some(uah(5)),
+                paytable_id: "SIM002".into(),
+                max_bet: 10,
+            }],
         })),
         EventKind::MeterReset {
             meters: vec![MeterJump { meter: "coin_in".into(), before: 123_456, after: 100 }],
@@ -190,6 +203,7 @@ fn samples() -> Vec<EventKind> {
         },
         EventKind::PollUnsupported { command: 0x6F },
         EventKind::Reconciliation {
+            game_number: Some(2),
             outcome: ReconciliationOutcome::Mismatch,
             context: vec![WindowContext::EventGap],
             window_start: at(-60),

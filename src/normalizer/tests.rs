@@ -389,12 +389,19 @@ fn a_mismatch_emits_a_reconciliation_event_with_both_figures() {
     let event = only(&events, "reconciliation");
     assert!(event.derived);
     assert_eq!(event.source.kind, SourceKind::Gateway);
-    let EventKind::Reconciliation { outcome, bets, wins, games, context, window_start } =
-        &event.kind
+    let EventKind::Reconciliation {
+        game_number,
+        outcome,
+        bets,
+        wins,
+        games,
+        context,
+        window_start,
+    } = &event.kind
     else {
         unreachable!()
     };
-    assert_eq!(*outcome, ReconciliationOutcome::Mismatch);
+    assert_eq!((*game_number, *outcome), (None, ReconciliationOutcome::Mismatch));
     assert_eq!(
         (bets.events_minor_units, bets.meters_minor_units, bets.difference),
         (Some(500), Some(600), Some(100))
@@ -980,7 +987,7 @@ fn every_event_names_the_venue_machine_and_local_time() {
     let events =
         normalizer().handle(at(0), &SessionEvent::Exception(Exception::AcPowerLost)).unwrap();
     let event = &events[0];
-    assert_eq!((event.schema_version, event.venue_id.as_str()), (2, "hall-1"));
+    assert_eq!((event.schema_version, event.venue_id.as_str()), (3, "hall-1"));
     assert_eq!((event.machine.registry_id.as_str(), event.machine.sas_address), ("UA-0001", 1));
     assert_eq!(event.machine.asset_number.as_deref(), Some("A-17"));
     assert_eq!(event.occurred_at.to_string(), "2026-03-01T12:00:00Z");
@@ -1133,4 +1140,171 @@ fn bills_and_handpays_carry_the_game_they_belong_to() {
     for event in &events[1..] {
         assert_eq!(event.game.as_ref().and_then(|g| g.number), Some(3), "{:?}", event.kind);
     }
+}
+
+// === Multi-game machines ===
+
+fn number_of_games(games: u16) -> SessionEvent {
+    SessionEvent::Reply { poll: LongPoll::SendNumberOfGames, reply: Reply::NumberOfGames(games) }
+}
+
+fn game_configuration(game: u16, denomination: u8) -> SessionEvent {
+    let info = firmware_protocols::sas::message::MachineInfo {
+        denomination,
+        paytable_id: *b"SIM002",
+        max_bet: 10,
+        ..Default::default()
+    };
+    SessionEvent::Reply {
+        poll: LongPoll::SendGameConfiguration { game },
+        reply: Reply::GameConfiguration { game, info },
+    }
+}
+
+/// LP2F for `game`: coin in, coin out, jackpot, games played (accounting credits).
+fn game_meters(game: u16, coin_in: u64, coin_out: u64, jackpot: u64, played: u64) -> SessionEvent {
+    let meters = vec![(0x00, coin_in), (0x01, coin_out), (0x02, jackpot), (0x05, played)];
+    SessionEvent::Reply {
+        poll: LongPoll::SendSelectedMeters { game, meters: vec![0x00, 0x01, 0x02, 0x05] },
+        reply: Reply::SelectedMeters(firmware_protocols::sas::message::SelectedMeters {
+            game,
+            meters,
+        }),
+    }
+}
+
+fn select(game: u16) -> SessionEvent {
+    SessionEvent::RealTimeEvent(RealTimeEvent::GameSelected { game })
+}
+
+/// A machine at 0.01 whose game 2 is played at 0.05 (LP53), with every baseline read.
+fn two_game_machine() -> (Normalizer, Vec<CanonicalEvent>) {
+    let mut n = normalizer();
+    let events = run(
+        &mut n,
+        0,
+        &[
+            machine_info(0x01),
+            number_of_games(2),
+            game_configuration(1, 0x01),
+            game_configuration(2, 0x02),
+            meters(1000, 500, 0, 10),
+            game_meters(1, 600, 300, 0, 6),
+            game_meters(2, 400, 200, 0, 4),
+        ],
+    );
+    (n, events)
+}
+
+#[test]
+fn lp51_and_lp53_describe_the_games_and_each_play_event_carries_its_games_denomination() {
+    let (mut n, setup) = two_game_machine();
+    let EventKind::MachineInfo(info) =
+        &setup.iter().rfind(|e| e.kind.name() == "machine_info").unwrap().kind
+    else {
+        unreachable!()
+    };
+    assert_eq!(info.number_of_games, Some(2));
+    let games: Vec<(u16, u8)> =
+        info.games.iter().map(|g| (g.number, g.denomination_code)).collect();
+    assert_eq!(games, [(1, 0x01), (2, 0x02)]);
+    assert_eq!(info.games[1].denomination.as_ref().and_then(minor), Some(5));
+    // Game 2 without the multi-denomination flag: its 2 credits are priced at LP53's 0.05.
+    let events = run(&mut n, 10, &[select(2), game_started(2, 1010, 0x02), game_ended(0)]);
+    let bet = only(&events, "bet_accepted");
+    let EventKind::BetAccepted { amount, .. } = &bet.kind else { unreachable!() };
+    assert_eq!(minor(amount), Some(10));
+    let game = bet.game.as_ref().unwrap();
+    assert_eq!((game.number, game.denomination_code), (Some(2), Some(0x02)));
+    let events = run(&mut n, 20, &[select(1), game_started(3, 1013, 0x01)]);
+    let game = only(&events, "bet_accepted").game.clone().unwrap();
+    assert_eq!((game.number, game.denomination_code), (Some(1), Some(0x01)));
+}
+
+#[test]
+fn each_game_reconciles_against_its_own_meters() {
+    let (mut n, _) = two_game_machine();
+    let events = run(
+        &mut n,
+        10,
+        &[
+            select(1),
+            game_started(10, 1010, 0x01),
+            game_ended(20),
+            select(2),
+            // 2 credits at 0.05 = 10 accounting credits on game 2's coin-in meter.
+            game_started(2, 1020, 0x42),
+            game_ended(0),
+            meters(1020, 520, 0, 12),
+            game_meters(1, 610, 320, 0, 7),
+            game_meters(2, 410, 200, 0, 5),
+        ],
+    );
+    assert!(!kinds(&events).contains(&"reconciliation"), "{:?}", kinds(&events));
+}
+
+#[test]
+fn a_game_whose_meters_disagree_with_its_events_gets_its_own_reconciliation() {
+    let (mut n, _) = two_game_machine();
+    let events = run(
+        &mut n,
+        10,
+        &[
+            select(1),
+            game_started(10, 1010, 0x01),
+            game_ended(20),
+            select(2),
+            game_started(2, 1020, 0x42),
+            game_ended(0),
+            // The machine's totals agree, but the machine booked game 2's bet on game 1.
+            meters(1020, 520, 0, 12),
+            game_meters(1, 620, 320, 0, 8),
+            game_meters(2, 400, 200, 0, 4),
+        ],
+    );
+    let found: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Reconciliation { game_number, outcome, bets, .. } => {
+                Some((*game_number, *outcome, bets.events_minor_units, bets.meters_minor_units))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (Some(1), ReconciliationOutcome::Mismatch, Some(10), Some(20)),
+            (Some(2), ReconciliationOutcome::Mismatch, Some(10), Some(0)),
+        ]
+    );
+}
+
+#[test]
+fn an_outage_marks_every_games_window() {
+    let (mut n, _) = two_game_machine();
+    let events = run(
+        &mut n,
+        10,
+        &[
+            SessionEvent::LinkUp,
+            SessionEvent::LinkDown,
+            SessionEvent::LinkUp,
+            meters(1000, 500, 0, 10),
+            game_meters(2, 400, 200, 0, 4),
+        ],
+    );
+    let contexts: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Reconciliation { game_number, context, .. } => {
+                Some((*game_number, context.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        contexts,
+        [(None, vec![WindowContext::LinkOutage]), (Some(2), vec![WindowContext::LinkOutage])]
+    );
 }

@@ -1,6 +1,10 @@
 //! One machine on a line: its SAS session, its normalizer, and the polls the gateway schedules
 //! for it (discovery at link-up, periodic meter snapshots, clock set and read-back). Pure state:
 //! the line task owns the I/O and passes time in.
+//!
+//! A machine that reports more than one game (LP51 at link-up) has each game's configuration
+//! read (LP53: its denomination) and each game's meters read with every snapshot (LP2F for game
+//! N: coin in, coin out, jackpot, games played), so that reconciliation runs per game (R2).
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +16,13 @@ use firmware_protocols::sas::{Address, LongPoll, Reply};
 use crate::event::{CanonicalEvent, RegistryId};
 use crate::journal::Pressure;
 use crate::normalizer::{MachineIdentity, NormalizeError, Normalizer, VenueSettings};
+
+/// Most games whose configuration and meters are read per machine: a bound on the polls one
+/// answer (LP51) can cause. SAS machines implement a handful; 64 covers every real cabinet.
+const MAX_GAMES_READ: u16 = 64;
+
+/// The meters read per game: what per-game reconciliation compares (sas-protocol.md §7.3).
+const GAME_METERS: [u8; 4] = [0x00, 0x01, 0x02, 0x05];
 
 /// How often the gateway asks for what machines do not volunteer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +45,9 @@ pub struct MachinePoller {
     next_snapshot: Option<Instant>,
     /// Next clock set and read-back; `None` while the link is not up.
     next_clock_sync: Option<Instant>,
+    /// Games whose meters are read one by one (LP51's answer, bounded); 0 until read and for a
+    /// single-game machine, whose game is the machine.
+    games: u16,
     /// Bytes received since the last message to this machine: the raw source of the events
     /// its answer produces, kept with them in the journal.
     reply: Vec<u8>,
@@ -67,6 +81,7 @@ impl MachinePoller {
             time_zone,
             next_snapshot: None,
             next_clock_sync: None,
+            games: 0,
             reply: Vec::new(),
         })
     }
@@ -149,6 +164,9 @@ impl MachinePoller {
                     poll: poll @ LongPoll::SendEnhancedValidation { function: 0 },
                     reply: Reply::EnhancedValidation(record),
                 } if !record.is_empty() => self.enqueue(poll.clone()),
+                SessionEvent::Reply { reply: Reply::NumberOfGames(games), .. } => {
+                    self.games_learned(*games);
+                }
                 SessionEvent::LinkDown => {
                     self.next_snapshot = None;
                     self.next_clock_sync = None;
@@ -174,6 +192,7 @@ impl MachinePoller {
             tracing::warn!(machine = %self.registry_id, %error, "LP1F cannot be sent.");
         }
         self.enqueue(LongPoll::SendVersionAndSerial);
+        self.enqueue(LongPoll::SendNumberOfGames);
         // What the machine supports (validation style, AFT, bonuses): part of `machine_info`.
         self.enqueue(LongPoll::SendEnabledFeatures { game: 0 });
         self.queue_snapshot();
@@ -189,6 +208,27 @@ impl MachinePoller {
         // hand-paid cash-outs, so that every money event has a meter to reconcile against.
         let money = vec![0x0D, 0x0E, 0x11, 0x12, 0x0B, 0x03];
         self.enqueue(LongPoll::SendSelectedMeters { game: 0, meters: money });
+        self.queue_game_snapshots();
+    }
+
+    /// LP51 answered: on a multi-game machine, each game's configuration (its denomination) and
+    /// a first reading of its meters, the baseline of its reconciliation.
+    fn games_learned(&mut self, games: u16) {
+        let games = if games > 1 { games.min(MAX_GAMES_READ) } else { 0 };
+        if games == self.games {
+            return;
+        }
+        self.games = games;
+        for game in 1..=games {
+            self.enqueue(LongPoll::SendGameConfiguration { game });
+        }
+        self.queue_game_snapshots();
+    }
+
+    fn queue_game_snapshots(&mut self) {
+        for game in 1..=self.games {
+            self.enqueue(LongPoll::SendSelectedMeters { game, meters: GAME_METERS.to_vec() });
+        }
     }
 
     /// LP7F with the venue's local time (SAS clocks have no zone, §8), then LP7E to read it back.

@@ -13,6 +13,8 @@ use firmware_protocols::sas::Address;
 use firmware_protocols::sas::message::MAX_SERIAL_LEN;
 use firmware_protocols::sas::meter::denomination_minor_units;
 
+use super::games::{MAX_GAMES, credit_ratio};
+
 /// Largest bet: RTE 7E carries credits wagered in 2 BCD bytes (sas-protocol.md §6).
 pub const MAX_BET: u64 = 9_999;
 /// Largest win: RTE 7F and the 4-byte meters carry 8 BCD digits (sas-protocol.md §6, §7.1).
@@ -72,6 +74,10 @@ pub enum ConfigError {
     /// The country code does not fit one BCD byte.
     #[error("bill country code {0} is above 99")]
     Country(u8),
+    /// A game whose denomination is not a whole number of accounting credits, or too many
+    /// games.
+    #[error("game {game}: {reason}")]
+    Game { game: usize, reason: String },
 }
 
 /// A discrete distribution: values with integer weights. Written `value:weight,value:weight`.
@@ -263,6 +269,9 @@ pub struct MachineConfig {
     pub seed: u64,
     /// Accounting denomination as a SAS denomination code (LP1F).
     pub denomination: u8,
+    /// Player denomination of each game, game 1 first ([`super::games`]); empty: one game at
+    /// the accounting denomination.
+    pub games: Vec<u8>,
     pub play: PlayConfig,
     /// Bill values the acceptor takes, in whole currency units.
     pub bills: Vec<u64>,
@@ -298,6 +307,7 @@ impl MachineConfig {
             serial: serial.into(),
             seed: 1,
             denomination: 0x01,
+            games: Vec::new(),
             play: PlayConfig {
                 games_per_minute: 10.0,
                 game_duration: Duration::from_secs(3),
@@ -351,6 +361,25 @@ impl MachineConfig {
         let max_win = max_bet.saturating_mul(max_multiplier);
         if max_win > MAX_WIN {
             return Err(ConfigError::Win(max_win));
+        }
+        if self.games.len() > MAX_GAMES {
+            let reason = format!("at most {MAX_GAMES} games");
+            return Err(ConfigError::Game { game: self.games.len(), reason });
+        }
+        for (i, &code) in self.games.iter().enumerate() {
+            let game = i + 1;
+            let Some(ratio) = credit_ratio(code, self.denomination) else {
+                let reason = format!(
+                    "denomination {code:#04x} is not a whole number of accounting credits at \
+                     {:#04x}",
+                    self.denomination
+                );
+                return Err(ConfigError::Game { game, reason });
+            };
+            let win = max_win.saturating_mul(ratio);
+            if win > MAX_WIN {
+                return Err(ConfigError::Win(win));
+            }
         }
         if self.bills.is_empty() {
             return Err(ConfigError::NoBills);

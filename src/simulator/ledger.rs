@@ -21,7 +21,7 @@
 //! | `type` | further fields | written when |
 //! |---|---|---|
 //! | `start` | `seed`, `denomination`, `credit_minor_units`, `queue_size`, `rte`, `egm_clock_offset_secs`, `meters` | the machine is created (meters may start non-zero, see `--initial-meters`) |
-//! | `game` | `game_number` (per machine, from 1, never reset), `game` (game id, always 1), `bet`, `win`, `denomination`, `started_at`, `paid_by` (`machine` or `handpay`) | a game **ends**; a game still running at stop appears only in `stop.game_in_progress` and as its 7E exception |
+//! | `game` | `game_number` (per machine, from 1, never reset), `game` (game number, 1..N, see `--games`; 1 on a single-game machine), `bet` and `win` in credits of the game's `denomination` (the accounting one unless `--games` says otherwise; the meters move by them × the game's denomination / the accounting one), `started_at`, `paid_by` (`machine` or `handpay`) | a game **ends**; a game still running at stop appears only in `stop.game_in_progress` and as its 7E exception |
 //! | `bill` | `value` (currency units), `bill_code` (SAS bill denomination code), `credits` | a bill is stacked |
 //! | `cashout` | `credits`, `paid_by` (`machine` or `handpay`) | the player cashes out (a handpay cash-out is paid at its `handpay` record) |
 //! | `handpay` | `kind` (`jackpot` or `cancelled_credits`), `credits`, `cents`, `receipt` (validation number of the printed receipt, or `null` without validation) | an attendant pays and resets a handpay (3E, if a receipt was printed, then 52) |
@@ -47,8 +47,9 @@
 //!
 //! For one machine, from its `start` record to its `stop` record (or to a `meters_reset`, after
 //! which the meters restart from zero), the meters move exactly by what the records say:
-//! - `coin_in` by Σ `credits_wagered` of its 7E `exception` records (one per game started),
-//!   `games_played` by their count; `games_won` + `games_lost` by the number of `game` records;
+//! - `coin_in` by Σ `credits_wagered` of its 7E `exception` records (one per game started; on
+//!   a multi-denomination game × its denomination / the accounting one), `games_played` by
+//!   their count; per game (LP2F/6F for game N) the same, counting only that game's records; `games_won` + `games_lost` by the number of `game` records;
 //! - `coin_out` by Σ `win` of `game` records with `paid_by` = `machine`; `jackpot` by Σ
 //!   `credits` of `handpay` records of kind `jackpot` (a handpay win is in its `game` record at
 //!   once, and in the meter when the attendant pays it);

@@ -48,6 +48,7 @@ use super::clock::Clock;
 use super::config::{
     ConfigError, MachineConfig, RomSignatureDelivery, RteIdle, Validation, Weighted, bill_code,
 };
+use super::games::{Games, credit_ratio};
 use super::ledger::{
     Entry, EventData, FaultKind, HandpayKind, LinkState, LossReason, PaidBy, PowerState, Record,
 };
@@ -71,8 +72,6 @@ const OVERFLOW_EXTRA: usize = 5;
 const EXTENDED_METER_BYTES: u8 = 5;
 /// SAS version reported by LP54.
 const SAS_VERSION: [u8; 3] = *b"602";
-/// The only game of this machine.
-const GAME_ID: u16 = 1;
 /// Validation records the machine keeps for LP4D (SAS buffers 31, indices 01–1F).
 const VALIDATION_BUFFER: usize = 31;
 /// Validation system ID printed ahead of the 16-digit validation number.
@@ -117,6 +116,11 @@ pub enum MachineFault {
 #[derive(Debug, Clone)]
 struct Game {
     number: u64,
+    /// The game played (LP51 numbering, 1 = the first).
+    game: u16,
+    /// Accounting credits per credit of the game's denomination.
+    ratio: u64,
+    /// Bet and win in credits of the game's denomination.
     bet: u64,
     win: u64,
     started: Instant,
@@ -127,6 +131,8 @@ struct Game {
 #[derive(Debug, Clone)]
 struct Handpay {
     kind: HandpayKind,
+    /// The game whose win this is (jackpots).
+    game: u16,
     credits: u64,
     reset_at: Instant,
     info_read: bool,
@@ -172,6 +178,9 @@ pub struct Machine {
     /// Fault decisions.
     fault_rng: Xoshiro256PlusPlus,
     meters: Meters,
+    games: Games,
+    /// The game the player has selected.
+    current_game: u16,
     queue: ExceptionQueue,
     link: Link,
     rte: bool,
@@ -230,6 +239,8 @@ impl Machine {
             ops_rng: stream(2),
             fault_rng: stream(3),
             meters: Meters::starting_at(cfg.initial_meters),
+            games: Games::new(&cfg.games, cfg.denomination),
+            current_game: 1,
             queue: ExceptionQueue::new(cfg.queue_size),
             link: Link::new(),
             rte: cfg.rte_at_power_up,
@@ -811,18 +822,14 @@ impl Machine {
                 }
             }
             LongPoll::SendSelectedMeters { game, meters } => {
-                let values = if *game == 0 || *game == GAME_ID {
-                    meters
-                        .iter()
-                        .filter_map(|&code| {
-                            let meter = MeterCode(code.into());
-                            let value = self.meters.value(meter)?;
-                            Some((code, on_wire(value, meter.lp2f_value_len())))
-                        })
-                        .collect()
-                } else {
-                    Vec::new()
-                };
+                let values = meters
+                    .iter()
+                    .filter_map(|&code| {
+                        let meter = MeterCode(code.into());
+                        let value = self.meter_of_game(*game, meter)?;
+                        Some((code, on_wire(value, meter.lp2f_value_len())))
+                    })
+                    .collect();
                 Reply::SelectedMeters(SelectedMeters { game: *game, meters: values })
             }
             LongPoll::SendLastBill => Reply::LastBill(self.last_bill),
@@ -831,18 +838,14 @@ impl Machine {
                 serial: self.cfg.serial.as_bytes().to_vec(),
             }),
             LongPoll::SendExtendedMeters { alternate, game, meters } => {
-                let values = if *game == 0 || *game == GAME_ID {
-                    meters
-                        .iter()
-                        .filter_map(|&code| {
-                            let value = self.meters.value(code)?;
-                            let size = EXTENDED_METER_BYTES;
-                            Some(ExtendedMeter { code, size, value: on_wire(value, size.into()) })
-                        })
-                        .collect()
-                } else {
-                    Vec::new()
-                };
+                let values = meters
+                    .iter()
+                    .filter_map(|&code| {
+                        let value = self.meter_of_game(*game, code)?;
+                        let size = EXTENDED_METER_BYTES;
+                        Some(ExtendedMeter { code, size, value: on_wire(value, size.into()) })
+                    })
+                    .collect();
                 Reply::ExtendedMeters(ExtendedMeters {
                     alternate: *alternate,
                     game: *game,
@@ -859,7 +862,13 @@ impl Machine {
             LongPoll::RedeemTicket(_) => {
                 Reply::TicketRedemption(TicketMessage { status: 0xFF, detail: None })
             }
-            LongPoll::SendEnabledFeatures { game } if *game == 0 || *game == GAME_ID => {
+            LongPoll::SendNumberOfGames => Reply::NumberOfGames(self.games.count()),
+            LongPoll::SendGameConfiguration { game } if self.games.has(*game) => {
+                let mut info = self.machine_info();
+                info.denomination = self.games.denomination(*game).unwrap_or(info.denomination);
+                Reply::GameConfiguration { game: *game, info }
+            }
+            LongPoll::SendEnabledFeatures { game } if *game == 0 || self.games.has(*game) => {
                 let validation = match self.cfg.validation {
                     Validation::None => 0b00,
                     Validation::System => 0b01,
@@ -886,6 +895,21 @@ impl Machine {
             },
             _ => return None,
         })
+    }
+
+    /// Meter `code` of game `game` (0: the machine), if the machine keeps it for that game. A
+    /// single-game machine's game 1 is the machine.
+    fn meter_of_game(&self, game: u16, code: MeterCode) -> Option<u64> {
+        if game == 0 {
+            return self.meters.value(code);
+        }
+        if !self.games.has(game) {
+            return None;
+        }
+        match self.games.meters(game) {
+            Some(meters) => meters.value(code),
+            None => self.meters.value(code),
+        }
     }
 
     fn fixed_meter(&self, poll: MeterPoll) -> Vec<u64> {
@@ -990,30 +1014,45 @@ impl Machine {
     }
 
     fn start_game(&mut self, at: Instant) {
+        // On a multi-game machine the player picks a game for each play (only there is a number
+        // drawn, so a single-game machine plays the same games for a seed as before).
+        let previous = self.current_game;
+        if self.games.count() > 1 {
+            self.current_game = self.play_rng.random_range(1..=self.games.count());
+        }
         // The game is selected before the player funds it, so that the money put in belongs to
         // a game the host knows.
-        if !self.game_announced {
+        if !self.game_announced || self.current_game != previous {
             self.game_announced = true;
-            let event = RealTimeEvent::GameSelected { game: GAME_ID };
+            let event = RealTimeEvent::GameSelected { game: self.current_game };
             self.raise(at, event, Exception::GameSelected);
         }
+        let accounting = self.cfg.denomination;
+        let denomination = self.games.denomination(self.current_game).unwrap_or(accounting);
+        let ratio = credit_ratio(denomination, accounting).unwrap_or(1);
         let bet = Self::pick(&mut self.play_rng, &self.cfg.play.bets);
-        self.insert_bills_for(at, bet);
+        // Meters count accounting credits; the player bets credits of the game's denomination.
+        let wagered = bet * ratio;
+        self.insert_bills_for(at, wagered);
         let win = bet * Self::pick(&mut self.play_rng, &self.cfg.play.win_multipliers);
         self.games_started += 1;
-        self.meters.bet(bet);
-        // Bit 7 = max bet, low bits = the player denomination code, which is the accounting
-        // denomination on this single-denomination machine (§6, MON's wager-type byte).
+        self.meters.bet(wagered);
+        self.games.bet(self.current_game, wagered);
+        // Bit 7 = max bet, low bits = the player denomination code (§6, MON's wager-type byte);
+        // bit 6 says it differs from the accounting denomination (a multi-denomination game).
         let max_bet_flag = if bet == self.max_bet { 0x80 } else { 0x00 };
+        let multi_denomination = if denomination == accounting { 0x00 } else { 0x40 };
         let event = RealTimeEvent::GameStarted {
             credits_wagered: bet,
             total_coin_in: on_wire(self.meters.coin_in, 4),
-            wager_type: max_bet_flag | (self.cfg.denomination & 0x3F),
+            wager_type: max_bet_flag | multi_denomination | (denomination & 0x3F),
             progressive_group: 0,
         };
         self.raise(at, event, Exception::GameStarted);
         self.game = Some(Game {
             number: self.games_started,
+            game: self.current_game,
+            ratio,
             bet,
             win,
             started: at,
@@ -1125,22 +1164,27 @@ impl Machine {
 
     fn end_game(&mut self, at: Instant) {
         let Some(game) = self.game.take() else { return };
-        let handpay = game.win > 0 && game.win >= self.cfg.play.handpay_limit;
-        self.meters.game_ended(game.win, !handpay);
-        self.raise(at, RealTimeEvent::GameEnded { win: game.win }, Exception::GameEnded);
+        // RTE 7F and the meters count the win in accounting credits (sas-protocol.md §6).
+        let won = game.win * game.ratio;
+        let handpay = won > 0 && won >= self.cfg.play.handpay_limit;
+        self.meters.game_ended(won, !handpay);
+        self.games.game_ended(game.game, won, !handpay);
+        self.raise(at, RealTimeEvent::GameEnded { win: won }, Exception::GameEnded);
         let paid_by = if handpay { PaidBy::Handpay } else { PaidBy::Machine };
+        let denomination = self.games.denomination(game.game).unwrap_or(self.cfg.denomination);
         let entry = Entry::Game {
             game_number: game.number,
-            game: GAME_ID,
+            game: game.game,
             bet: game.bet,
             win: game.win,
-            denomination: self.cfg.denomination,
+            denomination,
             started_at: game.started_at.clone(),
             paid_by,
         };
         self.record(at, entry);
         if handpay {
-            self.start_handpay(at, HandpayKind::Jackpot, game.win);
+            self.current_game = game.game;
+            self.start_handpay(at, HandpayKind::Jackpot, won);
         } else if self.meters.current_credits > 0
             && self.play_rng.random_bool(self.cfg.play.cashout_probability)
         {
@@ -1176,6 +1220,7 @@ impl Machine {
     fn start_handpay(&mut self, at: Instant, kind: HandpayKind, credits: u64) {
         self.handpay = Some(Handpay {
             kind,
+            game: self.current_game,
             credits,
             reset_at: at + self.cfg.play.handpay_duration,
             info_read: false,
@@ -1195,7 +1240,10 @@ impl Machine {
     fn handpay_reset(&mut self, at: Instant) {
         let Some(h) = self.handpay.take() else { return };
         match h.kind {
-            HandpayKind::Jackpot => self.meters.jackpot_handpaid(h.credits),
+            HandpayKind::Jackpot => {
+                self.meters.jackpot_handpaid(h.credits);
+                self.games.jackpot_handpaid(h.game, h.credits);
+            }
             HandpayKind::CancelledCredits => self.meters.cashout_handpaid(h.credits),
         }
         let cents = h.credits.saturating_mul(self.credit_minor_units);
@@ -1288,6 +1336,7 @@ impl Machine {
     fn ram_clear(&mut self, at: Instant) {
         self.record_fault(at, FaultKind::RamClear, "NVRAM cleared".into());
         let before = std::mem::take(&mut self.meters);
+        self.games.clear();
         self.record(at, Entry::MetersReset { reason: "ram_clear", before });
         for lost in self.queue.clear() {
             self.record_lost(at, &lost, LossReason::RamClear);

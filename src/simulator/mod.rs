@@ -46,6 +46,7 @@
 pub mod clock;
 pub mod config;
 mod driver;
+pub mod games;
 pub mod ledger;
 pub mod link;
 pub mod machine;
@@ -138,6 +139,12 @@ pub struct SimulateArgs {
     /// 2 = 0.05, 3 = 0.10, 4 = 0.25, 5 = 0.50, 6 = 1.00, 0x17 = 0.02 (sas-protocol.md §7.1).
     #[arg(long, value_name = "CODE", default_value = "1", value_parser = parse_code, help_heading = "Play")]
     pub denomination: u8,
+
+    /// A multi-game machine: the player denomination of each game as SAS codes, game 1 first
+    /// (each a whole multiple of --denomination); the player switches games now and then, and
+    /// LP51, LP53 and LP2F/6F for game N answer per game. Empty: one game at --denomination.
+    #[arg(long, value_name = "CODE,…", default_value = "", help_heading = "Play")]
+    pub games: games::GameList,
 
     /// Bill values the acceptor takes, in whole currency units; credits come only from bills.
     #[arg(long, value_name = "VALUE,…", default_value = "1,5,10,20,50,100", help_heading = "Play")]
@@ -304,6 +311,7 @@ impl SimulateArgs {
                     MachineConfig::new(index, address, format!("{}{index:06}", self.serial_prefix));
                 cfg.seed = self.seed;
                 cfg.denomination = self.denomination;
+                cfg.games = self.games.0.clone();
                 cfg.play = PlayConfig {
                     games_per_minute: self.game_rate,
                     game_duration: self.game_duration,
