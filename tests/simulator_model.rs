@@ -828,7 +828,7 @@ fn with_validation_cash_outs_print_tickets_players_insert_tickets_and_lp4d_repor
         .ledger
         .iter()
         .filter_map(|r| match &r.entry {
-            Entry::TicketIn { validation_number, cents, credits } => {
+            Entry::TicketIn { validation_number, cents, credits, .. } => {
                 Some((validation_number.clone(), *cents, *credits))
             }
             _ => None,

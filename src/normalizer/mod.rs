@@ -62,7 +62,7 @@ mod meters;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use jiff::civil;
@@ -167,6 +167,9 @@ pub struct Normalizer {
     next_seq: u64,
     info: MachineInfo,
     game_number: Option<u16>,
+    /// Player denominations that 7E wagers flagged as multi-denomination named, per game: the
+    /// game's denomination until LP53 says it.
+    wager_denominations: BTreeMap<u16, u8>,
     link: Link,
     foreign_chirps: BTreeSet<u8>,
     /// The machine's clock as last read or set, and the gateway time then.
@@ -204,6 +207,7 @@ impl Normalizer {
                 games: Vec::new(),
             },
             game_number: None,
+            wager_denominations: BTreeMap::new(),
             link: Link::Unknown,
             foreign_chirps: BTreeSet::new(),
             egm_clock: None,
@@ -437,6 +441,11 @@ impl Normalizer {
                 progressive_group,
             } => {
                 let denomination = self.wager_denomination(*wager_type);
+                if let (Some(game), Some(code)) = (self.game_number, denomination)
+                    && wager_type & 0x40 != 0
+                {
+                    self.wager_denominations.insert(game, code);
+                }
                 let amount = Amount::from_credits(*credits_wagered, denomination, &currency);
                 for window in self.play_windows() {
                     window.bets.add(&amount, accounting);
@@ -514,12 +523,14 @@ impl Normalizer {
         self.meters.play_windows(self.game_number)
     }
 
-    /// The selected game's denomination code: LP53's if read, else the accounting one.
+    /// The selected game's denomination code: LP53's if read, else the one its multi-denomination
+    /// wagers named, else the accounting one.
     fn game_denomination(&self) -> Option<u8> {
-        self.game_number
-            .and_then(|number| self.info.games.iter().find(|g| g.number == number))
+        let game = self.game_number;
+        game.and_then(|number| self.info.games.iter().find(|g| g.number == number))
             .map(|game| game.denomination_code)
             .filter(|code| denomination_minor_units(*code).is_some())
+            .or_else(|| game.and_then(|number| self.wager_denominations.get(&number).copied()))
             .or_else(|| self.accounting_denomination())
     }
 

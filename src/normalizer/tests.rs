@@ -1308,3 +1308,18 @@ fn an_outage_marks_every_games_window() {
         [(None, vec![WindowContext::LinkOutage]), (Some(2), vec![WindowContext::LinkOutage])]
     );
 }
+
+#[test]
+fn before_lp53_a_games_denomination_is_the_one_its_multi_denomination_wager_names() {
+    let mut n = normalizer();
+    let events =
+        run(&mut n, 0, &[machine_info(0x01), select(2), game_started(2, 10, 0x42), game_ended(0)]);
+    for kind in ["bet_accepted", "game_ended"] {
+        let game = only(&events, kind).game.clone().unwrap();
+        assert_eq!((game.number, game.denomination_code), (Some(2), Some(0x02)), "{kind}");
+    }
+    let EventKind::BetAccepted { amount, .. } = &only(&events, "bet_accepted").kind else {
+        unreachable!()
+    };
+    assert_eq!(minor(amount), Some(10));
+}

@@ -22,7 +22,7 @@
 //! |---|---|---|
 //! | `start` | `seed`, `denomination`, `credit_minor_units`, `queue_size`, `rte`, `egm_clock_offset_secs`, `meters` | the machine is created (meters may start non-zero, see `--initial-meters`) |
 //! | `game` | `game_number` (per machine, from 1, never reset), `game` (game number, 1..N, see `--games`; 1 on a single-game machine), `bet` and `win` in credits of the game's `denomination` (the accounting one unless `--games` says otherwise; the meters move by them × the game's denomination / the accounting one), `started_at`, `paid_by` (`machine` or `handpay`) | a game **ends**; a game still running at stop appears only in `stop.game_in_progress` and as its 7E exception |
-//! | `bill` | `value` (currency units), `bill_code` (SAS bill denomination code), `credits` | a bill is stacked |
+//! | `bill` | `value` (currency units), `bill_code` (SAS bill denomination code), `credits`, `game` (the game selected when the money moved; `handpay`, `ticket_out` and `ticket_in` have it too: a jackpot's is the game that won it) | a bill is stacked |
 //! | `cashout` | `credits`, `paid_by` (`machine` or `handpay`) | the player cashes out (a handpay cash-out is paid at its `handpay` record) |
 //! | `handpay` | `kind` (`jackpot` or `cancelled_credits`), `credits`, `cents`, `receipt` (validation number of the printed receipt, or `null` without validation) | an attendant pays and resets a handpay (3E, if a receipt was printed, then 52) |
 //! | `ticket_out` | `validation_number` (18 digits: system ID + 16), `validation_type` (LP4D type, 0 = cashable cash-out ticket), `cents`, `credits` | a cash-out ticket is printed (3D); the matching `cashout` record has `paid_by` = `ticket` |
@@ -185,6 +185,8 @@ pub enum Entry {
         value: u64,
         bill_code: u8,
         credits: u64,
+        /// The game selected when the money moved (the one the host's 8C named last).
+        game: u16,
     },
     Cashout {
         credits: u64,
@@ -196,17 +198,20 @@ pub enum Entry {
         cents: u64,
         /// The validation number of the receipt printed for it (machines with validation).
         receipt: Option<String>,
+        game: u16,
     },
     TicketOut {
         validation_number: String,
         validation_type: u8,
         cents: u64,
         credits: u64,
+        game: u16,
     },
     TicketIn {
         validation_number: String,
         cents: u64,
         credits: u64,
+        game: u16,
     },
     Exception {
         exception_seq: u64,

@@ -1093,7 +1093,8 @@ impl Machine {
         self.raise_simple(at, Exception::TicketInserted);
         self.meters.ticket_in(cents, credits);
         let validation_number = printed_number(number);
-        self.record(at, Entry::TicketIn { validation_number, cents, credits });
+        let game = self.current_game;
+        self.record(at, Entry::TicketIn { validation_number, cents, credits, game });
         self.push_validation(at, CASHABLE_TICKET_REDEEMED, number, cents);
         self.raise_simple(at, Exception::TicketTransferComplete);
     }
@@ -1153,7 +1154,8 @@ impl Machine {
             denomination_code: code,
             count: on_wire(count, 4),
         };
-        self.record(at, Entry::Bill { value, bill_code: code, credits });
+        let game = self.current_game;
+        self.record(at, Entry::Bill { value, bill_code: code, credits, game });
         let event = RealTimeEvent::BillAccepted {
             country: self.cfg.bill_country,
             denomination_code: code,
@@ -1183,7 +1185,6 @@ impl Machine {
         };
         self.record(at, entry);
         if handpay {
-            self.current_game = game.game;
             self.start_handpay(at, HandpayKind::Jackpot, won);
         } else if self.meters.current_credits > 0
             && self.play_rng.random_bool(self.cfg.play.cashout_probability)
@@ -1208,7 +1209,13 @@ impl Machine {
             let validation_type = CASHABLE_TICKET_OUT;
             self.record(
                 at,
-                Entry::TicketOut { validation_number, validation_type, cents, credits },
+                Entry::TicketOut {
+                    validation_number,
+                    validation_type,
+                    cents,
+                    credits,
+                    game: self.current_game,
+                },
             );
             self.raise_simple(at, Exception::CashoutTicketPrinted);
         } else {
@@ -1255,7 +1262,9 @@ impl Machine {
             printed_number(self.print_validation(at, validation_type, cents))
         });
         let printed = receipt.is_some();
-        self.record(at, Entry::Handpay { kind: h.kind, credits: h.credits, cents, receipt });
+        let entry =
+            Entry::Handpay { kind: h.kind, credits: h.credits, cents, receipt, game: h.game };
+        self.record(at, entry);
         if printed {
             self.raise_simple(at, Exception::HandpayValidated);
         }
