@@ -23,6 +23,9 @@
 //!   cannot carry the 9th bit** (§1.4): message starts are found from the long-poll length
 //!   table plus the 5 ms inter-byte gap, and chirps are sent as the plain address byte.
 //!
+//! - **Multi-drop** (`--multidrop`): every machine on one line, TCP or pty, at its own address
+//!   (`--address` and the next ones); one task drives them all, each hears every message.
+//!
 //! On start, one line per machine goes to stdout, for example
 //! `machine=0 address=1 serial=SIM000000 tcp=127.0.0.1:40517` or
 //! `machine=0 address=1 serial=SIM000000 pty=/dev/pts/4`. Logs go to stderr.
@@ -91,6 +94,11 @@ pub struct SimulateArgs {
     /// the length table and the 5 ms gap; chirps are the plain address byte).
     #[arg(long)]
     pub pty: bool,
+
+    /// Multi-drop: every machine on one line (one TCP port or one pty), each at its own
+    /// address; the endpoint lines then all name the same endpoint.
+    #[arg(long)]
+    pub multidrop: bool,
 
     /// SAS address of the first machine; machine i gets the next ones, wrapping after 127.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=127))]
@@ -440,9 +448,19 @@ impl Simulation {
             None => (LedgerSink::discard(), None),
         };
         let mut ports = Vec::with_capacity(configs.len());
-        let mut endpoints = Vec::with_capacity(configs.len());
+        let mut endpoints: Vec<Endpoint> = Vec::with_capacity(configs.len());
         for cfg in &configs {
             let machine = cfg.index;
+            if let (true, Some(first)) = (args.multidrop, endpoints.first()) {
+                let kind = first.kind.clone();
+                endpoints.push(Endpoint {
+                    machine,
+                    address: cfg.address,
+                    serial: cfg.serial.clone(),
+                    kind,
+                });
+                continue;
+            }
             let (port, kind) = if args.pty {
                 let port = pty::PtyPort::open(machine)
                     .map_err(|source| SimulatorError::Pty { machine, source })?;
@@ -471,10 +489,16 @@ impl Simulation {
         let mut tasks = JoinSet::new();
         let now = tokio::time::Instant::now().into_std();
         let wall = SystemTime::now();
-        for (cfg, port) in configs.into_iter().zip(ports) {
-            let index = cfg.index;
-            let machine = Machine::new(cfg, now, wall)?;
-            let run = driver::drive(machine, port, sink.clone(), (cancel.clone(), close.clone()));
+        // One port per machine, or (multi-drop) one port for all of them.
+        let per_port = if args.multidrop { configs.len().max(1) } else { 1 };
+        let mut configs = configs.into_iter();
+        for port in ports {
+            let mut machines = Vec::with_capacity(per_port);
+            for cfg in configs.by_ref().take(per_port) {
+                machines.push(Machine::new(cfg, now, wall)?);
+            }
+            let index = machines.first().map_or(0, |m| m.config().index);
+            let run = driver::drive(machines, port, sink.clone(), (cancel.clone(), close.clone()));
             tasks.spawn(async move { (index, run.await) });
         }
         // Only the machine tasks hold sinks now, so the writer ends when the last one stops.
