@@ -196,6 +196,25 @@ pub enum Validation {
     SecureEnhanced,
 }
 
+/// Vendor deviations a simulated machine can show (sas-protocol.md §11; the firmware profiles
+/// in `firmware-protocols/profiles/` describe how the gateway copes with each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Quirk {
+    /// Answers its own polls from power-up and after a loop break without first seeing a poll
+    /// to another address (profile `sync = "none"`).
+    NoSync,
+    /// Sends every reply of two bytes or more with a pause of [`SLOW_BYTES_PAUSE`] in the
+    /// middle, beyond the 5 ms inter-byte limit (a profile with a longer
+    /// `timing.inter_byte_limit_ms`).
+    SlowBytes,
+    /// In RTE mode, answers a general poll with nothing new by repeating its last report
+    /// instead of `addr FF 00` (profile `rte.repeats_last_report`).
+    RepeatReport,
+}
+
+/// The pause inside every reply of a [`Quirk::SlowBytes`] machine.
+pub const SLOW_BYTES_PAUSE: Duration = Duration::from_millis(8);
+
 /// The player at the machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlayConfig {
@@ -285,6 +304,8 @@ pub struct MachineConfig {
     pub rom_signature: RomSignatureDelivery,
     /// Ticket validation: with it, cash-outs print tickets and the player inserts tickets too.
     pub validation: Validation,
+    /// Vendor deviations this machine shows.
+    pub quirks: Vec<Quirk>,
     /// How long a deferred ROM signature takes to compute.
     pub rom_signature_delay: Duration,
     /// LP01 shutdown survives a power cycle.
@@ -326,6 +347,7 @@ impl MachineConfig {
             queue_size: SPEC_MIN_QUEUE,
             rom_signature: RomSignatureDelivery::Deferred,
             validation: Validation::None,
+            quirks: Vec::new(),
             rom_signature_delay: Duration::from_millis(500),
             persist_shutdown: false,
             clock_offset_secs: 0,

@@ -46,7 +46,8 @@ use rand::{RngExt, SeedableRng};
 
 use super::clock::Clock;
 use super::config::{
-    ConfigError, MachineConfig, RomSignatureDelivery, RteIdle, Validation, Weighted, bill_code,
+    ConfigError, MachineConfig, Quirk, RomSignatureDelivery, RteIdle, SLOW_BYTES_PAUSE, Validation,
+    Weighted, bill_code,
 };
 use super::games::{Games, credit_ratio};
 use super::ledger::{
@@ -208,6 +209,9 @@ pub struct Machine {
     ledger: Vec<Record>,
     ledger_seq: u64,
     exception_seq: u64,
+    /// The last RTE report sent, repeated on idle general polls by a [`Quirk::RepeatReport`]
+    /// machine.
+    last_rte_report: Option<RealTimeEvent>,
     /// Ticket numbers and ticket-in choices: a stream of its own, so that a machine with
     /// validation plays the same games as one without.
     ticket_rng: Xoshiro256PlusPlus,
@@ -243,6 +247,7 @@ impl Machine {
             current_game: 1,
             queue: ExceptionQueue::new(cfg.queue_size),
             link: Link::new(),
+            last_rte_report: None,
             rte: cfg.rte_at_power_up,
             host_enabled: true,
             power_off_until: None,
@@ -284,6 +289,7 @@ impl Machine {
                 meters: machine.meters.clone(),
             },
         );
+        machine.link = machine.fresh_link();
         machine.next_game_at = machine.game_after(now, now);
         machine.next_door_at = after_exponential(
             &mut machine.ops_rng,
@@ -625,7 +631,9 @@ impl Machine {
         } else {
             Duration::ZERO
         };
-        let gap = if bytes.len() >= 2 && self.roll(f.inter_byte_gap) {
+        let gap = if bytes.len() >= 2 && self.has(Quirk::SlowBytes) {
+            Some(Gap { after: bytes.len() / 2, pause: SLOW_BYTES_PAUSE })
+        } else if bytes.len() >= 2 && self.roll(f.inter_byte_gap) {
             let after = self.fault_rng.random_range(1..bytes.len());
             self.record_fault(
                 now,
@@ -637,6 +645,15 @@ impl Machine {
             None
         };
         Some(Transmit { bytes, wakeup: false, delay, gap })
+    }
+
+    fn has(&self, quirk: Quirk) -> bool {
+        self.cfg.quirks.contains(&quirk)
+    }
+
+    /// The link as after power-up: waiting for sync, unless the machine needs none.
+    fn fresh_link(&self) -> Link {
+        if self.has(Quirk::NoSync) { Link::without_sync() } else { Link::new() }
     }
 
     fn roll(&mut self, probability: f64) -> bool {
@@ -729,14 +746,23 @@ impl Machine {
         let (reply, reported) = match self.rom_signature.filter(|d| d.ready_at <= now) {
             Some(d) => (Reply::RomSignature(d.signature).encode(address), Reported::RomSignature),
             None => match self.queue.peek() {
-                Some(q) if self.rte => (
-                    Reply::Event(q.event.clone()).encode(address),
-                    Reported::Exception { id: q.id, code: q.code().code(), rte: true },
-                ),
+                Some(q) if self.rte => {
+                    self.last_rte_report = Some(q.event.clone());
+                    (
+                        Reply::Event(q.event.clone()).encode(address),
+                        Reported::Exception { id: q.id, code: q.code().code(), rte: true },
+                    )
+                }
                 Some(q) => (
                     Ok(vec![q.legacy.code()]),
                     Reported::Exception { id: q.id, code: q.code().code(), rte: false },
                 ),
+                None if self.rte
+                    && self.has(Quirk::RepeatReport)
+                    && let Some(last) = self.last_rte_report.clone() =>
+                {
+                    (Reply::Event(last).encode(address), Reported::Nothing)
+                }
                 None if self.rte => match self.cfg.rte_idle {
                     RteIdle::NoActivity => (
                         Reply::Event(RealTimeEvent::Exception(Exception::NoActivity))
@@ -1336,7 +1362,7 @@ impl Machine {
             self.host_enabled = true;
         }
         self.game_announced = false;
-        self.link = Link::new();
+        self.link = self.fresh_link();
         self.last_poll_at = at;
         self.record(at, Entry::Power { state: PowerState::Applied });
         self.raise_simple(at, Exception::AcPowerApplied);

@@ -71,8 +71,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use config::{
-    ConfigError, FaultConfig, MachineConfig, OperationsConfig, PlayConfig, RomSignatureDelivery,
-    RteIdle, Validation, Weighted, parse_bills, parse_code,
+    ConfigError, FaultConfig, MachineConfig, OperationsConfig, PlayConfig, Quirk,
+    RomSignatureDelivery, RteIdle, Validation, Weighted, parse_bills, parse_code,
 };
 use driver::Port;
 use ledger::LedgerSink;
@@ -191,6 +191,11 @@ pub struct SimulateArgs {
     /// a bill.
     #[arg(long, value_name = "P", default_value_t = 0.0, help_heading = "Play")]
     pub ticket_in_probability: f64,
+
+    /// Vendor quirks every machine shows (comma-separated): no-sync, slow-bytes, repeat-report
+    /// (sas-protocol.md §11; the firmware profiles say how the gateway copes).
+    #[arg(long, value_enum, value_delimiter = ',', help_heading = "Protocol")]
+    pub quirk: Vec<Quirk>,
 
     /// Start with real-time event reporting on (otherwise the host turns it on with LP0E).
     #[arg(long, help_heading = "Protocol")]
@@ -332,6 +337,7 @@ impl SimulateArgs {
                     ticket_in_probability: self.ticket_in_probability,
                 };
                 cfg.validation = self.validation;
+                cfg.quirks = self.quirk.clone();
                 cfg.bills = self.bills.0.clone();
                 cfg.bill_country = self.bill_country;
                 cfg.rte_at_power_up = self.rte;
