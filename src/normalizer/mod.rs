@@ -43,6 +43,12 @@
 //!   because the jackpot meter already counts the wins they pay. A mismatch or an incomplete
 //!   comparison emits `reconciliation`, as does any window with an event gap, outage, meter reset
 //!   or denomination change.
+//! - *Games.* LP51 and LP53 describe a multi-game machine (`machine_info.number_of_games`,
+//!   `games`). Every play and money event carries the selected game (last 8C) and that game's
+//!   denomination: LP53's, else the player denomination its multi-denomination 7E named, else the
+//!   accounting one. A snapshot of game N with coin in, coin out and jackpot reconciles game N's
+//!   own window (see `meters.rs`), emitting `reconciliation` with `game_number` N under the same
+//!   rules as the machine's.
 //! - *Meters.* A lifetime meter that went down rolled over if the wrapped step is at most a tenth
 //!   of its range and no reset was announced (3A, 7A, 32–35); otherwise it was reset, which emits
 //!   `meter_reset`.
