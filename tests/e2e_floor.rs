@@ -402,8 +402,7 @@ fn a_mixed_floor_reports_every_movement_once_and_balances_per_machine_and_per_ga
         // LP51 and LP53 at link-up: the games and their denominations.
         let info = events
             .iter()
-            .filter(|e| serial_of(e) == m.serial && e["kind"] == "machine_info")
-            .next_back()
+            .rfind(|e| serial_of(e) == m.serial && e["kind"] == "machine_info")
             .unwrap();
         assert_eq!(info["data"]["number_of_games"], 3, "{info}");
         let codes: Vec<u64> = info["data"]["games"]

@@ -187,8 +187,8 @@ mod tests {
         games.bet(1, 3);
         games.game_ended(1, 0, true);
         games.jackpot_handpaid(1, 7);
-        let one = *games.meters(1).unwrap_or(&GameMeters::default());
-        let two = *games.meters(2).unwrap_or(&GameMeters::default());
+        let one = games.meters(1).copied().unwrap_or_default();
+        let two = games.meters(2).copied().unwrap_or_default();
         assert_eq!((one.coin_in, one.coin_out, one.jackpot, one.games_lost), (3, 0, 7, 1));
         assert_eq!((two.coin_in, two.coin_out, two.games_won), (10, 20, 1));
         assert_eq!(Games::new(&[], 0x01).meters(1), None, "one game: the machine's meters");
