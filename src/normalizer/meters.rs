@@ -524,25 +524,16 @@ impl MeterBook {
         };
         // Games reported without data are priced for the machine alone, so a game's own
         // figures cannot be compared.
-        let reported = |sum: Sum| if window.games_without_data { None } else { sum.minor.ok() };
-        let bets = figures(reported(window.bets), coin_in.minor, &ctx.currency);
-        let wins = figures(reported(window.wins), won.minor, &ctx.currency);
-        let outcome = match (bets.difference, wins.difference) {
-            (Some(0), Some(0)) => ReconciliationOutcome::Matched,
-            (Some(_), Some(_)) => ReconciliationOutcome::Mismatch,
-            _ => ReconciliationOutcome::Incomplete,
-        };
-        if outcome != ReconciliationOutcome::Matched || !window.context.is_empty() {
-            out.push(Outcome::Reconciliation(EventKind::Reconciliation {
-                game_number: Some(game),
-                outcome,
-                context: window.context.into_iter().collect(),
-                window_start: base.at,
-                bets,
-                wins,
-                games: Counts { events: window.games_ended, meters: games },
-            }));
-        }
+        let priced = !window.games_without_data;
+        let window_start = base.at;
+        out.extend(reconciliation(
+            Some(game),
+            window,
+            priced,
+            (coin_in, won, games),
+            window_start,
+            ctx,
+        ));
     }
 
     /// Updates one meter's tracker and returns its reading, and the jump if it went down.
@@ -696,23 +687,38 @@ impl MeterBook {
             }
         }
 
-        let bets = figures(window.bets.minor.ok(), coin_in.minor, &ctx.currency);
-        let wins = figures(window.wins.minor.ok(), won.minor, &ctx.currency);
-        let outcome = match (bets.difference, wins.difference) {
-            (Some(0), Some(0)) => ReconciliationOutcome::Matched,
-            (Some(_), Some(_)) => ReconciliationOutcome::Mismatch,
-            _ => ReconciliationOutcome::Incomplete,
-        };
-        if outcome != ReconciliationOutcome::Matched || !window.context.is_empty() {
-            out.push(Outcome::Reconciliation(EventKind::Reconciliation {
-                game_number: None,
-                outcome,
-                context: window.context.into_iter().collect(),
-                window_start: base.at,
-                bets,
-                wins,
-                games: Counts { events: window.games_ended, meters: games },
-            }));
-        }
+        out.extend(reconciliation(None, window, true, (coin_in, won, games), base.at, ctx));
     }
+}
+
+/// A window's bets and wins (if `priced`) against the coin-in and won (coin out + jackpot)
+/// deltas: a `reconciliation` unless they match and the window holds no context.
+fn reconciliation(
+    game_number: Option<u16>,
+    window: Window,
+    priced: bool,
+    (coin_in, won, games): (Delta, Delta, Option<u64>),
+    window_start: Timestamp,
+    ctx: &SnapshotContext,
+) -> Option<Outcome> {
+    let reported = |sum: Sum| if priced { sum.minor.ok() } else { None };
+    let bets = figures(reported(window.bets), coin_in.minor, &ctx.currency);
+    let wins = figures(reported(window.wins), won.minor, &ctx.currency);
+    let outcome = match (bets.difference, wins.difference) {
+        (Some(0), Some(0)) => ReconciliationOutcome::Matched,
+        (Some(_), Some(_)) => ReconciliationOutcome::Mismatch,
+        _ => ReconciliationOutcome::Incomplete,
+    };
+    let quiet = outcome == ReconciliationOutcome::Matched && window.context.is_empty();
+    (!quiet).then(|| {
+        Outcome::Reconciliation(EventKind::Reconciliation {
+            game_number,
+            outcome,
+            context: window.context.into_iter().collect(),
+            window_start,
+            bets,
+            wins,
+            games: Counts { events: window.games_ended, meters: games },
+        })
+    })
 }
