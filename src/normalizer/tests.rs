@@ -1323,3 +1323,39 @@ fn before_lp53_a_games_denomination_is_the_one_its_multi_denomination_wager_name
     };
     assert_eq!(minor(amount), Some(10));
 }
+
+#[test]
+fn a_games_lifetime_meters_and_window_continue_across_a_gateway_restart() {
+    let (first, setup) = two_game_machine();
+    let snapshots: Vec<CanonicalEvent> =
+        setup.into_iter().filter(|e| e.kind.name() == "meter_snapshot").collect();
+    let mut resumed = Normalizer::resume(venue(), machine(), first.next_seq(), &snapshots).unwrap();
+    // While the gateway was away game 2 took 50 more credits in.
+    let events = run(
+        &mut resumed,
+        100,
+        &[machine_info(0x01), meters(1050, 500, 0, 11), game_meters(2, 450, 200, 0, 5)],
+    );
+    let game_two = events
+        .iter()
+        .rfind(|e| matches!(e.kind, EventKind::MeterSnapshot { game_number: 2, .. }))
+        .unwrap();
+    assert_eq!(reading(game_two, "coin_in").lifetime, Some(450));
+    let found: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Reconciliation { game_number, context, bets, .. } => {
+                Some((*game_number, context.clone(), bets.meters_minor_units))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (None, vec![WindowContext::LinkOutage], Some(50)),
+            (Some(2), vec![WindowContext::LinkOutage], Some(50)),
+        ],
+        "game 2's window runs from its journalled snapshot, across the outage"
+    );
+}
