@@ -253,3 +253,73 @@ impl MachinePoller {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Currency, VenueId};
+    use firmware_protocols::sas::Address;
+
+    fn poller() -> MachinePoller {
+        let venue = VenueSettings {
+            venue_id: VenueId::new("hall-1").unwrap(),
+            currency: Currency::UAH,
+            time_zone: jiff::tz::TimeZone::UTC,
+            clock_drift_threshold: Duration::from_secs(60),
+            ticket_numbers: Default::default(),
+        };
+        let identity = MachineIdentity {
+            registry_id: RegistryId::new("UA-0001").unwrap(),
+            address: Address::new(1).unwrap(),
+            asset_number: None,
+            denomination_code: None,
+        };
+        let schedule = Schedule {
+            meter_snapshot_interval: Duration::from_secs(3600),
+            clock_sync_interval: Duration::from_secs(3600),
+        };
+        let profile = FirmwareProfile::generic();
+        MachinePoller::new(venue, identity, &profile, schedule, 0, &[], Instant::now()).unwrap()
+    }
+
+    /// (LP53 games, LP2F games other than 0) in the session's queue.
+    fn per_game_polls(poller: &MachinePoller) -> (Vec<u16>, Vec<u16>) {
+        let mut configurations = Vec::new();
+        let mut meters = Vec::new();
+        for poll in poller.session.queued() {
+            match poll {
+                LongPoll::SendGameConfiguration { game } => configurations.push(*game),
+                LongPoll::SendSelectedMeters { game, meters: codes } if *game != 0 => {
+                    assert_eq!(codes, &GAME_METERS);
+                    meters.push(*game);
+                }
+                _ => {}
+            }
+        }
+        (configurations, meters)
+    }
+
+    #[test]
+    fn a_multi_game_machine_gets_each_games_configuration_and_meters_read() {
+        let mut machine = poller();
+        machine.games_learned(3);
+        assert_eq!(per_game_polls(&machine), (vec![1, 2, 3], vec![1, 2, 3]));
+        // The same answer again (a new link-up) queues nothing more; every snapshot does.
+        machine.games_learned(3);
+        assert_eq!(per_game_polls(&machine), (vec![1, 2, 3], vec![1, 2, 3]));
+        machine.queue_snapshot();
+        assert_eq!(per_game_polls(&machine).1, [1, 2, 3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_single_game_machine_is_its_game_and_a_huge_count_is_bounded() {
+        let mut single = poller();
+        single.games_learned(1);
+        single.queue_snapshot();
+        assert_eq!(per_game_polls(&single), (vec![], vec![]));
+        let mut huge = poller();
+        huge.games_learned(9999);
+        let (configurations, meters) = per_game_polls(&huge);
+        assert_eq!((configurations.len(), meters.len()), (64, 64));
+    }
+}
