@@ -412,6 +412,7 @@ fn a_mixed_floor_reports_every_movement_once_and_balances_per_machine_and_per_ga
             .map(|g| g["denomination_code"].as_u64().unwrap())
             .collect();
         assert_eq!(codes, [0x01, 0x02, 0x17]);
+        assert_eq!(info["data"]["features"]["multi_denomination"], true, "LPA0: {info}");
         // Every bet carries its game's denomination.
         for e in events.iter().filter(|e| serial_of(e) == m.serial && e["kind"] == "bet_accepted") {
             let game = e["game"]["number"].as_u64().unwrap();

@@ -87,6 +87,7 @@ pub struct Games {
     /// Whether the games have meters of their own (more than one game); with one game, game 1's
     /// meters are the machine's.
     own_meters: bool,
+    accounting: u8,
 }
 
 impl Games {
@@ -98,12 +99,19 @@ impl Games {
             meters: vec![GameMeters::default(); denominations.len()],
             own_meters: denominations.len() > 1,
             denominations,
+            accounting,
         }
     }
 
     /// How many games (LP51).
     pub fn count(&self) -> u16 {
         u16::try_from(self.denominations.len()).unwrap_or(u16::MAX)
+    }
+
+    /// Whether a game is played at another denomination than the accounting one (LPA0's
+    /// multi-denomination bit).
+    pub fn multi_denomination(&self) -> bool {
+        self.denominations.iter().any(|code| *code != self.accounting)
     }
 
     /// Whether `game` is one of this machine's games.
@@ -192,6 +200,9 @@ mod tests {
         assert_eq!((one.coin_in, one.coin_out, one.jackpot, one.games_lost), (3, 0, 7, 1));
         assert_eq!((two.coin_in, two.coin_out, two.games_won), (10, 20, 1));
         assert_eq!(Games::new(&[], 0x01).meters(1), None, "one game: the machine's meters");
+        assert!(
+            games.multi_denomination() && !Games::new(&[0x01, 0x01], 0x01).multi_denomination()
+        );
         games.clear();
         assert_eq!(games.meters(2), Some(&GameMeters::default()));
     }

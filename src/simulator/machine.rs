@@ -901,8 +901,10 @@ impl Machine {
                     Validation::SecureEnhanced => 0b10,
                 };
                 let redemption = if self.cfg.validation == Validation::None { 0 } else { 0x80 };
-                // Extended meters (LP6F/AF) always; the 40 ms polling rate.
-                let features = [redemption | validation << 5, 0x08, 0x01];
+                // Extended meters (LP6F/AF) always; multi-denomination when a game is played at
+                // another denomination than the accounting one; the 40 ms polling rate.
+                let multi_denomination = if self.games.multi_denomination() { 0x80 } else { 0 };
+                let features = [redemption | validation << 5, 0x08 | multi_denomination, 0x01];
                 Reply::EnabledFeatures(EnabledFeatures { game: *game, features })
             }
             LongPoll::SendEnhancedValidation { function }
