@@ -1221,47 +1221,35 @@ fn lp51_and_lp53_describe_the_games_and_each_play_event_carries_its_games_denomi
     assert_eq!((game.number, game.denomination_code), (Some(1), Some(0x01)));
 }
 
+/// A game on game 1 (bet 10, win 20) and one on game 2 (2 credits at 0.05 = 10 accounting
+/// credits, no win), the machine's meters agreeing, then the two games' meters as given.
+fn play_both_games(games: [SessionEvent; 2]) -> Vec<CanonicalEvent> {
+    let (mut n, _) = two_game_machine();
+    let [one, two] = games;
+    let play = [
+        select(1),
+        game_started(10, 1010, 0x01),
+        game_ended(20),
+        select(2),
+        game_started(2, 1020, 0x42),
+        game_ended(0),
+        meters(1020, 520, 0, 12),
+        one,
+        two,
+    ];
+    run(&mut n, 10, &play)
+}
+
 #[test]
 fn each_game_reconciles_against_its_own_meters() {
-    let (mut n, _) = two_game_machine();
-    let events = run(
-        &mut n,
-        10,
-        &[
-            select(1),
-            game_started(10, 1010, 0x01),
-            game_ended(20),
-            select(2),
-            // 2 credits at 0.05 = 10 accounting credits on game 2's coin-in meter.
-            game_started(2, 1020, 0x42),
-            game_ended(0),
-            meters(1020, 520, 0, 12),
-            game_meters(1, 610, 320, 0, 7),
-            game_meters(2, 410, 200, 0, 5),
-        ],
-    );
+    let events = play_both_games([game_meters(1, 610, 320, 0, 7), game_meters(2, 410, 200, 0, 5)]);
     assert!(!kinds(&events).contains(&"reconciliation"), "{:?}", kinds(&events));
 }
 
 #[test]
 fn a_game_whose_meters_disagree_with_its_events_gets_its_own_reconciliation() {
-    let (mut n, _) = two_game_machine();
-    let events = run(
-        &mut n,
-        10,
-        &[
-            select(1),
-            game_started(10, 1010, 0x01),
-            game_ended(20),
-            select(2),
-            game_started(2, 1020, 0x42),
-            game_ended(0),
-            // The machine's totals agree, but the machine booked game 2's bet on game 1.
-            meters(1020, 520, 0, 12),
-            game_meters(1, 620, 320, 0, 8),
-            game_meters(2, 400, 200, 0, 4),
-        ],
-    );
+    // The machine's totals agree, but the machine booked game 2's bet on game 1.
+    let events = play_both_games([game_meters(1, 620, 320, 0, 8), game_meters(2, 400, 200, 0, 4)]);
     let found: Vec<_> = events
         .iter()
         .filter_map(|e| match &e.kind {

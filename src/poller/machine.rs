@@ -254,32 +254,38 @@ impl MachinePoller {
     }
 }
 
+/// A machine at `address` on the generic profile, for the poller's tests.
+#[cfg(test)]
+pub(super) fn test_poller(address: u8, now: Instant) -> MachinePoller {
+    use crate::event::{Currency, VenueId};
+    use firmware_protocols::sas::Address;
+    let venue = VenueSettings {
+        venue_id: VenueId::new("hall-1").unwrap(),
+        currency: Currency::UAH,
+        time_zone: jiff::tz::TimeZone::UTC,
+        clock_drift_threshold: Duration::from_secs(60),
+        ticket_numbers: Default::default(),
+    };
+    let identity = MachineIdentity {
+        registry_id: RegistryId::new(format!("UA-000{address}")).unwrap(),
+        address: Address::new(address).unwrap(),
+        asset_number: None,
+        denomination_code: None,
+    };
+    let schedule = Schedule {
+        meter_snapshot_interval: Duration::from_secs(3600),
+        clock_sync_interval: Duration::from_secs(3600),
+    };
+    let profile = FirmwareProfile::generic();
+    MachinePoller::new(venue, identity, &profile, schedule, 5, &[], now).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Currency, VenueId};
-    use firmware_protocols::sas::Address;
 
     fn poller() -> MachinePoller {
-        let venue = VenueSettings {
-            venue_id: VenueId::new("hall-1").unwrap(),
-            currency: Currency::UAH,
-            time_zone: jiff::tz::TimeZone::UTC,
-            clock_drift_threshold: Duration::from_secs(60),
-            ticket_numbers: Default::default(),
-        };
-        let identity = MachineIdentity {
-            registry_id: RegistryId::new("UA-0001").unwrap(),
-            address: Address::new(1).unwrap(),
-            asset_number: None,
-            denomination_code: None,
-        };
-        let schedule = Schedule {
-            meter_snapshot_interval: Duration::from_secs(3600),
-            clock_sync_interval: Duration::from_secs(3600),
-        };
-        let profile = FirmwareProfile::generic();
-        MachinePoller::new(venue, identity, &profile, schedule, 0, &[], Instant::now()).unwrap()
+        test_poller(1, Instant::now())
     }
 
     /// (LP53 games, LP2F games other than 0) in the session's queue.
