@@ -353,6 +353,7 @@ impl Hall {
                 number: Some(3),
                 game_id: Some("AT".into()),
                 paytable_id: Some("BF0921".into()),
+                denomination_code: Some(0x01),
             }),
             source,
             derived: false,

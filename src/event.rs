@@ -177,6 +177,9 @@ pub struct GameRef {
     pub game_id: Option<String>,
     /// Paytable ID from LP1F (6 characters).
     pub paytable_id: Option<String>,
+    /// The game's denomination, raw SAS code: LP53's for a game of a multi-game machine, else
+    /// the accounting denomination (LP1F or configuration); null while neither is known.
+    pub denomination_code: Option<u8>,
 }
 
 /// What the gateway read that produced the event.
@@ -386,6 +389,8 @@ pub enum EventKind {
     /// Emitted on a mismatch or an incomplete comparison, and after any window with a
     /// noteworthy context (event gap, outage, reset, denomination change) even when it matches.
     Reconciliation {
+        /// The game whose meters (LP2F for game N) were compared; null for the whole machine.
+        game_number: Option<u16>,
         outcome: ReconciliationOutcome,
         /// What happened in the window that may explain a mismatch.
         context: Vec<WindowContext>,
@@ -676,6 +681,23 @@ pub struct MachineInfo {
     pub game_options: Option<u16>,
     /// LPA0 (read at link-up): what the machine has enabled; null until read or if unsupported.
     pub features: Option<Features>,
+    /// LP51 (read at link-up): how many games the machine implements; null until read.
+    pub number_of_games: Option<u16>,
+    /// LP53 per game (read at link-up on a multi-game machine), by game number.
+    pub games: Vec<GameInfo>,
+}
+
+/// One game of a multi-game machine, from LP53.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GameInfo {
+    pub number: u16,
+    /// The game's denomination, raw SAS code.
+    pub denomination_code: u8,
+    /// Value of one credit of the game; null if the code is not in the spec's table.
+    pub denomination: Option<Amount>,
+    pub paytable_id: String,
+    /// Largest bet in credits of the game (255 = 255 or more).
+    pub max_bet: u8,
 }
 
 /// What LPA0 says a machine supports.

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use firmware_protocols::sas::message::{BasicMeters, DateTime, MachineInfo as SasMachineInfo};
+use firmware_protocols::sas::message::{
+    BasicMeters, DateTime, MachineInfo as SasMachineInfo, SelectedMeters,
+};
 use firmware_protocols::sas::session::SessionEvent;
 use firmware_protocols::sas::{Address, Exception, LongPoll, RealTimeEvent, Reply};
 use jiff::Timestamp;
@@ -61,7 +63,12 @@ fn event(machine_seq: u64, kind: EventKind) -> CanonicalEvent {
         occurred_at: at(0),
         occurred_at_local: "2026-03-01T14:00:00+02:00".into(),
         egm_time: Some("2026-03-01T14:00:02".parse().unwrap()),
-        game: Some(GameRef { number: Some(3), game_id: Some("AT".into()), paytable_id: None }),
+        game: Some(GameRef {
+            number: Some(3),
+            game_id: Some("AT".into()),
+            paytable_id: None,
+            denomination_code: Some(0x02),
+        }),
         source: Source {
             kind: SourceKind::RealTimeEvent,
             code: Some(0x7E),
@@ -183,6 +190,14 @@ fn samples() -> Vec<EventKind> {
                 extended_meters: true,
                 multi_denomination: false,
             }),
+            number_of_games: Some(2),
+            games: vec![GameInfo {
+                number: 2,
+                denomination_code: 0x02,
+                denomination: Some(uah(5)),
+                paytable_id: "SIM002".into(),
+                max_bet: 10,
+            }],
         })),
         EventKind::MeterReset {
             meters: vec![MeterJump { meter: "coin_in".into(), before: 123_456, after: 100 }],
@@ -206,6 +221,7 @@ fn samples() -> Vec<EventKind> {
         },
         EventKind::PollUnsupported { command: 0x6F },
         EventKind::Reconciliation {
+            game_number: Some(2),
             outcome: ReconciliationOutcome::Mismatch,
             context: vec![WindowContext::EventGap],
             window_start: at(-60),
@@ -331,9 +347,26 @@ fn normalizer_output_validates_against_the_schema() {
         poll: LongPoll::SendMeters,
         reply: Reply::Meters(BasicMeters { coin_in, games_played, ..Default::default() }),
     };
+    let game_meters = |coin_in| SessionEvent::Reply {
+        poll: LongPoll::SendSelectedMeters { game: 3, meters: vec![0x00, 0x01, 0x02] },
+        reply: Reply::SelectedMeters(SelectedMeters {
+            game: 3,
+            meters: vec![(0x00, coin_in), (0x01, 0), (0x02, 0)],
+        }),
+    };
     let session = [
         SessionEvent::LinkUp,
-        SessionEvent::Reply { poll: LongPoll::SendMachineInfo, reply: Reply::MachineInfo(info) },
+        SessionEvent::Reply {
+            poll: LongPoll::SendMachineInfo,
+            reply: Reply::MachineInfo(info.clone()),
+        },
+        // A multi-game machine: LP51, LP53 for game 3, and game 3's meters (LP2F).
+        SessionEvent::Reply { poll: LongPoll::SendNumberOfGames, reply: Reply::NumberOfGames(3) },
+        SessionEvent::Reply {
+            poll: LongPoll::SendGameConfiguration { game: 3 },
+            reply: Reply::GameConfiguration { game: 3, info },
+        },
+        game_meters(0),
         meters(1000, 10),
         SessionEvent::RealTimeEvent(RealTimeEvent::GameSelected { game: 3 }),
         SessionEvent::RealTimeEvent(RealTimeEvent::GameStarted {
@@ -343,6 +376,8 @@ fn normalizer_output_validates_against_the_schema() {
             progressive_group: 0,
         }),
         SessionEvent::RealTimeEvent(RealTimeEvent::GameEnded { win: 0 }),
+        // Game 3's coin in moved by 30 credits, its events say 25: a per-game reconciliation.
+        game_meters(30),
         SessionEvent::Exception(Exception::ExceptionBufferOverflow),
         SessionEvent::Exception(Exception::from_code(0x26)),
         meters(1030, 12),
@@ -365,13 +400,18 @@ fn normalizer_output_validates_against_the_schema() {
     ];
     let validator = validator();
     let mut seen = BTreeSet::new();
+    let mut per_game = Vec::new();
     for (i, session_event) in session.iter().enumerate() {
         for event in normalizer.handle(at(i as i64), session_event).unwrap() {
             let json = serde_json::to_value(&event).unwrap();
             let found = errors(&validator, &json);
             assert!(found.is_empty(), "{found:#?}\n{json:#}");
             seen.insert(event.kind.name());
+            if let EventKind::Reconciliation { game_number: Some(game), .. } = event.kind {
+                per_game.push(game);
+            }
         }
     }
     assert!(seen.len() >= 12, "{seen:?}");
+    assert_eq!(per_game, [3], "game 3's window was reconciled on its own");
 }

@@ -17,7 +17,7 @@ use firmware_protocols::FirmwareProfile;
 use firmware_protocols::sas::codec::RequestDecoder;
 use firmware_protocols::sas::session::{CHARACTER_TIME, HostSession, LinkState, SessionEvent};
 use firmware_protocols::sas::{Address, Character, Exception, LongPoll, RealTimeEvent};
-use slotgate::simulator::config::MachineConfig;
+use slotgate::simulator::config::{MachineConfig, Quirk};
 use slotgate::simulator::ledger::{Entry, Record};
 use slotgate::simulator::machine::{Machine, MachineFault};
 
@@ -420,4 +420,71 @@ fn without_resume_a_restart_acknowledges_the_unconfirmed_report_away() {
     let newly: Vec<_> = acked.iter().filter(|a| !acked_at_crash.contains(a)).collect();
     assert_eq!(newly.first().map(|(_, code)| *code), Some(0x7E), "the machine dropped it");
     assert!(!line.events.contains(&lost), "and the host never got it: a lost game start");
+}
+
+// === Vendor quirks (sas-protocol.md §11): each against the profile that describes it ===
+
+fn built_in(name: &str) -> FirmwareProfile {
+    let (file, text) = firmware_protocols::profile::BUILT_IN
+        .iter()
+        .find(|(file, _)| file.strip_suffix(".toml") == Some(name))
+        .unwrap();
+    FirmwareProfile::from_toml_str(file, text).unwrap()
+}
+
+fn quirky(quirk: Quirk) -> MachineConfig {
+    let mut cfg = playing_machine();
+    cfg.quirks = vec![quirk];
+    cfg.play.max_games = Some(40);
+    cfg
+}
+
+fn games_ended(line: &Line) -> usize {
+    line.events
+        .iter()
+        .filter(|e| matches!(e, SessionEvent::RealTimeEvent(RealTimeEvent::GameEnded { .. })))
+        .count()
+}
+
+#[test]
+fn a_machine_that_needs_no_sync_answers_the_first_poll_of_its_profile() {
+    let profile = built_in("novomatic-gaminator-generic");
+    let mut line = Line::new(quirky(Quirk::NoSync), &profile);
+    line.run_for(Duration::from_secs(5 * 60));
+    assert_eq!(line.ledger_games().len(), 40);
+    line.assert_games_match("no sync needed");
+    // The profile sends no `80` first, and the machine needs none: not one poll went unanswered.
+    assert_eq!(line.session.stats().timeouts, 0, "{:?}", line.session.stats());
+    // A machine that does need the sync poll leaves that profile's first polls unanswered.
+    let mut strict = Line::new(playing_machine(), &profile);
+    strict.run_for(Duration::from_secs(10));
+    assert!(strict.session.stats().timeouts > 0);
+}
+
+#[test]
+fn a_machine_with_slow_bytes_is_read_whole_with_a_longer_inter_byte_limit() {
+    let text = "name = \"slow\"\n[timing]\ninter_byte_limit_ms = 15\n";
+    let profile = FirmwareProfile::from_toml_str("slow.toml", text).unwrap();
+    let mut line = Line::new(quirky(Quirk::SlowBytes), &profile);
+    line.run_for(Duration::from_secs(5 * 60));
+    assert_eq!(line.ledger_games().len(), 40);
+    line.assert_games_match("slow bytes");
+    // With the spec's 5 ms every reply is cut in two: no report gets through.
+    let mut strict = Line::new(quirky(Quirk::SlowBytes), &FirmwareProfile::generic());
+    strict.run_for(Duration::from_secs(60));
+    assert_eq!(games_ended(&strict), 0);
+    assert!(strict.ledger_games().len() > 3, "the machine played meanwhile");
+}
+
+#[test]
+fn a_machine_that_repeats_its_last_report_delivers_each_report_once_with_its_profile() {
+    let mut line = Line::new(quirky(Quirk::RepeatReport), &built_in("rte-repeating-generic"));
+    line.run_for(Duration::from_secs(5 * 60));
+    assert_eq!(line.ledger_games().len(), 40);
+    line.assert_games_match("repeated reports");
+    assert!(line.session.stats().re_reports > 0, "the machine did repeat its reports");
+    // Without the profile's knowledge every idle poll invents one more report.
+    let mut naive = Line::new(quirky(Quirk::RepeatReport), &FirmwareProfile::generic());
+    naive.run_for(Duration::from_secs(60));
+    assert!(games_ended(&naive) > naive.ledger_games().len());
 }

@@ -11,7 +11,9 @@ use firmware_protocols::sas::codec::Request;
 use firmware_protocols::sas::message::{DateTime, MeterPoll, TicketMessage};
 use firmware_protocols::sas::{Address, HostMessage, LongPoll, MeterCode, RealTimeEvent, Reply};
 use slotgate::simulator::config::{MachineConfig, Weighted};
-use slotgate::simulator::ledger::{Entry, HandpayKind, LinkState, LossReason, PaidBy, Record};
+use slotgate::simulator::ledger::{
+    Entry, EventData, HandpayKind, LinkState, LossReason, PaidBy, Record,
+};
 use slotgate::simulator::machine::{CHIRP_AFTER, CHIRP_INTERVAL, Machine, MachineFault};
 
 const ADDR: u8 = 1;
@@ -236,8 +238,8 @@ fn a_bad_crc_is_nacked_and_unsupported_polls_get_silence() {
     // Corrected retry right after the NACK: executed.
     assert_eq!(rig.send(&[0x01, 0x01, 0x51, 0x08]), Some(vec![0x01]));
     assert!(!rig.m.is_enabled_by_host());
-    // LP51 (number of games) is not implemented: silence, never a NACK.
-    assert_eq!(rig.send(&[0x01, 0x51]), None);
+    // LP56 (enabled game numbers) is not implemented: silence, never a NACK.
+    assert_eq!(rig.send(&[0x01, 0x56]), None);
     // LP0E with flag 2 is invalid data: NACK.
     let mut lp0e = vec![0x01, 0x0E, 0x02];
     firmware_protocols::crc::append_crc(&mut lp0e);
@@ -519,10 +521,7 @@ fn meters_stay_consistent_with_the_ledger() {
         .iter()
         .filter_map(|r| match &r.entry {
             Entry::Exception {
-                event:
-                    Some(slotgate::simulator::ledger::EventData::GameStarted {
-                        credits_wagered, ..
-                    }),
+                event: Some(EventData::GameStarted { credits_wagered, .. }),
                 ..
             } => Some(*credits_wagered),
             _ => None,
@@ -829,7 +828,7 @@ fn with_validation_cash_outs_print_tickets_players_insert_tickets_and_lp4d_repor
         .ledger
         .iter()
         .filter_map(|r| match &r.entry {
-            Entry::TicketIn { validation_number, cents, credits } => {
+            Entry::TicketIn { validation_number, cents, credits, .. } => {
                 Some((validation_number.clone(), *cents, *credits))
             }
             _ => None,
@@ -1037,4 +1036,91 @@ fn a_progressive_too_large_for_the_machine_is_a_handpay_with_its_level_in_cents(
     assert_eq!(rig.m.meters().value(MeterCode(0x1F)), Some(0), "no paytable handpay");
     assert_eq!(rig.m.meters().jackpot, credits);
     assert_eq!(rig.count(|e| matches!(e, Entry::Handpay { level: Some(l), .. } if *l == level)), 1);
+}
+
+#[test]
+fn a_multi_game_machine_keeps_meters_per_game_that_add_up_to_the_ledger() {
+    let mut cfg = playing(20.0);
+    // Accounting 0.01; game 1 at 0.01, game 2 at 0.05, game 3 at 0.02.
+    cfg.games = vec![0x01, 0x02, 0x17];
+    cfg.play.handpay_limit = 100;
+    cfg.play.handpay_duration = Duration::from_secs(5);
+    cfg.seed = 7;
+    let mut rig = Rig::new(cfg);
+    for _ in 0..3600 {
+        rig.advance(Duration::from_secs(1));
+        while rig.m.poll_transmit().is_some() {}
+    }
+    rig.m.close_play();
+    rig.advance(Duration::from_secs(60));
+    assert!(rig.m.game_in_progress().is_none() && !rig.m.handpay_pending());
+    rig.sync();
+    assert_eq!(rig.decoded(LongPoll::SendNumberOfGames), Reply::NumberOfGames(3));
+    assert_eq!(rig.long_poll(LongPoll::SendGameConfiguration { game: 4 }), None, "no game 4");
+    let Reply::GameConfiguration { game: 2, info } =
+        rig.decoded(LongPoll::SendGameConfiguration { game: 2 })
+    else {
+        panic!("LP53 for game 2")
+    };
+    assert_eq!(info.denomination, 0x02);
+    let ratio = |denomination: u8| match denomination {
+        0x01 => 1,
+        0x02 => 5,
+        0x17 => 2,
+        other => panic!("denomination {other:#x}"),
+    };
+    let mut totals = [0u64; 4];
+    for game in 1..=3u16 {
+        // (coin in, coin out, jackpot, games) from the ledger, in accounting credits.
+        let mut expected = [0u64; 4];
+        for record in &rig.ledger {
+            if let Entry::Game { game: g, bet, win, denomination, paid_by, .. } = &record.entry
+                && *g == game
+            {
+                let k = ratio(*denomination);
+                expected[0] += bet * k;
+                match paid_by {
+                    PaidBy::Machine => expected[1] += win * k,
+                    _ => expected[2] += win * k,
+                }
+                expected[3] += 1;
+            }
+        }
+        assert!(expected[3] > 50, "game {game} was played: {expected:?}");
+        let poll = LongPoll::SendSelectedMeters { game, meters: vec![0x00, 0x01, 0x02, 0x05] };
+        // `80` between two LP2F, or the machine takes the second for an implied NACK (§4.2).
+        rig.send(&[0x80]);
+        let Reply::SelectedMeters(selected) = rig.decoded(poll) else { panic!("LP2F") };
+        let read: Vec<u64> = selected.meters.iter().map(|(_, v)| *v).collect();
+        assert_eq!(read, expected, "game {game}: coin in, coin out, jackpot, games played");
+        for (total, value) in totals.iter_mut().zip(read) {
+            *total += value;
+        }
+    }
+    assert!(totals[2] > 0, "the test should cover jackpots");
+    let poll = LongPoll::SendSelectedMeters { game: 0, meters: vec![0x00, 0x01, 0x02, 0x05] };
+    rig.send(&[0x80]);
+    let Reply::SelectedMeters(machine) = rig.decoded(poll) else { panic!("LP2F") };
+    let machine: Vec<u64> = machine.meters.iter().map(|(_, v)| *v).collect();
+    assert_eq!(machine, totals, "the games' meters add up to the machine's");
+    // Each game's bets are announced in its own denomination: 8C before the first bet on it,
+    // and a multi-denomination 7E (bit 6) carrying the game's denomination code.
+    let mut selected = None;
+    for record in &rig.ledger {
+        match &record.entry {
+            Entry::Exception { event: Some(EventData::GameSelected { game }), .. } => {
+                selected = Some(*game);
+            }
+            Entry::Exception { event: Some(EventData::GameStarted { wager_type, .. }), .. } => {
+                let denomination = match selected.expect("8C before every 7E") {
+                    1 => 0x01,
+                    2 => 0x02,
+                    _ => 0x17,
+                };
+                assert_eq!(wager_type & 0x3F, denomination);
+                assert_eq!(wager_type & 0x40 != 0, denomination != 0x01);
+            }
+            _ => {}
+        }
+    }
 }

@@ -73,6 +73,10 @@ pub struct RteSupport {
     pub supported: bool,
     /// Whether the gateway turns it on at link-up.
     pub enable: bool,
+    /// The machine re-sends its last report on every poll until a new one replaces it (§11:
+    /// "always answers the current event"), so a report identical to the previous one is always
+    /// a re-report, never a new event.
+    pub repeats_last_report: bool,
 }
 
 /// Where LP21's signature arrives (sas-protocol.md §4.4).
@@ -105,6 +109,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
         "novomatic-gaminator-generic.toml",
         include_str!("../profiles/novomatic-gaminator-generic.toml"),
     ),
+    ("rte-repeating-generic.toml", include_str!("../profiles/rte-repeating-generic.toml")),
 ];
 
 // The raw TOML shape. `deny_unknown_fields` turns a misspelt key into an error naming it.
@@ -159,11 +164,12 @@ impl Default for RawTiming {
 struct RawRte {
     supported: bool,
     enable: bool,
+    repeats_last_report: bool,
 }
 
 impl Default for RawRte {
     fn default() -> Self {
-        Self { supported: true, enable: true }
+        Self { supported: true, enable: true, repeats_last_report: false }
     }
 }
 
@@ -280,7 +286,11 @@ impl FirmwareProfile {
             },
             sync: raw.sync,
             wakeup: raw.wakeup,
-            rte: RteSupport { supported: raw.rte.supported, enable: raw.rte.enable },
+            rte: RteSupport {
+                supported: raw.rte.supported,
+                enable: raw.rte.enable,
+                repeats_last_report: raw.rte.repeats_last_report,
+            },
             unsupported_long_polls: raw.long_polls.unsupported.into_iter().collect(),
             rom_signature: raw.long_polls.rom_signature,
             extended_meters: raw.meters.extended,

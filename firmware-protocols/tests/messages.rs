@@ -7,7 +7,7 @@ use firmware_protocols::crc::append_crc;
 use firmware_protocols::sas::message::{
     AftTransferStatus, BasicMeters, DateTime, EnabledFeatures, ExtendedMeter, ExtendedMeters,
     HandpayInfo, LastBill, LegacyBonusWin, MachineInfo, MeterPoll, Meters10To15, ProgressiveWin,
-    ProgressiveWins, SelectedMeters, TicketDetail, TicketMessage, ValidationRecord,
+    ProgressiveWins, ReplyLen, SelectedMeters, TicketDetail, TicketMessage, ValidationRecord,
     VersionAndSerial,
 };
 use firmware_protocols::sas::{
@@ -677,4 +677,42 @@ fn lp72_lp85_lp90_answers_round_trip() {
     };
     assert_eq!((decoded.status, decoded.is_complete()), (0xFF, false));
     assert!(status.is_complete());
+}
+
+#[test]
+fn lp51_number_of_games_and_lp53_game_configuration() {
+    // LP51 is type R: `addr 51`, no CRC; the reply is the count in 2 BCD bytes.
+    let poll = LongPoll::SendNumberOfGames;
+    assert_eq!(poll.encode(1).unwrap(), [0x01, 0x51]);
+    assert_eq!(HostMessage::decode(&[0x01, 0x51]).unwrap(), HostMessage::LongPoll(a(1), poll));
+    let frame = Reply::NumberOfGames(12).encode(a(1)).unwrap();
+    assert_eq!((frame[..4].to_vec(), frame.len()), (vec![0x01, 0x51, 0x00, 0x12], 6));
+    assert_eq!(Reply::decode_frame(a(1), &frame).unwrap(), Reply::NumberOfGames(12));
+    // LP53 is type M: `addr 53 game(2 BCD) crc`; the reply is the game number and LP1F's fields.
+    let poll = LongPoll::SendGameConfiguration { game: 12 };
+    let bytes = poll.encode(1).unwrap();
+    assert_eq!((bytes[..4].to_vec(), bytes.len()), (vec![0x01, 0x53, 0x00, 0x12], 6));
+    assert_eq!(HostMessage::decode(&bytes).unwrap(), HostMessage::LongPoll(a(1), poll));
+    let info = MachineInfo {
+        game_id: *b"AT",
+        additional_id: *b"123",
+        denomination: 0x02,
+        max_bet: 10,
+        progressive_group: 0,
+        game_options: 0,
+        paytable_id: *b"PT0012",
+        base_percentage: *b"9600",
+    };
+    let reply = Reply::GameConfiguration { game: 12, info };
+    let frame = reply.encode(a(1)).unwrap();
+    assert_eq!(frame.len(), 2 + 2 + 20 + 2);
+    assert_eq!(frame[..9], [0x01, 0x53, 0x00, 0x12, b'A', b'T', b'1', b'2', b'3']);
+    assert_eq!(frame[9], 0x02, "the game's denomination");
+    assert_eq!(Reply::decode_frame(a(1), &frame).unwrap(), reply);
+    for (command, frame) in [(0x51, vec![0x01, 0x51]), (0x53, vec![0x01, 0x53])] {
+        let expected = if command == 0x51 { 6 } else { 26 };
+        assert_eq!(Reply::data_reply_len(command, &frame), Some(ReplyLen::Fixed(expected)));
+    }
+    assert!(!LongPoll::SendNumberOfGames.moves_money());
+    assert!(!LongPoll::SendGameConfiguration { game: 1 }.moves_money());
 }

@@ -64,7 +64,7 @@
 //! |---|---|
 //! | `C` + destination name | cursor: u64 BE, first unacknowledged seq |
 //! | `N` + registry id | the machine's next per-machine seq, u64 BE |
-//! | `S` + registry id + `/` + poll code | the machine's last meter snapshot of that poll (canonical JSON) |
+//! | `S` + registry id + `/` + poll code [+ game number, 2 bytes big-endian, for game N ≠ 0] | the machine's last meter snapshot of that poll (and game) (canonical JSON) |
 //! | `K` + seq (u64 BE) | a signed [`checkpoint::Checkpoint`] of the chain head at `seq` |
 //! | `A` + first seq (u64 BE) | last seq (u64 BE) of an unreadable range already journalled |
 //! | `B` | [`Base`]: first kept seq, the chain anchor before it, the machine-seq floor |
@@ -329,8 +329,9 @@ pub struct NewRecord {
     pub machine: String,
     pub machine_seq: Option<u64>,
     pub body: Body,
-    /// For meter snapshots: the poll code under which the machine's last snapshot is kept.
-    pub snapshot_of: Option<Option<u8>>,
+    /// For meter snapshots: the poll code and game under which the machine's last snapshot is
+    /// kept.
+    pub snapshot_of: Option<(Option<u8>, u16)>,
 }
 
 impl NewRecord {
@@ -347,8 +348,13 @@ impl NewRecord {
     }
 }
 
-fn snapshot_code(event: &CanonicalEvent) -> Option<Option<u8>> {
-    matches!(event.kind, EventKind::MeterSnapshot { .. }).then_some(event.source.code)
+/// The poll and game a snapshot answers: the last one of each is kept per machine, so that a
+/// restart continues every game's meters (LP2F for game N), not only the last game read.
+fn snapshot_code(event: &CanonicalEvent) -> Option<(Option<u8>, u16)> {
+    match event.kind {
+        EventKind::MeterSnapshot { game_number, .. } => Some((event.source.code, game_number)),
+        _ => None,
+    }
 }
 
 /// Which [`Class`] an event belongs to.
@@ -683,10 +689,14 @@ fn apply_keyed(
     Ok(())
 }
 
-fn snapshot_key(machine: &str, code: Option<u8>) -> Vec<u8> {
+fn snapshot_key(machine: &str, (code, game): (Option<u8>, u16)) -> Vec<u8> {
     let mut key = prefixed(SNAPSHOT, machine.as_bytes());
     key.push(b'/');
     key.push(code.unwrap_or(0));
+    // Game 0 (the machine) keeps the key it always had.
+    if game != 0 {
+        key.extend_from_slice(&game.to_be_bytes());
+    }
     key
 }
 

@@ -5,6 +5,11 @@
 //! coin out (0001) and jackpot (0002): LP1C, LP0F, LP19, or LP2F/LP6F asking for those three. It
 //! closes the window that the previous one opened: events in the window are compared with the
 //! meter deltas, a link-outage window is summarised, and games reported without data are priced.
+//!
+//! The same holds per game (R2): an LP2F/LP6F snapshot of game N ≠ 0 with those three meters
+//! closes game N's own window, whose bets and wins are the play events reported while game N was
+//! selected (8C). It only compares (a `reconciliation` with `game_number` N); outages are
+//! summarised and games without data priced for the machine alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -270,12 +275,15 @@ impl Default for Window {
     }
 }
 
-/// Lifetime meters and the open reconciliation window of one machine.
+/// Lifetime meters and the open reconciliation windows of one machine.
 #[derive(Debug, Default)]
 pub(super) struct MeterBook {
     trackers: BTreeMap<(u16, MeterKey), Tracker>,
     base: Option<Base>,
     pub window: Window,
+    /// Per game N ≠ 0: the levels at its last reconciling snapshot, and the window since.
+    game_bases: BTreeMap<u16, Base>,
+    game_windows: BTreeMap<u16, Window>,
 }
 
 /// `10^digits`, the value at which a meter of that many BCD digits wraps; `None` if it does not
@@ -392,10 +400,13 @@ impl MeterBook {
             let tracker = Tracker { raw: reading.raw, digits: reading.digits, lifetime, minor };
             self.trackers.insert((game, key), tracker);
         }
-        if game == 0
-            && let Some(base) = self.current_base(at)
-        {
-            self.base = Some(base);
+        match self.base_of(game, at) {
+            Some(base) if game == 0 => self.base = Some(base),
+            Some(base) => {
+                self.game_bases.insert(game, base);
+                self.game_windows.entry(game).or_default();
+            }
+            None => {}
         }
     }
 
@@ -410,7 +421,7 @@ impl MeterBook {
                     money(MeterUnit::Credits, tracker.lifetime, Some(denomination), currency);
             }
         }
-        if let Some(base) = &mut self.base {
+        for base in self.base.iter_mut().chain(self.game_bases.values_mut()) {
             for level in [&mut base.coin_in, &mut base.coin_out, &mut base.jackpot] {
                 if level.minor == Err(AmountStatus::DenominationUnknown) {
                     level.minor =
@@ -420,17 +431,53 @@ impl MeterBook {
         }
     }
 
-    fn level(&self, key: MeterKey) -> Option<Level> {
-        self.trackers.get(&(0, key)).map(|t| Level { credits: t.lifetime, minor: t.minor })
+    /// Something happened that may explain a mismatch: every open window, the machine's and
+    /// each game's, holds it.
+    pub(super) fn mark(&mut self, context: WindowContext) {
+        self.window.context.insert(context);
+        for window in self.game_windows.values_mut() {
+            window.context.insert(context);
+        }
+    }
+
+    /// A bare 7E/7F: games are reported without data, in every window.
+    pub(super) fn games_without_data(&mut self) {
+        self.window.games_without_data = true;
+        for window in self.game_windows.values_mut() {
+            window.games_without_data = true;
+        }
+    }
+
+    /// The machine's window, and game `game`'s if a game is selected: where a play event's
+    /// amount is summed.
+    pub(super) fn play_windows(&mut self, game: Option<u16>) -> Vec<&mut Window> {
+        let mut windows = vec![&mut self.window];
+        if let Some(game) = game {
+            windows.push(self.game_windows.entry(game).or_default());
+        }
+        windows
+    }
+
+    /// Game `game`'s window, where its play events are summed (alongside the machine's).
+    pub(super) fn game_window(&mut self, game: u16) -> &mut Window {
+        self.game_windows.entry(game).or_default()
+    }
+
+    fn level(&self, game: u16, key: MeterKey) -> Option<Level> {
+        self.trackers.get(&(game, key)).map(|t| Level { credits: t.lifetime, minor: t.minor })
     }
 
     fn current_base(&self, at: Timestamp) -> Option<Base> {
+        self.base_of(0, at)
+    }
+
+    fn base_of(&self, game: u16, at: Timestamp) -> Option<Base> {
         Some(Base {
             at,
-            coin_in: self.level(COIN_IN)?,
-            coin_out: self.level(COIN_OUT)?,
-            jackpot: self.level(JACKPOT)?,
-            games: self.level(GAMES_PLAYED).map(|l| l.credits),
+            coin_in: self.level(game, COIN_IN)?,
+            coin_out: self.level(game, COIN_OUT)?,
+            jackpot: self.level(game, JACKPOT)?,
+            games: self.level(game, GAMES_PLAYED).map(|l| l.credits),
         })
     }
 
@@ -457,21 +504,52 @@ impl MeterBook {
             }));
         }
         let has = |key: MeterKey| reads.iter().any(|r| r.key == key);
-        let reconciling = game == 0 && has(COIN_IN) && has(COIN_OUT) && has(JACKPOT);
-        let trigger = if reconciling && self.base.is_none() {
-            SnapshotTrigger::Baseline
-        } else {
-            ctx.trigger
+        let reconciling = has(COIN_IN) && has(COIN_OUT) && has(JACKPOT);
+        let baseline = match game {
+            0 => self.base.is_none(),
+            game => !self.game_bases.contains_key(&game),
         };
+        let trigger = if reconciling && baseline { SnapshotTrigger::Baseline } else { ctx.trigger };
         out.push(Outcome::Snapshot(EventKind::MeterSnapshot {
             trigger,
             game_number: game,
             meters,
         }));
-        if reconciling {
+        if reconciling && game == 0 {
             self.close_window(ctx, &mut out);
+        } else if reconciling {
+            self.close_game_window(ctx, game, &mut out);
         }
         out
+    }
+
+    /// Compares game `game`'s events since its last reconciling snapshot with its meter deltas
+    /// and opens its next window.
+    fn close_game_window(&mut self, ctx: &SnapshotContext, game: u16, out: &mut Vec<Outcome>) {
+        let Some(current) = self.base_of(game, ctx.now) else { return };
+        let window = std::mem::take(self.game_window(game));
+        let Some(base) = self.game_bases.insert(game, current) else { return };
+        let coin_in = delta(base.coin_in, current.coin_in);
+        let won = sum_deltas(
+            delta(base.coin_out, current.coin_out),
+            delta(base.jackpot, current.jackpot),
+        );
+        let games = match (base.games, current.games) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        // Games reported without data are priced for the machine alone, so a game's own
+        // figures cannot be compared.
+        let priced = !window.games_without_data;
+        let window_start = base.at;
+        out.extend(reconciliation(
+            Some(game),
+            window,
+            priced,
+            (coin_in, won, games),
+            window_start,
+            ctx,
+        ));
     }
 
     /// Updates one meter's tracker and returns its reading, and the jump if it went down.
@@ -625,22 +703,38 @@ impl MeterBook {
             }
         }
 
-        let bets = figures(window.bets.minor.ok(), coin_in.minor, &ctx.currency);
-        let wins = figures(window.wins.minor.ok(), won.minor, &ctx.currency);
-        let outcome = match (bets.difference, wins.difference) {
-            (Some(0), Some(0)) => ReconciliationOutcome::Matched,
-            (Some(_), Some(_)) => ReconciliationOutcome::Mismatch,
-            _ => ReconciliationOutcome::Incomplete,
-        };
-        if outcome != ReconciliationOutcome::Matched || !window.context.is_empty() {
-            out.push(Outcome::Reconciliation(EventKind::Reconciliation {
-                outcome,
-                context: window.context.into_iter().collect(),
-                window_start: base.at,
-                bets,
-                wins,
-                games: Counts { events: window.games_ended, meters: games },
-            }));
-        }
+        out.extend(reconciliation(None, window, true, (coin_in, won, games), base.at, ctx));
     }
+}
+
+/// A window's bets and wins (if `priced`) against the coin-in and won (coin out + jackpot)
+/// deltas: a `reconciliation` unless they match and the window holds no context.
+fn reconciliation(
+    game_number: Option<u16>,
+    window: Window,
+    priced: bool,
+    (coin_in, won, games): (Delta, Delta, Option<u64>),
+    window_start: Timestamp,
+    ctx: &SnapshotContext,
+) -> Option<Outcome> {
+    let reported = |sum: Sum| if priced { sum.minor.ok() } else { None };
+    let bets = figures(reported(window.bets), coin_in.minor, &ctx.currency);
+    let wins = figures(reported(window.wins), won.minor, &ctx.currency);
+    let outcome = match (bets.difference, wins.difference) {
+        (Some(0), Some(0)) => ReconciliationOutcome::Matched,
+        (Some(_), Some(_)) => ReconciliationOutcome::Mismatch,
+        _ => ReconciliationOutcome::Incomplete,
+    };
+    let quiet = outcome == ReconciliationOutcome::Matched && window.context.is_empty();
+    (!quiet).then(|| {
+        Outcome::Reconciliation(EventKind::Reconciliation {
+            game_number,
+            outcome,
+            context: window.context.into_iter().collect(),
+            window_start,
+            bets,
+            wins,
+            games: Counts { events: window.games_ended, meters: games },
+        })
+    })
 }

@@ -43,6 +43,12 @@
 //!   because the jackpot meter already counts the wins they pay. A mismatch or an incomplete
 //!   comparison emits `reconciliation`, as does any window with an event gap, outage, meter reset
 //!   or denomination change.
+//! - *Games.* LP51 and LP53 describe a multi-game machine (`machine_info.number_of_games`,
+//!   `games`). Every play and money event carries the selected game (last 8C) and that game's
+//!   denomination: LP53's, else the player denomination its multi-denomination 7E named, else the
+//!   accounting one. A snapshot of game N with coin in, coin out and jackpot reconciles game N's
+//!   own window (see `meters.rs`), emitting `reconciliation` with `game_number` N under the same
+//!   rules as the machine's.
 //! - *Meters.* A lifetime meter that went down rolled over if the wrapped step is at most a tenth
 //!   of its range and no reset was announced (3A, 7A, 32–35); otherwise it was reset, which emits
 //!   `meter_reset`.
@@ -62,7 +68,7 @@ mod meters;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use jiff::civil;
@@ -80,7 +86,7 @@ use firmware_protocols::sas::{Address, Exception, LongPoll, RealTimeEvent, Reply
 use crate::event::money::bill_value;
 use crate::event::{
     AftDirection, Amount, BillInfo, CanonicalEvent, Category, CreditMethod, Currency, EventKind,
-    GamePhase, GameRef, LinkStatus, MachineInfo, MachineRef, RegistryId, SCHEMA_VERSION,
+    GameInfo, GamePhase, GameRef, LinkStatus, MachineInfo, MachineRef, RegistryId, SCHEMA_VERSION,
     SnapshotTrigger, Source, SourceKind, TicketClass, TicketInfo, TicketNumbers, VenueId,
     WindowContext, event_id, idempotency_key,
 };
@@ -167,6 +173,9 @@ pub struct Normalizer {
     next_seq: u64,
     info: MachineInfo,
     game_number: Option<u16>,
+    /// Player denominations that 7E wagers flagged as multi-denomination named, per game: the
+    /// game's denomination until LP53 says it.
+    wager_denominations: BTreeMap<u16, u8>,
     link: Link,
     foreign_chirps: BTreeSet<u8>,
     /// The machine's clock as last read or set, and the gateway time then.
@@ -205,8 +214,11 @@ impl Normalizer {
                 progressive_group: None,
                 game_options: None,
                 features: None,
+                number_of_games: None,
+                games: Vec::new(),
             },
             game_number: None,
+            wager_denominations: BTreeMap::new(),
             link: Link::Unknown,
             foreign_chirps: BTreeSet::new(),
             egm_clock: None,
@@ -245,7 +257,7 @@ impl Normalizer {
             normalizer.meters.restore(event.occurred_at, *game_number, meters);
         }
         normalizer.pending.gap = Some(None);
-        normalizer.meters.window.context.insert(WindowContext::LinkOutage);
+        normalizer.meters.mark(WindowContext::LinkOutage);
         Ok(normalizer)
     }
 
@@ -341,7 +353,7 @@ impl Normalizer {
             Link::Down { chirping: true, .. } => return,
             Link::Down { since, .. } => since,
             Link::Unknown | Link::Online => {
-                self.meters.window.context.insert(WindowContext::LinkOutage);
+                self.meters.mark(WindowContext::LinkOutage);
                 now
             }
         };
@@ -357,7 +369,7 @@ impl Normalizer {
             return;
         }
         self.link = Link::Down { since: now, chirping: false };
-        self.meters.window.context.insert(WindowContext::LinkOutage);
+        self.meters.mark(WindowContext::LinkOutage);
         drafts.push(Draft::plain(
             EventKind::LinkState { state: LinkStatus::Offline, offline_since: None },
             session_source("LinkDown"),
@@ -389,7 +401,7 @@ impl Normalizer {
             // The window holds a reset even if no snapshot ever sees a meter go down (the meters
             // may be back where the last snapshot left them): its figures cannot be expected to
             // agree, and the reconciliation must say why.
-            self.meters.window.context.insert(WindowContext::MeterReset);
+            self.meters.mark(WindowContext::MeterReset);
         }
         let currency = self.venue.currency;
         let kind = match exceptions::map(exception) {
@@ -400,7 +412,7 @@ impl Normalizer {
                 details: Default::default(),
             },
             Mapping::GamePhase(phase) => {
-                self.meters.window.games_without_data = true;
+                self.meters.games_without_data();
                 if phase == GamePhase::Ended {
                     self.pending.game_end = true;
                 }
@@ -422,7 +434,7 @@ impl Normalizer {
             }
             Mapping::EventGap => {
                 self.pending.event_gap = true;
-                self.meters.window.context.insert(WindowContext::EventGap);
+                self.meters.mark(WindowContext::EventGap);
                 EventKind::EventGap {}
             }
             Mapping::HandpayReset => EventKind::HandpayReset {},
@@ -448,8 +460,15 @@ impl Normalizer {
                 progressive_group,
             } => {
                 let denomination = self.wager_denomination(*wager_type);
+                if let (Some(game), Some(code)) = (self.game_number, denomination)
+                    && wager_type & 0x40 != 0
+                {
+                    self.wager_denominations.insert(game, code);
+                }
                 let amount = Amount::from_credits(*credits_wagered, denomination, &currency);
-                self.meters.window.bets.add(&amount, accounting);
+                for window in self.play_windows() {
+                    window.bets.add(&amount, accounting);
+                }
                 let kind = EventKind::BetAccepted {
                     amount,
                     games: 1,
@@ -462,8 +481,10 @@ impl Normalizer {
             }
             RealTimeEvent::GameEnded { win } => {
                 let win = Amount::from_credits(*win, accounting, &currency);
-                self.meters.window.wins.add(&win, accounting);
-                self.meters.window.games_ended = self.meters.window.games_ended.saturating_add(1);
+                for window in self.play_windows() {
+                    window.wins.add(&win, accounting);
+                    window.games_ended = window.games_ended.saturating_add(1);
+                }
                 drafts.push(Draft::play(EventKind::GameEnded { win, games: 1 }, source));
             }
             RealTimeEvent::GameSelected { game } => {
@@ -516,6 +537,22 @@ impl Normalizer {
         }
     }
 
+    /// The windows a play event counts in: the machine's, and the selected game's if one is.
+    fn play_windows(&mut self) -> Vec<&mut meters::Window> {
+        self.meters.play_windows(self.game_number)
+    }
+
+    /// The selected game's denomination code: LP53's if read, else the one its multi-denomination
+    /// wagers named, else the accounting one.
+    fn game_denomination(&self) -> Option<u8> {
+        let game = self.game_number;
+        game.and_then(|number| self.info.games.iter().find(|g| g.number == number))
+            .map(|game| game.denomination_code)
+            .filter(|code| denomination_minor_units(*code).is_some())
+            .or_else(|| game.and_then(|number| self.wager_denominations.get(&number).copied()))
+            .or_else(|| self.accounting_denomination())
+    }
+
     /// The accounting denomination code, if LP1F gave one the spec defines.
     fn accounting_denomination(&self) -> Option<u8> {
         self.info.denomination_code.filter(|code| denomination_minor_units(*code).is_some())
@@ -523,13 +560,13 @@ impl Normalizer {
 
     /// The denomination an RTE 7E wager is counted in: the player denomination from the wager
     /// type when the multi-denomination flag is set and the code is valid (sas-protocol.md §6),
-    /// else the accounting denomination.
+    /// else the selected game's (LP53), else the accounting denomination.
     fn wager_denomination(&self, wager_type: u8) -> Option<u8> {
         let player = wager_type & 0x3F;
         if wager_type & 0x40 != 0 && denomination_minor_units(player).is_some() {
             return Some(player);
         }
-        self.accounting_denomination()
+        self.game_denomination()
     }
 
     // === Replies ===
@@ -596,6 +633,14 @@ impl Normalizer {
             }
             Reply::MachineInfo(info) => self.learn_machine_info(info, source, drafts),
             Reply::VersionAndSerial(version) => self.learn_serial(version, source, drafts),
+            Reply::NumberOfGames(games) => {
+                let mut updated = self.info.clone();
+                updated.number_of_games = Some(*games);
+                self.update_info(updated, source, drafts);
+            }
+            Reply::GameConfiguration { game, info } => {
+                self.learn_game(*game, info, source, drafts);
+            }
             Reply::EnabledFeatures(f) if f.game == 0 => {
                 let mut updated = self.info.clone();
                 updated.features = Some(crate::event::Features {
@@ -607,11 +652,7 @@ impl Normalizer {
                     extended_meters: f.extended_meters(),
                     multi_denomination: f.multi_denomination(),
                 });
-                if updated != self.info {
-                    self.info = updated;
-                    let kind = EventKind::MachineInfo(Box::new(self.info.clone()));
-                    drafts.push(Draft::plain(kind, source));
-                }
+                self.update_info(updated, source, drafts);
             }
             Reply::LastBill(bill) => {
                 let value = bill_value(bill.denomination_code);
@@ -848,7 +889,7 @@ impl Normalizer {
         updated.progressive_group = Some(info.progressive_group);
         updated.game_options = Some(info.game_options);
         if self.info.denomination_code.is_some_and(|old| old != code) {
-            self.meters.window.context.insert(WindowContext::DenominationChange);
+            self.meters.mark(WindowContext::DenominationChange);
         }
         if updated == self.info {
             return;
@@ -862,6 +903,44 @@ impl Normalizer {
         drafts.push(Draft::plain(EventKind::MachineInfo(Box::new(self.info.clone())), source));
     }
 
+    /// LP53: one game's denomination and paytable. A game whose denomination changed starts a
+    /// window that says so.
+    fn learn_game(
+        &mut self,
+        number: u16,
+        info: &SasMachineInfo,
+        source: Source,
+        drafts: &mut Vec<Draft>,
+    ) {
+        let code = info.denomination;
+        let game = GameInfo {
+            number,
+            denomination_code: code,
+            denomination: Some(Amount::from_credits(1, Some(code), &self.venue.currency)),
+            paytable_id: ascii(&info.paytable_id),
+            max_bet: info.max_bet,
+        };
+        let mut updated = self.info.clone();
+        if let Some(known) = updated.games.iter_mut().find(|g| g.number == number) {
+            if known.denomination_code != code {
+                self.meters.game_window(number).context.insert(WindowContext::DenominationChange);
+            }
+            *known = game;
+        } else {
+            updated.games.push(game);
+            updated.games.sort_by_key(|g| g.number);
+        }
+        self.update_info(updated, source, drafts);
+    }
+
+    /// Emits `machine_info` if `updated` differs from what was last reported.
+    fn update_info(&mut self, updated: MachineInfo, source: Source, drafts: &mut Vec<Draft>) {
+        if updated != self.info {
+            self.info = updated;
+            drafts.push(Draft::plain(EventKind::MachineInfo(Box::new(self.info.clone())), source));
+        }
+    }
+
     fn learn_serial(
         &mut self,
         version: &VersionAndSerial,
@@ -871,11 +950,7 @@ impl Normalizer {
         let mut updated = self.info.clone();
         updated.sas_version = Some(ascii(&version.version));
         updated.serial = Some(ascii(&version.serial));
-        if updated == self.info {
-            return;
-        }
-        self.info = updated;
-        drafts.push(Draft::plain(EventKind::MachineInfo(Box::new(self.info.clone())), source));
+        self.update_info(updated, source, drafts);
     }
 
     // === Clock ===
@@ -986,6 +1061,7 @@ impl Normalizer {
             number: self.game_number,
             game_id: self.info.game_id.clone(),
             paytable_id: self.info.paytable_id.clone(),
+            denomination_code: self.game_denomination(),
         };
         let events = drafts
             .into_iter()

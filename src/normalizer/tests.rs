@@ -390,12 +390,19 @@ fn a_mismatch_emits_a_reconciliation_event_with_both_figures() {
     let event = only(&events, "reconciliation");
     assert!(event.derived);
     assert_eq!(event.source.kind, SourceKind::Gateway);
-    let EventKind::Reconciliation { outcome, bets, wins, games, context, window_start } =
-        &event.kind
+    let EventKind::Reconciliation {
+        game_number,
+        outcome,
+        bets,
+        wins,
+        games,
+        context,
+        window_start,
+    } = &event.kind
     else {
         unreachable!()
     };
-    assert_eq!(*outcome, ReconciliationOutcome::Mismatch);
+    assert_eq!((*game_number, *outcome), (None, ReconciliationOutcome::Mismatch));
     assert_eq!(
         (bets.events_minor_units, bets.meters_minor_units, bets.difference),
         (Some(500), Some(600), Some(100))
@@ -1327,4 +1334,210 @@ fn a_progressive_handpay_reconciles_with_the_jackpot_meter() {
         ],
     );
     assert!(!kinds(&events).contains(&"reconciliation"), "{:?}", kinds(&events));
+}
+
+// === Multi-game machines ===
+
+fn number_of_games(games: u16) -> SessionEvent {
+    SessionEvent::Reply { poll: LongPoll::SendNumberOfGames, reply: Reply::NumberOfGames(games) }
+}
+
+fn game_configuration(game: u16, denomination: u8) -> SessionEvent {
+    let info = firmware_protocols::sas::message::MachineInfo {
+        denomination,
+        paytable_id: *b"SIM002",
+        max_bet: 10,
+        ..Default::default()
+    };
+    SessionEvent::Reply {
+        poll: LongPoll::SendGameConfiguration { game },
+        reply: Reply::GameConfiguration { game, info },
+    }
+}
+
+/// LP2F for `game`: coin in, coin out, jackpot, games played (accounting credits).
+fn game_meters(game: u16, coin_in: u64, coin_out: u64, jackpot: u64, played: u64) -> SessionEvent {
+    let meters = vec![(0x00, coin_in), (0x01, coin_out), (0x02, jackpot), (0x05, played)];
+    SessionEvent::Reply {
+        poll: LongPoll::SendSelectedMeters { game, meters: vec![0x00, 0x01, 0x02, 0x05] },
+        reply: Reply::SelectedMeters(firmware_protocols::sas::message::SelectedMeters {
+            game,
+            meters,
+        }),
+    }
+}
+
+fn select(game: u16) -> SessionEvent {
+    SessionEvent::RealTimeEvent(RealTimeEvent::GameSelected { game })
+}
+
+/// A machine at 0.01 whose game 2 is played at 0.05 (LP53), with every baseline read.
+fn two_game_machine() -> (Normalizer, Vec<CanonicalEvent>) {
+    let mut n = normalizer();
+    let events = run(
+        &mut n,
+        0,
+        &[
+            machine_info(0x01),
+            number_of_games(2),
+            game_configuration(1, 0x01),
+            game_configuration(2, 0x02),
+            meters(1000, 500, 0, 10),
+            game_meters(1, 600, 300, 0, 6),
+            game_meters(2, 400, 200, 0, 4),
+        ],
+    );
+    (n, events)
+}
+
+#[test]
+fn lp51_and_lp53_describe_the_games_and_each_play_event_carries_its_games_denomination() {
+    let (mut n, setup) = two_game_machine();
+    let EventKind::MachineInfo(info) =
+        &setup.iter().rfind(|e| e.kind.name() == "machine_info").unwrap().kind
+    else {
+        unreachable!()
+    };
+    assert_eq!(info.number_of_games, Some(2));
+    let games: Vec<(u16, u8)> =
+        info.games.iter().map(|g| (g.number, g.denomination_code)).collect();
+    assert_eq!(games, [(1, 0x01), (2, 0x02)]);
+    assert_eq!(info.games[1].denomination.as_ref().and_then(minor), Some(5));
+    // Game 2 without the multi-denomination flag: its 2 credits are priced at LP53's 0.05.
+    let events = run(&mut n, 10, &[select(2), game_started(2, 1010, 0x02), game_ended(0)]);
+    let bet = only(&events, "bet_accepted");
+    let EventKind::BetAccepted { amount, .. } = &bet.kind else { unreachable!() };
+    assert_eq!(minor(amount), Some(10));
+    let game = bet.game.as_ref().unwrap();
+    assert_eq!((game.number, game.denomination_code), (Some(2), Some(0x02)));
+    let events = run(&mut n, 20, &[select(1), game_started(3, 1013, 0x01)]);
+    let game = only(&events, "bet_accepted").game.clone().unwrap();
+    assert_eq!((game.number, game.denomination_code), (Some(1), Some(0x01)));
+}
+
+/// A game on game 1 (bet 10, win 20) and one on game 2 (2 credits at 0.05 = 10 accounting
+/// credits, no win), the machine's meters agreeing, then the two games' meters as given.
+fn play_both_games(games: [SessionEvent; 2]) -> Vec<CanonicalEvent> {
+    let (mut n, _) = two_game_machine();
+    let [one, two] = games;
+    let play = [
+        select(1),
+        game_started(10, 1010, 0x01),
+        game_ended(20),
+        select(2),
+        game_started(2, 1020, 0x42),
+        game_ended(0),
+        meters(1020, 520, 0, 12),
+        one,
+        two,
+    ];
+    run(&mut n, 10, &play)
+}
+
+#[test]
+fn each_game_reconciles_against_its_own_meters() {
+    let events = play_both_games([game_meters(1, 610, 320, 0, 7), game_meters(2, 410, 200, 0, 5)]);
+    assert!(!kinds(&events).contains(&"reconciliation"), "{:?}", kinds(&events));
+}
+
+#[test]
+fn a_game_whose_meters_disagree_with_its_events_gets_its_own_reconciliation() {
+    // The machine's totals agree, but the machine booked game 2's bet on game 1.
+    let events = play_both_games([game_meters(1, 620, 320, 0, 8), game_meters(2, 400, 200, 0, 4)]);
+    let found: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Reconciliation { game_number, outcome, bets, .. } => {
+                Some((*game_number, *outcome, bets.events_minor_units, bets.meters_minor_units))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (Some(1), ReconciliationOutcome::Mismatch, Some(10), Some(20)),
+            (Some(2), ReconciliationOutcome::Mismatch, Some(10), Some(0)),
+        ]
+    );
+}
+
+#[test]
+fn an_outage_marks_every_games_window() {
+    let (mut n, _) = two_game_machine();
+    let events = run(
+        &mut n,
+        10,
+        &[
+            SessionEvent::LinkUp,
+            SessionEvent::LinkDown,
+            SessionEvent::LinkUp,
+            meters(1000, 500, 0, 10),
+            game_meters(2, 400, 200, 0, 4),
+        ],
+    );
+    let contexts: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Reconciliation { game_number, context, .. } => {
+                Some((*game_number, context.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        contexts,
+        [(None, vec![WindowContext::LinkOutage]), (Some(2), vec![WindowContext::LinkOutage])]
+    );
+}
+
+#[test]
+fn before_lp53_a_games_denomination_is_the_one_its_multi_denomination_wager_names() {
+    let mut n = normalizer();
+    let events =
+        run(&mut n, 0, &[machine_info(0x01), select(2), game_started(2, 10, 0x42), game_ended(0)]);
+    for kind in ["bet_accepted", "game_ended"] {
+        let game = only(&events, kind).game.clone().unwrap();
+        assert_eq!((game.number, game.denomination_code), (Some(2), Some(0x02)), "{kind}");
+    }
+    let EventKind::BetAccepted { amount, .. } = &only(&events, "bet_accepted").kind else {
+        unreachable!()
+    };
+    assert_eq!(minor(amount), Some(10));
+}
+
+#[test]
+fn a_games_lifetime_meters_and_window_continue_across_a_gateway_restart() {
+    let (first, setup) = two_game_machine();
+    let snapshots: Vec<CanonicalEvent> =
+        setup.into_iter().filter(|e| e.kind.name() == "meter_snapshot").collect();
+    let mut resumed = Normalizer::resume(venue(), machine(), first.next_seq(), &snapshots).unwrap();
+    // While the gateway was away game 2 took 50 more credits in.
+    let events = run(
+        &mut resumed,
+        100,
+        &[machine_info(0x01), meters(1050, 500, 0, 11), game_meters(2, 450, 200, 0, 5)],
+    );
+    let game_two = events
+        .iter()
+        .rfind(|e| matches!(e.kind, EventKind::MeterSnapshot { game_number: 2, .. }))
+        .unwrap();
+    assert_eq!(reading(game_two, "coin_in").lifetime, Some(450));
+    let found: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Reconciliation { game_number, context, bets, .. } => {
+                Some((*game_number, context.clone(), bets.meters_minor_units))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (None, vec![WindowContext::LinkOutage], Some(50)),
+            (Some(2), vec![WindowContext::LinkOutage], Some(50)),
+        ],
+        "game 2's window runs from its journalled snapshot, across the outage"
+    );
 }

@@ -1,6 +1,10 @@
 //! One machine on a line: its SAS session, its normalizer, and the polls the gateway schedules
 //! for it (discovery at link-up, periodic meter snapshots, clock set and read-back). Pure state:
 //! the line task owns the I/O and passes time in.
+//!
+//! A machine that reports more than one game (LP51 at link-up) has each game's configuration
+//! read (LP53: its denomination) and each game's meters read with every snapshot (LP2F for game
+//! N: coin in, coin out, jackpot, games played), so that reconciliation runs per game (R2).
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +16,13 @@ use firmware_protocols::sas::{Address, Exception, LongPoll, Reply};
 use crate::event::{CanonicalEvent, RegistryId};
 use crate::journal::Pressure;
 use crate::normalizer::{MachineIdentity, NormalizeError, Normalizer, VenueSettings};
+
+/// Most games whose configuration and meters are read per machine: a bound on the polls one
+/// answer (LP51) can cause. SAS machines implement a handful; 64 covers every real cabinet.
+const MAX_GAMES_READ: u16 = 64;
+
+/// The meters read per game: what per-game reconciliation compares (sas-protocol.md §7.3).
+const GAME_METERS: [u8; 4] = [0x00, 0x01, 0x02, 0x05];
 
 /// How often the gateway asks for what machines do not volunteer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +50,9 @@ pub struct MachinePoller {
     next_snapshot: Option<Instant>,
     /// Next clock set and read-back; `None` while the link is not up.
     next_clock_sync: Option<Instant>,
+    /// Games whose meters are read one by one (LP51's answer, bounded); 0 until read and for a
+    /// single-game machine, whose game is the machine.
+    games: u16,
     /// Bytes received since the last message to this machine: the raw source of the events
     /// its answer produces, kept with them in the journal.
     reply: Vec<u8>,
@@ -76,6 +90,7 @@ impl MachinePoller {
             time_zone,
             next_snapshot: None,
             next_clock_sync: None,
+            games: 0,
             reply: Vec::new(),
             validation_reads: 0,
             validation_overflows: 0,
@@ -166,6 +181,9 @@ impl MachinePoller {
                 } => self.validation_read(record.is_empty()),
                 SessionEvent::Exception(exception) => self.exception_seen(*exception),
                 SessionEvent::RealTimeEvent(event) => self.exception_seen(event.exception()),
+                SessionEvent::Reply { reply: Reply::NumberOfGames(games), .. } => {
+                    self.games_learned(*games);
+                }
                 SessionEvent::LinkDown => {
                     self.next_snapshot = None;
                     self.next_clock_sync = None;
@@ -226,6 +244,7 @@ impl MachinePoller {
             tracing::warn!(machine = %self.registry_id, %error, "LP1F cannot be sent.");
         }
         self.enqueue(LongPoll::SendVersionAndSerial);
+        self.enqueue(LongPoll::SendNumberOfGames);
         // What the machine supports (validation style, AFT, bonuses): part of `machine_info`.
         self.enqueue(LongPoll::SendEnabledFeatures { game: 0 });
         self.queue_snapshot();
@@ -245,6 +264,27 @@ impl MachinePoller {
         // out per class (cents), machine- and attendant-paid progressives and external bonuses.
         let electronic = vec![0xA0, 0xA2, 0xA4, 0xB8, 0xBA, 0xBC, 0x1D, 0x1E, 0x20, 0x21];
         self.enqueue(LongPoll::SendSelectedMeters { game: 0, meters: electronic });
+        self.queue_game_snapshots();
+    }
+
+    /// LP51 answered: on a multi-game machine, each game's configuration (its denomination) and
+    /// a first reading of its meters, the baseline of its reconciliation.
+    fn games_learned(&mut self, games: u16) {
+        let games = if games > 1 { games.min(MAX_GAMES_READ) } else { 0 };
+        if games == self.games {
+            return;
+        }
+        self.games = games;
+        for game in 1..=games {
+            self.enqueue(LongPoll::SendGameConfiguration { game });
+        }
+        self.queue_game_snapshots();
+    }
+
+    fn queue_game_snapshots(&mut self) {
+        for game in 1..=self.games {
+            self.enqueue(LongPoll::SendSelectedMeters { game, meters: GAME_METERS.to_vec() });
+        }
     }
 
     /// LP7F with the venue's local time (SAS clocks have no zone, §8), then LP7E to read it back.
@@ -267,5 +307,81 @@ impl MachinePoller {
             // The profile or the machine rules the poll out; the session reported it already.
             tracing::debug!(machine = %self.registry_id, %error, "Poll not queued.");
         }
+    }
+}
+
+/// A machine at `address` on the generic profile, for the poller's tests.
+#[cfg(test)]
+pub(super) fn test_poller(address: u8, now: Instant) -> MachinePoller {
+    use crate::event::{Currency, VenueId};
+    use firmware_protocols::sas::Address;
+    let venue = VenueSettings {
+        venue_id: VenueId::new("hall-1").unwrap(),
+        currency: Currency::UAH,
+        time_zone: jiff::tz::TimeZone::UTC,
+        clock_drift_threshold: Duration::from_secs(60),
+        ticket_numbers: Default::default(),
+    };
+    let identity = MachineIdentity {
+        registry_id: RegistryId::new(format!("UA-000{address}")).unwrap(),
+        address: Address::new(address).unwrap(),
+        asset_number: None,
+        denomination_code: None,
+    };
+    let schedule = Schedule {
+        meter_snapshot_interval: Duration::from_secs(3600),
+        clock_sync_interval: Duration::from_secs(3600),
+    };
+    let profile = FirmwareProfile::generic();
+    MachinePoller::new(venue, identity, &profile, schedule, 5, &[], now).unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poller() -> MachinePoller {
+        test_poller(1, Instant::now())
+    }
+
+    /// (LP53 games, LP2F games other than 0) in the session's queue.
+    fn per_game_polls(poller: &MachinePoller) -> (Vec<u16>, Vec<u16>) {
+        let mut configurations = Vec::new();
+        let mut meters = Vec::new();
+        for poll in poller.session.queued() {
+            match poll {
+                LongPoll::SendGameConfiguration { game } => configurations.push(*game),
+                LongPoll::SendSelectedMeters { game, meters: codes } if *game != 0 => {
+                    assert_eq!(codes, &GAME_METERS);
+                    meters.push(*game);
+                }
+                _ => {}
+            }
+        }
+        (configurations, meters)
+    }
+
+    #[test]
+    fn a_multi_game_machine_gets_each_games_configuration_and_meters_read() {
+        let mut machine = poller();
+        machine.games_learned(3);
+        assert_eq!(per_game_polls(&machine), (vec![1, 2, 3], vec![1, 2, 3]));
+        // The same answer again (a new link-up) queues nothing more; every snapshot does.
+        machine.games_learned(3);
+        assert_eq!(per_game_polls(&machine), (vec![1, 2, 3], vec![1, 2, 3]));
+        machine.queue_snapshot();
+        assert_eq!(per_game_polls(&machine).1, [1, 2, 3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_single_game_machine_is_its_game_and_a_huge_count_is_bounded() {
+        let mut single = poller();
+        single.games_learned(1);
+        single.queue_snapshot();
+        assert_eq!(per_game_polls(&single), (vec![], vec![]));
+        let mut huge = poller();
+        huge.games_learned(9999);
+        let (configurations, meters) = per_game_polls(&huge);
+        assert_eq!((configurations.len(), meters.len()), (64, 64));
     }
 }

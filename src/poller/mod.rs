@@ -681,37 +681,9 @@ async fn persist(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::event::{Currency, RegistryId, VenueId};
-    use crate::normalizer::{MachineIdentity, VenueSettings};
-    use firmware_protocols::FirmwareProfile;
-    use firmware_protocols::sas::Address;
 
-    /// Two machines, at addresses 1 and 2, their sequences continuing at 5.
     pub(crate) fn machines(now: std::time::Instant) -> Vec<MachinePoller> {
-        [1, 2]
-            .into_iter()
-            .map(|address| {
-                let venue = VenueSettings {
-                    venue_id: VenueId::new("hall-1").unwrap(),
-                    currency: Currency::UAH,
-                    time_zone: jiff::tz::TimeZone::UTC,
-                    clock_drift_threshold: Duration::from_secs(60),
-                    ticket_numbers: Default::default(),
-                };
-                let identity = MachineIdentity {
-                    registry_id: RegistryId::new(format!("UA-000{address}")).unwrap(),
-                    address: Address::new(address).unwrap(),
-                    asset_number: None,
-                    denomination_code: None,
-                };
-                let schedule = Schedule {
-                    meter_snapshot_interval: Duration::from_secs(3600),
-                    clock_sync_interval: Duration::from_secs(3600),
-                };
-                let profile = FirmwareProfile::generic();
-                MachinePoller::new(venue, identity, &profile, schedule, 5, &[], now).unwrap()
-            })
-            .collect()
+        [1, 2].into_iter().map(|address| machine::test_poller(address, now)).collect()
     }
 
     /// Which machines' sessions were resumed from `record`.

@@ -13,6 +13,8 @@ use firmware_protocols::sas::Address;
 use firmware_protocols::sas::message::MAX_SERIAL_LEN;
 use firmware_protocols::sas::meter::denomination_minor_units;
 
+use super::games::{MAX_GAMES, credit_ratio};
+
 /// Largest bet: RTE 7E carries credits wagered in 2 BCD bytes (sas-protocol.md §6).
 pub const MAX_BET: u64 = 9_999;
 /// Largest win: RTE 7F and the 4-byte meters carry 8 BCD digits (sas-protocol.md §6, §7.1).
@@ -72,6 +74,10 @@ pub enum ConfigError {
     /// The country code does not fit one BCD byte.
     #[error("bill country code {0} is above 99")]
     Country(u8),
+    /// A game whose denomination is not a whole number of accounting credits, or too many
+    /// games.
+    #[error("game {game}: {reason}")]
+    Game { game: usize, reason: String },
 }
 
 /// A discrete distribution: values with integer weights. Written `value:weight,value:weight`.
@@ -190,6 +196,25 @@ pub enum Validation {
     SecureEnhanced,
 }
 
+/// Vendor deviations a simulated machine can show (sas-protocol.md §11; the firmware profiles
+/// in `firmware-protocols/profiles/` describe how the gateway copes with each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Quirk {
+    /// Answers its own polls from power-up and after a loop break without first seeing a poll
+    /// to another address (profile `sync = "none"`).
+    NoSync,
+    /// Sends every reply of two bytes or more with a pause of [`SLOW_BYTES_PAUSE`] in the
+    /// middle, beyond the 5 ms inter-byte limit (a profile with a longer
+    /// `timing.inter_byte_limit_ms`).
+    SlowBytes,
+    /// In RTE mode, answers a general poll with nothing new by repeating its last report
+    /// instead of `addr FF 00` (profile `rte.repeats_last_report`).
+    RepeatReport,
+}
+
+/// The pause inside every reply of a [`Quirk::SlowBytes`] machine.
+pub const SLOW_BYTES_PAUSE: Duration = Duration::from_millis(8);
+
 /// The player at the machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlayConfig {
@@ -273,6 +298,9 @@ pub struct MachineConfig {
     pub seed: u64,
     /// Accounting denomination as a SAS denomination code (LP1F).
     pub denomination: u8,
+    /// Player denomination of each game, game 1 first ([`super::games`]); empty: one game at
+    /// the accounting denomination.
+    pub games: Vec<u8>,
     pub play: PlayConfig,
     /// Bill values the acceptor takes, in whole currency units.
     pub bills: Vec<u64>,
@@ -286,6 +314,8 @@ pub struct MachineConfig {
     pub rom_signature: RomSignatureDelivery,
     /// Ticket validation: with it, cash-outs print tickets and the player inserts tickets too.
     pub validation: Validation,
+    /// Vendor deviations this machine shows.
+    pub quirks: Vec<Quirk>,
     /// How long a deferred ROM signature takes to compute.
     pub rom_signature_delay: Duration,
     /// LP01 shutdown survives a power cycle.
@@ -308,6 +338,7 @@ impl MachineConfig {
             serial: serial.into(),
             seed: 1,
             denomination: 0x01,
+            games: Vec::new(),
             play: PlayConfig {
                 games_per_minute: 10.0,
                 game_duration: Duration::from_secs(3),
@@ -329,6 +360,7 @@ impl MachineConfig {
             queue_size: SPEC_MIN_QUEUE,
             rom_signature: RomSignatureDelivery::Deferred,
             validation: Validation::None,
+            quirks: Vec::new(),
             rom_signature_delay: Duration::from_millis(500),
             persist_shutdown: false,
             clock_offset_secs: 0,
@@ -364,6 +396,25 @@ impl MachineConfig {
         let max_win = max_bet.saturating_mul(max_multiplier);
         if max_win > MAX_WIN {
             return Err(ConfigError::Win(max_win));
+        }
+        if self.games.len() > MAX_GAMES {
+            let reason = format!("at most {MAX_GAMES} games");
+            return Err(ConfigError::Game { game: self.games.len(), reason });
+        }
+        for (i, &code) in self.games.iter().enumerate() {
+            let game = i + 1;
+            let Some(ratio) = credit_ratio(code, self.denomination) else {
+                let reason = format!(
+                    "denomination {code:#04x} is not a whole number of accounting credits at \
+                     {:#04x}",
+                    self.denomination
+                );
+                return Err(ConfigError::Game { game, reason });
+            };
+            let win = max_win.saturating_mul(ratio);
+            if win > MAX_WIN {
+                return Err(ConfigError::Win(win));
+            }
         }
         if self.bills.is_empty() {
             return Err(ConfigError::NoBills);

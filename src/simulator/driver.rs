@@ -1,6 +1,10 @@
-//! The async shell around one [`Machine`]: reads the host's bytes from its port, frames them
-//! with the codec's `RequestDecoder`, feeds the machine, writes replies and chirps with their
-//! timing, runs the machine's timers, and forwards its ledger records.
+//! The async shell around the [`Machine`]s on one port: reads the host's bytes from it, frames
+//! them with the codec's `RequestDecoder`, feeds every machine, writes replies and chirps with
+//! their timing, runs the machines' timers, and forwards their ledger records.
+//!
+//! Usually one machine has a port of its own. With `--multidrop` every machine hangs on the same
+//! line, as some floors are wired: each hears every message and answers only its own address
+//! (a poll to one is an implied ACK for the others, sas-protocol.md §4.2).
 //!
 //! Cancellation is checked between exchanges only: a reply being written (including a late or
 //! split one) is finished before the task stops, as a real machine would finish its frame.
@@ -49,7 +53,7 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// What the simulation tells a running machine from outside.
+/// What the simulation tells the running machines from outside.
 pub(crate) struct Controls {
     /// Stop after the current exchange.
     pub cancel: CancellationToken,
@@ -59,10 +63,10 @@ pub(crate) struct Controls {
     pub power: watch::Receiver<u64>,
 }
 
-/// Runs one machine until `cancel` fires; then writes its `stop` record. Once `close` fires,
-/// the machine starts no new game; each change of `power` power-cycles it.
+/// Runs the machines on `port` until `cancel` fires; then writes their `stop` records. Once
+/// `close` fires, they start no new game; each change of `power` power-cycles every one of them.
 pub(crate) async fn drive(
-    mut machine: Machine,
+    mut machines: Vec<Machine>,
     mut port: Port,
     ledger: LedgerSink,
     Controls { cancel, close, mut power }: Controls,
@@ -71,10 +75,17 @@ pub(crate) async fn drive(
     let mut input = Vec::new();
     let mut closed = false;
     let result = loop {
-        for record in machine.drain_ledger() {
-            ledger.send(record).await;
+        for machine in &mut machines {
+            for record in machine.drain_ledger() {
+                ledger.send(record).await;
+            }
         }
-        let deadline = [machine.poll_timeout(), decoder.poll_timeout()].into_iter().flatten().min();
+        let deadline = machines
+            .iter()
+            .map(Machine::poll_timeout)
+            .chain([decoder.poll_timeout()])
+            .flatten()
+            .min();
         let timer = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
@@ -85,15 +96,20 @@ pub(crate) async fn drive(
             () = cancel.cancelled() => break Ok(()),
             () = close.cancelled(), if !closed => {
                 closed = true;
-                machine.close_play();
+                machines.iter_mut().for_each(Machine::close_play);
             }
-            Ok(()) = power.changed() => machine.inject(now(), MachineFault::PowerCycle),
+            Ok(()) = power.changed() => {
+                let now = now();
+                machines.iter_mut().for_each(|m| m.inject(now, MachineFault::PowerCycle));
+            }
             () = timer => {
                 let now = now();
                 if let Some(request) = decoder.flush(now) {
-                    exchange(&mut machine, &mut port, now, &request).await;
+                    exchange(&mut machines, &mut port, now, &request).await;
                 }
-                machine.handle_timeout(now);
+                for machine in &mut machines {
+                    machine.handle_timeout(now);
+                }
             }
             received = port.recv(&mut input) => {
                 if let Err(error) = received {
@@ -102,25 +118,32 @@ pub(crate) async fn drive(
                 let now = now();
                 for (byte, wakeup) in std::mem::take(&mut input) {
                     if let Some(request) = decoder.push(now, byte, wakeup) {
-                        exchange(&mut machine, &mut port, now, &request).await;
+                        exchange(&mut machines, &mut port, now, &request).await;
                     }
                 }
             }
         }
-        while let Some(tx) = machine.poll_transmit() {
-            port.send(&tx).await;
+        for machine in &mut machines {
+            while let Some(tx) = machine.poll_transmit() {
+                port.send(&tx).await;
+            }
         }
     };
-    machine.stop(now());
-    for record in machine.drain_ledger() {
-        ledger.send(record).await;
+    for machine in &mut machines {
+        machine.stop(now());
+        for record in machine.drain_ledger() {
+            ledger.send(record).await;
+        }
     }
     result
 }
 
-async fn exchange(machine: &mut Machine, port: &mut Port, now: Instant, request: &Request) {
-    tracing::trace!(address = %machine.address(), bytes = ?request.bytes, "Host message.");
-    if let Some(tx) = machine.handle_request(now, request) {
-        port.send(&tx).await;
+/// Every machine on the line hears the message; the one it addresses answers.
+async fn exchange(machines: &mut [Machine], port: &mut Port, now: Instant, request: &Request) {
+    tracing::trace!(bytes = ?request.bytes, "Host message.");
+    for machine in machines {
+        if let Some(tx) = machine.handle_request(now, request) {
+            port.send(&tx).await;
+        }
     }
 }

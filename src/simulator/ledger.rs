@@ -21,8 +21,8 @@
 //! | `type` | further fields | written when |
 //! |---|---|---|
 //! | `start` | `seed`, `denomination`, `credit_minor_units`, `queue_size`, `rte`, `egm_clock_offset_secs`, `meters` | the machine is created (meters may start non-zero, see `--initial-meters`) |
-//! | `game` | `game_number` (per machine, from 1, never reset), `game` (game id, always 1), `bet`, `win`, `denomination`, `started_at`, `paid_by` (`machine` or `handpay`) | a game **ends**; a game still running at stop appears only in `stop.game_in_progress` and as its 7E exception |
-//! | `bill` | `value` (currency units), `bill_code` (SAS bill denomination code), `credits` | a bill is stacked |
+//! | `game` | `game_number` (per machine, from 1, never reset), `game` (game number, 1..N, see `--games`; 1 on a single-game machine), `bet` and `win` in credits of the game's `denomination` (the accounting one unless `--games` says otherwise; the meters move by them × the game's denomination / the accounting one), `started_at`, `paid_by` (`machine` or `handpay`) | a game **ends**; a game still running at stop appears only in `stop.game_in_progress` and as its 7E exception |
+//! | `bill` | `value` (currency units), `bill_code` (SAS bill denomination code), `credits`, `game` (the game selected when the money moved; `handpay`, `ticket_out` and `ticket_in` have it too: a jackpot's is the game that won it) | a bill is stacked |
 //! | `cashout` | `credits`, `paid_by` (`machine` or `handpay`) | the player cashes out (a handpay cash-out is paid at its `handpay` record) |
 //! | `handpay` | `kind` (`jackpot`, `cancelled_credits` or `progressive`), `credits`, `cents`, `receipt` (validation number of the printed receipt, or `null` without validation), `level` (only for `progressive`: the SAS progressive level, 1–32) | an attendant pays and resets a handpay (3E, if a receipt was printed, then 52) |
 //! | `ticket_out` | `validation_number` (18 digits: system ID + 16), `validation_type` (LP4D type, 0 = cashable cash-out ticket), `cents`, `credits` | a cash-out ticket is printed (3D); the matching `cashout` record has `paid_by` = `ticket` |
@@ -52,8 +52,9 @@
 //!
 //! For one machine, from its `start` record to its `stop` record (or to a `meters_reset`, after
 //! which the meters restart from zero), the meters move exactly by what the records say:
-//! - `coin_in` by Σ `credits_wagered` of its 7E `exception` records (one per game started),
-//!   `games_played` by their count; `games_won` + `games_lost` by the number of `game` records;
+//! - `coin_in` by Σ `credits_wagered` of its 7E `exception` records (one per game started; on
+//!   a multi-denomination game × its denomination / the accounting one), `games_played` by
+//!   their count; per game (LP2F/6F for game N) the same, counting only that game's records; `games_won` + `games_lost` by the number of `game` records;
 //! - `coin_out` by Σ `win` of `game` records with `paid_by` = `machine`; `jackpot` by Σ
 //!   `credits` of `handpay` records of kind `jackpot` (a handpay win is in its `game` record at
 //!   once, and in the meter when the attendant pays it);
@@ -199,6 +200,8 @@ pub enum Entry {
         value: u64,
         bill_code: u8,
         credits: u64,
+        /// The game selected when the money moved (the one the host's 8C named last).
+        game: u16,
     },
     Cashout {
         credits: u64,
@@ -213,17 +216,20 @@ pub enum Entry {
         /// The progressive level (01–20) of a `progressive` handpay.
         #[serde(skip_serializing_if = "Option::is_none")]
         level: Option<u8>,
+        game: u16,
     },
     TicketOut {
         validation_number: String,
         validation_type: u8,
         cents: u64,
         credits: u64,
+        game: u16,
     },
     TicketIn {
         validation_number: String,
         cents: u64,
         credits: u64,
+        game: u16,
     },
     Exception {
         exception_seq: u64,

@@ -118,6 +118,8 @@ impl Checked {
 #[derive(Debug)]
 pub struct Link {
     state: SyncState,
+    /// A machine that needs no sync (a vendor quirk) is never out of sync.
+    needs_sync: bool,
     pending: Option<Pending>,
     repeats: u8,
     ack_deadline: Option<Instant>,
@@ -134,10 +136,17 @@ impl Link {
     pub fn new() -> Self {
         Self {
             state: SyncState::WaitingForOtherAddress,
+            needs_sync: true,
             pending: None,
             repeats: 0,
             ack_deadline: None,
         }
+    }
+
+    /// A link of a machine that answers its own polls without a prior poll to another address
+    /// (§11), at power-up and after a loss of sync alike.
+    pub fn without_sync() -> Self {
+        Self { state: SyncState::Synchronised, needs_sync: false, ..Self::new() }
     }
 
     /// Whether polls to this machine are being processed.
@@ -205,7 +214,9 @@ impl Link {
     /// Link down (30 s without ACK, loop break, power loss): sync is lost and an unacknowledged
     /// report is abandoned, to be reported again after resync.
     pub fn lose_sync(&mut self) -> Option<Reported> {
-        self.state = SyncState::WaitingForOtherAddress;
+        if self.needs_sync {
+            self.state = SyncState::WaitingForOtherAddress;
+        }
         self.ack_deadline = None;
         self.repeats = 0;
         self.pending.take().map(|p| p.reported)

@@ -46,8 +46,10 @@ use rand::{RngExt, SeedableRng};
 
 use super::clock::Clock;
 use super::config::{
-    ConfigError, MachineConfig, RomSignatureDelivery, RteIdle, Validation, Weighted, bill_code,
+    ConfigError, MachineConfig, Quirk, RomSignatureDelivery, RteIdle, SLOW_BYTES_PAUSE, Validation,
+    Weighted, bill_code,
 };
+use super::games::{Games, credit_ratio};
 use super::ledger::{
     Entry, EventData, FaultKind, HandpayKind, LinkState, LossReason, PaidBy, PowerState, Record,
 };
@@ -71,8 +73,6 @@ const OVERFLOW_EXTRA: usize = 5;
 const EXTENDED_METER_BYTES: u8 = 5;
 /// SAS version reported by LP54.
 const SAS_VERSION: [u8; 3] = *b"602";
-/// The only game of this machine.
-const GAME_ID: u16 = 1;
 /// Validation records the machine keeps for LP4D (SAS buffers 31, indices 01–1F).
 const VALIDATION_BUFFER: usize = 31;
 /// Validation system ID printed ahead of the 16-digit validation number.
@@ -122,6 +122,11 @@ pub enum MachineFault {
 #[derive(Debug, Clone)]
 struct Game {
     number: u64,
+    /// The game played (LP51 numbering, 1 = the first).
+    game: u16,
+    /// Accounting credits per credit of the game's denomination.
+    ratio: u64,
+    /// Bet and win in credits of the game's denomination.
     bet: u64,
     win: u64,
     started: Instant,
@@ -134,6 +139,8 @@ struct Handpay {
     kind: HandpayKind,
     /// The progressive level of a `Progressive` handpay, else 0.
     level: u8,
+    /// The game whose win this is (jackpots).
+    game: u16,
     credits: u64,
     reset_at: Instant,
     info_read: bool,
@@ -179,6 +186,9 @@ pub struct Machine {
     /// Fault decisions.
     fault_rng: Xoshiro256PlusPlus,
     meters: Meters,
+    games: Games,
+    /// The game the player has selected.
+    current_game: u16,
     queue: ExceptionQueue,
     link: Link,
     rte: bool,
@@ -206,6 +216,9 @@ pub struct Machine {
     ledger: Vec<Record>,
     ledger_seq: u64,
     exception_seq: u64,
+    /// The last RTE report sent, repeated on idle general polls by a [`Quirk::RepeatReport`]
+    /// machine.
+    last_rte_report: Option<RealTimeEvent>,
     /// Ticket numbers and ticket-in choices: a stream of its own, so that a machine with
     /// validation plays the same games as one without.
     ticket_rng: Xoshiro256PlusPlus,
@@ -250,8 +263,11 @@ impl Machine {
             ops_rng: stream(2),
             fault_rng: stream(3),
             meters: Meters::starting_at(cfg.initial_meters),
+            games: Games::new(&cfg.games, cfg.denomination),
+            current_game: 1,
             queue: ExceptionQueue::new(cfg.queue_size),
             link: Link::new(),
+            last_rte_report: None,
             rte: cfg.rte_at_power_up,
             host_enabled: true,
             power_off_until: None,
@@ -298,6 +314,7 @@ impl Machine {
                 meters: machine.meters.clone(),
             },
         );
+        machine.link = machine.fresh_link();
         machine.next_game_at = machine.game_after(now, now);
         machine.next_door_at = after_exponential(
             &mut machine.ops_rng,
@@ -639,7 +656,9 @@ impl Machine {
         } else {
             Duration::ZERO
         };
-        let gap = if bytes.len() >= 2 && self.roll(f.inter_byte_gap) {
+        let gap = if bytes.len() >= 2 && self.has(Quirk::SlowBytes) {
+            Some(Gap { after: bytes.len() / 2, pause: SLOW_BYTES_PAUSE })
+        } else if bytes.len() >= 2 && self.roll(f.inter_byte_gap) {
             let after = self.fault_rng.random_range(1..bytes.len());
             self.record_fault(
                 now,
@@ -651,6 +670,15 @@ impl Machine {
             None
         };
         Some(Transmit { bytes, wakeup: false, delay, gap })
+    }
+
+    fn has(&self, quirk: Quirk) -> bool {
+        self.cfg.quirks.contains(&quirk)
+    }
+
+    /// The link as after power-up: waiting for sync, unless the machine needs none.
+    fn fresh_link(&self) -> Link {
+        if self.has(Quirk::NoSync) { Link::without_sync() } else { Link::new() }
     }
 
     fn roll(&mut self, probability: f64) -> bool {
@@ -752,14 +780,23 @@ impl Machine {
         let (reply, reported) = match self.rom_signature.filter(|d| d.ready_at <= now) {
             Some(d) => (Reply::RomSignature(d.signature).encode(address), Reported::RomSignature),
             None => match self.queue.peek() {
-                Some(q) if self.rte => (
-                    Reply::Event(q.event.clone()).encode(address),
-                    Reported::Exception { id: q.id, code: q.code().code(), rte: true },
-                ),
+                Some(q) if self.rte => {
+                    self.last_rte_report = Some(q.event.clone());
+                    (
+                        Reply::Event(q.event.clone()).encode(address),
+                        Reported::Exception { id: q.id, code: q.code().code(), rte: true },
+                    )
+                }
                 Some(q) => (
                     Ok(vec![q.legacy.code()]),
                     Reported::Exception { id: q.id, code: q.code().code(), rte: false },
                 ),
+                None if self.rte
+                    && self.has(Quirk::RepeatReport)
+                    && let Some(last) = self.last_rte_report.clone() =>
+                {
+                    (Reply::Event(last).encode(address), Reported::Nothing)
+                }
                 None if self.rte => match self.cfg.rte_idle {
                     RteIdle::NoActivity => (
                         Reply::Event(RealTimeEvent::Exception(Exception::NoActivity))
@@ -845,18 +882,14 @@ impl Machine {
                 }
             }
             LongPoll::SendSelectedMeters { game, meters } => {
-                let values = if *game == 0 || *game == GAME_ID {
-                    meters
-                        .iter()
-                        .filter_map(|&code| {
-                            let meter = MeterCode(code.into());
-                            let value = self.meters.value(meter)?;
-                            Some((code, on_wire(value, meter.lp2f_value_len())))
-                        })
-                        .collect()
-                } else {
-                    Vec::new()
-                };
+                let values = meters
+                    .iter()
+                    .filter_map(|&code| {
+                        let meter = MeterCode(code.into());
+                        let value = self.meter_of_game(*game, meter)?;
+                        Some((code, on_wire(value, meter.lp2f_value_len())))
+                    })
+                    .collect();
                 Reply::SelectedMeters(SelectedMeters { game: *game, meters: values })
             }
             LongPoll::SendLastBill => Reply::LastBill(self.last_bill),
@@ -865,18 +898,14 @@ impl Machine {
                 serial: self.cfg.serial.as_bytes().to_vec(),
             }),
             LongPoll::SendExtendedMeters { alternate, game, meters } => {
-                let values = if *game == 0 || *game == GAME_ID {
-                    meters
-                        .iter()
-                        .filter_map(|&code| {
-                            let value = self.meters.value(code)?;
-                            let size = EXTENDED_METER_BYTES;
-                            Some(ExtendedMeter { code, size, value: on_wire(value, size.into()) })
-                        })
-                        .collect()
-                } else {
-                    Vec::new()
-                };
+                let values = meters
+                    .iter()
+                    .filter_map(|&code| {
+                        let value = self.meter_of_game(*game, code)?;
+                        let size = EXTENDED_METER_BYTES;
+                        Some(ExtendedMeter { code, size, value: on_wire(value, size.into()) })
+                    })
+                    .collect();
                 Reply::ExtendedMeters(ExtendedMeters {
                     alternate: *alternate,
                     game: *game,
@@ -893,7 +922,13 @@ impl Machine {
             LongPoll::RedeemTicket(_) => {
                 Reply::TicketRedemption(TicketMessage { status: 0xFF, detail: None })
             }
-            LongPoll::SendEnabledFeatures { game } if *game == 0 || *game == GAME_ID => {
+            LongPoll::SendNumberOfGames => Reply::NumberOfGames(self.games.count()),
+            LongPoll::SendGameConfiguration { game } if self.games.has(*game) => {
+                let mut info = self.machine_info();
+                info.denomination = self.games.denomination(*game).unwrap_or(info.denomination);
+                Reply::GameConfiguration { game: *game, info }
+            }
+            LongPoll::SendEnabledFeatures { game } if *game == 0 || self.games.has(*game) => {
                 let validation = match self.cfg.validation {
                     Validation::None => 0b00,
                     Validation::System => 0b01,
@@ -902,8 +937,11 @@ impl Machine {
                 let redemption = if self.cfg.validation == Validation::None { 0 } else { 0x80 };
                 let bonus = if self.cfg.play.bonus_probability > 0.0 { 0x04 } else { 0 };
                 let aft = if self.cfg.play.aft_probability > 0.0 { 0x40 } else { 0 };
-                // Extended meters (LP6F/AF) always; the 40 ms polling rate.
-                let features = [redemption | validation << 5 | bonus, 0x08 | aft, 0x01];
+                // Extended meters (LP6F/AF) always; multi-denomination when a game is played at
+                // another denomination than the accounting one; the 40 ms polling rate.
+                let multi_denomination = if self.games.multi_denomination() { 0x80 } else { 0 };
+                let features =
+                    [redemption | validation << 5 | bonus, 0x08 | aft | multi_denomination, 0x01];
                 Reply::EnabledFeatures(EnabledFeatures { game: *game, features })
             }
             LongPoll::SendEnhancedValidation { function }
@@ -945,6 +983,21 @@ impl Machine {
             },
             _ => return None,
         })
+    }
+
+    /// Meter `code` of game `game` (0: the machine), if the machine keeps it for that game. A
+    /// single-game machine's game 1 is the machine.
+    fn meter_of_game(&self, game: u16, code: MeterCode) -> Option<u64> {
+        if game == 0 {
+            return self.meters.value(code);
+        }
+        if !self.games.has(game) {
+            return None;
+        }
+        match self.games.meters(game) {
+            Some(meters) => meters.value(code),
+            None => self.meters.value(code),
+        }
     }
 
     fn fixed_meter(&self, poll: MeterPoll) -> Vec<u64> {
@@ -1055,30 +1108,45 @@ impl Machine {
     }
 
     fn start_game(&mut self, at: Instant) {
+        // On a multi-game machine the player picks a game for each play (only there is a number
+        // drawn, so a single-game machine plays the same games for a seed as before).
+        let previous = self.current_game;
+        if self.games.count() > 1 {
+            self.current_game = self.play_rng.random_range(1..=self.games.count());
+        }
         // The game is selected before the player funds it, so that the money put in belongs to
         // a game the host knows.
-        if !self.game_announced {
+        if !self.game_announced || self.current_game != previous {
             self.game_announced = true;
-            let event = RealTimeEvent::GameSelected { game: GAME_ID };
+            let event = RealTimeEvent::GameSelected { game: self.current_game };
             self.raise(at, event, Exception::GameSelected);
         }
+        let accounting = self.cfg.denomination;
+        let denomination = self.games.denomination(self.current_game).unwrap_or(accounting);
+        let ratio = credit_ratio(denomination, accounting).unwrap_or(1);
         let bet = Self::pick(&mut self.play_rng, &self.cfg.play.bets);
-        self.insert_bills_for(at, bet);
+        // Meters count accounting credits; the player bets credits of the game's denomination.
+        let wagered = bet * ratio;
+        self.insert_bills_for(at, wagered);
         let win = bet * Self::pick(&mut self.play_rng, &self.cfg.play.win_multipliers);
         self.games_started += 1;
-        self.meters.bet(bet);
-        // Bit 7 = max bet, low bits = the player denomination code, which is the accounting
-        // denomination on this single-denomination machine (§6, MON's wager-type byte).
+        self.meters.bet(wagered);
+        self.games.bet(self.current_game, wagered);
+        // Bit 7 = max bet, low bits = the player denomination code (§6, MON's wager-type byte);
+        // bit 6 says it differs from the accounting denomination (a multi-denomination game).
         let max_bet_flag = if bet == self.max_bet { 0x80 } else { 0x00 };
+        let multi_denomination = if denomination == accounting { 0x00 } else { 0x40 };
         let event = RealTimeEvent::GameStarted {
             credits_wagered: bet,
             total_coin_in: on_wire(self.meters.coin_in, 4),
-            wager_type: max_bet_flag | (self.cfg.denomination & 0x3F),
+            wager_type: max_bet_flag | multi_denomination | (denomination & 0x3F),
             progressive_group: 0,
         };
         self.raise(at, event, Exception::GameStarted);
         self.game = Some(Game {
             number: self.games_started,
+            game: self.current_game,
+            ratio,
             bet,
             win,
             started: at,
@@ -1181,7 +1249,14 @@ impl Machine {
                 PaidBy::Machine
             };
             let group = PROGRESSIVE_GROUP;
-            let entry = Entry::Progressive { group, level, cents, credits, game: GAME_ID, paid_by };
+            let entry = Entry::Progressive {
+                group,
+                level,
+                cents,
+                credits,
+                game: self.current_game,
+                paid_by,
+            };
             self.record(at, entry);
             if paid_by == PaidBy::Handpay {
                 // Too much for the machine to pay: an attendant pays it, and LP1B reports the
@@ -1208,7 +1283,7 @@ impl Machine {
                 tax_status: 0x01,
                 bonus: on_wire(credits, 4),
             };
-            self.record(at, Entry::Bonus { credits, cents, game: GAME_ID });
+            self.record(at, Entry::Bonus { credits, cents, game: self.current_game });
             let b = self.last_bonus;
             let event = RealTimeEvent::LegacyBonus {
                 multiplier: b.multiplier,
@@ -1234,7 +1309,8 @@ impl Machine {
         self.raise_simple(at, Exception::TicketInserted);
         self.meters.ticket_in(cents, credits);
         let validation_number = printed_number(number);
-        self.record(at, Entry::TicketIn { validation_number, cents, credits });
+        let game = self.current_game;
+        self.record(at, Entry::TicketIn { validation_number, cents, credits, game });
         self.push_validation(at, CASHABLE_TICKET_REDEEMED, number, cents);
         self.raise_simple(at, Exception::TicketTransferComplete);
     }
@@ -1294,7 +1370,8 @@ impl Machine {
             denomination_code: code,
             count: on_wire(count, 4),
         };
-        self.record(at, Entry::Bill { value, bill_code: code, credits });
+        let game = self.current_game;
+        self.record(at, Entry::Bill { value, bill_code: code, credits, game });
         let event = RealTimeEvent::BillAccepted {
             country: self.cfg.bill_country,
             denomination_code: code,
@@ -1305,16 +1382,20 @@ impl Machine {
 
     fn end_game(&mut self, at: Instant) {
         let Some(game) = self.game.take() else { return };
-        let handpay = game.win > 0 && game.win >= self.cfg.play.handpay_limit;
-        self.meters.game_ended(game.win, !handpay);
-        self.raise(at, RealTimeEvent::GameEnded { win: game.win }, Exception::GameEnded);
+        // RTE 7F and the meters count the win in accounting credits (sas-protocol.md §6).
+        let won = game.win * game.ratio;
+        let handpay = won > 0 && won >= self.cfg.play.handpay_limit;
+        self.meters.game_ended(won, !handpay);
+        self.games.game_ended(game.game, won, !handpay);
+        self.raise(at, RealTimeEvent::GameEnded { win: won }, Exception::GameEnded);
         let paid_by = if handpay { PaidBy::Handpay } else { PaidBy::Machine };
+        let denomination = self.games.denomination(game.game).unwrap_or(self.cfg.denomination);
         let entry = Entry::Game {
             game_number: game.number,
-            game: GAME_ID,
+            game: game.game,
             bet: game.bet,
             win: game.win,
-            denomination: self.cfg.denomination,
+            denomination,
             started_at: game.started_at.clone(),
             paid_by,
         };
@@ -1323,7 +1404,7 @@ impl Machine {
             self.extra_wins(at, game.bet);
         }
         if handpay {
-            self.start_handpay(at, HandpayKind::Jackpot, game.win);
+            self.start_handpay(at, HandpayKind::Jackpot, won);
         } else if self.meters.current_credits > 0
             && self.play_rng.random_bool(self.cfg.play.cashout_probability)
         {
@@ -1352,7 +1433,13 @@ impl Machine {
             let validation_type = CASHABLE_TICKET_OUT;
             self.record(
                 at,
-                Entry::TicketOut { validation_number, validation_type, cents, credits },
+                Entry::TicketOut {
+                    validation_number,
+                    validation_type,
+                    cents,
+                    credits,
+                    game: self.current_game,
+                },
             );
             self.raise_simple(at, Exception::CashoutTicketPrinted);
         } else {
@@ -1365,6 +1452,7 @@ impl Machine {
         self.handpay = Some(Handpay {
             kind,
             level: 0,
+            game: self.current_game,
             credits,
             reset_at: at + self.cfg.play.handpay_duration,
             info_read: false,
@@ -1384,7 +1472,10 @@ impl Machine {
     fn handpay_reset(&mut self, at: Instant) {
         let Some(h) = self.handpay.take() else { return };
         match h.kind {
-            HandpayKind::Jackpot => self.meters.jackpot_handpaid(h.credits),
+            HandpayKind::Jackpot => {
+                self.meters.jackpot_handpaid(h.credits);
+                self.games.jackpot_handpaid(h.game, h.credits);
+            }
             HandpayKind::CancelledCredits => self.meters.cashout_handpaid(h.credits),
             HandpayKind::Progressive => self.meters.progressive_handpaid(h.credits),
         }
@@ -1398,7 +1489,15 @@ impl Machine {
         });
         let printed = receipt.is_some();
         let level = (h.kind == HandpayKind::Progressive).then_some(h.level);
-        self.record(at, Entry::Handpay { kind: h.kind, credits: h.credits, cents, receipt, level });
+        let entry = Entry::Handpay {
+            kind: h.kind,
+            credits: h.credits,
+            cents,
+            receipt,
+            level,
+            game: h.game,
+        };
+        self.record(at, entry);
         if printed {
             self.raise_simple(at, Exception::HandpayValidated);
         }
@@ -1470,7 +1569,7 @@ impl Machine {
             self.host_enabled = true;
         }
         self.game_announced = false;
-        self.link = Link::new();
+        self.link = self.fresh_link();
         self.last_poll_at = at;
         self.record(at, Entry::Power { state: PowerState::Applied });
         self.raise_simple(at, Exception::AcPowerApplied);
@@ -1479,6 +1578,7 @@ impl Machine {
     fn ram_clear(&mut self, at: Instant) {
         self.record_fault(at, FaultKind::RamClear, "NVRAM cleared".into());
         let before = std::mem::take(&mut self.meters);
+        self.games.clear();
         self.record(at, Entry::MetersReset { reason: "ram_clear", before });
         for lost in self.queue.clear() {
             self.record_lost(at, &lost, LossReason::RamClear);

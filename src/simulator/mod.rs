@@ -22,6 +22,8 @@
 //! - **Pseudo-terminal** (`--pty`): one pty per machine; the slave path is printed. **A pty
 //!   cannot carry the 9th bit** (§1.4): message starts are found from the long-poll length
 //!   table plus the 5 ms inter-byte gap, and chirps are sent as the plain address byte.
+//! - **Multi-drop** (`--multidrop`): every machine on one line, TCP or pty, at its own address
+//!   (`--address` and the next ones); one task drives them all, each hears every message.
 //!
 //! **Power control:** SIGUSR1 power-cycles every machine at once (as `--power-cycle-rate` does
 //! at random): 18, the power off for `--power-off-duration`, then 17 and the link to regain.
@@ -50,6 +52,7 @@
 pub mod clock;
 pub mod config;
 mod driver;
+pub mod games;
 pub mod ledger;
 pub mod link;
 pub mod machine;
@@ -71,8 +74,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use config::{
-    ConfigError, FaultConfig, MachineConfig, OperationsConfig, PlayConfig, RomSignatureDelivery,
-    RteIdle, Validation, Weighted, parse_bills, parse_code,
+    ConfigError, FaultConfig, MachineConfig, OperationsConfig, PlayConfig, Quirk,
+    RomSignatureDelivery, RteIdle, Validation, Weighted, parse_bills, parse_code,
 };
 use driver::Port;
 use ledger::LedgerSink;
@@ -94,6 +97,11 @@ pub struct SimulateArgs {
     /// the length table and the 5 ms gap; chirps are the plain address byte).
     #[arg(long)]
     pub pty: bool,
+
+    /// Multi-drop: every machine on one line (one TCP port or one pty), each at its own
+    /// address; the endpoint lines then all name the same endpoint.
+    #[arg(long)]
+    pub multidrop: bool,
 
     /// SAS address of the first machine; machine i gets the next ones, wrapping after 127.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=127))]
@@ -142,6 +150,12 @@ pub struct SimulateArgs {
     /// 2 = 0.05, 3 = 0.10, 4 = 0.25, 5 = 0.50, 6 = 1.00, 0x17 = 0.02 (sas-protocol.md §7.1).
     #[arg(long, value_name = "CODE", default_value = "1", value_parser = parse_code, help_heading = "Play")]
     pub denomination: u8,
+
+    /// A multi-game machine: the player denomination of each game as SAS codes, game 1 first
+    /// (each a whole multiple of --denomination); the player switches games now and then, and
+    /// LP51, LP53 and LP2F/6F for game N answer per game. Empty: one game at --denomination.
+    #[arg(long, value_name = "CODE,…", default_value = "", help_heading = "Play")]
+    pub games: games::GameList,
 
     /// Bill values the acceptor takes, in whole currency units; credits come only from bills.
     #[arg(long, value_name = "VALUE,…", default_value = "1,5,10,20,50,100", help_heading = "Play")]
@@ -194,6 +208,11 @@ pub struct SimulateArgs {
     /// Chance at each game end of a legacy bonus award paid to the credit meter (7C, LP90).
     #[arg(long, value_name = "P", default_value_t = 0.0, help_heading = "Play")]
     pub bonus_probability: f64,
+
+    /// Vendor quirks every machine shows (comma-separated): no-sync, slow-bytes, repeat-report
+    /// (sas-protocol.md §11; the firmware profiles say how the gateway copes).
+    #[arg(long, value_enum, value_delimiter = ',', help_heading = "Protocol")]
+    pub quirk: Vec<Quirk>,
 
     /// Start with real-time event reporting on (otherwise the host turns it on with LP0E).
     #[arg(long, help_heading = "Protocol")]
@@ -322,6 +341,7 @@ impl SimulateArgs {
                     MachineConfig::new(index, address, format!("{}{index:06}", self.serial_prefix));
                 cfg.seed = self.seed;
                 cfg.denomination = self.denomination;
+                cfg.games = self.games.0.clone();
                 cfg.play = PlayConfig {
                     games_per_minute: self.game_rate,
                     game_duration: self.game_duration,
@@ -337,6 +357,7 @@ impl SimulateArgs {
                     bonus_probability: self.bonus_probability,
                 };
                 cfg.validation = self.validation;
+                cfg.quirks = self.quirk.clone();
                 cfg.bills = self.bills.0.clone();
                 cfg.bill_country = self.bill_country;
                 cfg.rte_at_power_up = self.rte;
@@ -455,9 +476,19 @@ impl Simulation {
             None => (LedgerSink::discard(), None),
         };
         let mut ports = Vec::with_capacity(configs.len());
-        let mut endpoints = Vec::with_capacity(configs.len());
+        let mut endpoints: Vec<Endpoint> = Vec::with_capacity(configs.len());
         for cfg in &configs {
             let machine = cfg.index;
+            if let (true, Some(first)) = (args.multidrop, endpoints.first()) {
+                let kind = first.kind.clone();
+                endpoints.push(Endpoint {
+                    machine,
+                    address: cfg.address,
+                    serial: cfg.serial.clone(),
+                    kind,
+                });
+                continue;
+            }
             let (port, kind) = if args.pty {
                 let port = pty::PtyPort::open(machine)
                     .map_err(|source| SimulatorError::Pty { machine, source })?;
@@ -487,15 +518,21 @@ impl Simulation {
         let mut tasks = JoinSet::new();
         let now = tokio::time::Instant::now().into_std();
         let wall = SystemTime::now();
-        for (cfg, port) in configs.into_iter().zip(ports) {
-            let index = cfg.index;
-            let machine = Machine::new(cfg, now, wall)?;
+        // One port per machine, or (multi-drop) one port for all of them.
+        let per_port = if args.multidrop { configs.len().max(1) } else { 1 };
+        let mut configs = configs.into_iter();
+        for port in ports {
+            let mut machines = Vec::with_capacity(per_port);
+            for cfg in configs.by_ref().take(per_port) {
+                machines.push(Machine::new(cfg, now, wall)?);
+            }
+            let index = machines.first().map_or(0, |m| m.config().index);
             let controls = driver::Controls {
                 cancel: cancel.clone(),
                 close: close.clone(),
                 power: power.subscribe(),
             };
-            let run = driver::drive(machine, port, sink.clone(), controls);
+            let run = driver::drive(machines, port, sink.clone(), controls);
             tasks.spawn(async move { (index, run.await) });
         }
         // Only the machine tasks hold sinks now, so the writer ends when the last one stops.

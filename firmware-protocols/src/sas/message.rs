@@ -42,6 +42,11 @@ pub mod command {
     pub const SEND_ENABLED_FEATURES: u8 = 0xA0;
     /// Send enhanced validation information (ticket and receipt records, read-only).
     pub const SEND_ENHANCED_VALIDATION: u8 = 0x4D;
+    /// 0x51 — send the number of games implemented.
+    pub const SEND_NUMBER_OF_GAMES: u8 = 0x51;
+    /// 0x53 — send game N configuration (the LP1F fields for one game, its denomination
+    /// included).
+    pub const SEND_GAME_CONFIGURATION: u8 = 0x53;
     /// 0x54 — send SAS version and machine serial number.
     pub const SEND_VERSION_AND_SERIAL: u8 = 0x54;
     /// 0x6F — send extended meters for game N.
@@ -159,6 +164,10 @@ pub enum LongPoll {
     /// 0xA0 — the features enabled for game N (0 = the machine): validation style, ticket
     /// redemption, AFT, legacy bonus, extended meters, multi-denomination.
     SendEnabledFeatures { game: u16 },
+    /// 0x51 — how many games the machine implements (game numbers 1 to N).
+    SendNumberOfGames,
+    /// 0x53 — game N's configuration: the LP1F fields, its denomination among them.
+    SendGameConfiguration { game: u16 },
     /// 0x54 — SAS version and serial number.
     SendVersionAndSerial,
     /// 0x6F, or 0xAF when `alternate` — extended meters for game N.
@@ -229,6 +238,8 @@ impl LongPoll {
             Self::SendLastBill => SEND_LAST_BILL,
             Self::SendEnhancedValidation { .. } => SEND_ENHANCED_VALIDATION,
             Self::SendEnabledFeatures { .. } => SEND_ENABLED_FEATURES,
+            Self::SendNumberOfGames => SEND_NUMBER_OF_GAMES,
+            Self::SendGameConfiguration { .. } => SEND_GAME_CONFIGURATION,
             Self::SendVersionAndSerial => SEND_VERSION_AND_SERIAL,
             Self::SendExtendedMeters { alternate: false, .. } => SEND_EXTENDED_METERS,
             Self::SendExtendedMeters { alternate: true, .. } => SEND_EXTENDED_METERS_ALT,
@@ -267,6 +278,8 @@ impl LongPoll {
             | Self::SendLastBill
             | Self::SendEnhancedValidation { .. }
             | Self::SendEnabledFeatures { .. }
+            | Self::SendNumberOfGames
+            | Self::SendGameConfiguration { .. }
             | Self::SendVersionAndSerial
             | Self::SendExtendedMeters { .. }
             | Self::SendTicketValidationData
@@ -291,6 +304,7 @@ impl LongPoll {
                 | Self::SendMeters
                 | Self::SendMachineInfo
                 | Self::SendLastBill
+                | Self::SendNumberOfGames
                 | Self::SendVersionAndSerial
                 | Self::SendTicketValidationData
                 | Self::SendProgressiveWin
@@ -340,7 +354,7 @@ impl LongPoll {
             Self::AftInterrogate { index } => {
                 out.extend_from_slice(&[2, AFT_INTERROGATION, *index])
             }
-            Self::SendEnabledFeatures { game } => {
+            Self::SendEnabledFeatures { game } | Self::SendGameConfiguration { game } => {
                 bcd::encode(u64::from(*game), 2, &mut out).map_err(bcd_encode_field("game"))?;
             }
             Self::SetDateTime(time) => time.encode_into(&mut out)?,
@@ -379,6 +393,9 @@ impl LongPoll {
             ROM_SIGNATURE => Self::RomSignature { seed: r.u16_le()? },
             SEND_ENHANCED_VALIDATION => Self::SendEnhancedValidation { function: r.u8()? },
             SEND_ENABLED_FEATURES => Self::SendEnabledFeatures { game: r.bcd(2, "game")? as u16 },
+            SEND_GAME_CONFIGURATION => {
+                Self::SendGameConfiguration { game: r.bcd(2, "game")? as u16 }
+            }
             SEND_SELECTED_METERS => {
                 let mut body = r.length_prefixed()?;
                 let game = body.bcd(2, "game")? as u16;
@@ -435,6 +452,7 @@ impl LongPoll {
             SEND_METERS => Self::SendMeters,
             SEND_MACHINE_INFO => Self::SendMachineInfo,
             SEND_LAST_BILL => Self::SendLastBill,
+            SEND_NUMBER_OF_GAMES => Self::SendNumberOfGames,
             SEND_VERSION_AND_SERIAL => Self::SendVersionAndSerial,
             SEND_TICKET_VALIDATION_DATA => Self::SendTicketValidationData,
             SEND_PROGRESSIVE_WIN => Self::SendProgressiveWin,
@@ -455,7 +473,7 @@ impl LongPoll {
         Some(match command {
             SHUTDOWN | STARTUP => RequestLen::Fixed(4),
             REAL_TIME_EVENT_REPORTING | SEND_ENHANCED_VALIDATION => RequestLen::Fixed(5),
-            ROM_SIGNATURE | SEND_ENABLED_FEATURES => RequestLen::Fixed(6),
+            ROM_SIGNATURE | SEND_ENABLED_FEATURES | SEND_GAME_CONFIGURATION => RequestLen::Fixed(6),
             SET_DATE_TIME => RequestLen::Fixed(11),
             SEND_SELECTED_METERS
             | SEND_EXTENDED_METERS
@@ -576,6 +594,10 @@ pub enum Reply {
     SelectedMeters(SelectedMeters),
     /// LP48.
     LastBill(LastBill),
+    /// LP51: the number of games.
+    NumberOfGames(u16),
+    /// LP53: one game's configuration.
+    GameConfiguration { game: u16, info: MachineInfo },
     /// LP54.
     VersionAndSerial(VersionAndSerial),
     /// LP6F / LPAF.
@@ -659,6 +681,15 @@ impl Reply {
                 out.push(SEND_LAST_BILL);
                 bill.encode_body(&mut out)?;
             }
+            Self::NumberOfGames(games) => {
+                out.push(SEND_NUMBER_OF_GAMES);
+                bcd::encode(u64::from(*games), 2, &mut out).map_err(bcd_encode_field("games"))?;
+            }
+            Self::GameConfiguration { game, info } => {
+                out.push(SEND_GAME_CONFIGURATION);
+                bcd::encode(u64::from(*game), 2, &mut out).map_err(bcd_encode_field("game"))?;
+                info.encode_body(&mut out);
+            }
             Self::VersionAndSerial(v) => {
                 out.push(SEND_VERSION_AND_SERIAL);
                 v.encode_body(&mut out)?;
@@ -735,6 +766,11 @@ impl Reply {
             SEND_MACHINE_INFO => Self::MachineInfo(MachineInfo::decode_body(&mut r)?),
             SEND_SELECTED_METERS => Self::SelectedMeters(SelectedMeters::decode_body(&mut r)?),
             SEND_LAST_BILL => Self::LastBill(LastBill::decode_body(&mut r)?),
+            SEND_NUMBER_OF_GAMES => Self::NumberOfGames(r.bcd(2, "games")? as u16),
+            SEND_GAME_CONFIGURATION => Self::GameConfiguration {
+                game: r.bcd(2, "game")? as u16,
+                info: MachineInfo::decode_body(&mut r)?,
+            },
             SEND_VERSION_AND_SERIAL => {
                 Self::VersionAndSerial(VersionAndSerial::decode_body(&mut r)?)
             }
@@ -791,6 +827,8 @@ impl Reply {
             SEND_ENABLED_FEATURES => fixed(2 + 2 + 3 + 2),
             SEND_PROGRESSIVE_WIN => fixed(2 + 1 + 1 + 5 + 2),
             SEND_LEGACY_BONUS_WIN => fixed(2 + LegacyBonusWin::BODY_LEN + 2),
+            SEND_NUMBER_OF_GAMES => fixed(2 + 2 + 2),
+            SEND_GAME_CONFIGURATION => fixed(2 + 2 + MachineInfo::BODY_LEN + 2),
             SEND_SELECTED_METERS
             | SEND_VERSION_AND_SERIAL
             | SEND_EXTENDED_METERS

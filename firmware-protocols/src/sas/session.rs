@@ -51,7 +51,9 @@
 //!   after a failed exchange or a lost link, is the machine re-sending a report whose implied ACK
 //!   it never got (it lost power, say): it is counted in [`SessionStats::re_reports`], not
 //!   delivered again. Bare exception bytes (RTE off) carry no data to tell a re-report from two
-//!   genuine identical reports and are always delivered.
+//!   genuine identical reports and are always delivered. A machine whose profile sets
+//!   `rte.repeats_last_report` re-sends its last report on every poll: there an identical report
+//!   is always a re-report.
 //!
 //! # Timing
 //!
@@ -332,6 +334,8 @@ pub struct HostSession {
     multiple_progressive_wins: bool,
     /// The last RTE report delivered, to recognise the machine sending it again.
     last_report: Option<RealTimeEvent>,
+    /// The profile's `rte.repeats_last_report`.
+    repeats_last_report: bool,
     /// Since that report, an exchange failed or the link was lost, so the implied ACK that
     /// followed it may never have reached the machine.
     ack_in_doubt: bool,
@@ -442,6 +446,7 @@ impl HostSession {
             rom_seed: None,
             multiple_progressive_wins: false,
             last_report: None,
+            repeats_last_report: profile.rte.repeats_last_report,
             ack_in_doubt: false,
             owed: Vec::new(),
             events: VecDeque::new(),
@@ -1136,7 +1141,10 @@ impl HostSession {
         // report identical to the last one in that situation is a re-report: counted, not
         // delivered twice. Genuine RTE reports in a row always differ (7E carries the coin-in
         // meter, 4F the bill count, a 7F follows its game's 7E).
-        let repeat = self.ack_in_doubt && self.last_report.as_ref() == Some(&event);
+        // A machine whose profile says it repeats its last report on every poll (§11) sends it
+        // again with or without a doubt about the ACK.
+        let re_sent = self.ack_in_doubt || self.repeats_last_report;
+        let repeat = re_sent && self.last_report.as_ref() == Some(&event);
         self.ack_in_doubt = false;
         self.last_report = Some(event.clone());
         if repeat {
