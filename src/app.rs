@@ -168,7 +168,7 @@ impl Daemon {
                 None
             }
         };
-        let (forwarders, destinations) =
+        let (forwarders, destinations, replays) =
             crate::forward::spawn_all(config, &journal, &forward_cancel)?;
         tokio::spawn(crate::service::watchdog(
             crate::service::Parts {
@@ -195,7 +195,8 @@ impl Daemon {
             status_done.clone(),
         ));
         let admin = socket.map(|socket| {
-            let api = crate::admin::Api::new(view.clone(), handles, journal.clone());
+            let api = crate::admin::Api::new(view.clone(), handles, journal.clone())
+                .with_replays(replays);
             tokio::spawn(crate::admin::serve(socket, std::sync::Arc::new(api), cancel.clone()))
         });
         let cancel_commands = cancel.clone();

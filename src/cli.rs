@@ -89,6 +89,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send a destination its history again from a journal seq or time on, in order, on its
+    /// replay lane (audited with your uid). The records must still be in the journal. Waits
+    /// until the destination has acknowledged everything up to where the replay began (a
+    /// progress bar on a terminal); interrupting the wait does not stop the replay.
+    Replay {
+        /// The destination's name in the configuration.
+        #[arg(value_name = "DESTINATION")]
+        destination: String,
+        /// The first journal sequence number, or an RFC 3339 time (the first record appended
+        /// at or after it).
+        #[arg(long, value_name = "SEQ|TIME")]
+        from: String,
+        /// At most this many records a second (never faster than the destination's
+        /// replay_rate).
+        #[arg(long, value_name = "N")]
+        rate: Option<u32>,
+        #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
+        config: PathBuf,
+        /// Print the daemon's answer as JSON and return without waiting.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a tar.gz for support: versions, the configuration without secrets, the daemon's
     /// state, the journal's figures, the service's log (a progress bar on a terminal).
     DiagBundle {

@@ -1,7 +1,7 @@
 //! `slotgate journal …`: the read-only views a technician or an inspector
 //! uses. Nothing here writes to the journal; verification opens a copy of it.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -176,13 +176,8 @@ fn print_report(dir: &Path, report: &verify::VerifyReport, keys: usize) {
 }
 
 fn export(snapshot: &Snapshot, out: Option<&Path>) -> anyhow::Result<()> {
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_message("exporting");
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = crate::progress::bar(None);
+    bar.set_message("exporting");
     let progress = |n: u64| {
         bar.set_position(n);
         bar.set_message(format!("{n} records"));

@@ -73,6 +73,10 @@ fn main() -> ExitCode {
             let filter = slotgate::technician::TailFilter { machine, kind, since };
             shown(slotgate::technician::tail(&config, &filter, json))
         }
+        Command::Replay { destination, from, rate, config, json } => {
+            let request = slotgate::technician::Replay { destination, from, rate };
+            shown(slotgate::technician::replay(&config, &request, json))
+        }
         Command::DiagBundle { config, out, log } => {
             match slotgate::diag::bundle(&config, &out, log.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -2,7 +2,7 @@
 //! over its admin socket through the real CLI. The state model against the simulator's ledger,
 //! the socket's permissions against another uid, and the human views' layout.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
 

@@ -3,7 +3,7 @@
 //! certificates generated here. The journal and the forwarders are slotgate's own, in process;
 //! the events are synthetic canonical events appended to the journal.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod upstream;
 
@@ -34,6 +34,7 @@ struct Forwarding {
     cancel: CancellationToken,
     tasks: JoinSet<()>,
     statuses: Vec<watch::Receiver<DestinationStatus>>,
+    replays: slotgate::forward::Replays,
 }
 
 fn config_text(dir: &Path, destinations: &str) -> PathBuf {
@@ -74,11 +75,12 @@ impl Forwarding {
             .unwrap();
         let (journal, writer) = slotgate::app::open_journal(&config).unwrap();
         let cancel = CancellationToken::new();
-        let (tasks, statuses) = {
+        let (tasks, statuses, replays) = {
             let _guard = rt.enter();
             slotgate::forward::spawn_all(&config, &journal, &cancel).unwrap()
         };
-        Self { rt, config, journal: Some(journal), writer: Some(writer), cancel, tasks, statuses }
+        let journal = Some(journal);
+        Self { rt, config, journal, writer: Some(writer), cancel, tasks, statuses, replays }
     }
 
     fn journal(&self) -> &Journal {
@@ -1032,7 +1034,7 @@ fn status_figures_are_true_before_the_first_connection_during_an_outage_and_when
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (journal, writer) = slotgate::app::open_journal(&config).unwrap();
     let cancel = CancellationToken::new();
-    let (mut tasks, statuses) = {
+    let (mut tasks, statuses, _replays) = {
         let _guard = rt.enter();
         slotgate::forward::spawn_all(&config, &journal, &cancel).unwrap()
     };
@@ -1261,4 +1263,49 @@ fn gauges_and_status_show_the_backlog_and_no_drain_time_while_nothing_drains() {
     }
     assert_eq!(shown.matches(&format!("replay backlog {backlog})")).count(), 2, "{shown}");
     assert!(!shown.contains("to drain"), "{shown}");
+}
+
+/// Every event the receiver stored or was sent again, in arrival order.
+fn arrived(receiver: &Receiver) -> Vec<Value> {
+    receiver
+        .requests()
+        .iter()
+        .filter(|r| r.status == 200)
+        .filter_map(|r| serde_json::from_slice::<Vec<Value>>(&r.body).ok())
+        .flatten()
+        .collect()
+}
+
+fn arrivals(receiver: &Receiver) -> Vec<String> {
+    arrived(receiver).iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn a_replay_resends_from_its_seq_in_order_at_its_rate_and_refuses_an_unknown_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&dir.path().join("pki"));
+    let receiver = Receiver::start(&certs, false);
+    let secrets = secrets(&dir.path().join("secrets"), "t");
+    let gw = Forwarding::start(dir.path(), &https_destination(&receiver, &certs, &secrets, ""));
+    let ids = gw.append(&["EGM-1", "EGM-2"], 20);
+    assert!(receiver.wait_for_events(ids.len(), Duration::from_secs(20)));
+    assert!(wait_until(Duration::from_secs(10), || gw.cursor("central") == gw.head()));
+    let delivered = arrivals(&receiver);
+    assert_eq!(delivered, ids, "each once, in journal order");
+    // From seq 10 on, at most 10 a second: the 30 records take 2 s at least after the burst
+    // of 10 (the bucket holds no more than one second's worth).
+    let started = std::time::Instant::now();
+    let replaying = gw.rt.block_on(gw.replays.replay("central", 10, Some(10))).unwrap();
+    assert_eq!((replaying.from, replaying.until, replaying.rate), (10, 40, 10));
+    assert!(wait_until(Duration::from_secs(20), || arrivals(&receiver).len() == 70));
+    assert!(started.elapsed() >= Duration::from_millis(1900), "{:?}", started.elapsed());
+    assert_eq!(arrivals(&receiver)[40..], ids[10..], "again from seq 10 on, in order");
+    assert_eq!(receiver.duplicates(), 30);
+    assert!(arrived(&receiver)[40..].iter().all(|e| e["historical"] == true), "replay lane");
+    // Back on the configured budget once the replay is acknowledged.
+    assert!(wait_until(Duration::from_secs(10), || gw.status(0).replay_rate == 50000));
+    assert_eq!(gw.cursor("central"), 40);
+    let unknown = gw.rt.block_on(gw.replays.replay("nowhere", 0, None));
+    assert!(matches!(unknown, Err(slotgate::forward::ReplayError::UnknownDestination(_))));
+    gw.stop();
 }

@@ -51,7 +51,7 @@ use tokio::time::Instant;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -127,16 +127,18 @@ impl DestinationStatus {
     }
 }
 
-/// Starts one forwarder per configured destination.
+/// Starts one forwarder per configured destination; returns their tasks, statuses and replay
+/// inboxes.
 pub fn spawn_all(
     config: &Config,
     journal: &Journal,
     cancel: &CancellationToken,
-) -> anyhow::Result<(JoinSet<()>, Vec<watch::Receiver<DestinationStatus>>)> {
+) -> anyhow::Result<(JoinSet<()>, Vec<watch::Receiver<DestinationStatus>>, Replays)> {
     tls::install_provider();
     let origin = Origin::new(config.venue.id.as_str(), &config.venue.gateway_id);
     let mut tasks = JoinSet::new();
     let mut statuses = Vec::new();
+    let mut replays = Replays::default();
     for destination in &config.destinations {
         if let Some(warning) = slow_strict_replay(destination, config.machine_count()) {
             tracing::warn!(destination = %destination.name, "{warning}");
@@ -153,20 +155,173 @@ pub fn spawn_all(
             state_dir: config.storage.dir.join("destinations"),
             order: destination.order,
         };
-        match &destination.kind {
-            DestinationKind::Mqtt(mqtt) => {
-                let driver = mqtt::Driver::new(destination, mqtt)
-                    .with_context(|| format!("destination {}", destination.name))?;
-                tasks.spawn(driver.run(shared, cancel.clone()));
-            }
+        let driver = match &destination.kind {
+            DestinationKind::Mqtt(mqtt) => mqtt::Driver::new(destination, mqtt).map(Driver::Mqtt),
             DestinationKind::Https(https) => {
-                let driver = https::Driver::new(destination, https)
-                    .with_context(|| format!("destination {}", destination.name))?;
-                tasks.spawn(driver.run(shared, cancel.clone()));
+                https::Driver::new(destination, https).map(Driver::Https)
             }
         }
+        .with_context(|| format!("destination {}", destination.name))?;
+        let (requests, inbox) = mpsc::channel(REPLAY_QUEUE);
+        replays.0.insert(destination.name.clone(), requests);
+        let budget =
+            ReplayBudget { rate: destination.replay_rate, burst: destination.replay_burst };
+        tasks.spawn(forward(driver, shared, budget, cancel.clone(), inbox));
     }
-    Ok((tasks, statuses))
+    Ok((tasks, statuses, replays))
+}
+
+/// A destination's wire protocol.
+enum Driver {
+    Mqtt(mqtt::Driver),
+    Https(https::Driver),
+}
+
+impl Driver {
+    /// Delivers until `cancel`, keeping every acknowledgement received by then.
+    async fn run(&mut self, shared: &Shared, cancel: CancellationToken) {
+        match self {
+            Self::Mqtt(driver) => driver.run(shared, cancel).await,
+            Self::Https(driver) => driver.run(shared, cancel).await,
+        }
+    }
+
+    fn budget(&mut self) -> &mut ReplayBudget {
+        match self {
+            Self::Mqtt(driver) => &mut driver.budget,
+            Self::Https(driver) => &mut driver.budget,
+        }
+    }
+}
+
+/// Replay requests a forwarder holds at most (one is served at a time, each quickly).
+const REPLAY_QUEUE: usize = 4;
+
+/// `slotgate replay`: send a destination its history again from journal seq `from` on, at
+/// most `rate` records a second (never faster than its configured `replay_rate`).
+#[derive(Debug)]
+pub struct ReplayRequest {
+    pub from: u64,
+    pub rate: Option<u32>,
+    pub reply: oneshot::Sender<Result<Replaying, JournalError>>,
+}
+
+/// A replay under way: the destination's cursor was moved back to `from`, and the replay is
+/// complete when its cursor reaches `until` (the journal's durable end when it began).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replaying {
+    pub destination: String,
+    pub from: u64,
+    pub until: u64,
+    pub rate: u32,
+}
+
+/// Why a replay was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("no destination {0:?} is configured")]
+    UnknownDestination(String),
+    #[error("the forwarder of {0} is not running")]
+    Stopped(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Each forwarder's replay inbox, by destination name.
+#[derive(Debug, Clone, Default)]
+pub struct Replays(std::collections::BTreeMap<String, mpsc::Sender<ReplayRequest>>);
+
+impl Replays {
+    pub fn contains(&self, destination: &str) -> bool {
+        self.0.contains_key(destination)
+    }
+
+    /// Asks `destination`'s forwarder to replay from `from`; answers once its cursor was
+    /// moved back (durably) and the forwarder sends again.
+    pub async fn replay(
+        &self,
+        destination: &str,
+        from: u64,
+        rate: Option<u32>,
+    ) -> Result<Replaying, ReplayError> {
+        let inbox = self
+            .0
+            .get(destination)
+            .ok_or_else(|| ReplayError::UnknownDestination(destination.to_owned()))?;
+        let stopped = || ReplayError::Stopped(destination.to_owned());
+        let (reply, answer) = oneshot::channel();
+        inbox.send(ReplayRequest { from, rate, reply }).await.map_err(|_| stopped())?;
+        Ok(answer.await.map_err(|_| stopped())??)
+    }
+}
+
+/// One destination's task: runs its driver, and for a replay stops it the way the daemon's
+/// stop does (what is on the wire gets its grace, every acknowledgement is written), moves the
+/// cursor back and starts it again: everything from there on is then backlog, replayed in
+/// order on the replay lane like after an outage. A replay with a lower rate runs under it
+/// until the cursor is back where the replay began; the driver then restarts on the
+/// configured budget.
+async fn forward(
+    mut driver: Driver,
+    shared: Shared,
+    configured: ReplayBudget,
+    cancel: CancellationToken,
+    mut replays: mpsc::Receiver<ReplayRequest>,
+) {
+    let mut status = shared.status.subscribe();
+    // The end of a replay that runs on a budget of its own.
+    let mut limited_until: Option<u64> = None;
+    loop {
+        let session = cancel.child_token();
+        let request = {
+            let run = driver.run(&shared, session.clone());
+            tokio::pin!(run);
+            let request = loop {
+                tokio::select! {
+                    () = &mut run => return,
+                    Some(request) = replays.recv() => break Some(request),
+                    Ok(()) = status.changed(), if limited_until.is_some() => {
+                        if limited_until.is_some_and(|until| status.borrow().cursor >= until) {
+                            break None;
+                        }
+                    }
+                }
+            };
+            session.cancel();
+            run.await;
+            request
+        };
+        if cancel.is_cancelled() {
+            // The stop came while the driver was stopping for the replay.
+            if let Some(request) = request {
+                let _ = request.reply.send(Err(JournalError::Closed));
+            }
+            return;
+        }
+        let Some(ReplayRequest { from, rate, reply }) = request else {
+            tracing::info!(destination = %shared.name, "Replay done; back to the configured rate.");
+            *driver.budget() = configured;
+            limited_until = None;
+            shared.status.send_modify(|s| s.replay_rate = configured.rate);
+            continue;
+        };
+        let answer = shared.journal.rewind(&shared.name, from).await.map(|at| {
+            let until = *shared.journal.durable().borrow();
+            let rate = rate.map_or(configured.rate, |r| r.clamp(1, configured.rate.max(1)));
+            *driver.budget() = ReplayBudget { rate, burst: configured.burst.min(rate).max(1) };
+            limited_until = (rate < configured.rate).then_some(until);
+            shared.status.send_modify(|s| {
+                s.replay_rate = rate;
+                s.cursor = at;
+            });
+            tracing::info!(destination = %shared.name, from = at, until, rate, "Replaying.");
+            Replaying { destination: shared.name.clone(), from: at, until, rate }
+        });
+        if let Err(error) = &answer {
+            tracing::warn!(destination = %shared.name, from, %error, "Replay refused.");
+        }
+        let _ = reply.send(answer);
+    }
 }
 
 /// Events per second a busy machine reports at most: about 2 a game at up to 15 games a minute

@@ -53,6 +53,55 @@ fn segments(config: &JournalConfig) -> usize {
 }
 
 #[tokio::test]
+async fn a_rewind_moves_the_cursor_back_durably_and_never_below_the_oldest_kept_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path(), Duration::ZERO);
+    let (journal, writer) = Journal::open(config.clone()).unwrap();
+    let appended = fill(&journal, 40).await;
+    journal.acknowledge("sms", appended.next - 1).await.unwrap();
+    let mut status = journal.status();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while segments(&config) > 1 {
+            status.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let first = journal.status().borrow().first_seq;
+    assert!(first > 0, "segments were removed");
+    // Below the oldest kept record: refused, naming it; the cursor stays.
+    match journal.rewind("sms", first - 1).await {
+        Err(JournalError::NotKept { oldest, oldest_at: Some(_) }) => assert_eq!(oldest, first),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(journal.status().borrow().cursors["sms"], appended.next);
+    match journal.seq_at(jiff::Timestamp::UNIX_EPOCH) {
+        Err(JournalError::NotKept { oldest, .. }) => assert_eq!(oldest, first),
+        other => panic!("{other:?}"),
+    }
+    // From a kept record: the cursor goes back, and forward from there with acknowledgements.
+    assert_eq!(journal.rewind("sms", first + 1).await.unwrap(), first + 1);
+    assert_eq!(journal.status().borrow().cursors["sms"], first + 1);
+    assert!(matches!(
+        journal.rewind("nobody", first).await,
+        Err(JournalError::UnknownDestination(_))
+    ));
+    // Never forward: a rewind past the cursor leaves it.
+    assert_eq!(journal.rewind("sms", appended.next).await.unwrap(), first + 1);
+    // The time of a kept record finds it; a time after everything is the end.
+    let at = journal.read(first + 5, 1).unwrap()[0].header.appended_at_ms;
+    let found = journal.seq_at(jiff::Timestamp::from_millisecond(at).unwrap()).unwrap();
+    assert!(found <= first + 5 && journal.read(found, 1).unwrap()[0].header.appended_at_ms == at);
+    let later = jiff::Timestamp::from_millisecond(at + 3_600_000).unwrap();
+    assert_eq!(journal.seq_at(later).unwrap(), *journal.durable().borrow());
+    // Durable: a reopened journal has the rewound cursor.
+    drop(journal);
+    tokio::task::spawn_blocking(move || writer.join()).await.unwrap().unwrap();
+    let (journal, _writer) = Journal::open(config).unwrap();
+    assert_eq!(journal.status().borrow().cursors["sms"], first + 1);
+}
+
+#[tokio::test]
 async fn acknowledged_segments_are_removed_without_further_commands() {
     let dir = tempfile::tempdir().unwrap();
     let config = small(dir.path(), Duration::ZERO);

@@ -596,6 +596,9 @@ fn publish(
         s.decode_errors = stats.decode_errors;
         s.busy = stats.busy;
         s.chirps = stats.chirps;
+        // Plain reads of the session's queues: they change nothing the session decides on.
+        s.polls_queued = m.session.queued().count();
+        s.exceptions_pending = m.session.owed_follow_ups().len();
         s.rte = m.session.rte_enabled();
     }
     status.send_modify(|s| {
@@ -715,7 +718,7 @@ mod tests {
 
     /// Which machines' sessions were resumed from `record`.
     fn resumed(record: Record) -> (bool, Vec<bool>) {
-        let now = std::time::Instant::now();
+        let now = Instant::now().into_std();
         let mut machines = machines(now);
         let any = resume("line", Some(record), &mut machines, now);
         (any, machines.iter().map(|m| m.session.has_retry_pending()).collect())

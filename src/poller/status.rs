@@ -64,6 +64,12 @@ pub struct MachineStatus {
     /// Busy answers: the machine's way of saying "not now" (its NACK).
     pub busy: u64,
     pub chirps: u64,
+    /// Long polls queued for the machine, follow-ups of exceptions included.
+    #[serde(default)]
+    pub polls_queued: usize,
+    /// Exceptions acknowledged whose follow-up poll is still owed (their data not read yet).
+    #[serde(default)]
+    pub exceptions_pending: usize,
     /// Machine minus gateway clock, seconds, from the last read-back past the drift threshold;
     /// cleared when the gateway sets the clock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,6 +104,8 @@ impl MachineStatus {
             decode_errors: 0,
             busy: 0,
             chirps: 0,
+            polls_queued: 0,
+            exceptions_pending: 0,
             clock_drift_seconds: None,
             meters: BTreeMap::new(),
             meters_at: None,

@@ -462,7 +462,7 @@ impl Simulation {
         let close = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let now = tokio::time::Instant::now().into_std();
-        let wall = SystemTime::now();
+        let wall = SystemTime::from(jiff::Timestamp::now());
         for (cfg, port) in configs.into_iter().zip(ports) {
             let index = cfg.index;
             let machine = Machine::new(cfg, now, wall)?;
