@@ -71,7 +71,16 @@ pub fn journal(command: JournalCommand) -> anyhow::Result<Outcome> {
             keys.extend(trusted_keys);
             let trusted = keys.iter().map(|p| load_public_key(p)).collect::<Result<Vec<_>, _>>()?;
             let snapshot = Snapshot::open(&dir)?;
-            let report = verify::verify(&snapshot, &trusted)?;
+            let bar = crate::progress::bar(None);
+            bar.set_message("verifying");
+            let report = verify::verify_with_progress(&snapshot, &trusted, |n| {
+                // A message per record would cost more than the hashing it reports on.
+                if n.is_multiple_of(1024) {
+                    bar.set_message(format!("{n} records verified"));
+                }
+            });
+            bar.finish_and_clear();
+            let report = report?;
             // A quarantined journal is evidence of an incident: verified with the same keys and
             // reported, and what it lost (records flushed before the damage, per its own mark)
             // fails the verification, as a break in the live journal would.

@@ -639,7 +639,7 @@ fn https_401_revokes_until_the_credentials_change_and_nothing_is_lost() {
 }
 
 #[test]
-fn https_400_quarantines_only_the_refused_event_and_503_retry_after_is_honoured() {
+fn https_400_quarantines_only_the_refused_event_and_what_a_503_held_back_goes_as_backlog() {
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::generate(&dir.path().join("pki"));
     let receiver = Receiver::start(&certs, false);
@@ -659,20 +659,17 @@ fn https_400_quarantines_only_the_refused_event_and_503_retry_after_is_honoured(
     assert_eq!(gw.status(0).quarantined, 1);
     assert!(gw.alarms().iter().any(|a| a.starts_with("upstream_quarantine")));
 
-    // 503 with Retry-After: 1 — nothing is sent again before a second has passed.
+    // A 503 with Retry-After (its timing is pinned on the paused clock in
+    // tests/forward_paused.rs).
     receiver.reject_ids_containing(None);
     receiver.set_status(Some(503), Some("1"));
     let before = receiver.requests().len();
     let more = gw.append(&["EGM-1"], 5);
     assert!(wait_until(Duration::from_secs(5), || receiver.requests().len() > before));
-    let refused_at = std::time::Instant::now();
     let later = gw.append(&["EGM-1"], 5);
     receiver.set_status(None, None);
-    std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(receiver.requests().len(), before + 1, "waiting out Retry-After");
     let all = good.len() + more.len() + later.len() + 1;
     assert!(receiver.wait_for_events(all, Duration::from_secs(10)));
-    assert!(refused_at.elapsed() >= Duration::from_millis(600));
     // The refused batch goes again byte for byte; what was journalled while the receiver
     // refused is delivered as backlog, flagged historical.
     let events = receiver.events();

@@ -102,6 +102,36 @@ async fn a_rewind_moves_the_cursor_back_durably_and_never_below_the_oldest_kept_
 }
 
 #[tokio::test]
+async fn the_status_dates_the_oldest_record_a_destination_has_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(dir.path(), Duration::from_secs(3600));
+    let (journal, _writer) = Journal::open(config).unwrap();
+    let mut status = journal.status();
+    let oldest = |status: &watch::Receiver<JournalStatus>| status.borrow().oldest_unacknowledged_at;
+    assert_eq!(oldest(&status), None, "nothing journalled");
+    let appended = journal.append(vec![alarm(0), alarm(1), alarm(2)]).await.unwrap();
+    let appended_at = |seq| {
+        let ms = journal.read(seq, 1).unwrap()[0].header.appended_at_ms;
+        jiff::Timestamp::from_millisecond(ms).unwrap()
+    };
+    let settle = async |status: &mut watch::Receiver<JournalStatus>,
+                        want: Option<jiff::Timestamp>| {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while status.borrow_and_update().oldest_unacknowledged_at != want {
+                status.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{:?} != {want:?}", status.borrow().oldest_unacknowledged_at));
+    };
+    settle(&mut status, Some(appended_at(appended.first))).await;
+    journal.acknowledge("sms", appended.first).await.unwrap();
+    settle(&mut status, Some(appended_at(appended.first + 1))).await;
+    journal.acknowledge("sms", appended.next - 1).await.unwrap();
+    settle(&mut status, None).await;
+}
+
+#[tokio::test]
 async fn acknowledged_segments_are_removed_without_further_commands() {
     let dir = tempfile::tempdir().unwrap();
     let config = small(dir.path(), Duration::ZERO);

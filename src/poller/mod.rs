@@ -744,4 +744,31 @@ mod tests {
         assert_eq!(resumed(sent(5, &[0x85])), (false, vec![false, false]), "not on this line");
         assert_eq!(resumed(sent(1, &[0x01, 0x99])), (false, vec![false, false]), "garbage");
     }
+
+    #[test]
+    fn the_state_model_shows_the_polls_queued_and_the_follow_ups_owed() {
+        let now = Instant::now().into_std();
+        let mut machines = machines(now);
+        let mut published: Vec<MachineStatus> = machines
+            .iter()
+            .map(|m| {
+                MachineStatus::new(
+                    m.registry_id().to_string(),
+                    m.address().get(),
+                    jiff::Timestamp::now(),
+                )
+            })
+            .collect();
+        let (status, rx) = tokio::sync::watch::channel(LineStatus::connecting("line"));
+        let queued = |m: &MachinePoller| m.session.queued().count();
+        let before = (queued(&machines[0]), queued(&machines[1]));
+        machines[0]
+            .session
+            .restore_follow_ups([(LongPoll::SendHandpayInfo, Exception::HandpayPending)]);
+        machines[1].session.enqueue(LongPoll::SendMachineInfo).unwrap();
+        publish(&status, &machines, &mut published);
+        let shown: Vec<(usize, usize)> =
+            rx.borrow().machines.iter().map(|m| (m.polls_queued, m.exceptions_pending)).collect();
+        assert_eq!(shown, vec![(before.0 + 1, 1), (before.1 + 1, 0)]);
+    }
 }
