@@ -150,7 +150,10 @@ fn write_status(
     }
     match j.oldest_unacknowledged_at {
         Some(at) => writeln!(out, "  oldest unacknowledged record {} old", age(at, now))?,
-        None => writeln!(out, "  every record acknowledged by every destination")?,
+        None if !j.cursors.is_empty() => {
+            writeln!(out, "  every record acknowledged by every destination")?;
+        }
+        None => {}
     }
     if j.alarms.is_empty() {
         writeln!(out, "  alarms: none")?;

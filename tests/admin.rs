@@ -189,6 +189,7 @@ fn the_technician_views_and_the_socket_refusing_another_uid() {
     let text = stdout(&out);
     assert!(text.starts_with(&format!("machine {id} (line line-0, address 1)")), "{text}");
     assert!(text.contains("  counters      polls ") && text.contains("    coin_in "), "{text}");
+    assert!(text.contains(", polls queued ") && text.contains(", exceptions pending "), "{text}");
     let out = slotgate(&["machine", "show", "EGM-NOPE"], &config);
     assert_eq!(out.status.code(), Some(4), "an unknown machine");
     for args in [&["status"][..], &["machines"], &["machine", "show", &id]] {

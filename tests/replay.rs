@@ -87,6 +87,8 @@ fn a_replay_resends_history_in_order_refuses_what_is_gone_and_is_audited() {
         head.is_some()
     }));
     let head = head.unwrap();
+    let human = String::from_utf8_lossy(&slotgate(&["status"], &config).stdout).into_owned();
+    assert!(human.contains("  every record acknowledged by every destination"), "{human}");
     let first = oldest();
     let delivered = seqs(&subscriber);
     assert!(delivered.contains(&(head - 1)) && delivered.contains(&first));

@@ -9,13 +9,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use slotgate::config::Config;
 use slotgate::simulator::{EndpointKind, SimulateArgs, Simulation};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 /// How long the proxy holds the first bytes of each reply.
 const HOLD: Duration = Duration::from_millis(5);
