@@ -21,7 +21,7 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Response, StatusCode};
 use slotgate::config::Config;
-use slotgate::journal::{Body, Class, NewRecord};
+use slotgate::journal::NewRecord;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
@@ -73,38 +73,39 @@ fn https(port: u16) -> String {
     format!("kind = \"https\"\nurl = \"http://127.0.0.1:{port}/events\"\ntimeout = \"30s\"\n")
 }
 
-fn alarm(n: u32) -> NewRecord {
-    NewRecord {
-        class: Class::Alarm,
-        machine: String::new(),
-        machine_seq: None,
-        body: Body::Alarm { alarm: "test".into(), level: "info".into(), message: format!("n{n}") },
-        snapshot_of: None,
-    }
-}
-
-/// Runs a forwarder to `port` with three records journalled, until `requests` arrived; returns
-/// their virtual arrival instants.
-async fn arrivals(script: Vec<(u16, Option<&'static str>)>, requests: usize) -> Vec<Duration> {
-    let dir = tempfile::tempdir().unwrap();
-    let (port, arrivals) = receiver(script).await;
-    let config = config(dir.path(), &https(port));
-    let (journal, writer) = slotgate::app::open_journal(&config).unwrap();
+/// Forwards three journalled records to `config`'s destination until `done` holds or 600 s of
+/// virtual time have passed (the loop costs nothing but the forwarder's own waits), then stops
+/// the forwarder and the journal. Returns whether `done` held.
+async fn forward_until(
+    config: &Config,
+    mut done: impl FnMut(&slotgate::journal::Journal) -> bool,
+) -> bool {
+    let (journal, writer) = slotgate::app::open_journal(config).unwrap();
     let cancel = CancellationToken::new();
     let (mut tasks, _statuses, _replays) =
-        slotgate::forward::spawn_all(&config, &journal, &cancel).unwrap();
-    journal.append((0..3).map(alarm).collect()).await.unwrap();
-    // Virtual time: this loop costs nothing but the forwarder's own waits.
+        slotgate::forward::spawn_all(config, &journal, &cancel).unwrap();
+    journal.append((0..3).map(|n| NewRecord::audit("test", &n)).collect()).await.unwrap();
     let limit = Instant::now() + Duration::from_secs(600);
-    while arrivals.lock().unwrap().len() < requests {
-        assert!(Instant::now() < limit, "{:?}", arrivals.lock().unwrap());
+    let mut held = done(&journal);
+    while !held && Instant::now() < limit {
         tokio::time::sleep(Duration::from_millis(1)).await;
+        held = done(&journal);
     }
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
     drop(journal);
     tokio::task::spawn_blocking(move || writer.join()).await.unwrap().unwrap();
+    held
+}
+
+/// The gaps between the first `requests` requests the receiver got, answering by `script`.
+async fn arrivals(script: Vec<(u16, Option<&'static str>)>, requests: usize) -> Vec<Duration> {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, arrivals) = receiver(script).await;
+    let config = config(dir.path(), &https(port));
+    let arrived = forward_until(&config, |_| arrivals.lock().unwrap().len() >= requests).await;
     let arrivals = arrivals.lock().unwrap().clone();
+    assert!(arrived, "{arrivals:?}");
     arrivals.windows(2).map(|w| w[1] - w[0]).collect()
 }
 
@@ -199,22 +200,12 @@ async fn a_connected_link_that_acknowledges_nothing_is_recycled_after_stuck_afte
          stuck_after = \"5s\"\n"
     );
     let config = config(dir.path(), &destination);
-    let (journal, writer) = slotgate::app::open_journal(&config).unwrap();
-    let cancel = CancellationToken::new();
-    let (mut tasks, _statuses, _replays) =
-        slotgate::forward::spawn_all(&config, &journal, &cancel).unwrap();
-    journal.append((0..3).map(alarm).collect()).await.unwrap();
-    let head = *journal.durable().borrow();
-    let acknowledged = || journal.status().borrow().cursors.get("central").copied();
-    let limit = Instant::now() + Duration::from_secs(600);
-    while acknowledged() != Some(head) {
-        assert!(Instant::now() < limit, "{:?}", log.lock().unwrap());
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    cancel.cancel();
-    while tasks.join_next().await.is_some() {}
-    drop(journal);
-    tokio::task::spawn_blocking(move || writer.join()).await.unwrap().unwrap();
+    let acknowledged = |journal: &slotgate::journal::Journal| {
+        let head = *journal.durable().borrow();
+        head > 0 && journal.status().borrow().cursors.get("central") == Some(&head)
+    };
+    let delivered = forward_until(&config, acknowledged).await;
+    assert!(delivered, "{:?}", log.lock().unwrap());
 
     let log = log.lock().unwrap().clone();
     let at = |connection, what| {

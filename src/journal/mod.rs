@@ -1109,14 +1109,7 @@ impl Writer {
             return Err(JournalError::UnknownDestination(destination.to_owned()));
         };
         if to < oldest {
-            let oldest_at = self
-                .shared
-                .index
-                .read(oldest, self.state.next_seq, 1)
-                .ok()
-                .and_then(|out| out.records.first().map(|r| r.header.appended_at_ms))
-                .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok());
-            return Err(JournalError::NotKept { oldest, oldest_at });
+            return Err(JournalError::NotKept { oldest, oldest_at: self.appended_at(oldest) });
         }
         let at = to.min(cursor);
         let mut batch = WriteBatch::default();
@@ -1589,15 +1582,16 @@ impl Writer {
         {
             return at;
         }
-        let at = self
-            .shared
-            .index
-            .read(lowest, self.state.next_seq, 1)
-            .ok()
-            .and_then(|out| out.records.first().map(|r| r.header.appended_at_ms))
-            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok());
+        let at = self.appended_at(lowest);
         self.oldest_unacknowledged = Some((lowest, at));
         at
+    }
+
+    /// When the first readable record from `seq` on was appended.
+    fn appended_at(&self, seq: u64) -> Option<jiff::Timestamp> {
+        let out = self.shared.index.read(seq, self.state.next_seq, 1).ok()?;
+        let ms = out.records.first()?.header.appended_at_ms;
+        jiff::Timestamp::from_millisecond(ms).ok()
     }
 
     fn publish_status(&mut self) {

@@ -52,6 +52,18 @@ fn segments(config: &JournalConfig) -> usize {
     log::list_segments(&config.dir.join(LOG_DIR)).unwrap().len()
 }
 
+/// Waits (10 s at most) until acknowledged segments are removed down to the active one.
+async fn down_to_one_segment(journal: &Journal, config: &JournalConfig) {
+    let mut status = journal.status();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while segments(config) > 1 {
+            status.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn a_rewind_moves_the_cursor_back_durably_and_never_below_the_oldest_kept_record() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,14 +71,7 @@ async fn a_rewind_moves_the_cursor_back_durably_and_never_below_the_oldest_kept_
     let (journal, writer) = Journal::open(config.clone()).unwrap();
     let appended = fill(&journal, 40).await;
     journal.acknowledge("sms", appended.next - 1).await.unwrap();
-    let mut status = journal.status();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while segments(&config) > 1 {
-            status.changed().await.unwrap();
-        }
-    })
-    .await
-    .unwrap();
+    down_to_one_segment(&journal, &config).await;
     let first = journal.status().borrow().first_seq;
     assert!(first > 0, "segments were removed");
     // Below the oldest kept record: refused, naming it; the cursor stays.
@@ -142,14 +147,7 @@ async fn acknowledged_segments_are_removed_without_further_commands() {
     journal.acknowledge("sms", appended.next - 1).await.unwrap();
     let late = journal.append(vec![alarm(0)]).await.unwrap();
     assert_eq!(late.first, appended.next);
-    let mut status = journal.status();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while segments(&config) > 1 {
-            status.changed().await.unwrap();
-        }
-    })
-    .await
-    .unwrap();
+    down_to_one_segment(&journal, &config).await;
     // Only the active segment is left; reads start at its first record.
     let first = journal.status().borrow().first_seq;
     assert!(first > 0 && first <= appended.next, "first kept seq {first}");
@@ -175,12 +173,5 @@ async fn retention_keeps_acknowledged_segments_until_it_expires() {
     let config = JournalConfig { retain_acknowledged: Duration::ZERO, ..config };
     let (journal, _writer) = Journal::open(config.clone()).unwrap();
     journal.append(vec![alarm(2)]).await.unwrap();
-    let mut status = journal.status();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while segments(&config) > 1 {
-            status.changed().await.unwrap();
-        }
-    })
-    .await
-    .unwrap();
+    down_to_one_segment(&journal, &config).await;
 }
