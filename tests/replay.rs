@@ -98,6 +98,11 @@ fn a_replay_resends_history_in_order_refuses_what_is_gone_and_is_audited() {
     let said = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{said}");
     assert!(said.contains(&format!("the oldest kept record is {first}")), "{said}");
+    // A time before the oldest kept record is refused the same way, with that record's time.
+    let refused = slotgate(&["replay", "dsom", "--from", "2000-01-01T00:00:00Z"], &config);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(said.contains(&format!("the oldest kept record is {first}, appended at 20")), "{said}");
     let unknown = slotgate(&["replay", "nowhere", "--from", "0"], &config);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no destination nowhere"));
