@@ -238,6 +238,6 @@ const EXIT_STATUS_HELP: &str = "Exit status:
      slotgate uses the state directory, `journal verify` found a broken link
   2  unusable configuration: the file, a key, certificate or secret file it names, a serial
      device (the message names the field); restarting cannot help
-  3  `slotgate status`, `machines`, `machine show`, `tail`: the daemon is not running
+  3  `slotgate status`, `machines`, `machine show`, `tail`, `replay`: the daemon is not running
      (status and the machine views then show the last state it left)
   4  `slotgate machine show`: no such machine";

@@ -13,6 +13,11 @@
 //!   only the forwarder moves it afterwards (the journal's quarantine, which resets positions,
 //!   happens at open, before any forwarder starts; a store reopened after an I/O error keeps
 //!   its cursors, at most behind ours).
+//! - **A replay is a rewind by the forwarder itself** ([`Replays`], `slotgate replay`): its
+//!   task stops the driver as the daemon's stop does, moves the cursor back durably
+//!   (`Journal::rewind`, refused below the oldest kept record) and starts the driver again,
+//!   which reads the cursor anew: the records from there are an ordinary backlog, replayed in
+//!   order on the replay lane with their ids, at the replay's rate until caught up.
 //! - **One destination never stalls another.** One task per destination, its own cursor, its
 //!   own connection, its own backoff.
 //! - **Two lanes** ([`outbox`]): the backlog present at each (re)connection is replayed oldest
