@@ -110,6 +110,8 @@ fn a_replay_resends_history_in_order_refuses_what_is_gone_and_is_audited() {
     // From a kept record on: everything from there arrives again, in order, ids unchanged,
     // the audit record of the request (journalled first) among it.
     let from = first + 3;
+    // The refused request's audit record (journalled at `head`) has arrived.
+    assert!(wait_until(Duration::from_secs(10), || seqs(&subscriber).contains(&head)));
     let before = subscriber.payloads().len();
     let replayed =
         slotgate(&["replay", "dsom", "--from", &from.to_string(), "--rate", "200"], &config);
@@ -131,7 +133,8 @@ fn a_replay_resends_history_in_order_refuses_what_is_gone_and_is_audited() {
     );
     let again = seqs(&subscriber)[before..].to_vec();
     let live = &again[..again.len() - replay.len()];
-    assert!(live.iter().all(|&seq| seq == head + 1), "{again:?}");
+    let log = || std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    assert!(live.iter().all(|&seq| seq == head + 1), "{again:?}\n{}", log());
     let before = before + live.len();
     let payloads = subscriber.payloads();
     let id_of = |p: &Vec<u8>| serde_json::from_slice::<Value>(p).unwrap()["id"].clone();

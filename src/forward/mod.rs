@@ -284,7 +284,13 @@ async fn forward(
             let request = loop {
                 tokio::select! {
                     () = &mut run => return,
-                    Some(request) = replays.recv() => break Some(request),
+                    // Refused at once, without stopping the driver, when it cannot be done.
+                    Some(request) = replays.recv() => match shared.journal.check_kept(request.from) {
+                        Ok(()) => break Some(request),
+                        Err(refused) => {
+                            let _ = request.reply.send(Err(refused));
+                        }
+                    },
                     Ok(()) = status.changed(), if limited_until.is_some() => {
                         if limited_until.is_some_and(|until| status.borrow().cursor >= until) {
                             break None;
@@ -360,10 +366,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The destination's journal cursor and the journal's durable end.
+    /// The destination's cursor and the journal's durable end. The cursor is the journal's, or
+    /// the one this forwarder last reached if that is further: a driver restarted in the same
+    /// task (a replay) must not resend what was acknowledged just before, and the journal
+    /// publishes its status only after it answered the cursor's write.
     pub(crate) fn positions(&self) -> (u64, u64) {
-        let cursor = self.journal.status().borrow().cursors.get(&self.name).copied().unwrap_or(0);
-        (cursor, *self.journal.durable().borrow())
+        let stored = self.journal.status().borrow().cursors.get(&self.name).copied().unwrap_or(0);
+        (stored.max(self.status.borrow().cursor), *self.journal.durable().borrow())
     }
 
     pub(crate) fn outbox(&self, budget: ReplayBudget) -> Outbox {

@@ -843,6 +843,20 @@ impl Journal {
         answer.await.map_err(|_| JournalError::Closed)?
     }
 
+    /// Refuses a replay from `from` if the journal no longer keeps it, naming the oldest kept
+    /// record and its time. A quick look only: [`Journal::rewind`] checks again in the writer.
+    pub fn check_kept(&self, from: u64) -> Result<(), JournalError> {
+        let first = self.shared.first_seq.load(Ordering::Acquire);
+        if from >= first {
+            return Ok(());
+        }
+        let oldest = self.read(first, 1)?.first().map(|r| (r.header.seq, r.header.appended_at_ms));
+        Err(JournalError::NotKept {
+            oldest: oldest.map_or(first, |(seq, _)| seq),
+            oldest_at: oldest.and_then(|(_, ms)| jiff::Timestamp::from_millisecond(ms).ok()),
+        })
+    }
+
     /// The first durable record appended at or after `at`, by binary search over the kept
     /// records (appended times follow seqs); the durable end if none is. Refused with
     /// [`JournalError::NotKept`] if records from before `at` may have been removed.

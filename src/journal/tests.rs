@@ -80,6 +80,11 @@ async fn a_rewind_moves_the_cursor_back_durably_and_never_below_the_oldest_kept_
         other => panic!("{other:?}"),
     }
     assert_eq!(journal.status().borrow().cursors["sms"], appended.next);
+    match journal.check_kept(first - 1) {
+        Err(JournalError::NotKept { oldest, oldest_at: Some(_) }) => assert_eq!(oldest, first),
+        other => panic!("{other:?}"),
+    }
+    assert!(journal.check_kept(first).is_ok());
     match journal.seq_at(jiff::Timestamp::UNIX_EPOCH) {
         Err(JournalError::NotKept { oldest, .. }) => assert_eq!(oldest, first),
         other => panic!("{other:?}"),
