@@ -2,15 +2,14 @@
 //! and `journal export` run by the real binary with standard error on a pseudo-terminal, then
 //! on a pipe.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
-use std::io::Read;
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use slotgate::journal::{Journal, JournalConfig, NewRecord};
-
-const BIN: &str = env!("CARGO_BIN_EXE_slotgate");
 
 /// A journal of `records` audit records at `dir`.
 fn journal(dir: &Path, records: u32) {
@@ -29,29 +28,16 @@ fn journal(dir: &Path, records: u32) {
 /// Runs `args` with standard error on a terminal (`true`) or a pipe; returns what it wrote
 /// there.
 fn stderr_of(args: &[&str], terminal: bool) -> String {
-    let mut command = Command::new(BIN);
+    let mut command = Command::new(common::BIN);
     command.args(args).stdout(Stdio::null());
     if !terminal {
         let out = command.stderr(Stdio::piped()).output().unwrap();
         assert!(out.status.success(), "{out:?}");
         return String::from_utf8_lossy(&out.stderr).into_owned();
     }
-    let pty = nix::pty::openpty(None, None).unwrap();
-    for fd in [&pty.master, &pty.slave] {
-        let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
-        nix::fcntl::fcntl(fd, cloexec).unwrap();
-    }
-    let mut child = command.stderr(Stdio::from(pty.slave)).spawn().unwrap();
-    // Ours closed, the child's end is the only one: the terminal reads EIO once it exits.
-    drop(command);
-    let mut master = std::fs::File::from(pty.master);
-    let mut seen = Vec::new();
-    let mut buf = [0; 4096];
-    while let Ok(n @ 1..) = master.read(&mut buf) {
-        seen.extend_from_slice(&buf[..n]);
-    }
-    assert!(child.wait().unwrap().success(), "{}", String::from_utf8_lossy(&seen));
-    String::from_utf8_lossy(&seen).into_owned()
+    let (status, seen) = common::stderr_on_terminal(command);
+    assert!(status.success(), "{seen}");
+    seen
 }
 
 #[test]
