@@ -33,6 +33,8 @@
 //! - `live`: `slotgate simulate --machines N --rte` and `slotgate run` (these release binaries)
 //!   with an MQTT destination; a subscriber takes every event's latency as arrival − the event's
 //!   `occurred_at` (the gateway's time of the machine's reply), for `--seconds`.
+// Benchmarks measure real time against real processes (one clock is for the daemon).
+#![allow(clippy::disallowed_methods)]
 
 #[path = "../tests/upstream/mod.rs"]
 mod upstream;
@@ -440,7 +442,8 @@ async fn replay_mqtt(
         let (journal, writer) = slotgate::app::open_journal(&config)?;
         let cancel = CancellationToken::new();
         let started = Instant::now();
-        let (mut tasks, _status) = slotgate::forward::spawn_all(&config, &journal, &cancel, None)?;
+        let (mut tasks, _status, _replays) =
+            slotgate::forward::spawn_all(&config, &journal, &cancel, None)?;
         let stop_live = CancellationToken::new();
         let live =
             tokio::spawn(live_appender(journal.clone(), appender, live_rate, stop_live.clone()));
@@ -605,7 +608,8 @@ async fn replay_https(
     let (journal, writer) = slotgate::app::open_journal(&config)?;
     let cancel = CancellationToken::new();
     let started = Instant::now();
-    let (mut tasks, _status) = slotgate::forward::spawn_all(&config, &journal, &cancel, None)?;
+    let (mut tasks, _status, _replays) =
+        slotgate::forward::spawn_all(&config, &journal, &cancel, None)?;
     let stop_live = CancellationToken::new();
     let live = tokio::spawn(live_appender(journal.clone(), appender, live_rate, stop_live.clone()));
     let receiver = Arc::new(receiver);

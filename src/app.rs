@@ -168,9 +168,10 @@ impl Daemon {
             }
         };
         let inbox: Option<Arc<dyn crate::forward::CommandInbox>> = Some(Arc::new(submitter));
+        let replays = crate::forward::Replays::default();
         let (mut forwarders, destinations_rx) = Tasks::new("forwarder", forward_cancel);
         for destination in &config.destinations {
-            start_forwarder(config, destination, &journal, &inbox, &mut forwarders)?;
+            start_forwarder(config, destination, &journal, &inbox, &replays, &mut forwarders)?;
         }
         let (ready, ready_rx) = watch::channel(None);
         let (line_tasks, lines_rx) = Tasks::new("line poller", cancel.clone());
@@ -201,7 +202,8 @@ impl Daemon {
         ));
         let admin = socket.map(|socket| {
             let api = crate::admin::Api::new(view.clone(), handles, journal.clone())
-                .with_commands(local_commands);
+                .with_commands(local_commands)
+                .with_replays(replays.clone());
             tokio::spawn(crate::admin::serve(socket, Arc::new(api), cancel.clone()))
         });
         let cancel_commands = cancel.clone();
@@ -218,6 +220,7 @@ impl Daemon {
                 journal,
                 notifier,
                 inbox,
+                replays,
             },
             forwarders,
             status_writer,
@@ -538,6 +541,7 @@ fn start_forwarder(
     destination: &crate::config::DestinationConfig,
     journal: &Journal,
     inbox: &Option<Arc<dyn crate::forward::CommandInbox>>,
+    replays: &crate::forward::Replays,
     forwarders: &mut Tasks<crate::forward::DestinationStatus>,
 ) -> anyhow::Result<()> {
     let stop = forwarders.cancel.child_token();
@@ -548,6 +552,7 @@ fn start_forwarder(
         stop.clone(),
         &mut forwarders.set,
         inbox.clone(),
+        replays,
     )?;
     forwarders.track(destination.name.clone(), stop, task, status);
     Ok(())
@@ -569,6 +574,8 @@ struct Reloadable {
     notifier: crate::service::Notifier,
     /// The remote-command input a restarted forwarder takes commands into.
     inbox: Option<Arc<dyn crate::forward::CommandInbox>>,
+    /// Where a restarted forwarder puts its replay inbox, for the admin socket's replays.
+    replays: crate::forward::Replays,
 }
 
 impl Reloadable {
@@ -735,9 +742,14 @@ impl Reloadable {
             self.config.destinations.iter().filter(|d| plan.destinations.contains(&d.name))
         {
             tracing::info!(destination = %destination.name, "Forwarder restarted by the reload.");
-            if let Err(error) =
-                start_forwarder(&self.config, destination, &self.journal, &self.inbox, forwarders)
-            {
+            if let Err(error) = start_forwarder(
+                &self.config,
+                destination,
+                &self.journal,
+                &self.inbox,
+                &self.replays,
+                forwarders,
+            ) {
                 failures.push(format!(
                     "the forwarder {} cannot start again: {error:#}",
                     destination.name

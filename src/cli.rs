@@ -98,6 +98,28 @@ pub enum Command {
     /// with none running the probe opens the port itself. Exit status 0 if the machine answered,
     /// 6 if not, 4 for a line the configuration does not have.
     Probe(crate::probe::ProbeArgs),
+    /// Send a destination its history again from a journal seq or time on, in order, on its
+    /// replay lane (audited with your uid). The records must still be in the journal. Waits
+    /// until the destination has acknowledged everything up to where the replay began (a
+    /// progress bar on a terminal); interrupting the wait does not stop the replay.
+    Replay {
+        /// The destination's name in the configuration.
+        #[arg(value_name = "DESTINATION")]
+        destination: String,
+        /// The first journal sequence number, or an RFC 3339 time (the first record appended
+        /// at or after it).
+        #[arg(long, value_name = "SEQ|TIME")]
+        from: String,
+        /// At most this many records a second (never faster than the destination's
+        /// replay_rate).
+        #[arg(long, value_name = "N")]
+        rate: Option<u32>,
+        #[arg(long, value_name = "FILE", env = "SLOTGATE_CONFIG")]
+        config: PathBuf,
+        /// Print the daemon's answer as JSON and return without waiting.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a tar.gz for support: versions, the configuration without secrets, the daemon's
     /// state, the journal's figures, the service's log (a progress bar on a terminal).
     DiagBundle {
@@ -280,8 +302,8 @@ const EXIT_STATUS_HELP: &str = "Exit status:
      slotgate uses the state directory, `journal verify` found a broken link
   2  unusable configuration: the file, a key, certificate or secret file it names, a serial
      device (the message names the field); restarting cannot help
-  3  `slotgate status`, `machines`, `machine …`, `commands …`, `tail`: the daemon is not
-     running (status and the machine views then show the last state it left)
+  3  `slotgate status`, `machines`, `machine …`, `commands …`, `tail`, `replay`: the daemon is
+     not running (status and the machine views then show the last state it left)
   4  `slotgate machine show|disable|enable`: no such machine; `commands show`: no such command;
      `slotgate probe`: no such line
   5  `slotgate machine disable|enable`: the command was rejected (the reason is printed) or

@@ -3,7 +3,6 @@
 //! figures, and the service's recent log. Secrets never enter it: the secret files the
 //! configuration names are not read at all, and the configuration's own text is redacted.
 
-use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::Context;
@@ -17,7 +16,7 @@ const SECRET_WORDS: [&str; 6] = ["password", "token", "secret", "api_key", "hmac
 /// journald log of the last day is taken when `journalctl` is there.
 pub fn bundle(config_file: &Path, out: &Path, log: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_file)?;
-    let progress = progress_bar();
+    let progress = crate::progress::bar(Some(7));
     let file =
         std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
     let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
@@ -59,15 +58,6 @@ pub fn bundle(config_file: &Path, out: &Path, log: Option<&Path>) -> anyhow::Res
     progress.finish_and_clear();
     println!("{}: diagnostics bundle written (no secrets inside)", out.display());
     Ok(())
-}
-
-/// A progress bar on a terminal only; hidden in a pipe.
-fn progress_bar() -> indicatif::ProgressBar {
-    if std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::new(7)
-    } else {
-        indicatif::ProgressBar::hidden()
-    }
 }
 
 fn versions() -> String {

@@ -1,7 +1,7 @@
 //! `slotgate journal …`: the read-only views a technician or an inspector
 //! uses. Nothing here writes to the journal; verification opens a copy of it.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -71,7 +71,16 @@ pub fn journal(command: JournalCommand) -> anyhow::Result<Outcome> {
             keys.extend(trusted_keys);
             let trusted = keys.iter().map(|p| load_public_key(p)).collect::<Result<Vec<_>, _>>()?;
             let snapshot = Snapshot::open(&dir)?;
-            let report = verify::verify(&snapshot, &trusted)?;
+            let bar = crate::progress::bar(None);
+            bar.set_message("verifying");
+            let report = verify::verify_with_progress(&snapshot, &trusted, |n| {
+                // A message per record would cost more than the hashing it reports on.
+                if n.is_multiple_of(1024) {
+                    bar.set_message(format!("{n} records verified"));
+                }
+            });
+            bar.finish_and_clear();
+            let report = report?;
             // A quarantined journal is evidence of an incident: verified with the same keys and
             // reported, and what it lost (records flushed before the damage, per its own mark)
             // fails the verification, as a break in the live journal would.
@@ -176,13 +185,8 @@ fn print_report(dir: &Path, report: &verify::VerifyReport, keys: usize) {
 }
 
 fn export(snapshot: &Snapshot, out: Option<&Path>) -> anyhow::Result<()> {
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_message("exporting");
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = crate::progress::bar(None);
+    bar.set_message("exporting");
     let progress = |n: u64| {
         bar.set_position(n);
         bar.set_message(format!("{n} records"));

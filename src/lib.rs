@@ -24,13 +24,15 @@
 //!   events. Protocol quirks end there.
 //! - [`probe`]: `slotgate probe`, a line and address diagnosis for a field technician.
 //! - [`poller`]: one task per SAS line: sessions, normalizers, durable-before-acknowledged.
+//! - [`progress`]: progress bars for long work, on a terminal only.
 //! - [`service`]: the daemon as systemd sees it: READY, STATUS, the progress watchdog,
 //!   STOPPING (sd_notify).
 //! - [`shutdown`]: SIGINT/SIGTERM as a future, injected into every long-running command.
 //! - [`simulator`]: `slotgate simulate`, faithful EGMs over TCP or pseudo-terminals, with fault
 //!   injection and a ground-truth ledger.
 //! - [`state`]: the live state model every view (status file, admin socket, CLI, metrics) reads.
-//! - [`technician`]: `slotgate status|machines|machine show|tail`: views of the state model.
+//! - [`technician`]: `slotgate status|machines|machine show|tail|replay`: views of the state
+//!   model, and replay.
 //! - [`telemetry`]: Prometheus metrics: the exporter and the gauges mirrored from status.
 //! - [`transport`]: the lines to the machines (serial with the 9th bit, 9-bit framing over TCP,
 //!   in-memory pairs for tests), with reconnect backoff. The only module that opens serial
@@ -51,6 +53,7 @@ pub mod journal;
 pub mod normalizer;
 pub mod poller;
 pub mod probe;
+pub mod progress;
 pub mod service;
 pub mod shutdown;
 pub mod simulator;

@@ -97,6 +97,10 @@ fn main() -> ExitCode {
             Ok(slotgate::probe::Outcome::NoSuchLine) => ExitCode::from(EXIT_NOT_FOUND),
             Err(error) => fail_printing(&error),
         },
+        Command::Replay { destination, from, rate, config, json } => {
+            let request = slotgate::technician::Replay { destination, from, rate };
+            shown(slotgate::technician::replay(&config, &request, json))
+        }
         Command::DiagBundle { config, out, log } => {
             match slotgate::diag::bundle(&config, &out, log.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,

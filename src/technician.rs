@@ -1,5 +1,5 @@
 //! The technician commands `status`, `machines`, `machine show` and `tail`: views of the state
-//! model. They ask the running daemon over its admin socket ([`crate::admin`]); with the daemon
+//! model; and `replay`, which asks a destination's forwarder to send history again. They ask the running daemon over its admin socket ([`crate::admin`]); with the daemon
 //! stopped, `status`, `machines` and `machine show` show the last state it left in
 //! `status.json`, saying so. `machine disable|enable` and `commands list|show` give and follow
 //! remote commands through the same socket (they need the running daemon). Human output fits
@@ -154,6 +154,13 @@ fn write_status(
     if let Some(free) = j.disk_free {
         writeln!(out, "  disk free {}, store on disk {}", bytes(free), bytes(j.size_on_disk))?;
     }
+    match j.oldest_unacknowledged_at {
+        Some(at) => writeln!(out, "  oldest unacknowledged record {} old", age(at, now))?,
+        None if !j.cursors.is_empty() => {
+            writeln!(out, "  every record acknowledged by every destination")?;
+        }
+        None => {}
+    }
     if j.alarms.is_empty() {
         writeln!(out, "  alarms: none")?;
     }
@@ -203,8 +210,13 @@ fn machine_summary(m: &MachineStatus, now: jiff::Timestamp) -> String {
         _ => "no event yet".to_owned(),
     };
     let errors = m.timeouts.saturating_add(m.crc_errors).saturating_add(m.decode_errors);
+    // An acknowledged exception whose data is not read yet is worth a technician's eye.
+    let owed = match m.exceptions_pending {
+        0 => String::new(),
+        n => format!(" owed {n}"),
+    };
     let summary = format!(
-        "{:<14} addr {:>3} {:<8} {:>11}  last {:<30} errors {errors}",
+        "{:<14} addr {:>3} {:<8} {:>11}  last {:<30} errors {errors}{owed}",
         clip(&m.registry_id, 14),
         m.address,
         m.link,
@@ -331,6 +343,11 @@ pub fn machine_show(config_file: &Path, id: &str, json: bool) -> anyhow::Result<
         out,
         "                busy {}, chirps {}, dropped reports {}",
         m.busy, m.chirps, m.dropped_reports
+    )?;
+    writeln!(
+        out,
+        "                polls queued {}, exceptions pending {}",
+        m.polls_queued, m.exceptions_pending
     )?;
     match &m.features {
         Some(f) => {
@@ -581,9 +598,86 @@ pub fn tail(config_file: &Path, filter: &TailFilter, json: bool) -> anyhow::Resu
         out.flush()?;
         from = page["next"].as_u64().or(from);
         if records.is_empty() {
-            std::thread::sleep(TAIL_EVERY);
+            runtime.block_on(async { tokio::time::sleep(TAIL_EVERY).await });
         }
     }
+}
+
+/// What `replay` asks for.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    pub destination: String,
+    /// `SEQ` or an RFC 3339 time.
+    pub from: String,
+    pub rate: Option<u32>,
+}
+
+/// How often `replay` looks at the destination's cursor while it waits.
+const REPLAY_WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// `slotgate replay`: asks the daemon to replay, then waits until the destination's cursor is
+/// back where the replay began (a bar on a terminal).
+pub fn replay(config_file: &Path, replay: &Replay, json: bool) -> anyhow::Result<Shown> {
+    let config = Config::load(config_file)?;
+    let from = match replay.from.parse::<u64>() {
+        Ok(seq) => format!("from={seq}"),
+        Err(_) => {
+            let time = replay.from.parse::<jiff::Timestamp>().with_context(|| {
+                format!("--from {}: neither a sequence number nor an RFC 3339 time", replay.from)
+            })?;
+            // UTC with a `Z`: nothing in it needs percent-encoding.
+            format!("since={time}")
+        }
+    };
+    let rate = replay.rate.map(|r| format!("&rate={r}")).unwrap_or_default();
+    let path = format!("/v1/destinations/{}/replay?{from}{rate}", replay.destination);
+    let runtime = runtime()?;
+    let answer = match runtime.block_on(request(&config.admin.socket, Method::POST, &path)) {
+        Ok(answer) => answer,
+        Err(ClientError::NotRunning { .. }) => {
+            println!(
+                "slotgate: not running (nothing answers on {}): a replay needs the daemon",
+                config.admin.socket.display()
+            );
+            return Ok(Shown::NotRunning);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if json {
+        print_json(&answer)?;
+        return Ok(Shown::Running);
+    }
+    let replaying: crate::forward::Replaying =
+        serde_json::from_value(answer).context("the daemon's answer to the replay")?;
+    let total = replaying.until.saturating_sub(replaying.from);
+    if total == 0 {
+        println!("Nothing to replay: the journal ends at seq {}.", replaying.until);
+        return Ok(Shown::Running);
+    }
+    let bar = crate::progress::bar(Some(total));
+    bar.set_message(format!("replaying to {}", replaying.destination));
+    loop {
+        let status = runtime.block_on(request(&config.admin.socket, Method::GET, "/v1/status"))?;
+        let cursor = status["destinations"]
+            .as_array()
+            .and_then(|all| all.iter().find(|d| d["name"] == replaying.destination.as_str()))
+            .and_then(|d| d["cursor"].as_u64())
+            .unwrap_or(replaying.from);
+        bar.set_position(cursor.min(replaying.until).saturating_sub(replaying.from));
+        if cursor >= replaying.until {
+            break;
+        }
+        runtime.block_on(async { tokio::time::sleep(REPLAY_WATCH_EVERY).await });
+    }
+    bar.finish_and_clear();
+    println!(
+        "Replayed {total} record(s), seq {} to {}, to {} (at most {} a second).",
+        replaying.from,
+        replaying.until.saturating_sub(1),
+        replaying.destination,
+        replaying.rate
+    );
+    Ok(Shown::Running)
 }
 
 fn wanted(record: &serde_json::Value, filter: &TailFilter, since_ms: Option<i64>) -> bool {

@@ -2,7 +2,7 @@
 //! over its admin socket through the real CLI. The state model against the simulator's ledger,
 //! the socket's permissions against another uid, and the human views' layout.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
 
@@ -180,6 +180,7 @@ fn the_technician_views_and_the_socket_refusing_another_uid() {
     // What LPA0 said at link-up: this simulator validates no tickets and does no AFT.
     assert!(text.contains("  features      LPA0 "), "{text}");
     assert!(text.contains("validation none, ticket redemption no, AFT no"), "{text}");
+    assert!(text.contains("polls queued ") && text.contains(", exceptions pending "), "{text}");
     let out = slotgate(&["machine", "show", "EGM-NOPE"], &config);
     assert_eq!(out.status.code(), Some(4), "an unknown machine");
     for args in [&["status"][..], &["machines"], &["machine", "show", &id]] {

@@ -4,7 +4,7 @@
 //! codes when nobody looks at a terminal, and the systemd unit as shipped.
 
 // clippy.toml allows unwrap in #[test] functions only; the helpers of this test crate need it too.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
 
@@ -431,33 +431,18 @@ fn a_terminal_gets_colour_codes_unless_no_color_is_set() {
     std::fs::create_dir_all(dir.path().join("state")).unwrap();
     std::fs::write(dir.path().join("state/journal"), "").unwrap();
     for (no_color, colour) in [(None, true), (Some("1"), false)] {
-        let pty = nix::pty::openpty(None, None).unwrap();
-        for fd in [&pty.master, &pty.slave] {
-            let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
-            nix::fcntl::fcntl(fd, cloexec).unwrap();
-        }
         let mut command = Command::new(BIN);
         command
             .args(["run", "--config"])
             .arg(&config)
             .env_remove("NO_COLOR")
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(pty.slave));
+            .stdout(Stdio::null());
         if let Some(value) = no_color {
             command.env("NO_COLOR", value);
         }
-        let mut child = command.spawn().unwrap();
-        // Ours closed, the child's end is the only one: the terminal reads EIO once it exits.
-        drop(command);
-        let mut master = std::fs::File::from(pty.master);
-        let mut seen = Vec::new();
-        let mut buf = [0; 4096];
-        while let Ok(n @ 1..) = master.read(&mut buf) {
-            seen.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(child.wait().unwrap().code(), Some(1));
-        let seen = String::from_utf8_lossy(&seen);
+        let (status, seen) = stderr_on_terminal(command);
+        assert_eq!(status.code(), Some(1));
         assert!(seen.contains("signing_key"), "{seen}");
         assert_eq!(seen.contains("\x1b["), colour, "NO_COLOR={no_color:?}: {seen:?}");
     }

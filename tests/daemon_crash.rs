@@ -12,7 +12,7 @@
 //! alone leaves the page cache intact). `SLOTGATE_POWERCUT_ITERATIONS` sets its number of cuts
 //! (default 40, as in the report that found the loss: 4,047 of 4,350 acknowledged reports).
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
 mod powercut;

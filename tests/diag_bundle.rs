@@ -1,7 +1,7 @@
 //! `slotgate diag-bundle` (issue 13): the archive support gets holds what it promises and none
 //! of the configured secrets, with the daemon stopped and running.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
 

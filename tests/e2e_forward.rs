@@ -2,7 +2,7 @@
 //! what the subscriber received compared with the simulator's ledger, game by game; with the
 //! broker restarted while the machines play, and the status file reporting the destination.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
 mod upstream;

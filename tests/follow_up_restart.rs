@@ -8,7 +8,7 @@
 //! next message (the implied ACK) reaches the machine, and a second line task, on the same
 //! journal and in-flight file, must send the follow-up poll; the machine then answers it or,
 //! as a machine reset meanwhile would, stays silent.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod line_support;
 

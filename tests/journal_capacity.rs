@@ -1,7 +1,7 @@
 //! The cap: alarms at 50/80/95 %, every unacknowledged event kept (events are never refused
 //! for the cap), and from 80 % acknowledged segments removed before their retention expired,
 //! with an alarm saying so.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod journal_support;
 

@@ -2,7 +2,7 @@
 //! acknowledged, and aborts at a random moment; every printed seq must survive, after the abort
 //! alone (the page cache survives) and after a power cut that follows it (only what was synced
 //! survives: the journal runs on the FUSE file system of `tests/powercut`).
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod journal_support;
 mod powercut;

@@ -1,5 +1,5 @@
 //! Disk full, on a real small file system (a tmpfs this test mounts; it needs root).
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod journal_support;
 

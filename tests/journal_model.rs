@@ -1,7 +1,7 @@
 //! Model check of the journal: random appends (with duplicate machine seqs), acknowledgements,
 //! reopens and reads against an in-memory model, on a real log (16 KiB segments, so it rolls
 //! and removes acknowledged segments) and keyed state.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod journal_support;
 

@@ -2,7 +2,7 @@
 //! an in-memory line: a record left `Sent` by a crashed run makes the next run's first message
 //! that message again (an implied NACK), only once the line is connected, and the record is
 //! marked confirmed once the answer's events are durable.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod line_support;
 

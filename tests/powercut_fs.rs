@@ -1,6 +1,6 @@
 //! The power-cut file system itself (tests/powercut): what survives a cut is exactly what was
 //! fsynced, file data and directory entries alike, and sled's `flush` alone is not enough.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod powercut;
 

@@ -1,7 +1,7 @@
 //! Remote commands (issue 10) at the verification + store + executor level: the rejection
 //! matrix (every hostile command refused with its reason, audited, nothing sent to a machine),
 //! replay, and the command journal against a power cut (tests/powercut).
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
 mod powercut;

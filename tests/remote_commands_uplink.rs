@@ -335,7 +335,7 @@ mod in_process {
                 async move { service.run(cancel).await.unwrap() }
             })];
             let inbox = Arc::new(Refusing { submitter, refuse, calls: AtomicUsize::new(0) });
-            let (mut forwarders, _status) = slotgate::forward::spawn_all(
+            let (mut forwarders, _status, _replays) = slotgate::forward::spawn_all(
                 &config,
                 &journal,
                 &cancel,

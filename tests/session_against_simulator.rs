@@ -8,7 +8,7 @@
 //! event, in order, with the right amounts, whatever faults the line suffers.
 
 // clippy.toml allows unwrap in #[test] functions only; the helpers of this test crate need it too.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

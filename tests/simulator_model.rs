@@ -3,7 +3,7 @@
 //! against its own ground-truth ledger.
 
 // clippy.toml allows unwrap in #[test] functions only; the helpers of this test crate need it too.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! by the 5 ms gap (sas-protocol.md §1.4). Every wait is bounded.
 
 // clippy.toml allows unwrap in #[test] functions only; the helpers of this test crate need it too.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};

@@ -3,7 +3,7 @@
 //! give two records whose hashes are those of the two files.
 
 // clippy.toml allows unwrap in #[test] functions only; the helpers of this test crate need it too.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! The TCP line against a fake EGM on a real `127.0.0.1:0` listener that speaks the 9-bit
 //! framing byte by byte as `firmware-protocols/README.md` specifies it (not through slotgate's
 //! own framing code, so an encoding mistake cannot cancel itself out).
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //! reaches the code behind the CRC check. The inputs here are built to: every input of up to
 //! three bytes, every checked frame of four, and random frames with their CRC appended.
 // Test helpers outside `#[test]` functions are not covered by clippy.toml's allow-unwrap-in-tests.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::time::{Duration, Instant};
 

@@ -107,6 +107,8 @@ pub struct Api {
     pub journal: Journal,
     /// None: the `/v1/commands` and disable/enable paths answer `503`.
     pub commands: Option<Commands>,
+    /// The forwarders' replay inboxes (`slotgate replay`).
+    pub replays: crate::forward::Replays,
     /// Lines a probe holds: the release that gives each back when dropped, numbered so that an
     /// expiry timer removes only the release it was started for.
     released: Mutex<HashMap<String, (u64, Release)>>,
@@ -120,6 +122,7 @@ impl Api {
             lines,
             journal,
             commands: None,
+            replays: crate::forward::Replays::default(),
             released: Mutex::new(HashMap::new()),
             releases: std::sync::atomic::AtomicU64::new(0),
         }
@@ -129,6 +132,10 @@ impl Api {
     pub fn with_commands(mut self, commands: Commands) -> Self {
         self.commands = Some(commands);
         self
+    }
+
+    pub fn with_replays(self, replays: crate::forward::Replays) -> Self {
+        Self { replays, ..self }
     }
 }
 
@@ -317,6 +324,9 @@ async fn route(api: &Arc<Api>, call: &Call<'_>) -> Reply {
             let machine = (*id).to_owned();
             command(api, id, |reply| LineCommand::LongPoll { machine, poll, reply }).await
         }
+        (&Method::POST, [API_VERSION, "destinations", name, "replay"]) => {
+            replay(api, call.uid, name, query).await
+        }
         (&Method::POST, [API_VERSION, "lines", line, "release"]) => release(api, line, query).await,
         (&Method::POST, [API_VERSION, "lines", line, "resume"]) => {
             let given_back = api.released.lock().map(|mut r| r.remove(*line)).ok().flatten();
@@ -495,6 +505,63 @@ async fn release(api: &Arc<Api>, line: &str, query: &HashMap<String, String>) ->
     let until =
         jiff::Timestamp::now() + jiff::SignedDuration::try_from(seconds).unwrap_or_default();
     json(StatusCode::OK, &serde_json::json!({ "line": line, "released_until": until }))
+}
+
+/// `POST /v1/destinations/{name}/replay?from=SEQ|since=RFC3339[&rate=N]`: the destination's
+/// forwarder sends everything from there on again. Journalled first as a `replay` audit record
+/// with the caller's uid, then carried out.
+async fn replay(api: &Api, uid: u32, destination: &str, query: &HashMap<String, String>) -> Reply {
+    use crate::forward::ReplayError;
+    use crate::journal::JournalError;
+    let rate = match query.get("rate").map(|r| r.parse::<u32>()) {
+        None => None,
+        Some(Ok(rate)) if rate > 0 => Some(rate),
+        Some(_) => return error(StatusCode::BAD_REQUEST, "rate= must be a positive integer"),
+    };
+    let from = match (query.get("from"), query.get("since")) {
+        (Some(seq), None) => match seq.parse::<u64>() {
+            Ok(seq) => Ok(seq),
+            Err(_) => return error(StatusCode::BAD_REQUEST, "from= must be a journal seq"),
+        },
+        (None, Some(time)) => match time.parse::<jiff::Timestamp>() {
+            Ok(at) => api.journal.seq_at(at),
+            Err(_) => return error(StatusCode::BAD_REQUEST, "since= must be an RFC 3339 time"),
+        },
+        _ => return error(StatusCode::BAD_REQUEST, "give one of from=SEQ or since=TIME"),
+    };
+    let not_kept = |e: JournalError| error(StatusCode::CONFLICT, format!("cannot replay: {e}"));
+    let from = match from {
+        Ok(from) => from,
+        Err(e @ JournalError::NotKept { .. }) => return not_kept(e),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    if !api.replays.contains(destination) {
+        return error(StatusCode::NOT_FOUND, format!("no destination {destination}"));
+    }
+    let audit = crate::journal::NewRecord::audit(
+        "replay",
+        &serde_json::json!({
+            "uid": uid,
+            "destination": destination,
+            "from": from,
+            "since": query.get("since"),
+            "rate": rate,
+        }),
+    );
+    if let Err(e) = api.journal.append(vec![audit]).await {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot journal the audit record: {e}"),
+        );
+    }
+    match api.replays.replay(destination, from, rate).await {
+        Ok(replaying) => json(StatusCode::OK, &replaying),
+        Err(ReplayError::UnknownDestination(name)) => {
+            error(StatusCode::NOT_FOUND, format!("no destination {name}"))
+        }
+        Err(ReplayError::Journal(e @ JournalError::NotKept { .. })) => not_kept(e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }
 
 /// `GET /v1/events?from=SEQ&limit=N`: journal records from `from` (default: the durable end, so

@@ -289,10 +289,8 @@ async fn conduct(
         let elapsed = start.elapsed();
         let status = Some(daemon_view.snapshot());
         // A status written before the uplink came back says nothing about the replay.
-        let fresh = |since: Option<std::time::SystemTime>| {
-            status
-                .as_ref()
-                .filter(|s| since.is_some_and(|t| std::time::SystemTime::from(s.written_at) >= t))
+        let fresh = |since: Option<jiff::Timestamp>| {
+            status.as_ref().filter(|s| since.is_some_and(|t| s.written_at >= t))
         };
         let destination =
             |s: &StatusFile| s.destinations.iter().find(|d| d.name == DESTINATION).cloned();
@@ -306,7 +304,7 @@ async fn conduct(
             }
             Phase::UplinkDown if elapsed >= timeline.outage_until => {
                 receiver.set_up(true);
-                restored_at = Some(std::time::SystemTime::now());
+                restored_at = Some(jiff::Timestamp::now());
                 Phase::Replaying
             }
             Phase::Replaying if fresh(restored_at).is_some_and(delivered_all) => Phase::CaughtUp,
@@ -329,12 +327,11 @@ async fn conduct(
             receiver,
         );
         if phase == Phase::Settling {
-            let settled_since = std::time::SystemTime::now()
-                .checked_sub(Duration::from_secs(1))
-                .unwrap_or(std::time::UNIX_EPOCH);
-            let settled = status.as_ref().is_some_and(|s| {
-                std::time::SystemTime::from(s.written_at) >= settled_since && delivered_all(s)
-            });
+            let settled_since = jiff::Timestamp::now()
+                .checked_sub(jiff::SignedDuration::from_secs(1))
+                .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+            let settled =
+                status.as_ref().is_some_and(|s| s.written_at >= settled_since && delivered_all(s));
             // The last games ended by `close_play + CLOSING`; a little after that the lines
             // have polled and journalled their events.
             let quiet = timeline.end.max(timeline.close_play + CLOSING) + crate::app::STATUS_EVERY;

@@ -71,7 +71,8 @@ pub struct Driver {
     client: reqwest::Client,
     credentials: Credentials,
     batch_size: usize,
-    budget: ReplayBudget,
+    /// The replay lane's budget; a replay with a lower rate sets its own.
+    pub(crate) budget: ReplayBudget,
     /// Revocation holds while this is unchanged.
     fingerprint: String,
 }
@@ -252,17 +253,17 @@ impl Driver {
         })
     }
 
-    pub(crate) async fn run(mut self, shared: Shared, cancel: CancellationToken) {
+    pub(crate) async fn run(&mut self, shared: &Shared, cancel: CancellationToken) {
         let mut alarms = Alarms::default();
         let mut reason = "revoked before this start".to_owned();
         loop {
             if super::still_revoked(&shared.state_dir, &shared.name, &self.fingerprint)
-                && !self.await_new_credentials(&shared, &cancel, &reason).await
+                && !self.await_new_credentials(shared, &cancel, &reason).await
             {
                 return;
             }
             super::clear_revoked(&shared.state_dir, &shared.name);
-            match self.deliver(&shared, &mut alarms, &cancel).await {
+            match self.deliver(shared, &mut alarms, &cancel).await {
                 Ended::Stopped => return,
                 Ended::Revoked(why) => reason = why,
             }

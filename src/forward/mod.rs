@@ -13,6 +13,11 @@
 //!   only the forwarder moves it afterwards (the journal's quarantine, which resets positions,
 //!   happens at open, before any forwarder starts; a store reopened after an I/O error keeps
 //!   its cursors, at most behind ours).
+//! - **A replay is a rewind by the forwarder itself** ([`Replays`], `slotgate replay`): its
+//!   task stops the driver as the daemon's stop does, moves the cursor back durably
+//!   (`Journal::rewind`, refused below the oldest kept record) and starts the driver again,
+//!   which reads the cursor anew: the records from there are an ordinary backlog, replayed in
+//!   order on the replay lane with their ids, at the replay's rate until caught up.
 //! - **One destination never stalls another.** One task per destination, its own cursor, its
 //!   own connection, its own backoff.
 //! - **Two lanes** ([`outbox`]): the backlog present at each (re)connection is replayed oldest
@@ -60,7 +65,7 @@ use tokio::time::Instant;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -151,21 +156,202 @@ pub trait CommandInbox: Send + Sync + std::fmt::Debug {
 }
 
 /// Starts one forwarder per configured destination; with `commands`, each also takes remote
-/// commands from its destination and hands them over.
+/// commands from its destination and hands them over. Returns their tasks, statuses and replay
+/// inboxes.
 pub fn spawn_all(
     config: &Config,
     journal: &Journal,
     cancel: &CancellationToken,
     commands: Option<Arc<dyn CommandInbox>>,
-) -> anyhow::Result<(JoinSet<()>, Vec<watch::Receiver<DestinationStatus>>)> {
+) -> anyhow::Result<(JoinSet<()>, Vec<watch::Receiver<DestinationStatus>>, Replays)> {
     let mut tasks = JoinSet::new();
     let mut statuses = Vec::new();
+    let replays = Replays::default();
     for destination in &config.destinations {
-        let (_, status) =
-            spawn(config, destination, journal, cancel.clone(), &mut tasks, commands.clone())?;
+        let (_, status) = spawn(
+            config,
+            destination,
+            journal,
+            cancel.clone(),
+            &mut tasks,
+            commands.clone(),
+            &replays,
+        )?;
         statuses.push(status);
     }
-    Ok((tasks, statuses))
+    Ok((tasks, statuses, replays))
+}
+
+/// A destination's wire protocol.
+enum Driver {
+    Mqtt(mqtt::Driver),
+    Https(https::Driver),
+}
+
+impl Driver {
+    /// Delivers until `cancel`, keeping every acknowledgement received by then.
+    async fn run(&mut self, shared: &Shared, cancel: CancellationToken) {
+        match self {
+            Self::Mqtt(driver) => driver.run(shared, cancel).await,
+            Self::Https(driver) => driver.run(shared, cancel).await,
+        }
+    }
+
+    fn budget(&mut self) -> &mut ReplayBudget {
+        match self {
+            Self::Mqtt(driver) => &mut driver.budget,
+            Self::Https(driver) => &mut driver.budget,
+        }
+    }
+}
+
+/// Replay requests a forwarder holds at most (one is served at a time, each quickly).
+const REPLAY_QUEUE: usize = 4;
+
+/// `slotgate replay`: send a destination its history again from journal seq `from` on, at
+/// most `rate` records a second (never faster than its configured `replay_rate`).
+#[derive(Debug)]
+pub struct ReplayRequest {
+    pub from: u64,
+    pub rate: Option<u32>,
+    pub reply: oneshot::Sender<Result<Replaying, JournalError>>,
+}
+
+/// A replay under way: the destination's cursor was moved back to `from`, and the replay is
+/// complete when its cursor reaches `until` (the journal's durable end when it began).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replaying {
+    pub destination: String,
+    pub from: u64,
+    pub until: u64,
+    pub rate: u32,
+}
+
+/// Why a replay was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("no destination {0:?} is configured")]
+    UnknownDestination(String),
+    #[error("the forwarder of {0} is not running")]
+    Stopped(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Each forwarder's replay inbox, by destination name. Shared by every clone: a forwarder that
+/// a reload starts again puts its new inbox in, and the admin socket's copy reaches it.
+#[derive(Debug, Clone, Default)]
+pub struct Replays(
+    Arc<std::sync::Mutex<std::collections::BTreeMap<String, mpsc::Sender<ReplayRequest>>>>,
+);
+
+impl Replays {
+    pub fn contains(&self, destination: &str) -> bool {
+        self.inbox(destination).is_some()
+    }
+
+    fn inbox(&self, destination: &str) -> Option<mpsc::Sender<ReplayRequest>> {
+        // A poisoned map still holds whole entries: each insert is one statement.
+        let map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(destination).cloned()
+    }
+
+    fn insert(&self, destination: &str, inbox: mpsc::Sender<ReplayRequest>) {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.insert(destination.to_owned(), inbox);
+    }
+
+    /// Asks `destination`'s forwarder to replay from `from`; answers once its cursor was
+    /// moved back (durably) and the forwarder sends again.
+    pub async fn replay(
+        &self,
+        destination: &str,
+        from: u64,
+        rate: Option<u32>,
+    ) -> Result<Replaying, ReplayError> {
+        let inbox = self
+            .inbox(destination)
+            .ok_or_else(|| ReplayError::UnknownDestination(destination.to_owned()))?;
+        let stopped = || ReplayError::Stopped(destination.to_owned());
+        let (reply, answer) = oneshot::channel();
+        inbox.send(ReplayRequest { from, rate, reply }).await.map_err(|_| stopped())?;
+        Ok(answer.await.map_err(|_| stopped())??)
+    }
+}
+
+/// One destination's task: runs its driver, and for a replay stops it the way the daemon's
+/// stop does (what is on the wire gets its grace, every acknowledgement is written), moves the
+/// cursor back and starts it again: everything from there on is then backlog, replayed in
+/// order on the replay lane like after an outage. A replay with a lower rate runs under it
+/// until the cursor is back where the replay began; the driver then restarts on the
+/// configured budget.
+async fn forward(
+    mut driver: Driver,
+    shared: Shared,
+    configured: ReplayBudget,
+    cancel: CancellationToken,
+    mut replays: mpsc::Receiver<ReplayRequest>,
+) {
+    let mut status = shared.status.subscribe();
+    // The end of a replay that runs on a budget of its own.
+    let mut limited_until: Option<u64> = None;
+    loop {
+        let session = cancel.child_token();
+        let request = {
+            let run = driver.run(&shared, session.clone());
+            tokio::pin!(run);
+            let request = loop {
+                tokio::select! {
+                    () = &mut run => return,
+                    // Refused at once, without stopping the driver, when it cannot be done.
+                    Some(request) = replays.recv() => match shared.journal.check_kept(request.from) {
+                        Ok(()) => break Some(request),
+                        Err(refused) => {
+                            let _ = request.reply.send(Err(refused));
+                        }
+                    },
+                    Ok(()) = status.changed(), if limited_until.is_some() => {
+                        if limited_until.is_some_and(|until| status.borrow().cursor >= until) {
+                            break None;
+                        }
+                    }
+                }
+            };
+            session.cancel();
+            run.await;
+            request
+        };
+        if cancel.is_cancelled() {
+            // The stop came while the driver was stopping for the replay.
+            if let Some(request) = request {
+                let _ = request.reply.send(Err(JournalError::Closed));
+            }
+            return;
+        }
+        let Some(ReplayRequest { from, rate, reply }) = request else {
+            tracing::info!(destination = %shared.name, "Replay done; back to the configured rate.");
+            *driver.budget() = configured;
+            limited_until = None;
+            shared.status.send_modify(|s| s.replay_rate = configured.rate);
+            continue;
+        };
+        let answer = shared.journal.rewind(&shared.name, from).await.map(|at| {
+            let until = *shared.journal.durable().borrow();
+            let rate = rate.map_or(configured.rate, |r| r.clamp(1, configured.rate.max(1)));
+            *driver.budget() = ReplayBudget { rate, burst: configured.burst.min(rate).max(1) };
+            limited_until = (rate < configured.rate).then_some(until);
+            shared.status.send_modify(|s| {
+                s.replay_rate = rate;
+                s.cursor = at;
+            });
+            tracing::info!(destination = %shared.name, from = at, until, rate, "Replaying.");
+            Replaying { destination: shared.name.clone(), from: at, until, rate }
+        });
+        if let Err(error) = &answer {
+            tracing::warn!(destination = %shared.name, from, %error, "Replay refused.");
+        }
+        let _ = reply.send(answer);
+    }
 }
 
 /// Starts the forwarder of `destination` (one of `config`'s) into `tasks`, from its cursor in
@@ -177,6 +363,7 @@ pub fn spawn(
     cancel: CancellationToken,
     tasks: &mut JoinSet<()>,
     commands: Option<Arc<dyn CommandInbox>>,
+    replays: &Replays,
 ) -> anyhow::Result<(tokio::task::AbortHandle, watch::Receiver<DestinationStatus>)> {
     tls::install_provider();
     let origin = Origin::new(config.venue.id.as_str(), &config.venue.gateway_id);
@@ -195,18 +382,15 @@ pub fn spawn(
         order: destination.order,
         commands,
     };
-    let task = match &destination.kind {
-        DestinationKind::Mqtt(mqtt) => {
-            let driver = mqtt::Driver::new(destination, mqtt)
-                .with_context(|| format!("destination {}", destination.name))?;
-            tasks.spawn(driver.run(shared, cancel))
-        }
-        DestinationKind::Https(https) => {
-            let driver = https::Driver::new(destination, https)
-                .with_context(|| format!("destination {}", destination.name))?;
-            tasks.spawn(driver.run(shared, cancel))
-        }
-    };
+    let driver = match &destination.kind {
+        DestinationKind::Mqtt(mqtt) => mqtt::Driver::new(destination, mqtt).map(Driver::Mqtt),
+        DestinationKind::Https(https) => https::Driver::new(destination, https).map(Driver::Https),
+    }
+    .with_context(|| format!("destination {}", destination.name))?;
+    let (requests, inbox) = mpsc::channel(REPLAY_QUEUE);
+    replays.insert(&destination.name, requests);
+    let budget = ReplayBudget { rate: destination.replay_rate, burst: destination.replay_burst };
+    let task = tasks.spawn(forward(driver, shared, budget, cancel, inbox));
     Ok((task, rx))
 }
 
@@ -243,10 +427,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// The destination's journal cursor and the journal's durable end.
+    /// The destination's cursor and the journal's durable end. The cursor is the journal's, or
+    /// the one this forwarder last reached if that is further: a driver restarted in the same
+    /// task (a replay) must not resend what was acknowledged just before, and the journal
+    /// publishes its status only after it answered the cursor's write.
     pub(crate) fn positions(&self) -> (u64, u64) {
-        let cursor = self.journal.status().borrow().cursors.get(&self.name).copied().unwrap_or(0);
-        (cursor, *self.journal.durable().borrow())
+        let stored = self.journal.status().borrow().cursors.get(&self.name).copied().unwrap_or(0);
+        (stored.max(self.status.borrow().cursor), *self.journal.durable().borrow())
     }
 
     pub(crate) fn outbox(&self, budget: ReplayBudget) -> Outbox {

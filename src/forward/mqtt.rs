@@ -65,7 +65,8 @@ pub struct Driver {
     keep_alive: Duration,
     window: usize,
     stuck_after: Duration,
-    budget: ReplayBudget,
+    /// The replay lane's budget; a replay with a lower rate sets its own.
+    pub(crate) budget: ReplayBudget,
 }
 
 enum Ended {
@@ -112,16 +113,16 @@ impl Driver {
         })
     }
 
-    pub(crate) async fn run(mut self, shared: Shared, cancel: CancellationToken) {
+    pub(crate) async fn run(&mut self, shared: &Shared, cancel: CancellationToken) {
         let mut reason = "revoked before this start".to_owned();
         loop {
             if super::still_revoked(&shared.state_dir, &shared.name, &self.fingerprint)
-                && !self.await_new_credentials(&shared, &cancel, &reason).await
+                && !self.await_new_credentials(shared, &cancel, &reason).await
             {
                 return;
             }
             super::clear_revoked(&shared.state_dir, &shared.name);
-            match self.deliver(&shared, &cancel).await {
+            match self.deliver(shared, &cancel).await {
                 Some(why) => reason = why,
                 None => return,
             }

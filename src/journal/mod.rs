@@ -318,6 +318,10 @@ pub struct JournalStatus {
     /// Active alarms, newest last (unreadable record ranges among them, as `journal_gap`).
     pub alarms: Vec<String>,
     pub last_checkpoint_seq: Option<u64>,
+    /// When the oldest record some destination has not acknowledged was appended; none when
+    /// every destination has everything (`slotgate status` shows its age).
+    #[serde(default)]
+    pub oldest_unacknowledged_at: Option<jiff::Timestamp>,
     /// The keyed state was unusable at this open and was moved here (records are unaffected).
     pub quarantined: Option<PathBuf>,
 }
@@ -335,6 +339,23 @@ pub struct NewRecord {
 }
 
 impl NewRecord {
+    /// A gateway audit record (`software_id`, `config_changed`, `replay`): significant class
+    /// (never refused for the cap, never compacted), `level` info, the JSON of `what` as its
+    /// message.
+    pub fn audit(name: &str, what: &impl Serialize) -> Self {
+        Self {
+            class: Class::Significant,
+            machine: String::new(),
+            machine_seq: None,
+            body: Body::Alarm {
+                alarm: name.to_owned(),
+                level: "info".to_owned(),
+                message: serde_json::to_string(what).unwrap_or_default(),
+            },
+            snapshot_of: None,
+        }
+    }
+
     /// A canonical event with the raw SAS bytes it came from.
     pub fn event(event: &CanonicalEvent, raw: &[u8]) -> Result<Self, JournalError> {
         let canonical_json = serde_json::to_vec(event)?;
@@ -400,6 +421,12 @@ pub enum JournalError {
     Closed,
     #[error("unknown destination {0:?}")]
     UnknownDestination(String),
+    /// A replay asked for records that were removed (acknowledged and past retention).
+    #[error(
+        "the journal no longer keeps records from there: the oldest kept record is {oldest}{}",
+        oldest_at.map(|t| format!(", appended at {t}")).unwrap_or_default()
+    )]
+    NotKept { oldest: u64, oldest_at: Option<jiff::Timestamp> },
 }
 
 impl From<serde_json::Error> for JournalError {
@@ -427,6 +454,7 @@ pub struct Appended {
 
 type AppendReply = oneshot::Sender<Result<Appended, JournalError>>;
 type AckReply = oneshot::Sender<Result<(), JournalError>>;
+type RewindReply = oneshot::Sender<Result<u64, JournalError>>;
 
 enum Command {
     Append {
@@ -440,6 +468,11 @@ enum Command {
     },
     /// A reader met unreadable records (inclusive seq ranges).
     Gaps(Vec<(u64, u64)>),
+    Rewind {
+        destination: String,
+        to: u64,
+        done: RewindReply,
+    },
 }
 
 struct Shared {
@@ -731,6 +764,7 @@ impl Journal {
         let (pressure_tx, pressure) = watch::channel(Pressure::Normal);
         let (tx, rx) = std_mpsc::channel();
         let mut writer = Writer {
+            oldest_unacknowledged: None,
             shared: shared.clone(),
             store: opened.store,
             log: Some(opened.log),
@@ -747,7 +781,7 @@ impl Journal {
             alarms: Vec::new(),
             pending_alarms: Vec::new(),
             last_checkpoint: None,
-            last_checkpoint_at: Instant::now(),
+            last_checkpoint_at: writer_now(),
             quarantined: opened.quarantined,
         };
         if let Some(to) = &writer.quarantined {
@@ -803,6 +837,61 @@ impl Journal {
             .send(Command::Ack { destination, through, done })
             .map_err(|_| JournalError::Closed)?;
         answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Moves `destination`'s cursor back to `to` (never forward), durably, so that everything
+    /// from `to` on is sent to it again (`slotgate replay`); returns the cursor now. Refused
+    /// with [`JournalError::NotKept`] if `to` is below the oldest kept record. Only the
+    /// destination's forwarder may call it, between its own acknowledgements: the writer
+    /// checks and moves the cursor in one step, so removal cannot race it.
+    pub async fn rewind(&self, destination: &str, to: u64) -> Result<u64, JournalError> {
+        let (done, answer) = oneshot::channel();
+        let destination = destination.to_owned();
+        self.tx
+            .send(Command::Rewind { destination, to, done })
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Refuses a replay from `from` if the journal no longer keeps it, naming the oldest kept
+    /// record and its time. A quick look only: [`Journal::rewind`] checks again in the writer.
+    pub fn check_kept(&self, from: u64) -> Result<(), JournalError> {
+        let first = self.shared.first_seq.load(Ordering::Acquire);
+        if from >= first {
+            return Ok(());
+        }
+        let oldest = self.read(first, 1)?.first().map(|r| (r.header.seq, r.header.appended_at_ms));
+        Err(JournalError::NotKept {
+            oldest: oldest.map_or(first, |(seq, _)| seq),
+            oldest_at: oldest.and_then(|(_, ms)| jiff::Timestamp::from_millisecond(ms).ok()),
+        })
+    }
+
+    /// The first durable record appended at or after `at`, by binary search over the kept
+    /// records (appended times follow seqs); the durable end if none is. Refused with
+    /// [`JournalError::NotKept`] if records from before `at` may have been removed.
+    pub fn seq_at(&self, at: jiff::Timestamp) -> Result<u64, JournalError> {
+        let wanted = at.as_millisecond();
+        let first = self.shared.first_seq.load(Ordering::Acquire);
+        let appended = |seq: u64| -> Result<Option<(u64, i64)>, JournalError> {
+            Ok(self.read(seq, 1)?.first().map(|r| (r.header.seq, r.header.appended_at_ms)))
+        };
+        if first > 0
+            && let Some((oldest, oldest_ms)) = appended(first)?
+            && oldest_ms > wanted
+        {
+            let oldest_at = jiff::Timestamp::from_millisecond(oldest_ms).ok();
+            return Err(JournalError::NotKept { oldest, oldest_at });
+        }
+        let (mut low, mut high) = (first, *self.durable.borrow());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match appended(mid)? {
+                Some((seq, ms)) if ms < wanted => low = seq + 1,
+                _ => high = mid,
+            }
+        }
+        Ok(low)
     }
 
     /// Up to `limit` durable records from `from` on, in order. Unreadable records (damage)
@@ -932,12 +1021,15 @@ fn status_of(
         cursors: state.cursors.clone(),
         alarms: alarms.to_vec(),
         last_checkpoint_seq: last_checkpoint,
+        oldest_unacknowledged_at: None,
         quarantined: None,
     }
 }
 
 struct Writer {
     shared: Arc<Shared>,
+    /// The lowest cursor and its record's append time, as last read.
+    oldest_unacknowledged: Option<(u64, Option<jiff::Timestamp>)>,
     store: Arc<dyn Store>,
     /// `None` only while being reopened.
     log: Option<LogWriter>,
@@ -996,6 +1088,7 @@ impl Writer {
     fn handle(&mut self, commands: Vec<Command>) {
         let mut appends = Vec::new();
         let mut acks = Vec::new();
+        let mut rewinds = Vec::new();
         for command in commands {
             match command {
                 Command::Append { records, done } => appends.push((records, done)),
@@ -1003,6 +1096,7 @@ impl Writer {
                     acks.push((destination, through, done))
                 }
                 Command::Gaps(gaps) => self.note_gaps(gaps),
+                Command::Rewind { destination, to, done } => rewinds.push((destination, to, done)),
             }
         }
         if self.failed
@@ -1015,6 +1109,9 @@ impl Writer {
             for (_, _, done) in acks {
                 let _ = done.send(Err(error.clone()));
             }
+            for (_, _, done) in rewinds {
+                let _ = done.send(Err(error.clone()));
+            }
             return;
         }
         if !appends.is_empty() || !self.pending_alarms.is_empty() {
@@ -1023,6 +1120,31 @@ impl Writer {
         if !acks.is_empty() {
             self.apply_acks(acks);
         }
+        for (destination, to, done) in rewinds {
+            let _ = done.send(self.rewind(&destination, to));
+        }
+    }
+
+    /// [`Journal::rewind`] in the writer: checked against the oldest kept record and stored
+    /// before the answer.
+    fn rewind(&mut self, destination: &str, to: u64) -> Result<u64, JournalError> {
+        let oldest = self.state.base.first_seq;
+        let Some(&cursor) = self.state.cursors.get(destination) else {
+            return Err(JournalError::UnknownDestination(destination.to_owned()));
+        };
+        if to < oldest {
+            return Err(JournalError::NotKept { oldest, oldest_at: self.appended_at(oldest) });
+        }
+        let at = to.min(cursor);
+        let mut batch = WriteBatch::default();
+        batch.put(prefixed(CURSOR, destination.as_bytes()), at.to_be_bytes().to_vec());
+        self.store.apply(batch).and_then(|()| self.store.flush()).map_err(|e| {
+            self.failed = true;
+            JournalError::from(e)
+        })?;
+        self.state.cursors.insert(destination.to_owned(), at);
+        self.publish_status();
+        Ok(at)
     }
 
     /// Raises an alarm, once, for each unreadable seq range (the keyed state remembers which
@@ -1460,7 +1582,7 @@ impl Writer {
             Ok(()) => {
                 self.keyed_dirty = false;
                 self.last_checkpoint = Some(seq);
-                self.last_checkpoint_at = Instant::now();
+                self.last_checkpoint_at = writer_now();
                 tracing::debug!(seq, head = %record::hex(&cp.head), "Journal checkpoint signed.");
             }
             Err(error) => {
@@ -1468,6 +1590,32 @@ impl Writer {
                 self.failed = true;
             }
         }
+    }
+
+    /// The append time of the first record below some destination's cursor, read once per
+    /// position of the lowest cursor.
+    fn oldest_unacknowledged_at(&mut self) -> Option<jiff::Timestamp> {
+        let destinations = &self.shared.config.destinations;
+        let lowest =
+            destinations.iter().filter_map(|d| self.state.cursors.get(d)).min().copied()?;
+        if lowest >= self.state.next_seq {
+            return None;
+        }
+        if let Some((seq, at)) = self.oldest_unacknowledged
+            && seq == lowest
+        {
+            return at;
+        }
+        let at = self.appended_at(lowest);
+        self.oldest_unacknowledged = Some((lowest, at));
+        at
+    }
+
+    /// When the first readable record from `seq` on was appended.
+    fn appended_at(&self, seq: u64) -> Option<jiff::Timestamp> {
+        let out = self.shared.index.read(seq, self.state.next_seq, 1).ok()?;
+        let ms = out.records.first()?.header.appended_at_ms;
+        jiff::Timestamp::from_millisecond(ms).ok()
     }
 
     fn publish_status(&mut self) {
@@ -1481,8 +1629,16 @@ impl Writer {
             self.last_checkpoint,
         );
         status.quarantined = self.quarantined.clone();
+        status.oldest_unacknowledged_at = self.oldest_unacknowledged_at();
         self.status.send_replace(status);
     }
+}
+
+/// The writer is a thread of its own, outside the runtime, and must not depend on one: its
+/// checkpoint interval runs on the real monotonic clock (one clock: the only such read).
+#[allow(clippy::disallowed_methods)]
+fn writer_now() -> Instant {
+    Instant::now()
 }
 
 #[cfg(test)]

@@ -152,6 +152,9 @@ impl SledStore {
     /// by an open in the same process (the writer's reopen after an error, a restart in tests)
     /// then fails with "could not acquire lock" (EWOULDBLOCK); such an open is retried for up
     /// to `LOCK_WAIT`. A lock held by another process still fails, only later.
+    // Blocking code (the writer thread, `journal` commands): real time and a thread sleep, as
+    // sled's own background threads run on real time.
+    #[allow(clippy::disallowed_methods)]
     pub fn open(path: &Path, cache_capacity: u64) -> Result<Self, StoreError> {
         let start = std::time::Instant::now();
         let db = loop {

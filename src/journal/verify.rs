@@ -210,6 +210,15 @@ impl VerifyReport {
 
 /// Walks the whole chain and every checkpoint.
 pub fn verify(snapshot: &Snapshot, trusted: &[VerifyingKey]) -> Result<VerifyReport, InspectError> {
+    verify_with_progress(snapshot, trusted, |_| {})
+}
+
+/// [`verify`], calling `progress` with the records read so far.
+pub fn verify_with_progress(
+    snapshot: &Snapshot,
+    trusted: &[VerifyingKey],
+    mut progress: impl FnMut(u64),
+) -> Result<VerifyReport, InspectError> {
     let base = snapshot.base()?;
     let mut expected_seq = base.first_seq;
     let mut prev: Hash = base.anchor;
@@ -230,6 +239,7 @@ pub fn verify(snapshot: &Snapshot, trusted: &[VerifyingKey]) -> Result<VerifyRep
             return;
         }
         records += 1;
+        progress(records);
         if let Some(k) = key_seq.filter(|k| *k > expected_seq) {
             let noted = if journalled.get(&expected_seq).is_some_and(|last| *last + 1 >= k) {
                 "journalled as an alarm"

@@ -597,6 +597,9 @@ fn publish(
         s.busy = stats.busy;
         s.chirps = stats.chirps;
         s.dropped_reports = m.dropped_reports();
+        // Plain reads of the session's queues: they change nothing the session decides on.
+        s.polls_queued = m.session.queued().count();
+        s.exceptions_pending = m.session.owed_follow_ups().len();
         s.rte = m.session.rte_enabled();
     }
     status.send_modify(|s| s.machines = published.to_vec());
@@ -688,7 +691,7 @@ pub(crate) mod tests {
 
     /// Which machines' sessions were resumed from `record`.
     fn resumed(record: Record) -> (bool, Vec<bool>) {
-        let now = std::time::Instant::now();
+        let now = Instant::now().into_std();
         let mut machines = machines(now);
         let any = resume("line", Some(record), &mut machines, now);
         (any, machines.iter().map(|m| m.session.has_retry_pending()).collect())
@@ -713,5 +716,32 @@ pub(crate) mod tests {
         assert_eq!(resumed(sent(0, &[0x80])), (false, vec![false, false]), "the sync poll");
         assert_eq!(resumed(sent(5, &[0x85])), (false, vec![false, false]), "not on this line");
         assert_eq!(resumed(sent(1, &[0x01, 0x99])), (false, vec![false, false]), "garbage");
+    }
+
+    #[test]
+    fn the_state_model_shows_the_polls_queued_and_the_follow_ups_owed() {
+        let now = Instant::now().into_std();
+        let mut machines = machines(now);
+        let mut published: Vec<MachineStatus> = machines
+            .iter()
+            .map(|m| {
+                MachineStatus::new(
+                    m.registry_id().to_string(),
+                    m.address().get(),
+                    jiff::Timestamp::now(),
+                )
+            })
+            .collect();
+        let (status, rx) = tokio::sync::watch::channel(LineStatus::connecting("line"));
+        let queued = |m: &MachinePoller| m.session.queued().count();
+        let before = (queued(&machines[0]), queued(&machines[1]));
+        machines[0]
+            .session
+            .restore_follow_ups([(LongPoll::SendHandpayInfo, Exception::HandpayPending)]);
+        machines[1].session.enqueue(LongPoll::SendMachineInfo).unwrap();
+        publish(&status, &machines, &mut published);
+        let shown: Vec<(usize, usize)> =
+            rx.borrow().machines.iter().map(|m| (m.polls_queued, m.exceptions_pending)).collect();
+        assert_eq!(shown, vec![(before.0 + 1, 1), (before.1 + 1, 0)]);
     }
 }

@@ -75,6 +75,12 @@ pub struct MachineStatus {
     /// What LPA0 said the machine supports, as the last `machine_info` event had it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub features: Option<Features>,
+    /// Long polls queued for the machine, follow-ups of exceptions included.
+    #[serde(default)]
+    pub polls_queued: usize,
+    /// Exceptions acknowledged whose follow-up poll is still owed (their data not read yet).
+    #[serde(default)]
+    pub exceptions_pending: usize,
     /// Machine minus gateway clock, seconds, from the last read-back past the drift threshold;
     /// cleared when the gateway sets the clock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,6 +117,8 @@ impl MachineStatus {
             chirps: 0,
             dropped_reports: 0,
             features: None,
+            polls_queued: 0,
+            exceptions_pending: 0,
             clock_drift_seconds: None,
             meters: BTreeMap::new(),
             meters_at: None,

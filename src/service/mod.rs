@@ -41,20 +41,9 @@ const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// recovers.
 const START_EXTENSION: Duration = Duration::from_secs(30);
 
-/// A gateway audit record (`software_id`, `config_changed`): significant class (never refused
-/// for the cap, never compacted), `level` info, the JSON of `what` as its message.
+/// A gateway audit record (`software_id`, `config_changed`).
 fn audit_record(name: &str, what: &impl serde::Serialize) -> crate::journal::NewRecord {
-    crate::journal::NewRecord {
-        class: crate::journal::Class::Significant,
-        machine: String::new(),
-        machine_seq: None,
-        body: crate::journal::record::Body::Alarm {
-            alarm: name.to_owned(),
-            level: "info".to_owned(),
-            message: serde_json::to_string(what).unwrap_or_default(),
-        },
-        snapshot_of: None,
-    }
+    crate::journal::NewRecord::audit(name, what)
 }
 
 /// Where notifications go: the service manager's `NOTIFY_SOCKET`, a datagram socket named by a

@@ -517,7 +517,7 @@ impl Simulation {
         let (power, _) = tokio::sync::watch::channel(0);
         let mut tasks = JoinSet::new();
         let now = tokio::time::Instant::now().into_std();
-        let wall = SystemTime::now();
+        let wall = SystemTime::from(jiff::Timestamp::now());
         // One port per machine, or (multi-drop) one port for all of them.
         let per_port = if args.multidrop { configs.len().max(1) } else { 1 };
         let mut configs = configs.into_iter();

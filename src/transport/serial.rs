@@ -384,13 +384,15 @@ impl Uart for FdUart {
         }
     }
 
+    // On the blocking pool: a thread sleep holds no runtime worker.
+    #[allow(clippy::disallowed_methods)]
     fn pause(&mut self, duration: Duration) {
-        // On the blocking pool: a thread sleep holds no runtime worker.
         std::thread::sleep(duration);
     }
 
+    // Real time, not tokio's clock: a paused test clock must not hide a real gap.
+    #[allow(clippy::disallowed_methods)]
     fn now(&mut self) -> Instant {
-        // Real time, not tokio's clock: a paused test clock must not hide a real gap.
         Instant::now()
     }
 }

@@ -366,3 +366,24 @@ pub fn wait_for_games(journal: &Path, games: usize, limit: Duration) -> Vec<Valu
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// Runs `command` with standard error on a pseudo-terminal of its own; returns its exit status
+/// and everything it wrote there.
+pub fn stderr_on_terminal(mut command: Command) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).unwrap();
+    for fd in [&pty.master, &pty.slave] {
+        let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+        nix::fcntl::fcntl(fd, cloexec).unwrap();
+    }
+    let mut child = command.stderr(Stdio::from(pty.slave)).spawn().unwrap();
+    // Ours closed, the child's end is the only one: the terminal reads EIO once it exits.
+    drop(command);
+    let mut master = std::fs::File::from(pty.master);
+    let mut seen = Vec::new();
+    let mut buf = [0; 4096];
+    while let Ok(n @ 1..) = master.read(&mut buf) {
+        seen.extend_from_slice(&buf[..n]);
+    }
+    (child.wait().unwrap(), String::from_utf8_lossy(&seen).into_owned())
+}
