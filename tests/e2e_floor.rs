@@ -5,7 +5,8 @@
 //! exactly once, with its amount, game and class, and nothing else; the sums of the events must
 //! equal the meters the gateway read, per machine and, on multi-game machines, per game (R2).
 
-#![allow(clippy::unwrap_used)]
+// Real processes and peers in real time (tests/common): std clocks and sleeps are theirs.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
 mod upstream;

@@ -10,7 +10,8 @@
 //! runtime's thread), and a paused clock jumps ahead whenever the runtime waits for them, so
 //! their replies would race the forwarder's own timers.
 
-#![allow(clippy::unwrap_used)]
+// Real processes and peers in real time (tests/common): std clocks and sleeps are theirs.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::convert::Infallible;
 use std::path::Path;

@@ -1,7 +1,8 @@
 //! `slotgate probe` end to end (issue 13): the real binary against the real simulator, on a
 //! pseudo-terminal and over TCP, with the daemon stopped and with it running on the line.
 
-#![allow(clippy::unwrap_used)]
+// Real processes and peers in real time (tests/common): std clocks and sleeps are theirs.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
 

@@ -4,7 +4,8 @@
 //! audit trail reaches the state system, an enable restores play. In process: the PUBACK of a
 //! command waits for the journal, and hostile pending-command answers submit nothing.
 
-#![allow(clippy::unwrap_used)]
+// Real processes and peers in real time (tests/common): std clocks and sleeps are theirs.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
 mod upstream;

@@ -6,7 +6,8 @@
 //! to the gateway first, or the whole reply window (20 ms, the profile's `reply_timeout_ms`)
 //! waited out. No half exchange, and no poll after the stop left open.
 
-#![allow(clippy::unwrap_used)]
+// Real processes and peers in real time (tests/common): std clocks and sleeps are theirs.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

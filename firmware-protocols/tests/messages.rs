@@ -667,7 +667,7 @@ fn lp72_lp85_lp90_answers_round_trip() {
         let frame = reply.encode(a(1)).unwrap();
         assert_eq!(Reply::decode_frame(a(1), &frame).unwrap(), reply);
         let len = Reply::data_reply_len(frame[1], &frame);
-        assert_eq!(len, Some(firmware_protocols::sas::message::ReplyLen::Fixed(frame.len())));
+        assert_eq!(len, Some(ReplyLen::Fixed(frame.len())));
     }
     // The short form a machine with no transfer to report may send: position and status.
     let mut short = vec![0x01, 0x72, 0x02, 0x00, 0xFF];

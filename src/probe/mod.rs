@@ -837,5 +837,7 @@ fn write_wrapped(out: &mut impl std::io::Write, label: &str, text: &str) -> std:
     writeln!(out, "{line}")
 }
 
+// Sans-IO code under test: any instant will do as its `now`.
+#[allow(clippy::disallowed_methods)]
 #[cfg(test)]
 mod tests;
