@@ -438,7 +438,7 @@ enum Command {
 
 struct Shared {
     store: RwLock<Arc<dyn Store>>,
-    index: Index,
+    index: Arc<Index>,
     /// The first kept seq: reads start no lower.
     first_seq: AtomicU64,
     config: JournalConfig,
@@ -554,7 +554,7 @@ fn open_keyed(config: &JournalConfig) -> Result<(SledStore, Option<PathBuf>), Op
     }
 }
 
-fn open_parts(config: &JournalConfig, index: &Index) -> Result<Opened, OpenError> {
+fn open_parts(config: &JournalConfig, index: &Arc<Index>) -> Result<Opened, OpenError> {
     migrate::migrate_if_needed(config)?;
     let (store, quarantined) = open_keyed(config)?;
     let log_dir = config.dir.join(LOG_DIR);
@@ -696,7 +696,7 @@ impl Journal {
     pub fn open(config: JournalConfig) -> Result<(Self, WriterHandle), OpenError> {
         crate::durable::create_dir_all(&config.dir)
             .map_err(|e| OpenError::Invalid { dir: config.dir.clone(), reason: e.to_string() })?;
-        let index = Index::default();
+        let index = Arc::new(Index::default());
         let opened = open_parts(&config, &index)?;
         let shared = Arc::new(Shared {
             store: RwLock::new(opened.store.clone()),
@@ -709,7 +709,7 @@ impl Journal {
             ..status_of(
                 &shared.config,
                 &opened.state,
-                opened.log.bytes,
+                opened.log.bytes(),
                 &opened.store,
                 Pressure::Normal,
                 &[],
@@ -959,7 +959,7 @@ impl Writer {
     }
 
     fn log_bytes(&self) -> u64 {
-        self.log.as_ref().map_or(0, |l| l.bytes)
+        self.log.as_ref().map_or(0, LogWriter::bytes)
     }
 
     fn run(mut self, rx: std_mpsc::Receiver<Command>) {
@@ -1087,14 +1087,13 @@ impl Writer {
         })();
         let dir = self.config().dir.clone();
         let result = staged.and_then(|()| {
-            let index = &self.shared.index;
             let log = self.log.as_mut().ok_or_else(|| {
                 log_error(&dir, "append", &std::io::Error::other("the log is being reopened"))
             })?;
             if !records.is_empty() {
-                log.append(&records, index).map_err(|e| log_error(&dir, "append", &e))?;
+                log.append(&records).map_err(|e| log_error(&dir, "append", &e))?;
             }
-            log.roll_if_full(self.state.next_seq, index)
+            log.roll_if_full(self.state.next_seq)
                 .map_err(|e| log_error(&dir, "start a segment", &e))?;
             Ok(())
         });
@@ -1304,9 +1303,8 @@ impl Writer {
         }
         self.state.base = base;
         self.shared.first_seq.store(next_first, Ordering::Release);
-        let index = &self.shared.index;
         if let Some(log) = self.log.as_mut()
-            && let Err(error) = log.remove(first, next_first, index)
+            && let Err(error) = log.remove(first, next_first)
         {
             // The ledger no longer lists it: the next open removes it.
             tracing::warn!(%error, "Cannot unlink an acknowledged segment; retried at open.");
