@@ -57,7 +57,7 @@ use slotgate::event::{
     RegistryId, SCHEMA_VERSION, SnapshotTrigger, Source, SourceKind, VenueId, event_id,
     idempotency_key,
 };
-use slotgate::journal::{Journal, JournalConfig, JournalStatus, NewRecord, WriterHandle};
+use slotgate::journal::{Journal, JournalConfig, JournalStatus, NewRecord, WriterHandle, log};
 
 /// The one destination configured in `backlog`.
 const DESTINATION: &str = "sms";
@@ -121,6 +121,16 @@ enum Mode {
         cold: bool,
         #[arg(long, default_value_t = 16)]
         cache_mib: u64,
+        /// Then read every record, as a forwarder replaying the whole backlog does.
+        #[arg(long)]
+        replay: bool,
+    },
+    /// Appends to an existing journal until killed (the child `backlog` SIGKILLs mid-write).
+    #[command(hide = true)]
+    Fill {
+        journal: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        cache_mib: u64,
     },
 }
 
@@ -167,9 +177,10 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Mode::Open { journal, cold, cache_mib } = &mode {
-        // No runtime: open and read are synchronous, and the RSS is the journal's alone.
-        return open_report(journal, *cold, *cache_mib);
+    if let Mode::Open { journal, cold, cache_mib, replay } = &mode {
+        // No runtime until the first append: open and read are synchronous, and the RSS is
+        // the journal's alone.
+        return open_report(journal, *cold, *cache_mib, *replay);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -181,6 +192,7 @@ fn main() -> anyhow::Result<()> {
             Mode::Backlog { events, cycles, no_prune, keep, common } => {
                 backlog_mode(events, cycles, no_prune, keep, &common).await
             }
+            Mode::Fill { journal, cache_mib } => fill_until_killed(&journal, cache_mib).await,
             Mode::Open { .. } => Ok(()),
         }
     })
@@ -697,6 +709,7 @@ async fn size_mode(marks: &[u64], common: &Common) -> anyhow::Result<()> {
         rows.push((mark, st, allocated, apparent, started.elapsed()));
     }
     close(journal, writer).await?;
+    let layouts = log_layouts(&dir.join("log"))?;
     let rows_last = rows.last().map(|(m, _, a, p, t)| (*m, (), *a, *p, *t));
     println!("\njournal size: groups of 1,000, one task, sled cache {} MiB\n", common.cache_mib);
     println!(
@@ -718,9 +731,36 @@ async fn size_mode(marks: &[u64], common: &Common) -> anyhow::Result<()> {
             at.as_secs_f64()
         );
     }
+    let per = |bytes: u64, records: u64| bytes as f64 / records.max(1) as f64;
+    println!(
+        "\nlog layouts of the same {} records (closed, so every full segment is sealed):\n\n\
+         | layout | records | bytes | per event |\n|---|---:|---:|---:|\n\
+         | old: plain `SGJLOG01` frames with both hashes (byte-exact, from the records' frames) | {} | {} | {:.0} B |\n\
+         | new: sealed segments (`SGJLOG02`, zstd blocks + index) | {} | {} | {:.0} B |\n\
+         | new: active segment (plain, not yet sealed) | {} | {} | {:.0} B |\n\
+         | ratio sealed / old | | | {:.3} |",
+        n(layouts.records),
+        n(layouts.records),
+        mib(layouts.old_bytes),
+        per(layouts.old_bytes, layouts.records),
+        n(layouts.sealed_records),
+        mib(layouts.sealed_bytes),
+        per(layouts.sealed_bytes, layouts.sealed_records),
+        n(layouts.records - layouts.sealed_records),
+        mib(layouts.active_bytes),
+        per(layouts.active_bytes, layouts.records - layouts.sealed_records),
+        per(layouts.sealed_bytes, layouts.sealed_records) / per(layouts.old_bytes, layouts.records),
+    );
     if let Some((mark, _, allocated, _, _)) = rows_last {
         // R10: a full hall (250 machines × 10 games/min) makes ≈ 650 M events in 90 days.
         let per_event = allocated as f64 / mark as f64;
+        let sealed = per(layouts.sealed_bytes, layouts.sealed_records);
+        println!(
+            "\n90-day projection, full 250-machine hall ({} events), sealed segments alone: \
+             {sealed:.0} B/event × events = {:.0} GiB",
+            n(HALL_90_DAYS),
+            sealed * HALL_90_DAYS as f64 / f64::from(1u32 << 30)
+        );
         let total = per_event * HALL_90_DAYS as f64;
         println!(
             "\n90-day projection, full 250-machine hall ({} events): {:.0} B/event × events = \
@@ -732,6 +772,43 @@ async fn size_mode(marks: &[u64], common: &Common) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Bytes of the log's segment files by layout, and what the same records took in the plain
+/// layout (frames with both hashes, as written before sealed segments were compressed).
+#[derive(Debug, Default)]
+struct Layouts {
+    records: u64,
+    old_bytes: u64,
+    sealed_records: u64,
+    sealed_bytes: u64,
+    active_bytes: u64,
+}
+
+fn log_layouts(dir: &Path) -> anyhow::Result<Layouts> {
+    let mut out = Layouts::default();
+    for (first, path) in log::list_segments(dir)? {
+        let bytes = std::fs::read(&path)?;
+        let mut records = 0u64;
+        let mut plain = log::SEGMENT_HEADER;
+        let format = log::scan_segment(&bytes, first, |item| {
+            if let log::Item::Record { record, .. } = item {
+                records += 1;
+                plain += log::frame(&record).len() as u64;
+            }
+            true
+        });
+        out.records += records;
+        out.old_bytes += plain;
+        match format {
+            Some(log::Format::Sealed) => {
+                out.sealed_records += records;
+                out.sealed_bytes += bytes.len() as u64;
+            }
+            _ => out.active_bytes += bytes.len() as u64,
+        }
+    }
+    Ok(out)
 }
 
 /// Events a full hall makes in 90 days (issue 14: 250 machines × 10 games/min, plus snapshots
@@ -760,9 +837,11 @@ async fn backlog_mode(
     let st = status(&journal).await?;
     close(journal, writer).await?;
     let (allocated, apparent) = du(&dir);
+    let (peak, current) = rss();
     writeln!(
         out,
-        "built {} events in {:.1} s ({}/s, groups of 1,000): live {} | size_on_disk {} | du {} | apparent {}",
+        "built {} events in {:.1} s ({}/s, groups of 1,000): live {} | size_on_disk {} | du {} | apparent {} | \
+         peak RSS of the building process {} (current {}; includes the event generator)",
         n(events),
         build.as_secs_f64(),
         n((events as f64 / build.as_secs_f64()) as u64),
@@ -770,6 +849,8 @@ async fn backlog_mode(
         mib(st.size_on_disk),
         mib(allocated),
         mib(apparent),
+        mib(peak),
+        mib(current),
     )?;
     print!("{out}");
     out.clear();
@@ -777,14 +858,14 @@ async fn backlog_mode(
     // sled 0.34 writes its snapshot (page table) only when it opens, so the first open after
     // the build replays the whole log written since the previous open; later opens load the
     // snapshot.
-    for (label, cold) in
-        [("first open after the build", false), ("reopen, cold", true), ("reopen, warm", false)]
-    {
-        let exe = std::env::current_exe()?;
-        let mut cmd = Command::new(exe);
+    let open_child = |label: &str, cold: bool, replay: bool| -> anyhow::Result<()> {
+        let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("open").arg(&dir).arg("--cache-mib").arg(common.cache_mib.to_string());
         if cold {
             cmd.arg("--cold");
+        }
+        if replay {
+            cmd.arg("--replay");
         }
         print!("{label}: ");
         let output = cmd.arg("--bench").output().context("running the open child")?;
@@ -792,7 +873,25 @@ async fn backlog_mode(
             bail!("open child failed: {}", String::from_utf8_lossy(&output.stderr));
         }
         print!("{}", String::from_utf8_lossy(&output.stdout));
-    }
+        Ok(())
+    };
+    open_child("first open after the build", false, false)?;
+    open_child("reopen, cold", true, false)?;
+    open_child("reopen, warm, then a full replay read", false, true)?;
+    // A writer killed mid-write: a child appends as fast as it can and is SIGKILLed after 3 s.
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("fill")
+        .arg(&dir)
+        .arg("--cache-mib")
+        .arg(common.cache_mib.to_string())
+        .arg("--bench")
+        .spawn()
+        .context("running the fill child")?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    child.kill()?;
+    let killed = child.wait()?;
+    println!("fill child SIGKILLed mid-write after 3 s ({killed})");
+    open_child("first open after SIGKILL mid-write", false, false)?;
     if no_prune {
         return keep_or_remove(work, keep);
     }
@@ -895,9 +994,23 @@ fn pruned(st: &JournalStatus, next: u64) -> bool {
     st.first_seq >= next || st.live_bytes <= 2 * slotgate::journal::segment_bytes(st.cap_bytes)
 }
 
+/// Appends events of 250 machines of its own (`UA-1000` …, so none is a duplicate) in groups
+/// of 1,000 until the process is killed.
+async fn fill_until_killed(dir: &Path, cache_mib: u64) -> anyhow::Result<()> {
+    let mut config = JournalConfig::in_dir(dir);
+    config.cache_bytes = cache_mib << 20;
+    config.cap_bytes = 64 << 30;
+    config.destinations = vec![DESTINATION.to_owned()];
+    let (journal, _writer) = Journal::open(config)?;
+    let mut hall = Hall::new(250, 1000);
+    loop {
+        journal.append(hall.take(1000)).await?;
+    }
+}
+
 // === open (a fresh process) ===
 
-fn open_report(dir: &Path, cold: bool, cache_mib: u64) -> anyhow::Result<()> {
+fn open_report(dir: &Path, cold: bool, cache_mib: u64, replay: bool) -> anyhow::Result<()> {
     if !dir.join("log").exists() && !dir.join("state").exists() {
         bail!("{} is not a journal", dir.display());
     }
@@ -908,9 +1021,16 @@ fn open_report(dir: &Path, cold: bool, cache_mib: u64) -> anyhow::Result<()> {
     let mut config = JournalConfig::in_dir(dir);
     config.cache_bytes = cache_mib << 20;
     config.cap_bytes = 64 << 30;
+    config.destinations = vec![DESTINATION.to_owned()];
+    // One event of a machine of its own, built before the clock starts.
+    let probe = Hall::new(1, 2000 + std::process::id() as usize % 7000).take(1);
     let started = Instant::now();
     let (journal, writer) = Journal::open(config)?;
     let open = started.elapsed();
+    // Ready: the first append accepted and durable.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(journal.append(probe))?;
+    let ready = started.elapsed();
     let (after_open, _) = rss();
     let st = journal.status().borrow().clone();
     let started = Instant::now();
@@ -920,17 +1040,41 @@ fn open_report(dir: &Path, cold: bool, cache_mib: u64) -> anyhow::Result<()> {
     if head.len() != 1 || tail.len() != 1 {
         bail!("head or tail record missing");
     }
-    let (after_read, now) = rss();
+    let (after_read, _) = rss();
+    let mut replayed = String::new();
+    if replay {
+        // As a forwarder replays: chunks of 1,000 from the first kept record.
+        let started = Instant::now();
+        let mut from = st.first_seq;
+        let mut count = 0u64;
+        loop {
+            let chunk = journal.read(from, 1000)?;
+            let Some(last) = chunk.last() else { break };
+            from = last.header.seq + 1;
+            count += chunk.len() as u64;
+        }
+        let took = started.elapsed();
+        let (peak, _) = rss();
+        replayed = format!(
+            ", full replay read {} records in {:.2} s = {:.3} µs/record, peak RSS after it {}",
+            n(count),
+            took.as_secs_f64(),
+            took.as_secs_f64() * 1e6 / count.max(1) as f64,
+            mib(peak)
+        );
+    }
+    let (_, now) = rss();
     drop(journal);
     writer.join().map_err(anyhow::Error::msg)?;
     println!(
-        "open ({}): {} records ({} … {}), Journal::open {} ms, head+tail read {} ms, peak RSS \
-         before open {}, after open {}, after reads {} (current {})",
+        "open ({}): {} records ({} … {}), Journal::open {} ms, ready (first append durable) {} ms, \
+         head+tail read {} ms, peak RSS before open {}, after open {}, after reads {} (current {}){replayed}",
         if cold { "cold page cache" } else { "warm page cache" },
         n(st.records),
         n(st.first_seq),
         n(st.next_seq),
         ms(open),
+        ms(ready),
         ms(read),
         mib(before),
         mib(after_open),

@@ -1346,14 +1346,19 @@ impl Writer {
 
     fn refresh_pressure(&mut self) {
         let live = self.log_bytes();
-        let level = Pressure::of(live, self.config().cap_bytes);
+        let cap = self.config().cap_bytes;
+        let mut level = Pressure::of(live, cap);
+        if level < self.level {
+            // Sealing shrinks segments after they were counted: a level is left only once
+            // usage is two segments below its threshold, so alarms do not flap around it.
+            level = Pressure::of(live.saturating_add(2 * segment_bytes(cap)), cap).min(self.level);
+        }
         if level == self.level {
             return;
         }
         let rising = level > self.level;
         let previous = self.level;
         self.set_level(level);
-        let cap = self.config().cap_bytes;
         if rising && level > Pressure::Normal {
             let message = format!(
                 "journal holds {live} of {cap} bytes ({}), crossing {}",
