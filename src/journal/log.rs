@@ -1,5 +1,5 @@
-//! The record log: numbered segment files of CRC-framed records, one writer, any number of
-//! readers. The formats, durability points and recovery cases are in the journal's module doc;
+//! The record log: numbered segment files of CRC-framed records (full ones sealed into
+//! zstd-compressed blocks by a thread beside the writer), one writer, any number of readers. The formats, durability points and recovery cases are in the journal's module doc;
 //! this file is their code. It knows nothing of cursors, machines or alarms: it stores records
 //! in sequence order and finds them again, and says where it could not.
 

@@ -1,8 +1,8 @@
 //! Read-only inspection of a journal for `slotgate journal verify|stats|export`: chain and
 //! checkpoint verification, unreadable ranges, counts, and a JSON-lines export.
 //!
-//! The record log is read in place (segment files are only ever appended to, cut back at open
-//! or unlinked, never rewritten). sled has no read-only mode and its open may repair files, so
+//! The record log is read in place (segment files are only ever appended to, cut back at open,
+//! replaced whole by their sealed file through a rename, or unlinked; never rewritten in place). sled has no read-only mode and its open may repair files, so
 //! the keyed state is copied to a temporary directory and the copy is opened; a journal still
 //! in the old sled layout ([`super::migrate`]) is copied whole and the copy migrated. The
 //! evidence is never changed. Run it with the daemon stopped for an exact picture; on a live
