@@ -3,7 +3,7 @@
 //! this file is their code. It knows nothing of cursors, machines or alarms: it stores records
 //! in sequence order and finds them again, and says where it could not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::FileExt as _;
@@ -415,12 +415,22 @@ pub struct Index {
     /// Held while a sealed file replaces a plain one and while a segment is removed, so a
     /// removed segment is never brought back by its sealing.
     seal_lock: Mutex<()>,
+    /// The last few decoded sealed blocks, by (segment, block offset): a forwarder reads a
+    /// few dozen records per call, and a block holds hundreds.
+    blocks: Mutex<VecDeque<CachedBlock>>,
 }
+
+/// A decoded sealed block: its segment, its offset, its records.
+type CachedBlock = (u64, u64, Arc<Vec<Record>>);
+
+/// Decoded blocks kept for readers: one per concurrent sequential reader, roughly.
+const CACHED_BLOCKS: usize = 4;
 
 impl Index {
     pub fn set_segments(&self, segments: BTreeMap<u64, PathBuf>) {
         *self.segments.write().unwrap_or_else(PoisonError::into_inner) = segments;
         self.starts.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.blocks.lock().unwrap_or_else(PoisonError::into_inner).clear();
     }
 
     pub fn segments(&self) -> BTreeMap<u64, PathBuf> {
@@ -444,6 +454,7 @@ impl Index {
 
     fn remove_segment(&self, first: u64, next_first: u64) {
         self.segments.write().unwrap_or_else(PoisonError::into_inner).remove(&first);
+        self.blocks.lock().unwrap_or_else(PoisonError::into_inner).retain(|(s, _, _)| *s != first);
         let mut starts = self.starts.lock().unwrap_or_else(PoisonError::into_inner);
         *starts = starts.split_off(&next_first);
     }
@@ -507,7 +518,7 @@ impl Index {
                     &mut out,
                 )?,
                 Some(Format::Sealed) => {
-                    read_sealed(&file, *first, &mut expected, segment_end, limit, &mut out)?;
+                    self.read_sealed(&file, *first, &mut expected, segment_end, limit, &mut out)?;
                 }
                 None => {}
             }
@@ -591,52 +602,84 @@ fn take(record: Record, expected: &mut u64, until: u64, limit: usize, out: &mut 
     out.records.len() < limit
 }
 
-/// Reads from a sealed segment, starting at the block that holds `expected` (its block
-/// index), one block at a time. A damaged block is skipped (its seqs show as a gap); a
-/// damaged index falls back to walking every block.
-fn read_sealed(
-    file: &File,
-    first: u64,
-    expected: &mut u64,
-    until: u64,
-    limit: usize,
-    out: &mut ReadOut,
-) -> io::Result<()> {
-    let len = file.metadata()?.len();
-    let Some((index_at, blocks)) = read_block_index(file, len) else {
-        let mut bytes = Vec::new();
-        let mut file = file;
-        file.seek(SeekFrom::Start(0))?;
-        file.read_to_end(&mut bytes)?;
-        scan_segment(&bytes, first, |item| match item {
-            Item::Record { record, .. } => take(*record, expected, until, limit, out),
-            Item::Garbage { .. } | Item::Torn { .. } => true,
-        });
-        return Ok(());
-    };
-    let start = blocks.partition_point(|(seq, _)| *seq <= *expected).saturating_sub(1);
-    let mut buf = Vec::new();
-    for (i, (_, offset)) in blocks.iter().enumerate().skip(start) {
-        if out.records.len() >= limit {
-            break;
-        }
-        let end = blocks.get(i + 1).map_or(index_at, |(_, next)| *next);
-        let Some(size) = end.checked_sub(*offset).and_then(|s| usize::try_from(s).ok()) else {
-            continue;
+impl Index {
+    /// Reads from a sealed segment, starting at the block that holds `expected` (its block
+    /// index), one block at a time. A damaged block is skipped (its seqs show as a gap); a
+    /// damaged index falls back to walking every block.
+    fn read_sealed(
+        &self,
+        file: &File,
+        first: u64,
+        expected: &mut u64,
+        until: u64,
+        limit: usize,
+        out: &mut ReadOut,
+    ) -> io::Result<()> {
+        let len = file.metadata()?.len();
+        let Some((index_at, blocks)) = read_block_index(file, len) else {
+            let mut bytes = Vec::new();
+            let mut file = file;
+            file.seek(SeekFrom::Start(0))?;
+            file.read_to_end(&mut bytes)?;
+            scan_segment(&bytes, first, |item| match item {
+                Item::Record { record, .. } => take(*record, expected, until, limit, out),
+                Item::Garbage { .. } | Item::Torn { .. } => true,
+            });
+            return Ok(());
         };
-        if size > BLOCK_HEADER + MAX_FRAME as usize {
-            continue;
-        }
-        buf.resize(size, 0);
-        file.read_exact_at(&mut buf, *offset)?;
-        let Some((records, _)) = block_at(&buf) else { continue };
-        for record in records {
-            if !take(record, expected, until, limit, out) {
-                return Ok(());
+        let start = blocks.partition_point(|(seq, _)| *seq <= *expected).saturating_sub(1);
+        for (i, (_, offset)) in blocks.iter().enumerate().skip(start) {
+            if out.records.len() >= limit {
+                break;
+            }
+            let end = blocks.get(i + 1).map_or(index_at, |(_, next)| *next);
+            let Some(records) = self.block(file, first, *offset, end)? else { continue };
+            for record in records.iter() {
+                if record.header.seq < *expected {
+                    continue;
+                }
+                if !take(record.clone(), expected, until, limit, out) {
+                    return Ok(());
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// The records of the block at `offset..end` of sealed segment `first`, from the cache or
+    /// decoded; `None` if the block is damaged.
+    fn block(
+        &self,
+        file: &File,
+        first: u64,
+        offset: u64,
+        end: u64,
+    ) -> io::Result<Option<Arc<Vec<Record>>>> {
+        {
+            let cache = self.blocks.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((_, _, records)) =
+                cache.iter().find(|(s, o, _)| *s == first && *o == offset)
+            {
+                return Ok(Some(records.clone()));
+            }
+        }
+        let Some(size) = end.checked_sub(offset).and_then(|s| usize::try_from(s).ok()) else {
+            return Ok(None);
+        };
+        if size > BLOCK_HEADER + MAX_FRAME as usize {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; size];
+        file.read_exact_at(&mut buf, offset)?;
+        let Some((records, _)) = block_at(&buf) else { return Ok(None) };
+        let records = Arc::new(records);
+        let mut cache = self.blocks.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= CACHED_BLOCKS {
+            cache.pop_front();
+        }
+        cache.push_back((first, offset, records.clone()));
+        Ok(Some(records))
+    }
 }
 
 /// Records read, and seq ranges (inclusive) found missing before them.
@@ -1136,6 +1179,18 @@ mod tests {
             assert_eq!(out.records, want, "from {from}");
             assert!(out.gaps.is_empty());
         }
+        // A forwarder's small sequential reads through one index (its decoded-block cache).
+        let index = Index::default();
+        index.set_segments(BTreeMap::from([(100, path.clone())]));
+        let mut from = 100;
+        let mut all = Vec::new();
+        loop {
+            let out = index.read(from, u64::MAX, 25).unwrap();
+            let Some(last) = out.records.last() else { break };
+            from = last.header.seq + 1;
+            all.extend(out.records);
+        }
+        assert_eq!(all, records);
         assert_eq!(last_record(&path, 100).unwrap().as_ref(), records.last());
         assert_eq!(first_record(&path, 100).unwrap().as_ref(), records.first());
     }
