@@ -519,6 +519,18 @@ fn n(v: u64) -> String {
     out
 }
 
+/// CPU time (user + system) of the calling thread: on a shared machine, what a read costs
+/// regardless of how long the thread waited for a core.
+fn thread_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_THREAD).map_or(Duration::ZERO, |u| {
+        let us = |t: nix::sys::time::TimeVal| {
+            u64::try_from(i128::from(t.tv_sec()) * 1_000_000 + i128::from(t.tv_usec())).unwrap_or(0)
+        };
+        Duration::from_micros(us(u.user_time()) + us(u.system_time()))
+    })
+}
+
 /// Peak and current resident set in bytes (`VmHWM`, `VmRSS`).
 fn rss() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -739,8 +751,8 @@ async fn size_mode(marks: &[u64], common: &Common) -> anyhow::Result<()> {
          | new: sealed segments (`SGJLOG02`, zstd blocks + index) | {} | {} | {:.0} B |\n\
          | new: active segment (plain, not yet sealed) | {} | {} | {:.0} B |\n\
          | ratio sealed / old | | | {:.3} |\n\n\
-         decode in memory, sealed segments' records: sealed blocks {:.3} µs/record, the same \
-         records as plain frames {:.3} µs/record (ratio {:.2})",
+         decode in memory (CPU of the decoding thread), sealed segments' records: sealed blocks \
+         {:.3} µs/record, the same records as plain frames {:.3} µs/record (ratio {:.2})",
         n(layouts.records),
         n(layouts.records),
         mib(layouts.old_bytes),
@@ -800,7 +812,7 @@ fn log_layouts(dir: &Path) -> anyhow::Result<Layouts> {
         let bytes = std::fs::read(&path)?;
         let mut records = 0u64;
         let mut frames = Vec::new();
-        let started = Instant::now();
+        let started = thread_cpu();
         let format = log::scan_segment(&bytes, first, |item| {
             if let log::Item::Record { record, .. } = item {
                 records += 1;
@@ -808,7 +820,7 @@ fn log_layouts(dir: &Path) -> anyhow::Result<Layouts> {
             }
             true
         });
-        let decode = started.elapsed();
+        let decode = thread_cpu().saturating_sub(started);
         let plain: Vec<u8> = frames.iter().flat_map(|r| log::frame(r)).collect();
         out.records += records;
         out.old_bytes += log::SEGMENT_HEADER + plain.len() as u64;
@@ -817,13 +829,13 @@ fn log_layouts(dir: &Path) -> anyhow::Result<Layouts> {
                 out.sealed_records += records;
                 out.sealed_bytes += bytes.len() as u64;
                 out.sealed_decode += decode;
-                let started = Instant::now();
+                let started = thread_cpu();
                 let mut decoded = 0u64;
                 log::scan(&plain, 0, |_| {
                     decoded += 1;
                     true
                 });
-                out.plain_decode += started.elapsed();
+                out.plain_decode += thread_cpu().saturating_sub(started);
                 anyhow::ensure!(decoded == records, "plain frames decode to the same records");
             }
             _ => out.active_bytes += bytes.len() as u64,
@@ -1067,6 +1079,7 @@ fn open_report(dir: &Path, cold: bool, cache_mib: u64, replay: bool) -> anyhow::
     if replay {
         // As a forwarder replays: chunks of 1,000 from the first kept record.
         let started = Instant::now();
+        let cpu = thread_cpu();
         let mut from = st.first_seq;
         let mut count = 0u64;
         loop {
@@ -1076,12 +1089,15 @@ fn open_report(dir: &Path, cold: bool, cache_mib: u64, replay: bool) -> anyhow::
             count += chunk.len() as u64;
         }
         let took = started.elapsed();
+        let cpu = thread_cpu().saturating_sub(cpu);
         let (peak, _) = rss();
         replayed = format!(
-            ", full replay read {} records in {:.2} s = {:.3} µs/record, peak RSS after it {}",
+            ", full replay read {} records in {:.2} s = {:.3} µs/record wall, {:.3} µs/record \
+             CPU of the reading thread, peak RSS after it {}",
             n(count),
             took.as_secs_f64(),
             took.as_secs_f64() * 1e6 / count.max(1) as f64,
+            cpu.as_secs_f64() * 1e6 / count.max(1) as f64,
             mib(peak)
         );
     }

@@ -480,21 +480,25 @@ fn verify_finds_tampering_inside_a_sealed_segment() {
     // The body hash recomputed and the chain rebuilt to the end of the segment (a sealed
     // segment stores no per-record hashes to rebuild): the next segment's link breaks.
     let s = signed_segmented();
-    let (_, next) = tamper_sealed(&s.config, |records| {
-        let mut prev = records[29].record_hash();
-        for r in &mut records[30..] {
-            if r.header.seq == 30 {
-                edit_body(r);
-                r.header.body_hash = body_hash(r.body.as_ref().unwrap());
-            }
-            r.prev_hash = prev;
-            prev = chain_hash(&r.prev_hash, &r.header);
-        }
-    });
+    let (_, next) = tamper_sealed(&s.config, |records| edit_and_rebuild_chain(records, 30));
     let report = verify_dir(&s.config.dir, &[s.public]);
     let b = report.first_break.clone().expect("a break");
     assert_eq!(b.seq, next, "{b:?}");
     assert!(!report.checkpoint_problems.is_empty(), "{report:?}");
+}
+
+/// The attacker who knows the format: record `at` (index = seq) edited, its body hash
+/// recomputed and every later link rebuilt.
+fn edit_and_rebuild_chain(records: &mut [Record], at: usize) {
+    let mut prev = records[at - 1].record_hash();
+    for r in &mut records[at..] {
+        if r.header.seq == at as u64 {
+            edit_body(r);
+            r.header.body_hash = body_hash(r.body.as_ref().unwrap());
+        }
+        r.prev_hash = prev;
+        prev = chain_hash(&r.prev_hash, &r.header);
+    }
 }
 
 #[test]
@@ -542,17 +546,7 @@ fn verify_finds_swapped_records_at_the_first_of_them() {
 #[test]
 fn a_rebuilt_chain_is_caught_by_the_signed_checkpoints() {
     let s = signed_journal();
-    tamper(&s.config.dir, |records| {
-        let mut prev = records[23].record_hash();
-        for r in &mut records[24..] {
-            if r.header.seq == 24 {
-                edit_body(r);
-                r.header.body_hash = body_hash(r.body.as_ref().unwrap());
-            }
-            r.prev_hash = prev;
-            prev = chain_hash(&r.prev_hash, &r.header);
-        }
-    });
+    tamper(&s.config.dir, |records| edit_and_rebuild_chain(records, 24));
     let report = verify_dir(&s.config.dir, &[s.public]);
     assert_eq!(report.first_break, None, "the attacker rebuilt the chain");
     assert!(!report.ok());
