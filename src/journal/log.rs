@@ -757,16 +757,18 @@ impl LogWriter {
         let active_path = active_path.clone();
         let mut bytes = std::fs::read(&active_path)?;
         let format = format_of(&bytes, active_first);
-        for (first, path) in segments.range(..active_first) {
-            if is_plain(path, *first) {
-                sealer.queue(*first);
-            }
-        }
+        // Queued once the index lists them: the sealer seals only segments it lists.
+        let plain: Vec<u64> = segments
+            .range(..active_first)
+            .filter(|(first, path)| is_plain(path, **first))
+            .map(|(first, _)| *first)
+            .collect();
         if format == Some(Format::Sealed) {
             // The last segment is sealed (its successor went missing): never append to it.
             let last = last_record(&active_path, active_first)?;
             let next = last.as_ref().map_or(active_first, |r| r.header.seq + 1).max(first_seq);
             index.set_segments(segments);
+            plain.iter().for_each(|first| sealer.queue(*first));
             let writer = Self::create(dir, next, roll_bytes, index, sealer)?;
             recovered.next_seq = next;
             recovered.last = last;
@@ -828,6 +830,7 @@ impl LogWriter {
         }
         recovered.last = last;
         index.set_segments(segments);
+        plain.iter().for_each(|first| sealer.queue(*first));
         let mut active = file;
         active.seek(SeekFrom::End(0))?;
         let writer = Self {
