@@ -538,9 +538,9 @@ async fn load(dir: &Path, events: usize, chunk: usize) -> anyhow::Result<()> {
         let started = Instant::now();
         let (mut seq, mut count, mut bytes) = (first, 0, 0);
         loop {
-            let records = journal.read(seq, chunk)?;
+            let records = journal.read_entries(seq, chunk)?;
             let Some(last) = records.last() else { break };
-            seq = last.header.seq + 1;
+            seq = last.seq + 1;
             count += records.len();
             if pass != "read" {
                 for record in &records {

@@ -221,8 +221,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use self::checkpoint::Checkpoint;
-use self::log::{Index, LogWriter};
-pub use self::record::{Body, Class, Hash, Record};
+use self::log::{Index, LogWriter, Readable};
+pub use self::record::{Body, Class, Entry, Hash, Record};
 use self::record::{GENESIS, Header};
 use self::store::{SledStore, Store, StoreError, WriteBatch};
 use crate::event::{CanonicalEvent, EventKind, SnapshotTrigger};
@@ -688,7 +688,7 @@ fn reapply(
     let mut heads: HashMap<String, u64> = HashMap::new();
     while from < state.next_seq {
         let out = index
-            .read(from, state.next_seq, REAPPLY_STEP)
+            .read::<Record>(from, state.next_seq, REAPPLY_STEP)
             .map_err(|e| log_error(store.path(), "re-apply the log", &e))?;
         let Some(last) = out.records.last() else { break };
         from = last.header.seq + 1;
@@ -848,9 +848,20 @@ impl Journal {
         answer.await.map_err(|_| JournalError::Closed)?
     }
 
-    /// Up to `limit` durable records from `from` on, in order. Unreadable records (damage)
-    /// are skipped, and the writer journals an alarm naming their seq range.
+    /// Up to `limit` durable records from `from` on, in order, their hashes recomputed where
+    /// a sealed segment does not store them. Unreadable records (damage) are skipped, and the
+    /// writer journals an alarm naming their seq range.
     pub fn read(&self, from: u64, limit: usize) -> Result<Vec<Record>, JournalError> {
+        self.read_as(from, limit)
+    }
+
+    /// [`Journal::read`] for sending: the same records as [`Entry`]s, without the chain's
+    /// hashes, so a sealed segment is read without recomputing them (the forwarders' read).
+    pub fn read_entries(&self, from: u64, limit: usize) -> Result<Vec<Entry>, JournalError> {
+        self.read_as(from, limit)
+    }
+
+    fn read_as<T: Readable>(&self, from: u64, limit: usize) -> Result<Vec<T>, JournalError> {
         let durable = *self.durable.borrow();
         let from = from.max(self.shared.first_seq.load(Ordering::Acquire));
         if from >= durable {

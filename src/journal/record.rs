@@ -198,6 +198,50 @@ impl Record {
     }
 }
 
+/// A record as read for sending: what a forwarder sends, without the chain. Read from a sealed
+/// segment its hashes are never recomputed (two SHA-256 per record), so nothing here has been
+/// checked against the chain — only against the frame's or block's CRC-32, which still guards
+/// every byte sent. A distinct type, not a [`Record`] with zeroed hashes, so an unchecked
+/// record cannot be taken for a checked one; verification, export and checkpoints read
+/// [`Record`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch at append.
+    pub appended_at_ms: i64,
+    pub class: Class,
+    /// `None` once compacted.
+    pub body: Option<Body>,
+}
+
+impl From<Record> for Entry {
+    fn from(record: Record) -> Self {
+        let Header { seq, appended_at_ms, class, .. } = record.header;
+        Self { seq, appended_at_ms, class, body: record.body }
+    }
+}
+
+impl Entry {
+    /// Decodes a sealed record without recomputing its hashes; leftover bytes are an error.
+    pub fn decode_sealed(bytes: &[u8]) -> Result<Self, FormatError> {
+        let (envelope, rest) = postcard::take_from_bytes::<SealedEnvelope>(bytes)?;
+        if !rest.is_empty() {
+            return Err(FormatError::Trailing(rest.len()));
+        }
+        let SealedEnvelope::V1(sealed) = envelope;
+        let body = match sealed.body {
+            SealedBody::Hashed(body) => Some(body),
+            SealedBody::Stored { body, .. } => body,
+        };
+        Ok(Self {
+            seq: sealed.seq,
+            appended_at_ms: sealed.appended_at_ms,
+            class: sealed.class,
+            body,
+        })
+    }
+}
+
 pub fn chain_hash(prev: &Hash, header: &Header) -> Hash {
     let mut h = Sha256::new();
     h.update(b"slotgate-journal-v1");
