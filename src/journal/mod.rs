@@ -85,6 +85,13 @@
 //! never rescan; in a sealed segment a read starts at the block that holds its first seq
 //! (the block index) and decompresses block by block.
 //!
+//! Two reads, one path ([`log::Readable`]): [`Journal::read`] returns checked [`Record`]s — in
+//! a sealed segment both hashes recomputed, two SHA-256 per record — for verification, export,
+//! checkpoints and re-applying at open; [`Journal::read_entries`] returns [`Entry`]s (seq,
+//! append time, class, body; no hashes, nothing recomputed) for the forwarders, which never
+//! send the chain. The frame's or block's CRC-32 guards the bytes of both; tampering that kept
+//! the CRCs is `journal verify`'s and the checkpoints' to find, not the forwarders'.
+//!
 //! Keyed state (one sled tree, so one batch is atomic across all of it):
 //!
 //! | key | value |
