@@ -374,7 +374,7 @@ impl Readable for Record {
         let mut records = Vec::with_capacity(count.min(1 << 16));
         let mut prev = anchor;
         each_entry(raw, |entry| {
-            let record = Record::decode_sealed(entry, prev).ok()?;
+            let record = Self::decode_sealed(entry, prev).ok()?;
             prev = record.record_hash();
             records.push(record);
             Some(())
@@ -399,7 +399,7 @@ impl Readable for Entry {
     fn decode_block(raw: &[u8], _anchor: Hash, count: usize) -> Option<Vec<Self>> {
         let mut entries = Vec::with_capacity(count.min(1 << 16));
         each_entry(raw, |entry| {
-            entries.push(Entry::decode_sealed(entry).ok()?);
+            entries.push(Self::decode_sealed(entry).ok()?);
             Some(())
         })?;
         Some(entries)
