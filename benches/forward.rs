@@ -216,16 +216,10 @@ fn raw_payloads(count: usize) -> (Vec<(String, Vec<u8>)>, usize) {
     let payloads: Vec<_> = (0..count)
         .map(|i| {
             let machine = format!("EGM-{:04}", i % MACHINES);
-            let record = slotgate::journal::Record {
-                header: slotgate::journal::record::Header {
-                    seq: i as u64,
-                    appended_at_ms: now,
-                    class: Class::Financial,
-                    machine: machine.clone(),
-                    machine_seq: Some(i as u64),
-                    body_hash: [0; 32],
-                },
-                prev_hash: [0; 32],
+            let record = slotgate::journal::Entry {
+                seq: i as u64,
+                appended_at_ms: now,
+                class: Class::Financial,
                 body: Some(Body::Event {
                     canonical_json: event_json(&format!("raw/{machine}"), i as u64, now),
                     raw: Vec::new(),
@@ -541,9 +535,9 @@ async fn load(dir: &Path, events: usize, chunk: usize) -> anyhow::Result<()> {
         let started = Instant::now();
         let (mut seq, mut count, mut bytes) = (first, 0, 0);
         loop {
-            let records = journal.read(seq, chunk)?;
+            let records = journal.read_entries(seq, chunk)?;
             let Some(last) = records.last() else { break };
-            seq = last.header.seq + 1;
+            seq = last.seq + 1;
             count += records.len();
             if pass != "read" {
                 for record in &records {

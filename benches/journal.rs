@@ -59,7 +59,7 @@ use slotgate::event::{
     RegistryId, SCHEMA_VERSION, SnapshotTrigger, Source, SourceKind, VenueId, event_id,
     idempotency_key,
 };
-use slotgate::journal::{Journal, JournalConfig, JournalStatus, NewRecord, WriterHandle};
+use slotgate::journal::{Journal, JournalConfig, JournalStatus, NewRecord, WriterHandle, log};
 
 /// The one destination configured in `backlog`.
 const DESTINATION: &str = "sms";
@@ -123,6 +123,16 @@ enum Mode {
         cold: bool,
         #[arg(long, default_value_t = 16)]
         cache_mib: u64,
+        /// Then read every record, as a forwarder replaying the whole backlog does.
+        #[arg(long)]
+        replay: bool,
+    },
+    /// Appends to an existing journal until killed (the child `backlog` SIGKILLs mid-write).
+    #[command(hide = true)]
+    Fill {
+        journal: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        cache_mib: u64,
     },
 }
 
@@ -169,9 +179,10 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Mode::Open { journal, cold, cache_mib } = &mode {
-        // No runtime: open and read are synchronous, and the RSS is the journal's alone.
-        return open_report(journal, *cold, *cache_mib);
+    if let Mode::Open { journal, cold, cache_mib, replay } = &mode {
+        // No runtime until the first append: open and read are synchronous, and the RSS is
+        // the journal's alone.
+        return open_report(journal, *cold, *cache_mib, *replay);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -183,6 +194,7 @@ fn main() -> anyhow::Result<()> {
             Mode::Backlog { events, cycles, no_prune, keep, common } => {
                 backlog_mode(events, cycles, no_prune, keep, &common).await
             }
+            Mode::Fill { journal, cache_mib } => fill_until_killed(&journal, cache_mib).await,
             Mode::Open { .. } => Ok(()),
         }
     })
@@ -510,6 +522,18 @@ fn n(v: u64) -> String {
     out
 }
 
+/// CPU time (user + system) of the calling thread: on a shared machine, what a read costs
+/// regardless of how long the thread waited for a core.
+fn thread_cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_THREAD).map_or(Duration::ZERO, |u| {
+        let us = |t: nix::sys::time::TimeVal| {
+            u64::try_from(i128::from(t.tv_sec()) * 1_000_000 + i128::from(t.tv_usec())).unwrap_or(0)
+        };
+        Duration::from_micros(us(u.user_time()) + us(u.system_time()))
+    })
+}
+
 /// Peak and current resident set in bytes (`VmHWM`, `VmRSS`).
 fn rss() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -700,6 +724,7 @@ async fn size_mode(marks: &[u64], common: &Common) -> anyhow::Result<()> {
         rows.push((mark, st, allocated, apparent, started.elapsed()));
     }
     close(journal, writer).await?;
+    let layouts = log_layouts(&dir.join("log"))?;
     let rows_last = rows.last().map(|(m, _, a, p, t)| (*m, (), *a, *p, *t));
     println!("\njournal size: groups of 1,000, one task, sled cache {} MiB\n", common.cache_mib);
     println!(
@@ -721,9 +746,41 @@ async fn size_mode(marks: &[u64], common: &Common) -> anyhow::Result<()> {
             at.as_secs_f64()
         );
     }
+    let per = |bytes: u64, records: u64| bytes as f64 / records.max(1) as f64;
+    println!(
+        "\nlog layouts of the same {} records (closed, so every full segment is sealed):\n\n\
+         | layout | records | bytes | per event |\n|---|---:|---:|---:|\n\
+         | old: plain `SGJLOG01` frames with both hashes (byte-exact, from the records' frames) | {} | {} | {:.0} B |\n\
+         | new: sealed segments (`SGJLOG02`, zstd blocks + index) | {} | {} | {:.0} B |\n\
+         | new: active segment (plain, not yet sealed) | {} | {} | {:.0} B |\n\
+         | ratio sealed / old | | | {:.3} |\n\n\
+         decode in memory (CPU of the decoding thread), sealed segments' records: sealed blocks \
+         {:.3} µs/record, the same records as plain frames {:.3} µs/record (ratio {:.2})",
+        n(layouts.records),
+        n(layouts.records),
+        mib(layouts.old_bytes),
+        per(layouts.old_bytes, layouts.records),
+        n(layouts.sealed_records),
+        mib(layouts.sealed_bytes),
+        per(layouts.sealed_bytes, layouts.sealed_records),
+        n(layouts.records - layouts.sealed_records),
+        mib(layouts.active_bytes),
+        per(layouts.active_bytes, layouts.records - layouts.sealed_records),
+        per(layouts.sealed_bytes, layouts.sealed_records) / per(layouts.old_bytes, layouts.records),
+        layouts.sealed_decode.as_secs_f64() * 1e6 / layouts.sealed_records.max(1) as f64,
+        layouts.plain_decode.as_secs_f64() * 1e6 / layouts.sealed_records.max(1) as f64,
+        layouts.sealed_decode.as_secs_f64() / layouts.plain_decode.as_secs_f64().max(1e-9),
+    );
     if let Some((mark, _, allocated, _, _)) = rows_last {
         // R10: a full hall (250 machines × 10 games/min) makes ≈ 650 M events in 90 days.
         let per_event = allocated as f64 / mark as f64;
+        let sealed = per(layouts.sealed_bytes, layouts.sealed_records);
+        println!(
+            "\n90-day projection, full 250-machine hall ({} events), sealed segments alone: \
+             {sealed:.0} B/event × events = {:.0} GiB",
+            n(HALL_90_DAYS),
+            sealed * HALL_90_DAYS as f64 / f64::from(1u32 << 30)
+        );
         let total = per_event * HALL_90_DAYS as f64;
         println!(
             "\n90-day projection, full 250-machine hall ({} events): {:.0} B/event × events = \
@@ -735,6 +792,59 @@ async fn size_mode(marks: &[u64], common: &Common) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Bytes of the log's segment files by layout, and what the same records took in the plain
+/// layout (frames with both hashes, as written before sealed segments were compressed).
+#[derive(Debug, Default)]
+struct Layouts {
+    records: u64,
+    old_bytes: u64,
+    sealed_records: u64,
+    sealed_bytes: u64,
+    active_bytes: u64,
+    /// Decoding the sealed segments in memory (decompress, decode, both hashes recomputed),
+    /// and the same records as plain frames (CRC, decode): the read paths without I/O.
+    sealed_decode: Duration,
+    plain_decode: Duration,
+}
+
+fn log_layouts(dir: &Path) -> anyhow::Result<Layouts> {
+    let mut out = Layouts::default();
+    for (first, path) in log::list_segments(dir)? {
+        let bytes = std::fs::read(&path)?;
+        let mut records = 0u64;
+        let mut frames = Vec::new();
+        let started = thread_cpu();
+        let format = log::scan_segment(&bytes, first, |item| {
+            if let log::Item::Record { record, .. } = item {
+                records += 1;
+                frames.push(record);
+            }
+            true
+        });
+        let decode = thread_cpu().saturating_sub(started);
+        let plain: Vec<u8> = frames.iter().flat_map(|r| log::frame(r)).collect();
+        out.records += records;
+        out.old_bytes += log::SEGMENT_HEADER + plain.len() as u64;
+        match format {
+            Some(log::Format::Sealed) => {
+                out.sealed_records += records;
+                out.sealed_bytes += bytes.len() as u64;
+                out.sealed_decode += decode;
+                let started = thread_cpu();
+                let mut decoded = 0u64;
+                log::scan(&plain, 0, |_| {
+                    decoded += 1;
+                    true
+                });
+                out.plain_decode += thread_cpu().saturating_sub(started);
+                anyhow::ensure!(decoded == records, "plain frames decode to the same records");
+            }
+            _ => out.active_bytes += bytes.len() as u64,
+        }
+    }
+    Ok(out)
 }
 
 /// Events a full hall makes in 90 days (issue 14: 250 machines × 10 games/min, plus snapshots
@@ -763,9 +873,11 @@ async fn backlog_mode(
     let st = status(&journal).await?;
     close(journal, writer).await?;
     let (allocated, apparent) = du(&dir);
+    let (peak, current) = rss();
     writeln!(
         out,
-        "built {} events in {:.1} s ({}/s, groups of 1,000): live {} | size_on_disk {} | du {} | apparent {}",
+        "built {} events in {:.1} s ({}/s, groups of 1,000): live {} | size_on_disk {} | du {} | apparent {} | \
+         peak RSS of the building process {} (current {}; includes the event generator)",
         n(events),
         build.as_secs_f64(),
         n((events as f64 / build.as_secs_f64()) as u64),
@@ -773,6 +885,8 @@ async fn backlog_mode(
         mib(st.size_on_disk),
         mib(allocated),
         mib(apparent),
+        mib(peak),
+        mib(current),
     )?;
     print!("{out}");
     out.clear();
@@ -780,14 +894,14 @@ async fn backlog_mode(
     // sled 0.34 writes its snapshot (page table) only when it opens, so the first open after
     // the build replays the whole log written since the previous open; later opens load the
     // snapshot.
-    for (label, cold) in
-        [("first open after the build", false), ("reopen, cold", true), ("reopen, warm", false)]
-    {
-        let exe = std::env::current_exe()?;
-        let mut cmd = Command::new(exe);
+    let open_child = |label: &str, cold: bool, replay: bool| -> anyhow::Result<()> {
+        let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("open").arg(&dir).arg("--cache-mib").arg(common.cache_mib.to_string());
         if cold {
             cmd.arg("--cold");
+        }
+        if replay {
+            cmd.arg("--replay");
         }
         print!("{label}: ");
         let output = cmd.arg("--bench").output().context("running the open child")?;
@@ -795,7 +909,25 @@ async fn backlog_mode(
             bail!("open child failed: {}", String::from_utf8_lossy(&output.stderr));
         }
         print!("{}", String::from_utf8_lossy(&output.stdout));
-    }
+        Ok(())
+    };
+    open_child("first open after the build", false, false)?;
+    open_child("reopen, cold", true, false)?;
+    open_child("reopen, warm, then a full replay read", false, true)?;
+    // A writer killed mid-write: a child appends as fast as it can and is SIGKILLed after 3 s.
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("fill")
+        .arg(&dir)
+        .arg("--cache-mib")
+        .arg(common.cache_mib.to_string())
+        .arg("--bench")
+        .spawn()
+        .context("running the fill child")?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    child.kill()?;
+    let killed = child.wait()?;
+    println!("fill child SIGKILLed mid-write after 3 s ({killed})");
+    open_child("first open after SIGKILL mid-write", false, false)?;
     if no_prune {
         return keep_or_remove(work, keep);
     }
@@ -818,7 +950,7 @@ async fn backlog_mode(
                 None,
             ));
         }
-        let (prune_took, probe) = acknowledge_all(&journal, &mut hall).await?;
+        let (prune_took, probe) = acknowledge_all(&journal, &mut hall, &dir).await?;
         let (allocated, _) = du(&dir);
         let label = if cycle == 0 { "acknowledged".to_owned() } else { format!("ack {cycle}") };
         table.push((label, status(&journal).await?, allocated, Some(prune_took), Some(probe)));
@@ -858,6 +990,7 @@ fn keep_or_remove(work: tempfile::TempDir, keep: bool) -> anyhow::Result<()> {
 async fn acknowledge_all(
     journal: &Journal,
     hall: &mut Hall,
+    dir: &Path,
 ) -> anyhow::Result<(Duration, Latencies)> {
     let through = status(journal).await?.next_seq - 1;
     let probe_machine = hall.machines.len() - 1;
@@ -867,7 +1000,7 @@ async fn acknowledge_all(
     let mut status_rx = journal.status();
     let deadline = started + Duration::from_secs(3600);
     loop {
-        if pruned(&status_rx.borrow_and_update(), through + 1) {
+        if pruned(dir, &status_rx.borrow_and_update(), through + 1) {
             break;
         }
         if Instant::now() > deadline {
@@ -885,22 +1018,36 @@ async fn acknowledge_all(
     let next = status(journal).await?.next_seq;
     journal.acknowledge(DESTINATION, next - 1).await?;
     let mut status_rx = journal.status();
-    while !pruned(&status_rx.borrow_and_update(), next) {
-        status_rx.changed().await?;
+    while !pruned(dir, &status_rx.borrow_and_update(), next) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok((took, Latencies::new(latencies)))
 }
 
 /// Everything below `next` that can be removed is: the segmented log keeps its active segment
-/// (and the one before it while that is being sealed), so "removed" means at most two segments'
-/// bytes are left.
-fn pruned(st: &JournalStatus, next: u64) -> bool {
-    st.first_seq >= next || st.live_bytes <= 2 * slotgate::journal::segment_bytes(st.cap_bytes)
+/// (and the one before it while the writer removes), so "removed" means at most two segment
+/// files are left. (Bytes cannot tell: sealed segments are compressed.)
+fn pruned(dir: &Path, st: &JournalStatus, next: u64) -> bool {
+    st.first_seq >= next || log::list_segments(&dir.join("log")).is_ok_and(|s| s.len() <= 2)
+}
+
+/// Appends events of 250 machines of its own (`UA-1000` …, so none is a duplicate) in groups
+/// of 1,000 until the process is killed.
+async fn fill_until_killed(dir: &Path, cache_mib: u64) -> anyhow::Result<()> {
+    let mut config = JournalConfig::in_dir(dir);
+    config.cache_bytes = cache_mib << 20;
+    config.cap_bytes = 64 << 30;
+    config.destinations = vec![DESTINATION.to_owned()];
+    let (journal, _writer) = Journal::open(config)?;
+    let mut hall = Hall::new(250, 1000);
+    loop {
+        journal.append(hall.take(1000)).await?;
+    }
 }
 
 // === open (a fresh process) ===
 
-fn open_report(dir: &Path, cold: bool, cache_mib: u64) -> anyhow::Result<()> {
+fn open_report(dir: &Path, cold: bool, cache_mib: u64, replay: bool) -> anyhow::Result<()> {
     if !dir.join("log").exists() && !dir.join("state").exists() {
         bail!("{} is not a journal", dir.display());
     }
@@ -911,9 +1058,16 @@ fn open_report(dir: &Path, cold: bool, cache_mib: u64) -> anyhow::Result<()> {
     let mut config = JournalConfig::in_dir(dir);
     config.cache_bytes = cache_mib << 20;
     config.cap_bytes = 64 << 30;
+    config.destinations = vec![DESTINATION.to_owned()];
+    // One event of a machine of its own, built before the clock starts.
+    let probe = Hall::new(1, 2000 + std::process::id() as usize % 7000).take(1);
     let started = Instant::now();
     let (journal, writer) = Journal::open(config)?;
     let open = started.elapsed();
+    // Ready: the first append accepted and durable.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(journal.append(probe))?;
+    let ready = started.elapsed();
     let (after_open, _) = rss();
     let st = journal.status().borrow().clone();
     let started = Instant::now();
@@ -923,17 +1077,57 @@ fn open_report(dir: &Path, cold: bool, cache_mib: u64) -> anyhow::Result<()> {
     if head.len() != 1 || tail.len() != 1 {
         bail!("head or tail record missing");
     }
-    let (after_read, now) = rss();
+    let (after_read, _) = rss();
+    let mut replayed = String::new();
+    if replay {
+        // As a forwarder replays: chunks of 1,000 from the first kept record, once checked
+        // (`read`: a sealed segment's hashes recomputed, as `journal verify` and export read)
+        // and once as the forwarders read (`read_entries`: no hashes), alternating twice so
+        // both see the same load and page cache.
+        for pass in ["checked read", "forwarder read", "checked read", "forwarder read"] {
+            let started = Instant::now();
+            let cpu = thread_cpu();
+            let mut from = st.first_seq;
+            let mut count = 0u64;
+            loop {
+                let next = if pass == "checked read" {
+                    let chunk = journal.read(from, 1000)?;
+                    count += chunk.len() as u64;
+                    chunk.last().map(|r| r.header.seq + 1)
+                } else {
+                    let chunk = journal.read_entries(from, 1000)?;
+                    count += chunk.len() as u64;
+                    chunk.last().map(|e| e.seq + 1)
+                };
+                let Some(next) = next else { break };
+                from = next;
+            }
+            let took = started.elapsed();
+            let cpu = thread_cpu().saturating_sub(cpu);
+            let (peak, _) = rss();
+            replayed.push_str(&format!(
+                ", full replay ({pass}) {} records in {:.2} s = {:.3} µs/record wall, {:.3} \
+                 µs/record CPU of the reading thread, peak RSS after it {}",
+                n(count),
+                took.as_secs_f64(),
+                took.as_secs_f64() * 1e6 / count.max(1) as f64,
+                cpu.as_secs_f64() * 1e6 / count.max(1) as f64,
+                mib(peak)
+            ));
+        }
+    }
+    let (_, now) = rss();
     drop(journal);
     writer.join().map_err(anyhow::Error::msg)?;
     println!(
-        "open ({}): {} records ({} … {}), Journal::open {} ms, head+tail read {} ms, peak RSS \
-         before open {}, after open {}, after reads {} (current {})",
+        "open ({}): {} records ({} … {}), Journal::open {} ms, ready (first append durable) {} ms, \
+         head+tail read {} ms, peak RSS before open {}, after open {}, after reads {} (current {}){replayed}",
         if cold { "cold page cache" } else { "warm page cache" },
         n(st.records),
         n(st.first_seq),
         n(st.next_seq),
         ms(open),
+        ms(ready),
         ms(read),
         mib(before),
         mib(after_open),

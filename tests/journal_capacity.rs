@@ -17,17 +17,18 @@ fn reaching_the_cap_raises_alarms_in_order_and_keeps_every_event() {
     config.cap_bytes = 256 << 10;
     let (journal, writer) = open(&config);
     let rt = runtime();
-    let meters = "m".repeat(400);
+    // Incompressible, so the sealed segments fill the cap as the plain ones did.
+    let meters = |i: u64| noise(i, 400);
     let mut pressures = vec![Pressure::Normal];
     let mut appended = Vec::new();
     for i in 0..2000u64 {
         let batch = vec![
-            rec(Class::Snapshot, "M1", Some(2 * i), &format!("s{i}-{meters}")),
+            rec(Class::Snapshot, "M1", Some(2 * i), &format!("s{i}-{}", meters(i))),
             rec(Class::Financial, "M1", Some(2 * i + 1), &format!("f{i}")),
         ];
         let a = rt.block_on(journal.append(batch)).unwrap();
         assert_eq!(a.next - a.first, 2);
-        appended.push((a.first, format!("s{i}-{meters}")));
+        appended.push((a.first, format!("s{i}-{}", meters(i))));
         appended.push((a.first + 1, format!("f{i}")));
         // The writer refreshes pressure after each group; an empty append orders us after it.
         rt.block_on(journal.append(Vec::new())).unwrap();
@@ -78,10 +79,10 @@ fn from_80_percent_acknowledged_segments_go_before_their_retention_with_an_alarm
     config.retain_acknowledged = Duration::from_secs(90 * 24 * 3600);
     let (journal, writer) = open(&config);
     let rt = runtime();
-    let meters = "m".repeat(400);
+    let meters = |i: u64| noise(i, 400);
     // Three times the cap, each group acknowledged at once.
     for i in 0..800u64 {
-        let batch = vec![rec(Class::Financial, "M1", Some(i), &format!("f{i}-{meters}"))];
+        let batch = vec![rec(Class::Financial, "M1", Some(i), &format!("f{i}-{}", meters(i)))];
         let a = rt.block_on(journal.append(batch)).unwrap();
         rt.block_on(journal.acknowledge("sms", a.next - 1)).unwrap();
         assert!(*journal.pressure().borrow() < Pressure::Full);

@@ -148,19 +148,22 @@ fn a_corrupt_frame_in_the_active_segment_costs_that_record_only() {
     );
 }
 
+/// A sealed segment is compressed block by block: one flipped bit costs the block it is in
+/// (here the whole 16 KiB segment, one block), never the records around it.
 #[test]
-fn a_corrupt_frame_in_a_sealed_segment_is_found_by_the_reader_and_journalled() {
+fn a_corrupt_block_in_a_sealed_segment_costs_that_block_only_and_is_journalled() {
     let dir = tempfile::tempdir().unwrap();
     let config = segmented(dir.path());
-    let (_, first) = &segments(&config)[0];
-    let (offset, record) = frames(first)[7].clone();
-    let mut bytes = std::fs::read(first).unwrap();
-    bytes[usize::try_from(offset).unwrap() + 14] ^= 0xFF;
-    std::fs::write(first, bytes).unwrap();
+    let all = segments(&config);
+    let (first, path) = &all[0];
+    let next = all[1].0;
+    let mut bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], &log::SEALED_MAGIC, "a closed journal's full segments are sealed");
+    bytes[16 + log::BLOCK_HEADER + 20] ^= 0xFF;
+    std::fs::write(path, bytes).unwrap();
     let (journal, writer) = open(&config);
-    let seq = record.header.seq;
-    let records = read_and_wait_for_gap(&journal, seq, seq);
-    assert_eq!(records.len(), 599);
+    let records = read_and_wait_for_gap(&journal, *first, next - 1);
+    assert_eq!(records.len() as u64, 600 - (next - first));
     close(journal, writer);
     // A restart does not journal the same gap again.
     let (journal, writer) = open(&config);
@@ -170,6 +173,101 @@ fn a_corrupt_frame_in_a_sealed_segment_is_found_by_the_reader_and_journalled() {
     rt.block_on(journal.append(Vec::new())).unwrap();
     assert_eq!(gap_alarms(&read_all(&journal)).len(), 1);
     close(journal, writer);
+}
+
+/// Sealing crashed before its rename (a half-written `.sealing` file beside the whole plain
+/// segment), or the active segment went missing so the last file is a sealed one: open
+/// keeps every record and appends go on after the last.
+#[test]
+fn open_recovers_from_a_crash_while_sealing_and_from_a_sealed_last_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = segmented(dir.path());
+    let all = segments(&config);
+    let (first, path) = &all[1];
+    let sealed = std::fs::read(path).unwrap();
+    let half =
+        dir.path().join("journal/log").join(format!("{}.sealing", log::segment_name(*first)));
+    std::fs::write(&half, &sealed[..sealed.len() / 2]).unwrap();
+    let (journal, writer) = open(&config);
+    assert!(!half.exists(), "the half-written sealed file is removed");
+    assert_eq!(read_all(&journal).len(), 600);
+    close(journal, writer);
+    let (active_first, active) = segments(&config).pop().unwrap();
+    std::fs::remove_file(&active).unwrap();
+    let (journal, writer) = open(&config);
+    // The lost active segment's records were durable: a gap, and their seqs never reissued.
+    let kept = read_and_wait_for_gap(&journal, active_first, 599);
+    assert_eq!(kept.len() as u64, active_first);
+    let rt = runtime();
+    let a = rt.block_on(journal.append(vec![rec(Class::Financial, "M1", Some(900), "after")]));
+    assert!(a.unwrap().first >= 600, "appends continue after the sealed segment");
+    close(journal, writer);
+}
+
+/// The log layout before compression (`SGJLOG01` segments only, full records): it opens,
+/// reads and verifies as it is, its full segments are sealed on the way, and every record,
+/// hash and checkpoint reads the same afterwards (fixture README).
+#[test]
+fn a_journal_in_the_log_v1_layout_opens_reads_and_is_sealed() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/journal-log-v1");
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("journal");
+    for sub in ["log", "state", "state/blobs"] {
+        std::fs::create_dir_all(target.join(sub)).unwrap();
+    }
+    for sub in ["log", "state"] {
+        for entry in std::fs::read_dir(fixture.join("journal").join(sub)).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), target.join(sub).join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    let public = checkpoint::load_public_key(&fixture.join("checkpoint.key.pub")).unwrap();
+    let mut config = JournalConfig::in_dir(&target);
+    config.cap_bytes = 1 << 20;
+    config.destinations = vec!["sms".into()];
+    let before = verify_dir(&target, &[public]);
+    assert!(before.ok(), "{before:?}");
+    assert!(before.checkpoints_verified >= 1, "{before:?}");
+    let plain = segments(&config);
+    assert!(plain.len() >= 3);
+    let size = |s: &[(u64, PathBuf)]| -> u64 {
+        s.iter().map(|(_, p)| std::fs::metadata(p).unwrap().len()).sum()
+    };
+    let plain_size = size(&plain);
+    let plain_active = std::fs::read(&plain.last().unwrap().1).unwrap();
+    for (_, path) in &plain {
+        assert_eq!(&std::fs::read(path).unwrap()[..8], &log::SEGMENT_MAGIC);
+    }
+    let (journal, writer) = open(&config);
+    let records = read_all(&journal);
+    assert_eq!((records[0].header.seq, records.last().unwrap().header.seq), (150, 599));
+    assert_eq!(records.len(), 450);
+    for (r, seq) in records.iter().zip(150..) {
+        assert_eq!(payload_of(r), Some(format!("p{seq}")));
+    }
+    for w in records.windows(2) {
+        assert_eq!(w[1].prev_hash, w[0].record_hash());
+    }
+    close(journal, writer);
+    let after = segments(&config);
+    let (active_first, active) = after.last().unwrap();
+    for (first, path) in &after {
+        let magic = if first == active_first { log::SEGMENT_MAGIC } else { log::SEALED_MAGIC };
+        assert_eq!(&std::fs::read(path).unwrap()[..8], &magic, "{}", path.display());
+    }
+    assert!(size(&after) * 2 < plain_size, "{} vs {plain_size}", size(&after));
+    assert_eq!(std::fs::read(active).unwrap(), plain_active, "the active segment is untouched");
+    let (journal, writer) = open(&config);
+    assert_eq!(read_all(&journal), records);
+    close(journal, writer);
+    let report = verify_dir(&target, &[public]);
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(
+        (report.checkpoints, report.checkpoints_verified, report.records),
+        (before.checkpoints, before.checkpoints_verified, before.records)
+    );
 }
 
 #[test]
@@ -337,6 +435,72 @@ fn edit_body(record: &mut Record) {
     }
 }
 
+/// A signed journal of 600 records in 16 KiB segments, closed: its full segments sealed.
+fn signed_segmented() -> Signed {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("journal.key");
+    let public = checkpoint::generate(&key_path).unwrap();
+    let mut config = JournalConfig::in_dir(&dir.path().join("journal"));
+    config.cap_bytes = 1 << 20;
+    config.checkpoints = Some(CheckpointSettings {
+        key: load_signing_key(&key_path).unwrap(),
+        interval: Duration::ZERO,
+    });
+    build(&config, 600, 10);
+    Signed { _dir: dir, config, public }
+}
+
+/// Rewrites the first sealed segment as an attacker with this code would: decoded, edited,
+/// sealed again (every CRC and the block index valid).
+fn tamper_sealed(config: &JournalConfig, f: impl FnOnce(&mut Vec<Record>)) -> (u64, u64) {
+    let all = segments(config);
+    let (first, path) = &all[0];
+    let bytes = std::fs::read(path).unwrap();
+    let mut records = Vec::new();
+    let format = log::scan_segment(&bytes, *first, |item| {
+        if let Item::Record { record, .. } = item {
+            records.push(*record);
+        }
+        true
+    });
+    assert_eq!(format, Some(log::Format::Sealed));
+    f(&mut records);
+    std::fs::write(path, log::seal(*first, &records).unwrap()).unwrap();
+    (*first, all[1].0)
+}
+
+#[test]
+fn verify_finds_tampering_inside_a_sealed_segment() {
+    // An edited body whose stored hash was left: found at its seq.
+    let s = signed_segmented();
+    tamper_sealed(&s.config, |records| edit_body(&mut records[30]));
+    let report = verify_dir(&s.config.dir, &[s.public]);
+    let b = report.first_break.expect("a break");
+    assert!(b.seq == 30 && b.reason.contains("body does not match"), "{b:?}");
+    // The body hash recomputed and the chain rebuilt to the end of the segment (a sealed
+    // segment stores no per-record hashes to rebuild): the next segment's link breaks.
+    let s = signed_segmented();
+    let (_, next) = tamper_sealed(&s.config, |records| edit_and_rebuild_chain(records, 30));
+    let report = verify_dir(&s.config.dir, &[s.public]);
+    let b = report.first_break.clone().expect("a break");
+    assert_eq!(b.seq, next, "{b:?}");
+    assert!(!report.checkpoint_problems.is_empty(), "{report:?}");
+}
+
+/// The attacker who knows the format: record `at` (index = seq) edited, its body hash
+/// recomputed and every later link rebuilt.
+fn edit_and_rebuild_chain(records: &mut [Record], at: usize) {
+    let mut prev = records[at - 1].record_hash();
+    for r in &mut records[at..] {
+        if r.header.seq == at as u64 {
+            edit_body(r);
+            r.header.body_hash = body_hash(r.body.as_ref().unwrap());
+        }
+        r.prev_hash = prev;
+        prev = chain_hash(&r.prev_hash, &r.header);
+    }
+}
+
 #[test]
 fn a_clean_journal_verifies_with_its_checkpoints() {
     let s = signed_journal();
@@ -382,17 +546,7 @@ fn verify_finds_swapped_records_at_the_first_of_them() {
 #[test]
 fn a_rebuilt_chain_is_caught_by_the_signed_checkpoints() {
     let s = signed_journal();
-    tamper(&s.config.dir, |records| {
-        let mut prev = records[23].record_hash();
-        for r in &mut records[24..] {
-            if r.header.seq == 24 {
-                edit_body(r);
-                r.header.body_hash = body_hash(r.body.as_ref().unwrap());
-            }
-            r.prev_hash = prev;
-            prev = chain_hash(&r.prev_hash, &r.header);
-        }
-    });
+    tamper(&s.config.dir, |records| edit_and_rebuild_chain(records, 24));
     let report = verify_dir(&s.config.dir, &[s.public]);
     assert_eq!(report.first_break, None, "the attacker rebuilt the chain");
     assert!(!report.ok());

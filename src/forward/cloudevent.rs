@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::{Body, Record};
+use crate::journal::{Body, Entry};
 
 /// CloudEvents media type of one event (MQTT payloads, documentation).
 pub const EVENT_CONTENT_TYPE: &str = "application/cloudevents+json";
@@ -112,13 +112,13 @@ const ENVELOPE_ROOM: usize = 1024;
 /// `record` as a CloudEvent; `None` for a compacted record, whose body is gone (a periodic meter
 /// snapshot dropped under disk pressure: later snapshots carry the same meters).
 pub fn encode(
-    record: &Record,
+    record: &Entry,
     origin: &Origin,
     historical: bool,
 ) -> Result<Option<Encoded>, EncodeError> {
-    let seq = record.header.seq;
+    let seq = record.seq;
     let Some(body) = &record.body else { return Ok(None) };
-    let class = record.header.class.name();
+    let class = record.class.name();
     let event = match body {
         Body::Event { canonical_json, .. } => {
             // Parsing the head reads (and so validates) the whole document, so its bytes can
@@ -150,7 +150,7 @@ pub fn encode(
         }
         Body::Alarm { alarm, level, message } => {
             let id = format!("{}/{}/journal/{seq}", origin.venue, origin.gateway);
-            let time = jiff::Timestamp::from_millisecond(record.header.appended_at_ms)
+            let time = jiff::Timestamp::from_millisecond(record.appended_at_ms)
                 .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
                 .to_string();
             let data = serde_json::json!({ "alarm": alarm, "level": level, "message": message });
@@ -192,21 +192,10 @@ pub fn batch<'a>(events: impl IntoIterator<Item = &'a Encoded>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::record::{Class, Header, RecordV1};
+    use crate::journal::Class;
 
-    fn record(seq: u64, body: Option<Body>, class: Class) -> Record {
-        RecordV1 {
-            header: Header {
-                seq,
-                appended_at_ms: 1_764_590_400_000,
-                class,
-                machine: "EGM-1".into(),
-                machine_seq: Some(7),
-                body_hash: [0; 32],
-            },
-            prev_hash: [0; 32],
-            body,
-        }
+    fn record(seq: u64, body: Option<Body>, class: Class) -> Entry {
+        Entry { seq, appended_at_ms: 1_764_590_400_000, class, body }
     }
 
     const EVENT: &str = r#"{"schema_version":1,"event_id":"0f0e","idempotency_key":"UA-1/EGM-1/7","venue_id":"UA-1","machine":{"registry_id":"EGM-1","sas_address":1},"machine_seq":7,"occurred_at":"2026-12-01T12:00:00Z","kind":"game_ended","data":{"win":{"minor_units":40}}}"#;

@@ -4,10 +4,11 @@
 //!
 //! # Contract
 //!
-//! - **The journal is the outbox.** A forwarder reads only durable records (`Journal::read` up to
-//!   `Journal::durable`), and moves its destination's journal cursor only over a contiguous
-//!   prefix that the destination acknowledged (MQTT PUBACK; HTTP 2xx or 409). Nothing is held
-//!   only in memory: a crash or restart resends from the cursor (duplicates carry identical ids,
+//! - **The journal is the outbox.** A forwarder reads only durable records
+//!   (`Journal::read_entries` up to `Journal::durable`: without recomputing the chain's hashes,
+//!   which it never sends; the frame and block CRCs still guard its bytes), and moves its
+//!   destination's journal cursor only over a contiguous prefix that the destination
+//!   acknowledged (MQTT PUBACK; HTTP 2xx or 409). Nothing is held only in memory: a crash or restart resends from the cursor (duplicates carry identical ids,
 //!   so the receiver deduplicates). Cursor writes are batched (every [`CURSOR_EVERY`] and at
 //!   stop): a crash resends at most that much. The forwarder reads its cursor once, at start:
 //!   only the forwarder moves it afterwards (the journal's quarantine, which resets positions,
@@ -454,11 +455,11 @@ impl Shared {
         };
         let historical = lane == Lane::Replay;
         let span = usize::try_from(last - first + 1).unwrap_or(usize::MAX);
-        let records = self.journal.read(first, span)?;
+        let records = self.journal.read_entries(first, span)?;
         let mut wanted = seqs.iter().peekable();
         let mut out = Vec::with_capacity(seqs.len());
         for record in records {
-            let seq = record.header.seq;
+            let seq = record.seq;
             while wanted.next_if(|&&s| s < seq).is_some() {}
             if wanted.next_if_eq(&&seq).is_none() {
                 continue;

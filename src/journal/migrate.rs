@@ -68,7 +68,7 @@ pub fn migrate_if_needed(config: &JournalConfig) -> Result<(), OpenError> {
         })?,
         None => Base { first_seq: 0, anchor: GENESIS, machine_seq_floor: 0 },
     };
-    let index = Index::default();
+    let index = std::sync::Arc::new(Index::default());
     let (mut log, _) =
         LogWriter::open(&log_tmp, base.first_seq, segment_bytes(config.cap_bytes), &index)
             .map_err(io("create the migrated log"))?;
@@ -94,8 +94,8 @@ pub fn migrate_if_needed(config: &JournalConfig) -> Result<(), OpenError> {
             }
         }
         copied += records.len() as u64;
-        log.append(&records, &index).map_err(io("write the migrated log"))?;
-        log.roll_if_full(next_seq, &index).map_err(io("write the migrated log"))?;
+        log.append(&records).map_err(io("write the migrated log"))?;
+        log.roll_if_full(next_seq).map_err(io("write the migrated log"))?;
     }
     drop(log);
     let state = SledStore::open(&state_tmp, config.cache_bytes)?;

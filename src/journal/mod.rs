@@ -39,11 +39,16 @@
 //! # Files
 //!
 //! ```text
-//! <dir>/log/00000000000000000000.seg   segments, named by their first seq (20 digits)
-//! <dir>/state/                         sled: the keyed state
+//! <dir>/log/00000000000000000000.seg           segments, named by their first seq (20 digits)
+//! <dir>/log/00000000000000000000.seg.sealing   a sealed file being written (removed at open)
+//! <dir>/state/                                 sled: the keyed state
 //! ```
 //!
-//! Segment: a 16-byte header — `SGJLOG01`, first seq (u64 LE) — then frames back to back:
+//! Every segment starts with a 16-byte header: the layout's magic (8 bytes, its version) and
+//! the first seq (u64 LE). Two layouts, both read everywhere ([`log::format_of`]):
+//!
+//! **`SGJLOG01`, plain** — the active segment (and every segment written before issue 14's
+//! compression, and a sealed one that holds damage): frames back to back:
 //!
 //! | bytes | field |
 //! |---|---|
@@ -52,11 +57,40 @@
 //! | 8..12 | CRC-32 (IEEE) of the length bytes and the payload, u32 LE |
 //! | 12.. | payload: postcard [`record::Envelope`] (the record format below) |
 //!
-//! A segment is sealed when it reaches [`segment_bytes`] (1/64 of the cap, 4 KiB to 16 MiB)
-//! at the end of a group; the next group starts a new file. Sealed segments are never written
-//! again; the active one is only appended to (and cut back at open). Readers keep a sparse
-//! index (every 256th seq → segment and offset) filled as they and the writer go, so a
-//! forwarder's sequential reads never rescan; a cold read scans one segment at most.
+//! **`SGJLOG02`, sealed** — blocks, then a block index, then a trailer:
+//!
+//! | bytes | block field |
+//! |---|---|
+//! | 0..4 | `SGB1`, the block marker (resynchronisation point after damage) |
+//! | 4..8 | compressed length, u32 LE (≤ 16 MiB) |
+//! | 8..12 | raw length, u32 LE |
+//! | 12..20 | seq of the block's first record, u64 LE |
+//! | 20..24 | records in the block, u32 LE |
+//! | 24..56 | anchor: the first record's `prev_hash` |
+//! | 56..60 | CRC-32 of bytes 4..56 and the compressed bytes, u32 LE |
+//! | 60.. | one zstd frame of the raw bytes: per record, its length (u32 LE) and postcard [`record::SealedEnvelope`] |
+//!
+//! Index: `SGBI`, block count (u32 LE), per block its first seq and file offset (u64 LE each),
+//! CRC-32 of count and entries (u32 LE). Trailer, the file's last 16 bytes: the index's offset
+//! (u64 LE) and `SGJLEND1`. A block gathers about 128 KiB of raw records; a record whose
+//! `prev_hash` is not its predecessor's hash (after a gap) starts a new block, so the anchors
+//! keep every link as it was.
+//!
+//! A segment is full when it reaches [`segment_bytes`] (1/64 of the cap, 4 KiB to 16 MiB)
+//! at the end of a group; the next group starts a new file and the full one is handed to the
+//! sealer thread ([`log`]), which replaces it by its sealed file; compression never delays an
+//! append. Full segments are otherwise never written again; the active one is only appended to
+//! (and cut back at open). Readers keep a sparse index of plain segments (every 256th seq →
+//! segment and offset) filled as they and the writer go, so a forwarder's sequential reads
+//! never rescan; in a sealed segment a read starts at the block that holds its first seq
+//! (the block index) and decompresses block by block.
+//!
+//! Two reads, one path ([`log::Readable`]): [`Journal::read`] returns checked [`Record`]s — in
+//! a sealed segment both hashes recomputed, two SHA-256 per record — for verification, export,
+//! checkpoints and re-applying at open; [`Journal::read_entries`] returns [`Entry`]s (seq,
+//! append time, class, body; no hashes, nothing recomputed) for the forwarders, which never
+//! send the chain. The frame's or block's CRC-32 guards the bytes of both; tampering that kept
+//! the CRCs is `journal verify`'s and the checkpoints' to find, not the forwarders'.
 //!
 //! Keyed state (one sled tree, so one batch is atomic across all of it):
 //!
@@ -76,9 +110,16 @@
 //! [`Class`], machine id, per-machine seq and `body_hash = SHA-256(postcard(body))`; the body is
 //! the canonical event's JSON bytes plus the raw SAS bytes it came from (or an alarm). New
 //! layouts are new enum variants, never edits of old ones; leftover bytes on decode are an error
-//! (postcard would ignore them, §B6). Golden bytes in `record.rs` tests pin the layout. The
-//! records are stored exactly as the sled layout stored them, so migration copies bytes and
+//! (postcard would ignore them, §B6). Golden bytes in `record.rs` tests pin the layout. Plain
+//! segments store records exactly as the sled layout stored them, so migration copies bytes and
 //! every hash and checkpoint stays valid.
+//!
+//! Sealed segments store `SealedEnvelope::V1(SealedV1 { seq, appended_at_ms, class, machine,
+//! machine_seq, body })` — the header without `body_hash`, and no `prev_hash`: both are
+//! recomputed on read (`prev_hash` from the block's anchor and each predecessor's
+//! `record_hash`), 64 incompressible bytes less per record. A body that is missing (compacted in
+//! the sled layout) or no longer matches its hash is stored as `Stored { body_hash, body }`, so
+//! sealing reproduces every record exactly, evidence of tampering included.
 //!
 //! # Hash chain and checkpoints
 //!
@@ -88,6 +129,9 @@
 //! unless the CRC was recomputed, the frame); an edited, removed, inserted or swapped record
 //! breaks the next link. Every `checkpoint_interval` (and at stop) the writer signs the head
 //! with Ed25519 ([`checkpoint`]); a truncated tail shows as a checkpoint beyond the last record.
+//! In a sealed segment only the block anchors are stored, so an edit that also fixed
+//! `body_hash` shows at the next block's (or segment's) link and at the next checkpoint rather
+//! than at the edited record; an edit that left the hash shows at the record itself.
 //! `slotgate journal verify` checks all of it, reading the log in place and a copy of the keyed
 //! state (sled has no read-only mode), so it never changes the evidence ([`verify`]).
 //!
@@ -105,6 +149,12 @@
 //! 4. Removal (vector PR #25570's crash-loop lesson): the new base goes to sled and is flushed
 //!    first, the segment file is unlinked and the directory synced after. A crash in between
 //!    leaves a file below the base, which open unlinks; a missing file is never an error.
+//! 5. Sealing (after the roll, on the sealer thread): the sealed file is written to
+//!    `<segment>.sealing` with the plain file's modification time, `fsync`ed, renamed over the
+//!    plain segment, and the directory synced. Before the rename the plain segment is whole (it
+//!    was synced frame by frame); after it, at every moment, the name holds one whole file,
+//!    plain or sealed. A removal and a sealing of the same segment exclude each other (a lock),
+//!    so a removed segment is never renamed back into existence.
 //!
 //! A failed write or sync is answered as an error to every request in the group (the pollers
 //! keep the machines unacknowledged and retry), the segment is cut back to where the group
@@ -112,7 +162,9 @@
 //!
 //! # Capacity and retention
 //!
-//! `cap` bounds the segment bytes. Alarms fire as usage crosses 50, 80 and 95 % ([`Pressure`]):
+//! `cap` bounds the segment bytes (as they are on disk: sealed segments compressed). Sealing
+//! shrinks a segment after it was counted, so a level is left only once usage is two segments
+//! below its threshold (no alarm flapping). Alarms fire as usage crosses 50, 80 and 95 % ([`Pressure`]):
 //! a record in the journal (so it goes upstream), an error log, and the status. Acknowledged
 //! segments are kept until `retain_acknowledged` after their newest record (a sealed segment's
 //! modification time); from 80 % they are removed before that, and a `journal_retention` alarm
@@ -132,9 +184,17 @@
 //! - **Torn tail** (kill or power cut mid-write): bytes after the last whole frame of the active
 //!   segment that hold no frame are cut off. Only frames after the last completed `fdatasync`
 //!   can be torn, and none of them was acknowledged.
-//! - **Corrupt frame** (CRC or decode fails) with good frames after it, in any segment, and a
+//! - **Killed while sealing**: a `.sealing` file (whole or half-written) is unlinked at open;
+//!   the plain segment it was made from is still there and is queued for sealing again, as is
+//!   every plain segment other than the active one (so a journal written before compression
+//!   is sealed in the background after the upgrade). A segment with damage stays plain.
+//! - **Sealed last segment** (the active one went missing): never appended to; a new active
+//!   segment starts after its last record (and after `P`, see below).
+//! - **Corrupt frame** (CRC or decode fails) with good frames after it, in any segment, a
+//!   **corrupt block** of a sealed segment (it costs the block's records, about 128 KiB of
+//!   them; a damaged block index costs nothing, readers then walk the blocks), and a
 //!   **missing or garbled segment**: the readable records before and after are kept and
-//!   forwarded; readers resynchronise on the next frame marker whose CRC checks. The unreadable
+//!   forwarded; readers resynchronise on the next frame or block marker whose CRC checks. The unreadable
 //!   seq range is journalled once as a `journal_gap_<first>` alarm record (remembered under
 //!   `A`), listed in the status and reported by `journal verify`; upstream sees the seqs jump.
 //!   The daemon always starts.
@@ -168,8 +228,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use self::checkpoint::Checkpoint;
-use self::log::{Index, LogWriter};
-pub use self::record::{Body, Class, Hash, Record};
+use self::log::{Index, LogWriter, Readable};
+pub use self::record::{Body, Class, Entry, Hash, Record};
 use self::record::{GENESIS, Header};
 use self::store::{SledStore, Store, StoreError, WriteBatch};
 use crate::event::{CanonicalEvent, EventKind, SnapshotTrigger};
@@ -477,7 +537,7 @@ enum Command {
 
 struct Shared {
     store: RwLock<Arc<dyn Store>>,
-    index: Index,
+    index: Arc<Index>,
     /// The first kept seq: reads start no lower.
     first_seq: AtomicU64,
     config: JournalConfig,
@@ -593,7 +653,7 @@ fn open_keyed(config: &JournalConfig) -> Result<(SledStore, Option<PathBuf>), Op
     }
 }
 
-fn open_parts(config: &JournalConfig, index: &Index) -> Result<Opened, OpenError> {
+fn open_parts(config: &JournalConfig, index: &Arc<Index>) -> Result<Opened, OpenError> {
     migrate::migrate_if_needed(config)?;
     let (store, quarantined) = open_keyed(config)?;
     let log_dir = config.dir.join(LOG_DIR);
@@ -674,7 +734,7 @@ fn reapply(
     let mut heads: HashMap<String, u64> = HashMap::new();
     while from < state.next_seq {
         let out = index
-            .read(from, state.next_seq, REAPPLY_STEP)
+            .read::<Record>(from, state.next_seq, REAPPLY_STEP)
             .map_err(|e| log_error(store.path(), "re-apply the log", &e))?;
         let Some(last) = out.records.last() else { break };
         from = last.header.seq + 1;
@@ -739,7 +799,7 @@ impl Journal {
     pub fn open(config: JournalConfig) -> Result<(Self, WriterHandle), OpenError> {
         crate::durable::create_dir_all(&config.dir)
             .map_err(|e| OpenError::Invalid { dir: config.dir.clone(), reason: e.to_string() })?;
-        let index = Index::default();
+        let index = Arc::new(Index::default());
         let opened = open_parts(&config, &index)?;
         let shared = Arc::new(Shared {
             store: RwLock::new(opened.store.clone()),
@@ -752,7 +812,7 @@ impl Journal {
             ..status_of(
                 &shared.config,
                 &opened.state,
-                opened.log.bytes,
+                opened.log.bytes(),
                 &opened.store,
                 Pressure::Normal,
                 &[],
@@ -894,9 +954,20 @@ impl Journal {
         Ok(low)
     }
 
-    /// Up to `limit` durable records from `from` on, in order. Unreadable records (damage)
-    /// are skipped, and the writer journals an alarm naming their seq range.
+    /// Up to `limit` durable records from `from` on, in order, their hashes recomputed where
+    /// a sealed segment does not store them. Unreadable records (damage) are skipped, and the
+    /// writer journals an alarm naming their seq range.
     pub fn read(&self, from: u64, limit: usize) -> Result<Vec<Record>, JournalError> {
+        self.read_as(from, limit)
+    }
+
+    /// [`Journal::read`] for sending: the same records as [`Entry`]s, without the chain's
+    /// hashes, so a sealed segment is read without recomputing them (the forwarders' read).
+    pub fn read_entries(&self, from: u64, limit: usize) -> Result<Vec<Entry>, JournalError> {
+        self.read_as(from, limit)
+    }
+
+    fn read_as<T: Readable>(&self, from: u64, limit: usize) -> Result<Vec<T>, JournalError> {
         let durable = *self.durable.borrow();
         let from = from.max(self.shared.first_seq.load(Ordering::Acquire));
         if from >= durable {
@@ -1061,7 +1132,7 @@ impl Writer {
     }
 
     fn log_bytes(&self) -> u64 {
-        self.log.as_ref().map_or(0, |l| l.bytes)
+        self.log.as_ref().map_or(0, LogWriter::bytes)
     }
 
     fn run(mut self, rx: std_mpsc::Receiver<Command>) {
@@ -1219,14 +1290,13 @@ impl Writer {
         })();
         let dir = self.config().dir.clone();
         let result = staged.and_then(|()| {
-            let index = &self.shared.index;
             let log = self.log.as_mut().ok_or_else(|| {
                 log_error(&dir, "append", &std::io::Error::other("the log is being reopened"))
             })?;
             if !records.is_empty() {
-                log.append(&records, index).map_err(|e| log_error(&dir, "append", &e))?;
+                log.append(&records).map_err(|e| log_error(&dir, "append", &e))?;
             }
-            log.roll_if_full(self.state.next_seq, index)
+            log.roll_if_full(self.state.next_seq)
                 .map_err(|e| log_error(&dir, "start a segment", &e))?;
             Ok(())
         });
@@ -1436,9 +1506,8 @@ impl Writer {
         }
         self.state.base = base;
         self.shared.first_seq.store(next_first, Ordering::Release);
-        let index = &self.shared.index;
         if let Some(log) = self.log.as_mut()
-            && let Err(error) = log.remove(first, next_first, index)
+            && let Err(error) = log.remove(first, next_first)
         {
             // The ledger no longer lists it: the next open removes it.
             tracing::warn!(%error, "Cannot unlink an acknowledged segment; retried at open.");
@@ -1480,14 +1549,19 @@ impl Writer {
 
     fn refresh_pressure(&mut self) {
         let live = self.log_bytes();
-        let level = Pressure::of(live, self.config().cap_bytes);
+        let cap = self.config().cap_bytes;
+        let mut level = Pressure::of(live, cap);
+        if level < self.level {
+            // Sealing shrinks segments after they were counted: a level is left only once
+            // usage is two segments below its threshold, so alarms do not flap around it.
+            level = Pressure::of(live.saturating_add(2 * segment_bytes(cap)), cap).min(self.level);
+        }
         if level == self.level {
             return;
         }
         let rising = level > self.level;
         let previous = self.level;
         self.set_level(level);
-        let cap = self.config().cap_bytes;
         if rising && level > Pressure::Normal {
             let message = format!(
                 "journal holds {live} of {cap} bytes ({}), crossing {}",
@@ -1613,8 +1687,9 @@ impl Writer {
 
     /// When the first readable record from `seq` on was appended.
     fn appended_at(&self, seq: u64) -> Option<jiff::Timestamp> {
-        let out = self.shared.index.read(seq, self.state.next_seq, 1).ok()?;
-        let ms = out.records.first()?.header.appended_at_ms;
+        // Only the append time is wanted: no hash needs recomputing.
+        let out = self.shared.index.read::<Entry>(seq, self.state.next_seq, 1).ok()?;
+        let ms = out.records.first()?.appended_at_ms;
         jiff::Timestamp::from_millisecond(ms).ok()
     }
 

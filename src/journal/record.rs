@@ -92,6 +92,35 @@ pub enum Envelope {
 /// A record as the rest of the journal sees it.
 pub type Record = RecordV1;
 
+/// A record as a sealed (compressed) segment stores it: without what can be recomputed. The
+/// block it is in stores the first record's `prev_hash`; every later one is its predecessor's
+/// `record_hash`, and `body_hash` is `SHA-256(postcard(body))` unless stored (module doc of
+/// the journal, Files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedV1 {
+    pub seq: u64,
+    pub appended_at_ms: i64,
+    pub class: Class,
+    pub machine: String,
+    pub machine_seq: Option<u64>,
+    pub body: SealedBody,
+}
+
+/// A sealed record's body: recomputable (the usual case), or stored with its hash as found
+/// (a compacted record from the sled layout, or a body that no longer matches its hash, kept
+/// as evidence exactly as it was).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SealedBody {
+    Hashed(Body),
+    Stored { body_hash: Hash, body: Option<Body> },
+}
+
+/// What a sealed block stores per record; versioned like [`Envelope`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SealedEnvelope {
+    V1(SealedV1),
+}
+
 /// Why stored bytes are not a record.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
@@ -120,9 +149,96 @@ impl Record {
         }
     }
 
+    /// The sealed form: the same record without `prev_hash` and, when it can be recomputed,
+    /// without `body_hash`.
+    pub fn encode_sealed(&self) -> Vec<u8> {
+        let body = match &self.body {
+            Some(body) if body_hash(body) == self.header.body_hash => {
+                SealedBody::Hashed(body.clone())
+            }
+            body => SealedBody::Stored { body_hash: self.header.body_hash, body: body.clone() },
+        };
+        let sealed = SealedV1 {
+            seq: self.header.seq,
+            appended_at_ms: self.header.appended_at_ms,
+            class: self.header.class,
+            machine: self.header.machine.clone(),
+            machine_seq: self.header.machine_seq,
+            body,
+        };
+        postcard::to_stdvec(&SealedEnvelope::V1(sealed)).unwrap_or_default()
+    }
+
+    /// Decodes a sealed record whose predecessor's `record_hash` (or the block's anchor) is
+    /// `prev_hash`; leftover bytes are an error.
+    pub fn decode_sealed(bytes: &[u8], prev_hash: Hash) -> Result<Self, FormatError> {
+        let (envelope, rest) = postcard::take_from_bytes::<SealedEnvelope>(bytes)?;
+        if !rest.is_empty() {
+            return Err(FormatError::Trailing(rest.len()));
+        }
+        let SealedEnvelope::V1(sealed) = envelope;
+        let (body_hash, body) = match sealed.body {
+            SealedBody::Hashed(body) => (body_hash(&body), Some(body)),
+            SealedBody::Stored { body_hash, body } => (body_hash, body),
+        };
+        let header = Header {
+            seq: sealed.seq,
+            appended_at_ms: sealed.appended_at_ms,
+            class: sealed.class,
+            machine: sealed.machine,
+            machine_seq: sealed.machine_seq,
+            body_hash,
+        };
+        Ok(Self { header, prev_hash, body })
+    }
+
     /// This record's link in the chain: `SHA-256("slotgate-journal-v1" ‖ prev_hash ‖ header)`.
     pub fn record_hash(&self) -> Hash {
         chain_hash(&self.prev_hash, &self.header)
+    }
+}
+
+/// A record as read for sending: what a forwarder sends, without the chain. Read from a sealed
+/// segment its hashes are never recomputed (two SHA-256 per record), so nothing here has been
+/// checked against the chain — only against the frame's or block's CRC-32, which still guards
+/// every byte sent. A distinct type, not a [`Record`] with zeroed hashes, so an unchecked
+/// record cannot be taken for a checked one; verification, export and checkpoints read
+/// [`Record`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch at append.
+    pub appended_at_ms: i64,
+    pub class: Class,
+    /// `None` once compacted.
+    pub body: Option<Body>,
+}
+
+impl From<Record> for Entry {
+    fn from(record: Record) -> Self {
+        let Header { seq, appended_at_ms, class, .. } = record.header;
+        Self { seq, appended_at_ms, class, body: record.body }
+    }
+}
+
+impl Entry {
+    /// Decodes a sealed record without recomputing its hashes; leftover bytes are an error.
+    pub fn decode_sealed(bytes: &[u8]) -> Result<Self, FormatError> {
+        let (envelope, rest) = postcard::take_from_bytes::<SealedEnvelope>(bytes)?;
+        if !rest.is_empty() {
+            return Err(FormatError::Trailing(rest.len()));
+        }
+        let SealedEnvelope::V1(sealed) = envelope;
+        let body = match sealed.body {
+            SealedBody::Hashed(body) => Some(body),
+            SealedBody::Stored { body, .. } => body,
+        };
+        Ok(Self {
+            seq: sealed.seq,
+            appended_at_ms: sealed.appended_at_ms,
+            class: sealed.class,
+            body,
+        })
     }
 }
 
@@ -180,6 +296,36 @@ mod tests {
         );
         assert_eq!(bytes.len(), 1 + 1 + 6 + 1 + 5 + 2 + 32 + 32 + 1 + 1 + 1 + 7 + 1 + 3);
         assert_eq!(Record::decode(&bytes).unwrap(), sample());
+    }
+
+    /// Golden bytes of the sealed form, and what it leaves out: both hashes (64 bytes).
+    #[test]
+    fn the_sealed_v1_layout_is_fixed_and_recomputes_both_hashes() {
+        let record = sample();
+        let bytes = record.encode_sealed();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        // V1, seq 7, time, Financial, "UA-1", Some(3), Hashed, Event, {"k":1}, 01 FF 7E.
+        assert_eq!(hex, "000780a0abfef962000455412d3101030000077b226b223a317d0301ff7e");
+        assert_eq!(bytes.len() + 64, record.encode().len());
+        assert_eq!(Record::decode_sealed(&bytes, GENESIS).unwrap(), record);
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(matches!(Record::decode_sealed(&trailing, GENESIS), Err(FormatError::Trailing(1))));
+    }
+
+    /// A body that no longer matches its hash, or none at all, is sealed with its hash as
+    /// found: sealing never launders evidence.
+    #[test]
+    fn a_mismatched_or_missing_body_keeps_its_stored_hash() {
+        let mut edited = sample();
+        edited.body =
+            Some(Body::Alarm { alarm: "x".into(), level: "y".into(), message: "z".into() });
+        let prev = [9; 32];
+        edited.prev_hash = prev;
+        assert_eq!(Record::decode_sealed(&edited.encode_sealed(), prev).unwrap(), edited);
+        let mut compacted = sample();
+        compacted.body = None;
+        assert_eq!(Record::decode_sealed(&compacted.encode_sealed(), GENESIS).unwrap(), compacted);
     }
 
     #[test]

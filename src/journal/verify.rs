@@ -1,8 +1,8 @@
 //! Read-only inspection of a journal for `slotgate journal verify|stats|export`: chain and
 //! checkpoint verification, unreadable ranges, counts, and a JSON-lines export.
 //!
-//! The record log is read in place (segment files are only ever appended to, cut back at open
-//! or unlinked, never rewritten). sled has no read-only mode and its open may repair files, so
+//! The record log is read in place (segment files are only ever appended to, cut back at open,
+//! replaced whole by their sealed file through a rename, or unlinked; never rewritten in place). sled has no read-only mode and its open may repair files, so
 //! the keyed state is copied to a temporary directory and the copy is opened; a journal still
 //! in the old sled layout ([`super::migrate`]) is copied whole and the copy migrated. The
 //! evidence is never changed. Run it with the daemon stopped for an exact picture; on a live
@@ -16,7 +16,7 @@ use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 
 use super::checkpoint::Checkpoint;
-use super::log::{self, Item, SEGMENT_HEADER, SEGMENT_MAGIC};
+use super::log::{self, Item};
 use super::record::{self, Body, Class, GENESIS, Hash, Record};
 use super::store::{SledStore, Store};
 use super::{BASE, Base, CHECKPOINT, CURSOR, GAP, LOG_DIR, POSITION, STATE_DIR, u64_value};
@@ -121,13 +121,7 @@ impl Snapshot {
             let bytes = std::fs::read(path)
                 .map_err(|e| self.fail(format!("cannot read {}: {e}", path.display())))?;
             let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            if bytes.get(..8) != Some(&SEGMENT_MAGIC[..])
-                || bytes.get(8..16) != Some(&first.to_le_bytes()[..])
-            {
-                f(None, Err(format!("segment {name}: header is not that of segment {first}")));
-                continue;
-            }
-            log::scan(bytes.get(16..).unwrap_or_default(), SEGMENT_HEADER, |item| {
+            let format = log::scan_segment(&bytes, *first, |item| {
                 match item {
                     Item::Record { record, .. } if record.header.seq >= first_kept => {
                         f(Some(record.header.seq), Ok(*record))
@@ -140,6 +134,9 @@ impl Snapshot {
                 }
                 true
             });
+            if format.is_none() {
+                f(None, Err(format!("segment {name}: header is not that of segment {first}")));
+            }
         }
         Ok(())
     }

@@ -103,3 +103,17 @@ pub fn free_bytes(path: &Path) -> u64 {
     let s = nix::sys::statvfs::statvfs(path).expect("statvfs");
     s.blocks_available() * s.fragment_size()
 }
+
+/// `len` pseudo-random letters from `seed`: payload that zstd cannot shrink, for tests whose
+/// subject is the cap (sealed segments are compressed).
+pub fn noise(seed: u64, len: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect()
+}
