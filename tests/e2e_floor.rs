@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    Proc, Simulated, aft_reference, assert_sequences_gap_free, cashless_balances, read_json_lines,
-    run_gateway, simulate,
+    FLOOR_MOVEMENTS, NICKEL_PLAY, Proc, Simulated, aft_reference, assert_sequences_gap_free,
+    cashless_balances, read_json_lines, run_gateway, simulate,
 };
 use firmware_protocols::sas::meter::denomination_minor_units;
 use serde_json::Value;
@@ -31,6 +31,8 @@ struct Kind {
     machines: u16,
     /// SAS address of the first machine of this kind.
     address: u8,
+    /// Shared play flags (e.g. [`NICKEL_PLAY`]), then this kind's own.
+    play: &'static [&'static str],
     /// Flags of `slotgate simulate` beyond the common play flags.
     args: &'static [&'static str],
     /// Wins are paid by hand above the limit: the jackpot meter moves only when the attendant
@@ -51,6 +53,7 @@ const FLOOR: &[Kind] = &[
         prefix: "BIL",
         machines: 2,
         address: 1,
+        play: &[],
         args: &["--bet", "1:1,5:1", "--win", "0:6,1:2,2:1,100:1", "--handpay-limit", "300"],
         handpays: true,
         denomination: "0.01",
@@ -60,19 +63,12 @@ const FLOOR: &[Kind] = &[
         prefix: "TIT",
         machines: 1,
         address: 10,
+        play: &NICKEL_PLAY,
         args: &[
             "--validation",
             "secure-enhanced",
             "--ticket-in-probability",
             "0.5",
-            "--denomination",
-            "2",
-            "--bills",
-            "1,5,10",
-            "--bet",
-            "1:1,5:1,25:1",
-            "--win",
-            "0:6,1:2,2:1,20:1",
             "--handpay-limit",
             "200",
         ],
@@ -84,6 +80,7 @@ const FLOOR: &[Kind] = &[
         prefix: "MGM",
         machines: 2,
         address: 20,
+        play: &[],
         args: &[
             "--games",
             "1,2,0x17",
@@ -104,6 +101,7 @@ const FLOOR: &[Kind] = &[
         prefix: "MDR",
         machines: 3,
         address: 30,
+        play: &[],
         args: &["--multidrop", "--bet", "1:1,5:1", "--win", "0:6,1:2,2:1,20:1"],
         handpays: false,
         denomination: "0.01",
@@ -114,15 +112,8 @@ const FLOOR: &[Kind] = &[
         prefix: "AFT",
         machines: 2,
         address: 40,
+        play: &NICKEL_PLAY,
         args: &[
-            "--denomination",
-            "2",
-            "--bills",
-            "1,5,10",
-            "--bet",
-            "1:1,5:1,25:1",
-            "--win",
-            "0:6,1:2,2:1,20:1",
             "--handpay-limit",
             "400",
             "--aft-probability",
@@ -437,6 +428,7 @@ fn a_mixed_floor_reports_every_movement_once_and_balances_per_machine_and_per_ga
             "--handpay-duration",
             "5s",
         ];
+        args.extend(kind.play);
         args.extend(kind.args);
         let (sim, found) = simulate(kind.machines, &ledger, &args);
         sims.push(sim);
@@ -509,16 +501,7 @@ fn a_mixed_floor_reports_every_movement_once_and_balances_per_machine_and_per_ga
     assert_sequences_gap_free(&events);
     // The floor really mixed: every kind of movement happened, on every game.
     let all: Vec<&Movement> = expected.values().flatten().collect();
-    for kind in [
-        "credits_in",
-        "ticket_out",
-        "ticket_in",
-        "handpay",
-        "handpay_receipt",
-        "aft_transfer",
-        "progressive_win",
-        "bonus_award",
-    ] {
+    for kind in FLOOR_MOVEMENTS {
         assert!(all.iter().any(|m| m.0 == kind), "no {kind} in the ledger");
     }
     // Bills of more than one face value went in (the meters told them apart).

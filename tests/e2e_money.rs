@@ -15,8 +15,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    Simulated, aft_reference, assert_sequences_gap_free, cashless_balances, read_json_lines,
-    run_gateway, simulate,
+    FLOOR_MOVEMENTS, NICKEL_PLAY, Simulated, aft_reference, assert_sequences_gap_free,
+    cashless_balances, read_json_lines, run_gateway, simulate,
 };
 use serde_json::Value;
 use upstream::{Mosquitto, MosquittoOptions, Subscriber, wait_until};
@@ -93,18 +93,6 @@ fn ledger_movements(ledger: &[Value]) -> BTreeMap<String, Vec<Movement>> {
     out.values_mut().for_each(|list| list.sort());
     out
 }
-
-/// Play at 0.05 a credit (cents and credits differ) with small bills.
-const NICKEL_PLAY: [&str; 8] = [
-    "--denomination",
-    "2",
-    "--bills",
-    "1,5,10",
-    "--bet",
-    "1:1,5:1,25:1",
-    "--win",
-    "0:6,1:2,2:1,20:1",
-];
 
 fn cash() -> Option<String> {
     Some("cashable".into())
@@ -297,16 +285,7 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
     }
     // The floor really mixed: every kind of movement happened.
     let all: Vec<&Movement> = expected.values().flatten().collect();
-    for kind in [
-        "credits_in",
-        "ticket_out",
-        "ticket_in",
-        "handpay",
-        "handpay_receipt",
-        "aft_transfer",
-        "progressive_win",
-        "bonus_award",
-    ] {
+    for kind in FLOOR_MOVEMENTS {
         assert!(all.iter().any(|m| m.0 == kind), "no {kind} in the ledger");
     }
     assert!(

@@ -204,6 +204,30 @@ pub fn event_games(events: &[Value]) -> (Games, BTreeMap<String, usize>) {
     (games, unpriced)
 }
 
+/// Play at 0.05 a credit (cents and credits differ) with small bills.
+pub const NICKEL_PLAY: [&str; 8] = [
+    "--denomination",
+    "2",
+    "--bills",
+    "1,5,10",
+    "--bet",
+    "1:1,5:1,25:1",
+    "--win",
+    "0:6,1:2,2:1,20:1",
+];
+
+/// The movements a mixed floor must show at least once (not only play): that it really mixed.
+pub const FLOOR_MOVEMENTS: [&str; 8] = [
+    "credits_in",
+    "ticket_out",
+    "ticket_in",
+    "handpay",
+    "handpay_receipt",
+    "aft_transfer",
+    "progressive_win",
+    "bonus_award",
+];
+
 /// An AFT transfer's reference, `direction/transaction_id`: the same fields in a ledger record
 /// and in an `aft_transfer` event's data.
 pub fn aft_reference(transfer: &Value) -> String {
