@@ -15,9 +15,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Proc, Simulated, assert_sequences_gap_free, read_json_lines, run_gateway, simulate};
+use common::{
+    FLOOR_MOVEMENTS, NICKEL_PLAY, Proc, Simulated, aft_reference, assert_sequences_gap_free,
+    cashless_balances, read_json_lines, run_gateway, simulate,
+};
 use firmware_protocols::sas::meter::denomination_minor_units;
 use serde_json::Value;
+use slotgate::event::money::bill_value;
 use upstream::{Mosquitto, MosquittoOptions, Subscriber, wait_until};
 
 /// One kind of machine on the floor.
@@ -27,6 +31,8 @@ struct Kind {
     machines: u16,
     /// SAS address of the first machine of this kind.
     address: u8,
+    /// Shared play flags (e.g. [`NICKEL_PLAY`]), then this kind's own.
+    play: &'static [&'static str],
     /// Flags of `slotgate simulate` beyond the common play flags.
     args: &'static [&'static str],
     /// Wins are paid by hand above the limit: the jackpot meter moves only when the attendant
@@ -47,6 +53,7 @@ const FLOOR: &[Kind] = &[
         prefix: "BIL",
         machines: 2,
         address: 1,
+        play: &[],
         args: &["--bet", "1:1,5:1", "--win", "0:6,1:2,2:1,100:1", "--handpay-limit", "300"],
         handpays: true,
         denomination: "0.01",
@@ -56,19 +63,12 @@ const FLOOR: &[Kind] = &[
         prefix: "TIT",
         machines: 1,
         address: 10,
+        play: &NICKEL_PLAY,
         args: &[
             "--validation",
             "secure-enhanced",
             "--ticket-in-probability",
             "0.5",
-            "--denomination",
-            "2",
-            "--bills",
-            "1,5,10",
-            "--bet",
-            "1:1,5:1,25:1",
-            "--win",
-            "0:6,1:2,2:1,20:1",
             "--handpay-limit",
             "200",
         ],
@@ -80,6 +80,7 @@ const FLOOR: &[Kind] = &[
         prefix: "MGM",
         machines: 2,
         address: 20,
+        play: &[],
         args: &[
             "--games",
             "1,2,0x17",
@@ -100,22 +101,47 @@ const FLOOR: &[Kind] = &[
         prefix: "MDR",
         machines: 3,
         address: 30,
+        play: &[],
         args: &["--multidrop", "--bet", "1:1,5:1", "--win", "0:6,1:2,2:1,20:1"],
         handpays: false,
         denomination: "0.01",
     },
+    // Cashless at 0.05 a credit: AFT in (cashable or promotional) and cash-outs to the host,
+    // SAS progressive levels (big ones hand paid), legacy bonuses.
+    Kind {
+        prefix: "AFT",
+        machines: 2,
+        address: 40,
+        play: &NICKEL_PLAY,
+        args: &[
+            "--handpay-limit",
+            "400",
+            "--aft-probability",
+            "0.6",
+            "--progressive-probability",
+            "0.25",
+            "--bonus-probability",
+            "0.25",
+        ],
+        handpays: true,
+        denomination: "0.05",
+    },
 ];
 
-/// One money movement: (kind, amount in minor units, game, last 4 digits of a ticket, class).
+/// One money movement: (kind, amount in minor units, game, reference, class). The reference is
+/// the last 4 digits of a ticket, or an AFT transfer's `direction/transaction_id`.
 type Movement = (String, i64, u64, Option<String>, Option<String>);
 
-const MONEY_KINDS: [&str; 8] = [
+const MONEY_KINDS: [&str; 11] = [
+    "aft_transfer",
     "bet_accepted",
+    "bonus_award",
     "game_ended",
     "credits_in",
     "credits_out",
     "handpay",
     "handpay_receipt",
+    "progressive_win",
     "ticket_in",
     "ticket_out",
 ];
@@ -194,6 +220,19 @@ fn ledger_movements(ledger: &[Value]) -> BTreeMap<String, Vec<Movement>> {
                 last4(&r["validation_number"]),
                 cash(),
             )),
+            // The ledger has no game for a transfer: cashless machines play game 1 only.
+            "aft_transfer" => movements.push((
+                "aft_transfer".into(),
+                int("cents"),
+                1,
+                Some(aft_reference(r)),
+                r["class"].as_str().map(Into::into),
+            )),
+            // A progressive paid by an attendant is its `handpay` record.
+            "progressive" if r["paid_by"] == "machine" => {
+                movements.push(("progressive_win".into(), int("cents"), game, None, None));
+            }
+            "bonus" => movements.push(("bonus_award".into(), int("cents"), game, None, None)),
             "handpay" => {
                 movements.push(("handpay".into(), int("cents"), game, None, None));
                 if !r["receipt"].is_null() {
@@ -234,6 +273,9 @@ fn event_movements(events: &[Value]) -> BTreeMap<String, Vec<Movement>> {
                     ticket["class"].as_str().map(Into::into),
                 )
             }
+            None if kind == "aft_transfer" => {
+                (Some(aft_reference(data)), data["class"].as_str().map(Into::into))
+            }
             None => (None, None),
         };
         let movement = (kind.to_owned(), amount, game, last4, class);
@@ -269,7 +311,9 @@ fn sum(events: &[Value], serial: &str, kind: &str, game: Option<u64>) -> i64 {
 }
 
 /// Per machine and per game of a multi-game machine: (Σ bets, coin in) and (Σ wins, coin out +
-/// jackpot), everything in minor units. Meters start at zero, so lifetime = delta.
+/// jackpot), everything in minor units; wins count progressives and bonuses, which coin out
+/// (paid by the machine) and jackpot (by an attendant) include. Meters start at zero, so
+/// lifetime = delta.
 fn meter_balances(events: &[Value], serial: &str, games: u64) -> Vec<(u64, [Option<i64>; 4])> {
     let scopes = if games > 1 { 0..=games } else { 0..=0 };
     scopes
@@ -281,7 +325,13 @@ fn meter_balances(events: &[Value], serial: &str, games: u64) -> Vec<(u64, [Opti
             let balance = [
                 Some(sum(events, serial, "bet_accepted", filter)),
                 last_meter(events, serial, game, "coin_in"),
-                Some(sum(events, serial, "game_ended", filter)),
+                Some(
+                    ["game_ended", "progressive_win", "bonus_award"]
+                        .iter()
+                        .map(|kind| sum(events, serial, kind, filter))
+                        .sum::<i64>()
+                        + progressive_handpays(events, serial, filter),
+                ),
                 won,
             ];
             (game, balance)
@@ -289,8 +339,53 @@ fn meter_balances(events: &[Value], serial: &str, games: u64) -> Vec<(u64, [Opti
         .collect()
 }
 
+/// Σ hand-paid progressive levels (handpays with a level 01–20) of machine `serial`.
+fn progressive_handpays(events: &[Value], serial: &str, game: Option<u64>) -> i64 {
+    events
+        .iter()
+        .filter(|e| serial_of(e) == serial && e["kind"] == "handpay")
+        .filter(|e| game.is_none() || e["game"]["number"].as_u64() == game)
+        .filter(|e| e["data"]["level"].as_u64().is_some_and(|l| (1..=0x20).contains(&l)))
+        .map(|e| e["data"]["amount"]["minor_units"].as_i64().unwrap())
+        .sum()
+}
+
 fn balanced(balances: &[(u64, [Option<i64>; 4])]) -> bool {
     balances.iter().all(|(_, [bets, coin_in, wins, won])| bets == coin_in && wins == won)
+}
+
+/// Cashless machines (AFT, progressives, bonuses): their meters against their events.
+fn cashless_balanced(events: &[Value], serial: &str, kind: &Kind) -> bool {
+    !kind.args.contains(&"--aft-probability")
+        || cashless_balances(events, &format!("EGM-{serial}"))
+            .iter()
+            .all(|(_, read, events_sum)| *read == Some(*events_sum))
+}
+
+/// Per face value of a bill (all 24 SAS bill codes): (value, the number of `credits_in` bills of
+/// machine `serial`, the last 0040–0057 meter the gateway read: bills accepted of that value).
+fn bill_balances(events: &[Value], serial: &str) -> Vec<(u64, u64, Option<u64>)> {
+    let mine: Vec<&Value> = events.iter().filter(|e| serial_of(e) == serial).collect();
+    (0..24)
+        .filter_map(bill_value)
+        .map(|value| {
+            let bills = mine
+                .iter()
+                .filter(|e| e["kind"] == "credits_in" && e["data"]["bill"]["value"] == value)
+                .count() as u64;
+            let name = format!("bills_accepted_{value}");
+            let meter = mine
+                .iter()
+                .filter(|e| e["kind"] == "meter_snapshot")
+                .filter_map(|e| e["data"]["meters"][&name]["lifetime"].as_u64())
+                .next_back();
+            (value, bills, meter)
+        })
+        .collect()
+}
+
+fn bills_balanced(balances: &[(u64, u64, Option<u64>)]) -> bool {
+    balances.iter().all(|(_, bills, meter)| Some(*bills) == *meter)
 }
 
 fn games_of(kind: &Kind) -> u64 {
@@ -333,6 +428,7 @@ fn a_mixed_floor_reports_every_movement_once_and_balances_per_machine_and_per_ga
             "--handpay-duration",
             "5s",
         ];
+        args.extend(kind.play);
         args.extend(kind.args);
         let (sim, found) = simulate(kind.machines, &ledger, &args);
         sims.push(sim);
@@ -358,9 +454,11 @@ fn a_mixed_floor_reports_every_movement_once_and_balances_per_machine_and_per_ga
         games == total_games
             && !handpays_open
             && event_movements(&events) == ledger_movements(&ledger)
-            && machines
-                .iter()
-                .all(|(m, k)| balanced(&meter_balances(&events, &m.serial, games_of(k))))
+            && machines.iter().all(|(m, k)| {
+                balanced(&meter_balances(&events, &m.serial, games_of(k)))
+                    && cashless_balanced(&events, &m.serial, k)
+                    && bills_balanced(&bill_balances(&events, &m.serial))
+            })
     };
     let done = wait_until(Duration::from_secs(180), settled);
     let log = || std::fs::read_to_string(dir.path().join("run.log")).unwrap_or_default();
@@ -388,14 +486,32 @@ fn a_mixed_floor_reports_every_movement_once_and_balances_per_machine_and_per_ga
             "{}: (game, [Σ bets, coin in, Σ wins, won]) {balances:?}",
             m.serial
         );
+        // Bills in by denomination: each `credits_in` bill against its 0040–0057 meter.
+        let bills = bill_balances(&events, &m.serial);
+        assert!(bills_balanced(&bills), "{}: (value, bills, meter) {bills:?}", m.serial);
+        if kind.args.contains(&"--aft-probability") {
+            for (meter, read, events_sum) in
+                cashless_balances(&events, &format!("EGM-{}", m.serial))
+            {
+                assert_eq!(read, Some(events_sum), "{}: {meter} = Σ its events", m.serial);
+            }
+        }
     }
     assert!(done);
     assert_sequences_gap_free(&events);
     // The floor really mixed: every kind of movement happened, on every game.
     let all: Vec<&Movement> = expected.values().flatten().collect();
-    for kind in ["credits_in", "ticket_out", "ticket_in", "handpay", "handpay_receipt"] {
+    for kind in FLOOR_MOVEMENTS {
         assert!(all.iter().any(|m| m.0 == kind), "no {kind} in the ledger");
     }
+    // Bills of more than one face value went in (the meters told them apart).
+    let values: std::collections::BTreeSet<u64> = machines
+        .iter()
+        .flat_map(|(m, _)| bill_balances(&events, &m.serial))
+        .filter(|(_, bills, _)| *bills > 0)
+        .map(|(value, _, _)| value)
+        .collect();
+    assert!(values.len() > 1, "bills of one value only: {values:?}");
     for (m, kind) in machines.iter().filter(|(_, k)| games_of(k) > 1) {
         let played: std::collections::BTreeSet<u64> =
             expected[&m.serial].iter().filter(|mv| mv.0 == "bet_accepted").map(|mv| mv.2).collect();

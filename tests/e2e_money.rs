@@ -14,7 +14,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Simulated, assert_sequences_gap_free, read_json_lines, run_gateway, simulate};
+use common::{
+    FLOOR_MOVEMENTS, NICKEL_PLAY, Simulated, aft_reference, assert_sequences_gap_free,
+    cashless_balances, read_json_lines, run_gateway, simulate,
+};
 use serde_json::Value;
 use upstream::{Mosquitto, MosquittoOptions, Subscriber, wait_until};
 
@@ -65,13 +68,8 @@ fn ledger_movements(ledger: &[Value]) -> BTreeMap<String, Vec<Movement>> {
                 ("ticket_in".into(), cents("cents"), last4(&r["validation_number"]), cash())
             }
             "aft_transfer" => {
-                let reference = format!(
-                    "{}/{}",
-                    r["direction"].as_str().unwrap(),
-                    r["transaction_id"].as_str().unwrap()
-                );
                 let class = r["class"].as_str().map(Into::into);
-                ("aft_transfer".into(), cents("cents"), Some(reference), class)
+                ("aft_transfer".into(), cents("cents"), Some(aft_reference(r)), class)
             }
             // A progressive paid by an attendant is its `handpay` record.
             "progressive" if r["paid_by"] == "machine" => {
@@ -95,18 +93,6 @@ fn ledger_movements(ledger: &[Value]) -> BTreeMap<String, Vec<Movement>> {
     out.values_mut().for_each(|list| list.sort());
     out
 }
-
-/// Play at 0.05 a credit (cents and credits differ) with small bills.
-const NICKEL_PLAY: [&str; 8] = [
-    "--denomination",
-    "2",
-    "--bills",
-    "1,5,10",
-    "--bet",
-    "1:1,5:1,25:1",
-    "--win",
-    "0:6,1:2,2:1,20:1",
-];
 
 fn cash() -> Option<String> {
     Some("cashable".into())
@@ -146,12 +132,7 @@ fn event_movements(events: &[Value]) -> BTreeMap<String, Vec<Movement>> {
                 )
             }
             None if kind == "aft_transfer" => {
-                let reference = format!(
-                    "{}/{}",
-                    data["direction"].as_str().unwrap(),
-                    data["transaction_id"].as_str().unwrap()
-                );
-                (Some(reference), data["class"].as_str().map(Into::into))
+                (Some(aft_reference(data)), data["class"].as_str().map(Into::into))
             }
             None => (None, None),
         };
@@ -304,16 +285,7 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
     }
     // The floor really mixed: every kind of movement happened.
     let all: Vec<&Movement> = expected.values().flatten().collect();
-    for kind in [
-        "credits_in",
-        "ticket_out",
-        "ticket_in",
-        "handpay",
-        "handpay_receipt",
-        "aft_transfer",
-        "progressive_win",
-        "bonus_award",
-    ] {
+    for kind in FLOOR_MOVEMENTS {
         assert!(all.iter().any(|m| m.0 == kind), "no {kind} in the ledger");
     }
     assert!(
@@ -349,54 +321,10 @@ fn every_money_movement_of_a_mixed_floor_arrives_once_and_adds_up_to_the_meters(
         }
         assert!(per_game.keys().all(|(game, _)| *game == 1), "{id}: {per_game:?}");
         let sum = |kind: &str| per_game.get(&(1, kind.to_owned())).copied().unwrap_or(0);
-        // AFT per direction and class, from the events themselves.
-        let aft = |direction: &str, class: &str| -> i64 {
-            mine.iter()
-                .filter(|e| {
-                    e["kind"] == "aft_transfer"
-                        && e["data"]["direction"] == direction
-                        && e["data"]["class"] == class
-                })
-                .map(|e| e["data"]["amount"]["minor_units"].as_i64().unwrap())
-                .sum()
-        };
-        for (meter, direction, class) in [
-            ("aft_cashable_in_cents", "to_machine", "cashable"),
-            ("aft_restricted_in_cents", "to_machine", "restricted"),
-            ("aft_non_restricted_in_cents", "to_machine", "non_restricted"),
-            ("aft_cashable_out_cents", "to_host", "cashable"),
-            ("aft_restricted_out_cents", "to_host", "restricted"),
-            ("aft_non_restricted_out_cents", "to_host", "non_restricted"),
-        ] {
-            assert_eq!(
-                last_meter(&events, &id, meter).unwrap(),
-                aft(direction, class),
-                "{id}: {meter} = Σ aft_transfer {direction} {class}"
-            );
+        // AFT per direction and class, progressives and bonuses: Σ events = their meters.
+        for (meter, read, events_sum) in cashless_balances(&events, &id) {
+            assert_eq!(read, Some(events_sum), "{id}: {meter} = Σ its events");
         }
-        assert_eq!(
-            last_meter(&events, &id, "machine_paid_progressive").unwrap(),
-            sum("progressive_win"),
-            "{id}: progressives = 001D"
-        );
-        assert_eq!(
-            last_meter(&events, &id, "machine_paid_external_bonus").unwrap(),
-            sum("bonus_award"),
-            "{id}: bonuses = 001E"
-        );
-        // Progressive levels paid by an attendant: handpays with a level, in cents.
-        let progressive_handpays: i64 = mine
-            .iter()
-            .filter(|e| {
-                e["kind"] == "handpay" && (1..=0x20).contains(&e["data"]["level"].as_u64().unwrap())
-            })
-            .map(|e| e["data"]["amount"]["minor_units"].as_i64().unwrap())
-            .sum();
-        assert_eq!(
-            last_meter(&events, &id, "attendant_paid_progressive").unwrap(),
-            progressive_handpays,
-            "{id}: progressive handpays = 0020"
-        );
         // Σ events = the meters the gateway read (lifetime, from zero), per machine and game 1.
         assert_eq!(
             last_meter(&events, &id, "cashable_ticket_out_cents").unwrap(),

@@ -17,7 +17,7 @@ use jiff::Timestamp;
 
 use firmware_protocols::sas::MeterCode;
 
-use crate::event::money::{credits_to_minor, hundredths_to_minor};
+use crate::event::money::{bill_value, credits_to_minor, hundredths_to_minor};
 use crate::event::{
     Amount, AmountStatus, Counts, Currency, EventKind, Figures, MeterJump, MeterReading, MeterUnit,
     ReconciliationOutcome, SnapshotTrigger, WindowContext,
@@ -56,6 +56,15 @@ impl MeterKey {
             Self::PowerResetCount => "power_reset_count",
             Self::LegacyEft(index) => {
                 LEGACY_EFT_NAMES.get(usize::from(index)).copied().unwrap_or("legacy_eft")
+            }
+            // Bills accepted per denomination: `bills_accepted_` and the face value in
+            // currency units, the bill codes' order (§7.4).
+            Self::Sas(code @ 0x40..=0x57) => {
+                let value = u8::try_from(code - 0x40).ok().and_then(bill_value);
+                return value.map_or_else(
+                    || format!("sas_{code:04x}"),
+                    |value| format!("bills_accepted_{value}"),
+                );
             }
             Self::Sas(code) => match code {
                 0x00 => "coin_in",

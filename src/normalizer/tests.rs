@@ -1541,3 +1541,15 @@ fn a_games_lifetime_meters_and_window_continue_across_a_gateway_restart() {
         "game 2's window runs from its journalled snapshot, across the outage"
     );
 }
+
+#[test]
+fn bills_accepted_per_denomination_are_named_by_face_value() {
+    use super::meters::MeterKey;
+    let name = |code: u16| MeterKey::Sas(code).name();
+    assert_eq!(name(0x40), "bills_accepted_1");
+    assert_eq!(name(0x47), "bills_accepted_100");
+    assert_eq!(name(0x57), "bills_accepted_1000000");
+    // 0058 on are other bill meters (to drop, to the hopper): not bills accepted.
+    assert_eq!(name(0x58), "sas_0058");
+    assert_eq!(MeterKey::Sas(0x47).unit(), crate::event::MeterUnit::Count);
+}

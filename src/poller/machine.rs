@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use firmware_protocols::FirmwareProfile;
-use firmware_protocols::sas::message::DateTime;
+use firmware_protocols::sas::message::{DateTime, MAX_SELECTED_METERS};
 use firmware_protocols::sas::session::{HostSession, SessionEvent};
 use firmware_protocols::sas::{Address, Exception, LongPoll, Reply};
 
@@ -264,6 +264,12 @@ impl MachinePoller {
         // out per class (cents), machine- and attendant-paid progressives and external bonuses.
         let electronic = vec![0xA0, 0xA2, 0xA4, 0xB8, 0xBA, 0xBC, 0x1D, 0x1E, 0x20, 0x21];
         self.enqueue(LongPoll::SendSelectedMeters { game: 0, meters: electronic });
+        // Bills in by denomination (0040–0057, $1 … $1 000 000), what each bill's `credits_in`
+        // counts against: 24 meters, more than one LP2F may ask for.
+        let bills: Vec<u8> = (0x40..=0x57).collect();
+        for meters in bills.chunks(MAX_SELECTED_METERS) {
+            self.enqueue(LongPoll::SendSelectedMeters { game: 0, meters: meters.to_vec() });
+        }
         self.queue_game_snapshots();
     }
 
@@ -373,6 +379,20 @@ mod tests {
         assert_eq!(per_game_polls(&machine), (vec![1, 2, 3], vec![1, 2, 3]));
         machine.queue_snapshot();
         assert_eq!(per_game_polls(&machine).1, [1, 2, 3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_snapshot_reads_bills_per_denomination_in_lp2fs_the_spec_allows() {
+        let mut machine = poller();
+        machine.queue_snapshot();
+        let mut bills = Vec::new();
+        for poll in machine.session.queued() {
+            if let LongPoll::SendSelectedMeters { game: 0, meters } = poll {
+                assert!(meters.len() <= MAX_SELECTED_METERS, "{meters:?}");
+                bills.extend(meters.iter().copied().filter(|code| (0x40..=0x57).contains(code)));
+            }
+        }
+        assert_eq!(bills, (0x40..=0x57).collect::<Vec<u8>>());
     }
 
     #[test]

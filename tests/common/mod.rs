@@ -204,6 +204,101 @@ pub fn event_games(events: &[Value]) -> (Games, BTreeMap<String, usize>) {
     (games, unpriced)
 }
 
+/// Play at 0.05 a credit (cents and credits differ) with small bills.
+pub const NICKEL_PLAY: [&str; 8] = [
+    "--denomination",
+    "2",
+    "--bills",
+    "1,5,10",
+    "--bet",
+    "1:1,5:1,25:1",
+    "--win",
+    "0:6,1:2,2:1,20:1",
+];
+
+/// The movements a mixed floor must show at least once (not only play): that it really mixed.
+pub const FLOOR_MOVEMENTS: [&str; 8] = [
+    "credits_in",
+    "ticket_out",
+    "ticket_in",
+    "handpay",
+    "handpay_receipt",
+    "aft_transfer",
+    "progressive_win",
+    "bonus_award",
+];
+
+/// An AFT transfer's reference, `direction/transaction_id`: the same fields in a ledger record
+/// and in an `aft_transfer` event's data.
+pub fn aft_reference(transfer: &Value) -> String {
+    format!(
+        "{}/{}",
+        transfer["direction"].as_str().unwrap(),
+        transfer["transaction_id"].as_str().unwrap()
+    )
+}
+
+/// The cashless meters of one machine against the events that move them: (meter, the last
+/// machine-wide value the gateway read in minor units, Σ of its events). AFT in and out per class
+/// (00A0…00BC), progressives paid by the machine (001D) and by an attendant (0020: handpays with
+/// a level), legacy bonuses (001E). The simulator's meters start at zero, so lifetime = Σ.
+pub fn cashless_balances(
+    events: &[Value],
+    registry_id: &str,
+) -> Vec<(&'static str, Option<i64>, i64)> {
+    let mine: Vec<&Value> =
+        events.iter().filter(|e| e["machine"]["registry_id"] == registry_id).collect();
+    let amount = |e: &&&Value| e["data"]["amount"]["minor_units"].as_i64().unwrap();
+    let meter = |name: &str| {
+        mine.iter()
+            .filter(|e| e["kind"] == "meter_snapshot")
+            .filter(|e| e["data"]["game_number"].as_u64().unwrap_or(0) == 0)
+            .filter_map(|e| e["data"]["meters"][name]["amount"]["minor_units"].as_i64())
+            .next_back()
+    };
+    let sum = |kind: &str| mine.iter().filter(|e| e["kind"] == kind).map(|e| amount(&e)).sum();
+    let aft = |direction: &str, class: &str| -> i64 {
+        mine.iter()
+            .filter(|e| e["kind"] == "aft_transfer")
+            .filter(|e| e["data"]["direction"] == direction && e["data"]["class"] == class)
+            .map(|e| amount(&e))
+            .sum()
+    };
+    let progressive_handpays = mine
+        .iter()
+        .filter(|e| e["kind"] == "handpay")
+        .filter(|e| e["data"]["level"].as_u64().is_some_and(|l| (1..=0x20).contains(&l)))
+        .map(|e| amount(&e))
+        .sum();
+    let mut out: Vec<(&'static str, Option<i64>, i64)> = [
+        ("aft_cashable_in_cents", "to_machine", "cashable"),
+        ("aft_restricted_in_cents", "to_machine", "restricted"),
+        ("aft_non_restricted_in_cents", "to_machine", "non_restricted"),
+        ("aft_cashable_out_cents", "to_host", "cashable"),
+        ("aft_restricted_out_cents", "to_host", "restricted"),
+        ("aft_non_restricted_out_cents", "to_host", "non_restricted"),
+    ]
+    .into_iter()
+    .map(|(name, direction, class)| (name, meter(name), aft(direction, class)))
+    .collect();
+    out.push((
+        "machine_paid_progressive",
+        meter("machine_paid_progressive"),
+        sum("progressive_win"),
+    ));
+    out.push((
+        "machine_paid_external_bonus",
+        meter("machine_paid_external_bonus"),
+        sum("bonus_award"),
+    ));
+    out.push((
+        "attendant_paid_progressive",
+        meter("attendant_paid_progressive"),
+        progressive_handpays,
+    ));
+    out
+}
+
 /// Every machine's events are numbered 0, 1, 2, … without a gap, and keys are unique.
 pub fn assert_sequences_gap_free(events: &[Value]) {
     let mut next: BTreeMap<String, u64> = BTreeMap::new();
