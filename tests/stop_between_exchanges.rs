@@ -138,7 +138,10 @@ async fn a_stop_asked_while_a_poll_waits_for_its_reply_lets_the_exchange_finish(
     simulation.stop().await.unwrap();
 
     let log = log.lock().unwrap().clone();
-    assert!(matches!(log.last(), Some(Seen::Closed(_))), "{log:?}");
+    // After the close only a late answer can still pass (the proxy holds it; under load it can
+    // come after the gateway waited its reply window out and closed): no poll may follow.
+    let close = log.iter().position(|s| matches!(s, Seen::Closed(_))).expect("the close");
+    assert!(log[close + 1..].iter().all(|s| *s == Seen::Answered), "{log:?}");
     let polls = log.iter().filter(|s| matches!(s, Seen::Poll(..))).count();
     assert!(polls > WARM_UP, "the stop came after the warm-up: {log:?}");
     // Each poll is settled (answered, or its window waited out) before the next poll and
