@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod common;
+mod line_support;
 mod upstream;
 
 use std::path::Path;
@@ -248,6 +249,7 @@ fn a_disable_served_as_a_pending_command_over_https_stops_play_and_an_enable_res
 // === In process: the daemon's command task and forwarders on a real journal ===
 
 mod in_process {
+    use firmware_protocols::sas::RemoteControl;
     use slotgate::command::journal_sink::JournalSink;
     use slotgate::command::service::{Service, Submitter};
     use slotgate::command::store::{CommandStore, sled_durable_flush};
@@ -378,19 +380,20 @@ mod in_process {
 
         /// The states of `command` in the journal's audit trail.
         pub(crate) fn audit(&self, command: u128) -> Vec<String> {
-            let events: Vec<Value> = self
-                .journal
-                .read(0, 10_000)
-                .unwrap()
-                .into_iter()
-                .filter_map(|r| match r.body {
-                    Some(slotgate::journal::Body::Event { canonical_json, .. }) => {
-                        serde_json::from_slice(&canonical_json).ok()
-                    }
-                    _ => None,
-                })
-                .collect();
-            audit_states(&events, command)
+            audit_states(&line_support::journal_events(&self.journal), command)
+        }
+
+        /// Waits for the command task's LP 01 to the machine and answers it as its line would.
+        pub(crate) async fn expect_shutdown(&mut self) {
+            let sent = tokio::time::timeout(Duration::from_secs(30), self.line.recv()).await;
+            let calls = self.inbox.calls.load(Ordering::SeqCst);
+            match sent.unwrap_or_else(|_| panic!("nothing sent; {calls} submission(s)")).unwrap() {
+                LineCommand::RemoteControl { machine, control, reply } => {
+                    assert_eq!((machine.as_str(), control), ("EGM-1", RemoteControl::Shutdown));
+                    reply.send(Ok(())).unwrap();
+                }
+                other => panic!("not a remote control: {other:?}"),
+            }
         }
 
         pub(crate) async fn stop(mut self) {
@@ -410,9 +413,6 @@ mod in_process {
 /// journalled, acknowledged and sent to the machine once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_the_journal_refused_is_not_acknowledged_and_comes_again_from_the_broker() {
-    use firmware_protocols::sas::RemoteControl;
-    use slotgate::poller::LineCommand;
-
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&dir.path().join("broker"), MosquittoOptions::default());
     let subscriber = Subscriber::start(broker.port(), &format!("slotgate/{VENUE}/+/events"), None);
@@ -427,15 +427,7 @@ async fn a_command_the_journal_refused_is_not_acknowledged_and_comes_again_from_
 
     // On the venue's topic this time.
     subscriber.publish(&format!("slotgate/{VENUE}/commands"), signed(5, "EGM-1", Action::Disable));
-    let sent = tokio::time::timeout(Duration::from_secs(30), daemon.line.recv()).await;
-    let calls = daemon.inbox.calls.load(Ordering::SeqCst);
-    match sent.unwrap_or_else(|_| panic!("nothing sent; {calls} submission(s)")).unwrap() {
-        LineCommand::RemoteControl { machine, control, reply } => {
-            assert_eq!((machine.as_str(), control), ("EGM-1", RemoteControl::Shutdown));
-            reply.send(Ok(())).unwrap();
-        }
-        other => panic!("not a remote control: {other:?}"),
-    }
+    daemon.expect_shutdown().await;
     assert_eq!(daemon.inbox.calls.load(Ordering::SeqCst), 2, "refused once, delivered again");
     // Acknowledged now: events still flow on the same connection, the command does not come
     // a third time.
@@ -461,9 +453,6 @@ fn https_destination(url: &str, commands: &str, certs: &Certs) -> String {
 /// and at the next fetch it is journalled, sent to the machine once and acknowledged once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_command_the_journal_refused_is_not_acknowledged_and_taken_at_the_next_fetch() {
-    use firmware_protocols::sas::RemoteControl;
-    use slotgate::poller::LineCommand;
-
     upstream::install_crypto();
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::generate(&dir.path().join("pki"));
@@ -474,15 +463,7 @@ async fn a_pending_command_the_journal_refused_is_not_acknowledged_and_taken_at_
     let command = signed(7, "EGM-1", Action::Disable);
     receiver.set_pending_commands(vec![String::from_utf8(command).unwrap()]);
 
-    let sent = tokio::time::timeout(Duration::from_secs(30), daemon.line.recv()).await;
-    let calls = daemon.inbox.calls.load(Ordering::SeqCst);
-    match sent.unwrap_or_else(|_| panic!("nothing sent; {calls} submission(s)")).unwrap() {
-        LineCommand::RemoteControl { machine, control, reply } => {
-            assert_eq!((machine.as_str(), control), ("EGM-1", RemoteControl::Shutdown));
-            reply.send(Ok(())).unwrap();
-        }
-        other => panic!("not a remote control: {other:?}"),
-    }
+    daemon.expect_shutdown().await;
     assert_eq!(daemon.inbox.calls.load(Ordering::SeqCst), 2, "refused once, fetched again");
     let acked =
         upstream::wait_until_async(Duration::from_secs(10), || !receiver.command_acks().is_empty());
