@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::{
     FLOOR_MOVEMENTS, NICKEL_PLAY, Proc, Simulated, aft_reference, assert_sequences_gap_free,
-    cashless_balances, read_json_lines, run_gateway, simulate,
+    cashless_balances, event_reference, read_json_lines, run_gateway, simulate,
 };
 use firmware_protocols::sas::meter::denomination_minor_units;
 use serde_json::Value;
@@ -264,20 +264,7 @@ fn event_movements(events: &[Value]) -> BTreeMap<String, Vec<Movement>> {
         let amount = if kind == "game_ended" { &data["win"] } else { &data["amount"] };
         let amount = amount["minor_units"].as_i64().unwrap_or(-1);
         let game = e["game"]["number"].as_u64().unwrap_or(0);
-        let (last4, class) = match data["ticket"].as_object() {
-            Some(ticket) => {
-                let number = ticket["validation_number"].as_str().unwrap();
-                assert!(number.starts_with("**************"), "only 4 digits leave: {e}");
-                (
-                    Some(number[number.len() - 4..].to_owned()),
-                    ticket["class"].as_str().map(Into::into),
-                )
-            }
-            None if kind == "aft_transfer" => {
-                (Some(aft_reference(data)), data["class"].as_str().map(Into::into))
-            }
-            None => (None, None),
-        };
+        let (last4, class) = event_reference(e);
         let movement = (kind.to_owned(), amount, game, last4, class);
         out.entry(serial_of(e).to_owned()).or_default().push(movement);
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::{
     FLOOR_MOVEMENTS, NICKEL_PLAY, Simulated, aft_reference, assert_sequences_gap_free,
-    cashless_balances, read_json_lines, run_gateway, simulate,
+    cashless_balances, event_reference, read_json_lines, run_gateway, simulate,
 };
 use serde_json::Value;
 use upstream::{Mosquitto, MosquittoOptions, Subscriber, wait_until};
@@ -119,23 +119,8 @@ fn event_movements(events: &[Value]) -> BTreeMap<String, Vec<Movement>> {
             continue;
         }
         let serial = e["machine"]["registry_id"].as_str().unwrap().trim_start_matches("EGM-");
-        let data = &e["data"];
-        let amount = data["amount"]["minor_units"].as_i64().unwrap_or(-1);
-        let (last4, class) = match data["ticket"].as_object() {
-            Some(ticket) => {
-                let number = ticket["validation_number"].as_str().unwrap();
-                assert!(ticket["masked"].as_bool().unwrap(), "masked by default: {e}");
-                assert!(number.starts_with("**************"), "only 4 digits leave: {e}");
-                (
-                    Some(number[number.len() - 4..].to_owned()),
-                    ticket["class"].as_str().map(Into::into),
-                )
-            }
-            None if kind == "aft_transfer" => {
-                (Some(aft_reference(data)), data["class"].as_str().map(Into::into))
-            }
-            None => (None, None),
-        };
+        let amount = e["data"]["amount"]["minor_units"].as_i64().unwrap_or(-1);
+        let (last4, class) = event_reference(e);
         out.entry(serial.to_owned()).or_default().push((kind.to_owned(), amount, last4, class));
     }
     out.values_mut().for_each(|list| list.sort());

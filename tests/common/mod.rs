@@ -238,6 +238,25 @@ pub fn aft_reference(transfer: &Value) -> String {
     )
 }
 
+/// What identifies a money event's instrument and its class, as the state system sees them: a
+/// ticket's last 4 digits (the number must leave masked) and class, an AFT transfer's
+/// [`aft_reference`] and class; nothing for other kinds.
+pub fn event_reference(event: &Value) -> (Option<String>, Option<String>) {
+    let data = &event["data"];
+    match data["ticket"].as_object() {
+        Some(ticket) => {
+            let number = ticket["validation_number"].as_str().unwrap();
+            assert!(ticket["masked"].as_bool().unwrap(), "masked by default: {event}");
+            assert!(number.starts_with("**************"), "only 4 digits leave: {event}");
+            (Some(number[number.len() - 4..].to_owned()), ticket["class"].as_str().map(Into::into))
+        }
+        None if event["kind"] == "aft_transfer" => {
+            (Some(aft_reference(data)), data["class"].as_str().map(Into::into))
+        }
+        None => (None, None),
+    }
+}
+
 /// The cashless meters of one machine against the events that move them: (meter, the last
 /// machine-wide value the gateway read in minor units, Σ of its events). AFT in and out per class
 /// (00A0…00BC), progressives paid by the machine (001D) and by an attendant (0020: handpays with
