@@ -920,7 +920,8 @@ impl Journal {
         if from >= first {
             return Ok(());
         }
-        let oldest = self.read(first, 1)?.first().map(|r| (r.header.seq, r.header.appended_at_ms));
+        // Only seq and append time are wanted: no hash needs recomputing.
+        let oldest = self.read_entries(first, 1)?.first().map(|e| (e.seq, e.appended_at_ms));
         Err(JournalError::NotKept {
             oldest: oldest.map_or(first, |(seq, _)| seq),
             oldest_at: oldest.and_then(|(_, ms)| jiff::Timestamp::from_millisecond(ms).ok()),
@@ -934,7 +935,7 @@ impl Journal {
         let wanted = at.as_millisecond();
         let first = self.shared.first_seq.load(Ordering::Acquire);
         let appended = |seq: u64| -> Result<Option<(u64, i64)>, JournalError> {
-            Ok(self.read(seq, 1)?.first().map(|r| (r.header.seq, r.header.appended_at_ms)))
+            Ok(self.read_entries(seq, 1)?.first().map(|e| (e.seq, e.appended_at_ms)))
         };
         if first > 0
             && let Some((oldest, oldest_ms)) = appended(first)?
