@@ -601,14 +601,10 @@ async fn append_mode(
 ) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &group in groups {
-        let row = append_run(1, group, records, common).await?;
-        eprintln!("{row:?}");
-        rows.push(row);
+        rows.push(append_run(1, group, records, common).await?);
     }
     for &t in tasks {
-        let row = append_run(t, 1, records, common).await?;
-        eprintln!("{row:?}");
-        rows.push(row);
+        rows.push(append_run(t, 1, records, common).await?);
     }
     println!("\njournal append: {records} records per row, sled cache {} MiB\n", common.cache_mib);
     println!(

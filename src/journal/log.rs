@@ -3,6 +3,7 @@
 //! this file is their code. It knows nothing of cursors, machines or alarms: it stores records
 //! in sequence order and finds them again, and says where it could not.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
@@ -230,78 +231,101 @@ pub fn scan_segment(
 /// A record whose `prev_hash` is not its predecessor's hash starts a new block, so the
 /// stored anchors keep every link exactly as it was.
 pub fn seal(first_seq: u64, records: &[Record]) -> io::Result<Vec<u8>> {
-    let mut out = header(SEALED_MAGIC, first_seq).to_vec();
-    let mut blocks: Vec<(u64, u64)> = Vec::new();
-    let mut raw = Vec::with_capacity(BLOCK_RAW_BYTES + (64 << 10));
-    let mut open: Option<(u64, Hash, u32)> = None;
-    let mut prev: Option<Hash> = None;
+    let mut sealing = Sealing::new(first_seq)?;
     for record in records {
-        let chained = prev == Some(record.prev_hash);
-        if let Some((seq, anchor, count)) = open
-            && (!chained || raw.len() >= BLOCK_RAW_BYTES)
-        {
-            push_block(&mut out, &mut blocks, seq, &anchor, count, &raw)?;
-            raw.clear();
-            open = None;
+        sealing.push(record)?;
+    }
+    sealing.finish()
+}
+
+/// A sealed file being built one record at a time, so that sealing holds one raw block, not
+/// a segment's worth of decoded records (the memory target of issue 14).
+struct Sealing {
+    out: Vec<u8>,
+    blocks: Vec<(u64, u64)>,
+    raw: Vec<u8>,
+    /// The open block's first seq, anchor and record count.
+    open: Option<(u64, Hash, u32)>,
+    prev: Option<Hash>,
+    /// One compression context for every block of the file.
+    compressor: zstd::bulk::Compressor<'static>,
+}
+
+impl Sealing {
+    fn new(first_seq: u64) -> io::Result<Self> {
+        Ok(Self {
+            out: header(SEALED_MAGIC, first_seq).to_vec(),
+            blocks: Vec::new(),
+            raw: Vec::with_capacity(BLOCK_RAW_BYTES + (64 << 10)),
+            open: None,
+            prev: None,
+            compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL)?,
+        })
+    }
+
+    fn push(&mut self, record: &Record) -> io::Result<()> {
+        let chained = self.prev == Some(record.prev_hash);
+        if !chained || self.raw.len() >= BLOCK_RAW_BYTES {
+            self.close_block()?;
         }
-        let (_, _, count) = open.get_or_insert((record.header.seq, record.prev_hash, 0));
+        let (_, _, count) = self.open.get_or_insert((record.header.seq, record.prev_hash, 0));
         *count += 1;
         let entry = record.encode_sealed();
         let len = u32::try_from(entry.len()).map_err(|_| io::Error::other("record too large"))?;
-        raw.extend_from_slice(&len.to_le_bytes());
-        raw.extend_from_slice(&entry);
-        prev = Some(record.record_hash());
+        self.raw.extend_from_slice(&len.to_le_bytes());
+        self.raw.extend_from_slice(&entry);
+        self.prev = Some(record.record_hash());
+        Ok(())
     }
-    if let Some((seq, anchor, count)) = open {
-        push_block(&mut out, &mut blocks, seq, &anchor, count, &raw)?;
-    }
-    let index_at = out.len() as u64;
-    let count = u32::try_from(blocks.len()).map_err(|_| io::Error::other("too many blocks"))?;
-    let mut index = count.to_le_bytes().to_vec();
-    for (seq, offset) in &blocks {
-        index.extend_from_slice(&seq.to_le_bytes());
-        index.extend_from_slice(&offset.to_le_bytes());
-    }
-    out.extend_from_slice(&INDEX_MARKER);
-    out.extend_from_slice(&index);
-    out.extend_from_slice(&crc32fast::hash(&index).to_le_bytes());
-    out.extend_from_slice(&index_at.to_le_bytes());
-    out.extend_from_slice(&TRAILER_MAGIC);
-    Ok(out)
-}
 
-fn push_block(
-    out: &mut Vec<u8>,
-    blocks: &mut Vec<(u64, u64)>,
-    first_seq: u64,
-    anchor: &Hash,
-    count: u32,
-    raw: &[u8],
-) -> io::Result<()> {
-    let compressed = zstd::bulk::compress(raw, ZSTD_LEVEL)?;
-    let too_large = || io::Error::other("block too large");
-    let clen = u32::try_from(compressed.len()).map_err(|_| too_large())?;
-    let rlen = u32::try_from(raw.len()).map_err(|_| too_large())?;
-    blocks.push((first_seq, out.len() as u64));
-    let mut head = Vec::with_capacity(BLOCK_HEADER);
-    head.extend_from_slice(&BLOCK_MARKER);
-    head.extend_from_slice(&clen.to_le_bytes());
-    head.extend_from_slice(&rlen.to_le_bytes());
-    head.extend_from_slice(&first_seq.to_le_bytes());
-    head.extend_from_slice(&count.to_le_bytes());
-    head.extend_from_slice(anchor);
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(head.get(4..).unwrap_or_default());
-    crc.update(&compressed);
-    out.extend_from_slice(&head);
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(&compressed);
-    Ok(())
+    fn close_block(&mut self) -> io::Result<()> {
+        let Some((first_seq, anchor, count)) = self.open.take() else { return Ok(()) };
+        let compressed = self.compressor.compress(&self.raw)?;
+        let too_large = || io::Error::other("block too large");
+        let clen = u32::try_from(compressed.len()).map_err(|_| too_large())?;
+        let rlen = u32::try_from(self.raw.len()).map_err(|_| too_large())?;
+        self.raw.clear();
+        self.blocks.push((first_seq, self.out.len() as u64));
+        let mut head = Vec::with_capacity(BLOCK_HEADER);
+        head.extend_from_slice(&BLOCK_MARKER);
+        head.extend_from_slice(&clen.to_le_bytes());
+        head.extend_from_slice(&rlen.to_le_bytes());
+        head.extend_from_slice(&first_seq.to_le_bytes());
+        head.extend_from_slice(&count.to_le_bytes());
+        head.extend_from_slice(&anchor);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(head.get(4..).unwrap_or_default());
+        crc.update(&compressed);
+        self.out.extend_from_slice(&head);
+        self.out.extend_from_slice(&crc.finalize().to_le_bytes());
+        self.out.extend_from_slice(&compressed);
+        Ok(())
+    }
+
+    /// The whole file: the blocks, the block index and the trailer.
+    fn finish(mut self) -> io::Result<Vec<u8>> {
+        self.close_block()?;
+        let mut out = self.out;
+        let index_at = out.len() as u64;
+        let count =
+            u32::try_from(self.blocks.len()).map_err(|_| io::Error::other("too many blocks"))?;
+        let mut index = count.to_le_bytes().to_vec();
+        for (seq, offset) in &self.blocks {
+            index.extend_from_slice(&seq.to_le_bytes());
+            index.extend_from_slice(&offset.to_le_bytes());
+        }
+        out.extend_from_slice(&INDEX_MARKER);
+        out.extend_from_slice(&index);
+        out.extend_from_slice(&crc32fast::hash(&index).to_le_bytes());
+        out.extend_from_slice(&index_at.to_le_bytes());
+        out.extend_from_slice(&TRAILER_MAGIC);
+        Ok(out)
+    }
 }
 
 /// Decodes the block at the start of `bytes`: its records (as `T` reads them from the anchor)
 /// and the block's length. `None` if the CRC, the decompression or a record fails.
-fn block_at<T: Readable>(bytes: &[u8]) -> Option<(Vec<T>, usize)> {
+fn block_at<T: Readable>(bytes: &[u8]) -> Option<(T::Block, usize)> {
     if bytes.get(..4)? != BLOCK_MARKER {
         return None;
     }
@@ -325,14 +349,30 @@ fn block_at<T: Readable>(bytes: &[u8]) -> Option<(Vec<T>, usize)> {
     if h.finalize() != crc {
         return None;
     }
-    let raw = zstd::bulk::decompress(compressed, usize::try_from(rlen).ok()?).ok()?;
-    if raw.len() != usize::try_from(rlen).ok()? {
-        return None;
+    let count = usize::try_from(count).ok()?;
+    let raw = decompress(compressed, usize::try_from(rlen).ok()?)?;
+    Some((T::decode_block(raw, anchor, count, first_seq)?, end))
+}
+
+/// The decompressed bytes of one block, `None` unless they are `rlen` bytes. The context is
+/// kept per thread: a reader decompresses thousands of blocks in a row, and a fresh context
+/// per block was a twentieth of the forwarders' read (issue 14).
+fn decompress(compressed: &[u8], rlen: usize) -> Option<Vec<u8>> {
+    thread_local! {
+        static CONTEXT: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { RefCell::new(None) };
     }
-    let records = T::decode_block(&raw, anchor, usize::try_from(count).ok()?)?;
-    let whole = records.len() == usize::try_from(count).ok()?
-        && records.first().is_some_and(|r| r.seq() == first_seq);
-    whole.then_some((records, end))
+    CONTEXT.with(|context| {
+        let mut context = context.try_borrow_mut().ok()?;
+        if context.is_none() {
+            *context = Some(zstd::bulk::Decompressor::new().ok()?);
+        }
+        let mut raw = Vec::with_capacity(rlen);
+        match context.as_mut()?.decompress_to_buffer(compressed, &mut raw) {
+            Ok(n) if n == rlen => Some(raw),
+            _ => None,
+        }
+    })
 }
 
 /// Calls `f` with each sealed record's bytes in a block's raw bytes; `None` if the lengths do
@@ -351,17 +391,37 @@ fn each_entry(raw: &[u8], mut f: impl FnMut(&[u8]) -> Option<()>) -> Option<()> 
 /// What a reader reads: checked [`Record`]s (a sealed segment's hashes recomputed, for
 /// verification, export, checkpoints and re-applying) or [`Entry`]s for sending (no hashes,
 /// about a third of the cost). Both read the same frames and blocks behind the same CRCs.
-pub trait Readable: Sized + Clone {
+pub trait Readable: Sized {
+    /// What the readers' cache keeps of a sealed block.
+    type Block: Send + Sync;
     fn seq(&self) -> u64;
     /// From a plain frame's record (which stores its hashes, so nothing is recomputed).
     fn from_record(record: Record) -> Self;
-    /// The records of a sealed block's raw bytes, whose first `prev_hash` is `anchor`.
-    fn decode_block(raw: &[u8], anchor: Hash, count: usize) -> Option<Vec<Self>>;
-    /// The readers' cache of decoded blocks of this kind.
-    fn cache(index: &Index) -> &Mutex<VecDeque<CachedBlock<Self>>>;
+    /// A sealed block's raw bytes, whose first `prev_hash` is `anchor`, as the cache keeps
+    /// them; `None` unless they hold `count` records from `first_seq`.
+    fn decode_block(
+        raw: Vec<u8>,
+        anchor: Hash,
+        count: usize,
+        first_seq: u64,
+    ) -> Option<Self::Block>;
+    /// Adds the block's records from `expected` on to `out` ([`take`]); false once `out` is
+    /// complete.
+    fn take_block(
+        block: &Self::Block,
+        expected: &mut u64,
+        until: u64,
+        limit: usize,
+        out: &mut ReadOut<Self>,
+    ) -> bool;
+    /// The readers' cache of this kind's blocks.
+    fn cache(index: &Index) -> &Mutex<VecDeque<CachedBlock<Self::Block>>>;
 }
 
+/// Checked records are decoded once per block: each `prev_hash` needs its predecessor's hash.
 impl Readable for Record {
+    type Block = Vec<Self>;
+
     fn seq(&self) -> u64 {
         self.header.seq
     }
@@ -370,24 +430,47 @@ impl Readable for Record {
         record
     }
 
-    fn decode_block(raw: &[u8], anchor: Hash, count: usize) -> Option<Vec<Self>> {
+    fn decode_block(raw: Vec<u8>, anchor: Hash, count: usize, first_seq: u64) -> Option<Vec<Self>> {
         let mut records = Vec::with_capacity(count.min(1 << 16));
         let mut prev = anchor;
-        each_entry(raw, |entry| {
+        each_entry(&raw, |entry| {
             let record = Self::decode_sealed(entry, prev).ok()?;
             prev = record.record_hash();
             records.push(record);
             Some(())
         })?;
-        Some(records)
+        let whole =
+            records.len() == count && records.first().is_some_and(|r| r.header.seq == first_seq);
+        whole.then_some(records)
     }
 
-    fn cache(index: &Index) -> &Mutex<VecDeque<CachedBlock<Self>>> {
+    fn take_block(
+        block: &Vec<Self>,
+        expected: &mut u64,
+        until: u64,
+        limit: usize,
+        out: &mut ReadOut<Self>,
+    ) -> bool {
+        for record in block {
+            if record.header.seq >= *expected && !take(record.clone(), expected, until, limit, out)
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn cache(index: &Index) -> &Mutex<VecDeque<CachedBlock<Vec<Self>>>> {
         &index.blocks
     }
 }
 
+/// Entries are cached as the block's raw bytes and decoded straight into the reader's output:
+/// nothing is decoded twice or copied out of a cache (issue 14's replay read). Records before
+/// `expected` are skipped by their seq alone.
 impl Readable for Entry {
+    type Block = Vec<u8>;
+
     fn seq(&self) -> u64 {
         self.seq
     }
@@ -396,16 +479,41 @@ impl Readable for Entry {
         record.into()
     }
 
-    fn decode_block(raw: &[u8], _anchor: Hash, count: usize) -> Option<Vec<Self>> {
-        let mut entries = Vec::with_capacity(count.min(1 << 16));
-        each_entry(raw, |entry| {
-            entries.push(Self::decode_sealed(entry).ok()?);
+    fn decode_block(raw: Vec<u8>, _anchor: Hash, count: usize, first_seq: u64) -> Option<Vec<u8>> {
+        let mut seen = 0usize;
+        let mut first = None;
+        each_entry(&raw, |entry| {
+            seen += 1;
+            if first.is_none() {
+                first = Some(Self::sealed_seq(entry)?);
+            }
             Some(())
         })?;
-        Some(entries)
+        (seen == count && first == Some(first_seq)).then_some(raw)
     }
 
-    fn cache(index: &Index) -> &Mutex<VecDeque<CachedBlock<Self>>> {
+    fn take_block(
+        block: &Vec<u8>,
+        expected: &mut u64,
+        until: u64,
+        limit: usize,
+        out: &mut ReadOut<Self>,
+    ) -> bool {
+        let mut more = true;
+        // A record that does not decode behind a good CRC (never written so): the rest of
+        // the block is skipped and shows as a gap, as a damaged block does.
+        let _ = each_entry(block, |bytes| {
+            if Self::sealed_seq(bytes)? < *expected {
+                return Some(());
+            }
+            let entry = Self::decode_sealed(bytes).ok()?;
+            more = take(entry, expected, until, limit, out);
+            more.then_some(())
+        });
+        more
+    }
+
+    fn cache(index: &Index) -> &Mutex<VecDeque<CachedBlock<Vec<u8>>>> {
         &index.entry_blocks
     }
 }
@@ -476,18 +584,21 @@ pub struct Index {
     starts: Mutex<BTreeMap<u64, (u64, u64)>>,
     /// Bytes of all segment files.
     bytes: AtomicU64,
-    /// Held while a sealed file replaces a plain one and while a segment is removed, so a
-    /// removed segment is never brought back by its sealing.
+    /// Held while a sealed file replaces a plain one and while the writer forgets a removed
+    /// segment, so a removed segment is never brought back by its sealing.
     seal_lock: Mutex<()>,
     /// The last few decoded sealed blocks, by (segment, block offset): a forwarder reads a
     /// few dozen records per call, and a block holds hundreds.
-    blocks: Mutex<VecDeque<CachedBlock<Record>>>,
-    /// The same for reads of [`Entry`]s (the forwarders').
-    entry_blocks: Mutex<VecDeque<CachedBlock<Entry>>>,
+    blocks: Mutex<VecDeque<CachedBlock<Vec<Record>>>>,
+    /// The same for reads of [`Entry`]s (the forwarders'): the blocks' raw bytes.
+    entry_blocks: Mutex<VecDeque<CachedBlock<Vec<u8>>>>,
 }
 
-/// A decoded sealed block: its segment, its offset, its records.
-pub type CachedBlock<T> = (u64, u64, Arc<Vec<T>>);
+/// A sealed block as a reader kind caches it: its segment, its offset, its contents.
+pub type CachedBlock<B> = (u64, u64, Arc<B>);
+
+/// Segments a read looks up at a time.
+const SEGMENTS_PER_LOOKUP: usize = 4;
 
 /// Decoded blocks kept for readers: one per concurrent sequential reader, roughly.
 const CACHED_BLOCKS: usize = 4;
@@ -543,61 +654,82 @@ impl Index {
     /// in between that could not be read (missing segment, damaged frames). `T` says whether
     /// a sealed segment's hashes are recomputed ([`Record`]) or not ([`Entry`]).
     pub fn read<T: Readable>(&self, from: u64, until: u64, limit: usize) -> io::Result<ReadOut<T>> {
-        let mut out = ReadOut::default();
+        let mut out = ReadOut { records: Vec::with_capacity(limit.min(4096)), gaps: Vec::new() };
         if from >= until || limit == 0 {
             return Ok(out);
         }
-        let segments = self.segments();
-        let start_segment = segments.range(..=from).next_back().map(|(k, _)| *k);
         let mut expected = from;
-        let walk: Vec<(u64, PathBuf)> = match start_segment {
-            Some(s) => segments.range(s..).map(|(k, v)| (*k, v.clone())).collect(),
-            None => segments.iter().map(|(k, v)| (*k, v.clone())).collect(),
+        // The segments are looked up a few at a time, not copied whole: a 20 M backlog has
+        // over a thousand of them, and a forwarder reads a chunk at a time.
+        let mut next_key = {
+            let segments = self.segments.read().unwrap_or_else(PoisonError::into_inner);
+            segments.range(..=from).next_back().map_or(0, |(k, _)| *k)
         };
-        for (i, (first, path)) in walk.iter().enumerate() {
-            if *first >= until || out.records.len() >= limit {
-                break;
-            }
-            let segment_end = walk.get(i + 1).map_or(until, |(n, _)| (*n).min(until));
-            if segment_end <= expected {
-                continue;
-            }
-            let offset = {
-                let starts = self.starts.lock().unwrap_or_else(PoisonError::into_inner);
-                starts
-                    .range(..=expected.max(*first))
-                    .next_back()
-                    .filter(|(_, (seg, _))| seg == first)
-                    .map_or(SEGMENT_HEADER, |(_, (_, off))| *off)
+        loop {
+            let walk: Vec<(u64, PathBuf)> = {
+                let segments = self.segments.read().unwrap_or_else(PoisonError::into_inner);
+                segments
+                    .range(next_key..)
+                    .take(SEGMENTS_PER_LOOKUP + 1)
+                    .map(|(k, v)| (*k, v.clone()))
+                    .collect()
             };
-            let file = match File::open(path) {
-                Ok(f) => f,
-                // Removed after every destination acknowledged it, meanwhile.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            let mut head = [0u8; SEGMENT_HEADER as usize];
-            let format =
-                file.read_exact_at(&mut head, 0).ok().and_then(|()| format_of(&head, *first));
-            match format {
-                Some(Format::Plain) => self.read_segment(
-                    &file,
-                    *first,
-                    offset,
-                    &mut expected,
-                    segment_end,
-                    limit,
-                    &mut out,
-                )?,
-                Some(Format::Sealed) => {
-                    self.read_sealed(&file, *first, &mut expected, segment_end, limit, &mut out)?;
+            let more = walk.get(SEGMENTS_PER_LOOKUP).map(|(k, _)| *k);
+            for (i, (first, path)) in walk.iter().enumerate().take(SEGMENTS_PER_LOOKUP) {
+                if *first >= until || out.records.len() >= limit {
+                    return Ok(out);
                 }
-                None => {}
+                let segment_end = walk.get(i + 1).map_or(until, |(n, _)| (*n).min(until));
+                if segment_end <= expected {
+                    continue;
+                }
+                self.read_one(path, *first, &mut expected, segment_end, limit, &mut out)?;
+            }
+            match more {
+                Some(key) => next_key = key,
+                None => break,
             }
         }
         // What lies between the last record read and the end of the readable range is not
         // reported here: it may simply not have been read yet (limit).
         Ok(out)
+    }
+
+    /// Reads segment `first` (at `path`) from `expected` up to `segment_end`, either layout.
+    fn read_one<T: Readable>(
+        &self,
+        path: &Path,
+        first: u64,
+        expected: &mut u64,
+        segment_end: u64,
+        limit: usize,
+        out: &mut ReadOut<T>,
+    ) -> io::Result<()> {
+        let offset = {
+            let starts = self.starts.lock().unwrap_or_else(PoisonError::into_inner);
+            starts
+                .range(..=(*expected).max(first))
+                .next_back()
+                .filter(|(_, (seg, _))| *seg == first)
+                .map_or(SEGMENT_HEADER, |(_, (_, off))| *off)
+        };
+        let file = match File::open(path) {
+            Ok(f) => f,
+            // Removed after every destination acknowledged it, meanwhile.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut head = [0u8; SEGMENT_HEADER as usize];
+        let format = file.read_exact_at(&mut head, 0).ok().and_then(|()| format_of(&head, first));
+        match format {
+            Some(Format::Plain) => {
+                self.read_segment(&file, first, offset, expected, segment_end, limit, out)
+            }
+            Some(Format::Sealed) => {
+                self.read_sealed(&file, first, expected, segment_end, limit, out)
+            }
+            None => Ok(()),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -713,14 +845,9 @@ impl Index {
                 break;
             }
             let end = blocks.get(i + 1).map_or(index_at, |(_, next)| *next);
-            let Some(records) = self.block::<T>(file, first, *offset, end)? else { continue };
-            for record in records.iter() {
-                if record.seq() < *expected {
-                    continue;
-                }
-                if !take(record.clone(), expected, until, limit, out) {
-                    return Ok(());
-                }
+            let Some(block) = self.block::<T>(file, first, *offset, end)? else { continue };
+            if !T::take_block(&block, expected, until, limit, out) {
+                return Ok(());
             }
         }
         Ok(())
@@ -734,7 +861,7 @@ impl Index {
         first: u64,
         offset: u64,
         end: u64,
-    ) -> io::Result<Option<Arc<Vec<T>>>> {
+    ) -> io::Result<Option<Arc<T::Block>>> {
         {
             let cache = T::cache(self).lock().unwrap_or_else(PoisonError::into_inner);
             if let Some((_, _, records)) =
@@ -1001,17 +1128,20 @@ impl LogWriter {
         self.active_first
     }
 
-    /// Unlinks the segment starting at `first` (the ledger already says it is gone); a missing
-    /// file is fine.
-    pub fn remove(&mut self, first: u64, next_first: u64) -> io::Result<()> {
+    /// Forgets the segment starting at `first` (the ledger, applied but maybe not yet durable,
+    /// already says it is gone) and hands its unlink to the sealer thread, which makes the
+    /// ledger durable first (`ledger`), then unlinks and syncs the directory: the writer never
+    /// waits for either (issue 14's append p99 while a backlog is removed). A missing file is
+    /// fine; a crash before the unlink leaves a file below the base, which open unlinks.
+    pub fn remove(&mut self, first: u64, next_first: u64, ledger: Ledger) {
         let path = self.dir.join(segment_name(first));
-        let _sealing = self.index.seal_lock.lock().unwrap_or_else(PoisonError::into_inner);
-        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        self.index.remove_segment(first, next_first);
-        remove_file(&path)?;
-        crate::durable::sync_dir(&self.dir)?;
-        self.index.add_bytes(0, len);
-        Ok(())
+        {
+            let _sealing = self.index.seal_lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            self.index.remove_segment(first, next_first);
+            self.index.add_bytes(0, len);
+        }
+        self.sealer.send(Job::Remove { first, ledger });
     }
 }
 
@@ -1047,27 +1177,68 @@ fn remove_half_sealed(dir: &Path) -> io::Result<bool> {
     Ok(any)
 }
 
-/// The thread that seals segments the writer rolled away from, so compression never delays
-/// an append. Dropping it finishes the queue (closing a journal leaves every full segment
-/// sealed).
-#[derive(Debug)]
+/// Makes the keyed state's ledger durable (sled's flush and `fdatasync`), from the sealer
+/// thread, before a removed segment is unlinked.
+pub type Ledger = Box<dyn FnOnce() -> io::Result<()> + Send>;
+
+/// Work for the thread beside the writer.
+enum Job {
+    Seal(u64),
+    /// Unlink the segment starting at `first` once `ledger` made its removal durable.
+    Remove {
+        first: u64,
+        ledger: Ledger,
+    },
+}
+
+/// The thread beside the writer: it seals segments the writer rolled away from and unlinks
+/// removed ones, so neither compression nor removal delays an append. Sealing and removal
+/// run one after the other here, so a removed segment is never renamed back into existence.
+/// Dropping it finishes the queue (closing a journal leaves every full segment sealed and
+/// every removed one unlinked).
 struct Sealer {
-    tx: Option<mpsc::Sender<u64>>,
+    tx: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealer").finish_non_exhaustive()
+    }
 }
 
 impl Sealer {
     fn start(dir: &Path, index: Arc<Index>) -> io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<u64>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let dir = dir.to_path_buf();
         let thread =
             std::thread::Builder::new().name("journal-sealer".into()).spawn(move || {
-                for first in rx {
-                    if let Err(error) = seal_segment(&dir, first, &index) {
-                        // The plain segment stays, whole and readable, only larger; the next
-                        // open queues it again.
-                        tracing::warn!(%error, segment = first, "Cannot seal a journal segment.");
-                        let _ = remove_file(&sealing_path(&dir, first));
+                while let Ok(job) = rx.recv() {
+                    let mut removed = Vec::new();
+                    let mut ledger = None;
+                    let mut seals = Vec::new();
+                    for job in std::iter::once(job).chain(rx.try_iter()) {
+                        match job {
+                            Job::Seal(first) => seals.push(first),
+                            Job::Remove { first, ledger: newest } => {
+                                removed.push(first);
+                                ledger = Some(newest);
+                            }
+                        }
+                    }
+                    // One flush covers every removal queued before it (each ledger applied
+                    // its base before it was queued); removals go first, so no segment is
+                    // sealed only to be unlinked.
+                    if let Some(ledger) = ledger {
+                        unlink_removed(&dir, &removed, ledger);
+                    }
+                    for first in seals {
+                        if let Err(error) = seal_segment(&dir, first, &index) {
+                            // The plain segment stays, whole and readable, only larger; the
+                            // next open queues it again.
+                            tracing::warn!(%error, segment = first, "Cannot seal a journal segment.");
+                            let _ = remove_file(&sealing_path(&dir, first));
+                        }
                     }
                 }
             })?;
@@ -1075,8 +1246,12 @@ impl Sealer {
     }
 
     fn queue(&self, first: u64) {
+        self.send(Job::Seal(first));
+    }
+
+    fn send(&self, job: Job) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(first);
+            let _ = tx.send(job);
         }
     }
 }
@@ -1087,6 +1262,23 @@ impl Drop for Sealer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Ledger first, then the files (vector PR #25570): if the ledger cannot be made durable the
+/// files stay, below the base, and the next open unlinks them.
+fn unlink_removed(dir: &Path, removed: &[u64], ledger: Ledger) {
+    if let Err(error) = ledger() {
+        tracing::warn!(%error, "Cannot make a journal removal durable; the segments are unlinked at the next open.");
+        return;
+    }
+    for first in removed {
+        if let Err(error) = remove_file(&dir.join(segment_name(*first))) {
+            tracing::warn!(%error, segment = first, "Cannot unlink an acknowledged segment; retried at open.");
+        }
+    }
+    if let Err(error) = crate::durable::sync_dir(dir) {
+        tracing::warn!(%error, "Cannot sync the journal's log directory after a removal.");
     }
 }
 
@@ -1106,24 +1298,34 @@ fn seal_segment(dir: &Path, first: u64, index: &Index) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    let mut records = Vec::new();
+    let mut sealing = Sealing::new(first)?;
+    let mut records = 0usize;
     let mut clean = true;
+    let mut failed = None;
     let format = scan_segment(&bytes, first, |item| {
         match item {
-            Item::Record { record, .. } => records.push(*record),
+            Item::Record { record, .. } => match sealing.push(&record) {
+                Ok(()) => records += 1,
+                Err(error) => {
+                    failed = Some(error);
+                    return false;
+                }
+            },
             Item::Garbage { .. } | Item::Torn { .. } => clean = false,
         }
         true
     });
-    if format != Some(Format::Plain) || records.is_empty() {
+    if let Some(error) = failed {
+        return Err(error);
+    }
+    if format != Some(Format::Plain) || records == 0 {
         return Ok(());
     }
     if !clean {
         tracing::warn!(segment = first, "A journal segment holds damage; it stays uncompressed.");
         return Ok(());
     }
-    let sealed = seal(first, &records)?;
-    drop(records);
+    let sealed = sealing.finish()?;
     let modified = std::fs::metadata(&path)?.modified()?;
     let tmp = sealing_path(dir, first);
     let mut file = File::create(&tmp)?;
@@ -1297,6 +1499,44 @@ mod tests {
             gaps.extend(out.gaps);
         }
         (all, gaps)
+    }
+
+    /// Reads over more segments than one lookup takes, sealed and plain in turn, from every
+    /// seq and with every kind of limit, return exactly the records in between.
+    #[test]
+    fn reads_across_many_segments_return_exactly_the_records_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = chained(0, 300, 200);
+        let index = Index::default();
+        let mut segments = BTreeMap::new();
+        for (n, chunk) in records.chunks(30).enumerate() {
+            let first = chunk[0].header.seq;
+            let path = dir.path().join(segment_name(first));
+            if n % 2 == 0 {
+                std::fs::write(&path, seal(first, chunk).unwrap()).unwrap();
+            } else {
+                let mut plain = header(SEGMENT_MAGIC, first).to_vec();
+                chunk.iter().for_each(|r| plain.extend_from_slice(&frame(r)));
+                std::fs::write(&path, &plain).unwrap();
+            }
+            segments.insert(first, path);
+        }
+        assert!(segments.len() > 2 * SEGMENTS_PER_LOOKUP);
+        index.set_segments(segments);
+        for from in (0..300).step_by(7) {
+            for limit in [1, 13, 64, 1000] {
+                let want: Vec<u64> = (from..300.min(from + limit as u64)).collect();
+                let entries = index.read::<Entry>(from, u64::MAX, limit).unwrap();
+                let checked = index.read::<Record>(from, u64::MAX, limit).unwrap();
+                assert_eq!(entries.records.iter().map(|e| e.seq).collect::<Vec<_>>(), want);
+                assert_eq!(checked.records.iter().map(|r| r.header.seq).collect::<Vec<_>>(), want);
+                assert!(entries.gaps.is_empty() && checked.gaps.is_empty());
+                // `until` bounds the read too.
+                let until = from + 5;
+                let bounded = index.read::<Entry>(from, until, limit).unwrap();
+                assert!(bounded.records.iter().all(|e| e.seq < until));
+            }
+        }
     }
 
     #[test]

@@ -89,7 +89,9 @@
 //! a sealed segment both hashes recomputed, two SHA-256 per record — for verification, export,
 //! checkpoints and re-applying at open; [`Journal::read_entries`] returns [`Entry`]s (seq,
 //! append time, class, body; no hashes, nothing recomputed) for the forwarders, which never
-//! send the chain. The frame's or block's CRC-32 guards the bytes of both; tampering that kept
+//! send the chain. Readers cache a few sealed blocks: decoded records for the checked read
+//! (each hash needs its predecessor's), the raw decompressed bytes for the forwarders' read,
+//! which decodes only the records it returns, straight into its answer. The frame's or block's CRC-32 guards the bytes of both; tampering that kept
 //! the CRCs is `journal verify`'s and the checkpoints' to find, not the forwarders'.
 //!
 //! Keyed state (one sled tree, so one batch is atomic across all of it):
@@ -146,15 +148,19 @@
 //! 3. Keyed state: sled's flush followed by `fdatasync` of its log and `fsync` of its
 //!    directories ([`store::SledStore`]; sled's own flush ends in `sync_file_range`, which is
 //!    not durable). Acknowledgements and checkpoints flush at once; machine heads on the tick.
-//! 4. Removal (vector PR #25570's crash-loop lesson): the new base goes to sled and is flushed
-//!    first, the segment file is unlinked and the directory synced after. A crash in between
-//!    leaves a file below the base, which open unlinks; a missing file is never an error.
+//! 4. Removal (vector PR #25570's crash-loop lesson): the writer applies the new base to sled
+//!    and forgets the segment (index, byte count); the sealer thread then flushes sled (point
+//!    3), unlinks the file and syncs the directory — ledger first, file after, and no append
+//!    waits for either. A crash in between leaves a file below the base, which open unlinks;
+//!    a missing file is never an error. If the flush fails the file stays until the next open.
 //! 5. Sealing (after the roll, on the sealer thread): the sealed file is written to
 //!    `<segment>.sealing` with the plain file's modification time, `fsync`ed, renamed over the
 //!    plain segment, and the directory synced. Before the rename the plain segment is whole (it
 //!    was synced frame by frame); after it, at every moment, the name holds one whole file,
-//!    plain or sealed. A removal and a sealing of the same segment exclude each other (a lock),
-//!    so a removed segment is never renamed back into existence.
+//!    plain or sealed. Sealing and unlinking run on the same thread, and the rename checks
+//!    under a lock that the writer has not forgotten the segment meanwhile, so a removed
+//!    segment is never renamed back into existence. Sealing streams: one raw block in memory
+//!    at a time, not a segment's worth of decoded records.
 //!
 //! A failed write or sync is answered as an error to every request in the group (the pollers
 //! keep the machines unacknowledged and retry), the segment is cut back to where the group
@@ -216,7 +222,7 @@ pub mod record;
 pub mod store;
 pub mod verify;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -247,6 +253,10 @@ const POSITION: &[u8] = b"P";
 /// The record log's directory and the keyed state's, inside the journal directory.
 pub const LOG_DIR: &str = "log";
 pub const STATE_DIR: &str = "state";
+
+/// How often the writer flushes the keyed state that appends changed (machine heads,
+/// snapshots, `P`); acknowledgements, rewinds and checkpoints flush at once.
+const KEYED_TICK: Duration = Duration::from_millis(500);
 
 /// Records read per step when the keyed state catches up with the log.
 const REAPPLY_STEP: usize = 4096;
@@ -831,6 +841,7 @@ impl Journal {
             state: opened.state,
             failed: false,
             keyed_dirty: false,
+            keyed_flushed_at: writer_now(),
             prune_more: false,
             prune_idle_until: None,
             machine_next: HashMap::new(),
@@ -1110,6 +1121,8 @@ struct Writer {
     failed: bool,
     /// Keyed state applied but not yet flushed (the log has it: open re-applies it).
     keyed_dirty: bool,
+    /// When the keyed state was last flushed by the tick.
+    keyed_flushed_at: Instant,
     /// The last pruning step removed a segment and more are removable (see `prune`).
     prune_more: bool,
     /// Unix ms before which the oldest acknowledged segment is still retained.
@@ -1137,9 +1150,8 @@ impl Writer {
     }
 
     fn run(mut self, rx: std_mpsc::Receiver<Command>) {
-        let tick = Duration::from_millis(500);
         loop {
-            let wait = if self.prune_more { Duration::ZERO } else { tick };
+            let wait = if self.prune_more { Duration::ZERO } else { KEYED_TICK };
             let first = match rx.recv_timeout(wait) {
                 Ok(command) => Some(command),
                 Err(std_mpsc::RecvTimeoutError::Timeout) => None,
@@ -1154,6 +1166,8 @@ impl Writer {
         }
         self.checkpoint(true);
         self.flush_keyed();
+        // The sealer finishes its queue (seals, removals) while the keyed state is still open.
+        self.log = None;
         tracing::info!(next_seq = self.state.next_seq, "Journal closed.");
     }
 
@@ -1274,16 +1288,18 @@ impl Writer {
         let alarms = std::mem::take(&mut self.pending_alarms);
         let unwritten_alarms = alarms.clone();
         let mut spans = Vec::with_capacity(appends.len());
-        let mut touched: Vec<String> = Vec::new();
+        let mut touched: HashSet<String> = HashSet::new();
         let now = unix_ms();
         let staged = (|| -> Result<(), StoreError> {
             for record in alarms {
                 self.stage(&mut records, &mut batch, record, now, &mut touched)?;
             }
-            for (group, _) in &appends {
+            for (group, _) in &mut appends {
                 let first = self.state.next_seq;
-                for record in group {
-                    self.stage(&mut records, &mut batch, record.clone(), now, &mut touched)?;
+                // Moved, not cloned: a failed group is answered with an error and the
+                // pollers send their events again.
+                for record in std::mem::take(group) {
+                    self.stage(&mut records, &mut batch, record, now, &mut touched)?;
                 }
                 spans.push(Appended { first, next: self.state.next_seq });
             }
@@ -1353,7 +1369,7 @@ impl Writer {
         batch: &mut WriteBatch,
         record: NewRecord,
         now: i64,
-        touched: &mut Vec<String>,
+        touched: &mut HashSet<String>,
     ) -> Result<(), StoreError> {
         if let Some(machine_seq) = record.machine_seq {
             let next = self.next_machine_seq(&record.machine)?;
@@ -1362,7 +1378,7 @@ impl Writer {
             }
             self.machine_next.insert(record.machine.clone(), machine_seq + 1);
             if !touched.contains(&record.machine) {
-                touched.push(record.machine.clone());
+                touched.insert(record.machine.clone());
             }
         }
         if let (Some(code), Body::Event { canonical_json, .. }) = (record.snapshot_of, &record.body)
@@ -1440,8 +1456,9 @@ impl Writer {
 
     /// Removes the oldest segment if every destination has acknowledged all of it and (unless
     /// space is short) its newest record is older than `retain_acknowledged`. The ledger (the
-    /// keyed state's base) moves first and is flushed; the file is unlinked after, so a crash
-    /// in between leaves a file open removes, never a ledger pointing at nothing.
+    /// keyed state's base) moves first; the sealer thread flushes it and unlinks the file
+    /// after, so a crash in between leaves a file open removes, never a ledger pointing at
+    /// nothing.
     fn prune(&mut self, early: bool) {
         self.prune_more = false;
         if self.config().destinations.is_empty() {
@@ -1500,18 +1517,23 @@ impl Writer {
         let base = Base { first_seq: next_first, anchor, ..self.state.base };
         let mut batch = WriteBatch::default();
         batch.put(BASE, postcard::to_stdvec(&base).unwrap_or_default());
-        if let Err(error) = self.store.apply(batch).and_then(|()| self.store.flush()) {
+        if let Err(error) = self.store.apply(batch) {
             tracing::error!(%error, "Removing an acknowledged segment failed.");
             self.failed = true;
             return;
         }
+        self.keyed_dirty = true;
         self.state.base = base;
         self.shared.first_seq.store(next_first, Ordering::Release);
-        if let Some(log) = self.log.as_mut()
-            && let Err(error) = log.remove(first, next_first)
-        {
-            // The ledger no longer lists it: the next open removes it.
-            tracing::warn!(%error, "Cannot unlink an acknowledged segment; retried at open.");
+        // The sealer thread flushes this ledger, then unlinks: the writer waits for neither.
+        // A weak reference, so a queued removal never keeps a reopened store's files locked.
+        let store = Arc::downgrade(&self.store);
+        let ledger: log::Ledger = Box::new(move || match store.upgrade() {
+            Some(store) => store.flush().map_err(std::io::Error::other),
+            None => Err(std::io::Error::other("the keyed state was reopened meanwhile")),
+        });
+        if let Some(log) = self.log.as_mut() {
+            log.remove(first, next_first, ledger);
         }
         self.prune_more = segments.keys().nth(2).is_some_and(|n| *n <= min);
     }
@@ -1519,7 +1541,12 @@ impl Writer {
     /// Periodic work between commands: keyed-state flush, pressure, removal, checkpoints,
     /// status.
     fn maintain(&mut self) {
-        self.flush_keyed();
+        // On the tick, not after every group: a group's answer never waits for a sled flush
+        // of the group before it (the log has the records; open re-applies them).
+        if self.keyed_flushed_at.elapsed() >= KEYED_TICK {
+            self.flush_keyed();
+            self.keyed_flushed_at = writer_now();
+        }
         if self.failed && self.reopen().is_err() {
             self.publish_status();
             return;
