@@ -16,8 +16,9 @@
 //! binary prints a note and exits, so no test run ever carries a timed benchmark.
 //!
 //! # Modes
-//! - `replay`: (1, MQTT only) the ceiling: a minimal rumqttc publisher sends `--events` QoS 1
-//!   messages, 100 in flight, with a QoS 1 subscriber attached; the messages are the CloudEvents
+//! - `replay`: (1, MQTT only) the ceiling: `--ceiling-publishers` minimal rumqttc publishers
+//!   (default 1) send `--events` QoS 1 messages between them, 100 in flight each, with a QoS 1
+//!   subscriber attached; the messages are the CloudEvents
 //!   slotgate would send, encoded before the clock starts, so broker and subscriber do the same
 //!   work per message in both runs. Rate = messages / (first publish → last message at the
 //!   subscriber). (2) A journal is filled with `--events` synthetic canonical events (≈ 800 B of
@@ -79,9 +80,13 @@ enum Mode {
         /// Live events per second during the replay.
         #[arg(long, default_value_t = 100)]
         live_rate: u32,
-        /// slotgate's MQTT `max_in_flight` (the raw publisher always has 100 in flight).
+        /// slotgate's MQTT `max_in_flight` (the raw publishers always have 100 in flight).
         #[arg(long, default_value_t = 100)]
         window: u16,
+        /// Raw publishers sharing the ceiling's messages, each its own connection: 1 is issue
+        /// 5's ceiling (one client with slotgate's window); more measure the broker itself.
+        #[arg(long, default_value_t = 1)]
+        ceiling_publishers: usize,
         /// The destination's `replay_rate` (events/s); the default is far above any ceiling,
         /// so the replay runs as fast as it can.
         #[arg(long, default_value_t = 10_000_000)]
@@ -125,12 +130,24 @@ fn main() -> anyhow::Result<()> {
     slotgate::forward::tls::install_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match mode {
-        Mode::Replay { events, https, batch, live_rate, window, replay_rate, dir } => {
+        Mode::Replay {
+            events,
+            https,
+            batch,
+            live_rate,
+            window,
+            ceiling_publishers,
+            replay_rate,
+            dir,
+        } => {
             let work = tempfile::tempdir_in(&dir)?;
             if https {
                 runtime.block_on(replay_https(work.path(), events, batch, live_rate, replay_rate))
             } else {
-                runtime.block_on(replay_mqtt(work.path(), events, live_rate, window, replay_rate))
+                let publishers = ceiling_publishers.max(1);
+                let replay =
+                    replay_mqtt(work.path(), events, live_rate, window, publishers, replay_rate);
+                runtime.block_on(replay)
             }
         }
         Mode::Load { events, chunk, dir } => {
@@ -410,6 +427,7 @@ async fn replay_mqtt(
     events: usize,
     live_rate: u32,
     window: u16,
+    publishers: usize,
     replay_rate: u32,
 ) -> anyhow::Result<()> {
     let broker = Mosquitto::start(&dir.join("broker"), MosquittoOptions::default());
@@ -423,7 +441,7 @@ async fn replay_mqtt(
     let mut backlog = events;
     let (mut ceilings, mut replays, mut live_ms) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
-        let ceiling = raw_ceiling(broker.port(), payloads.clone(), payload_len).await?;
+        let ceiling = raw_ceiling(broker.port(), payloads.clone(), payload_len, publishers).await?;
         let burst = (replay_rate / 10).clamp(1, 100_000);
         let destination = format!(
             "[[destination]]\nname = \"bench-{round}\"\nkind = \"mqtt\"\n\
@@ -480,33 +498,57 @@ fn median(values: &mut [f64]) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// The broker's own QoS 1 ceiling with a subscriber attached: a minimal rumqttc publisher, 100
-/// in flight. Rate = messages / (first publish → last message at the subscriber).
+/// The broker's QoS 1 ceiling with a subscriber attached: `publishers` minimal rumqttc
+/// publishers, 100 in flight each, sending the messages between them. One is issue 5's ceiling
+/// (one client, slotgate's window); one client is bounded by its own per-message work and its
+/// window's round trip (on the 2026-12 VM it stayed below slotgate's replay), so several
+/// connections measure the broker itself (issue 14). Rate = messages / (first publish → last
+/// message at the subscriber).
 async fn raw_ceiling(
     port: u16,
     payloads: Vec<(String, Vec<u8>)>,
     payload_len: usize,
+    publishers: usize,
 ) -> anyhow::Result<f64> {
     let count = payloads.len();
     let (subscriber, tally) = subscribe(port, false).await?;
-    let mut options = MqttOptions::new("bench-raw", "127.0.0.1", port);
-    options
-        .set_inflight(100)
-        .set_max_packet_size(1 << 20, 1 << 20)
-        .set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(options, 200);
     let acks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let a = acks.clone();
-    tokio::spawn(async move {
-        while let Ok(event) = eventloop.poll().await {
-            if let Event::Incoming(Packet::PubAck(_)) = event {
-                a.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
+    let mut shares: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); publishers];
+    for (i, payload) in payloads.into_iter().enumerate() {
+        if let Some(share) = shares.get_mut(i % publishers) {
+            share.push(payload);
         }
-    });
+    }
+    let mut clients = Vec::new();
+    for n in 0..publishers {
+        let mut options = MqttOptions::new(format!("bench-raw-{n}"), "127.0.0.1", port);
+        options
+            .set_inflight(100)
+            .set_max_packet_size(1 << 20, 1 << 20)
+            .set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = AsyncClient::new(options, 200);
+        let a = acks.clone();
+        tokio::spawn(async move {
+            while let Ok(event) = eventloop.poll().await {
+                if let Event::Incoming(Packet::PubAck(_)) = event {
+                    a.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        clients.push(client);
+    }
     let started = Instant::now();
-    for (topic, body) in payloads {
-        client.publish(topic, QoS::AtLeastOnce, false, body).await?;
+    let mut sending = tokio::task::JoinSet::new();
+    for (client, share) in clients.iter().cloned().zip(shares) {
+        sending.spawn(async move {
+            for (topic, body) in share {
+                client.publish(topic, QoS::AtLeastOnce, false, body).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = sending.join_next().await {
+        done??;
     }
     wait_for(&tally, |t| t.unique.len(), count, Duration::from_secs(600)).await;
     let last = tally
@@ -517,10 +559,12 @@ async fn raw_ceiling(
     let secs = last.duration_since(started).as_secs_f64();
     let rate = count as f64 / secs;
     println!(
-        "ceiling: raw QoS 1 publisher, {count} messages of ~{payload_len} B in {secs:.2} s = {rate:.0} msg/s (PUBACKs {})",
+        "ceiling: {publishers} raw QoS 1 publisher(s), {count} messages of ~{payload_len} B in {secs:.2} s = {rate:.0} msg/s (PUBACKs {})",
         acks.load(std::sync::atomic::Ordering::Relaxed)
     );
-    client.disconnect().await?;
+    for client in clients {
+        client.disconnect().await?;
+    }
     subscriber.disconnect().await?;
     Ok(rate)
 }

@@ -580,7 +580,7 @@ pub struct Index {
     /// Segments by first seq.
     segments: RwLock<BTreeMap<u64, PathBuf>>,
     /// seq → (segment first seq, offset of that seq's frame), every `INDEX_EVERY` records of
-    /// plain segments (a sealed one has its block index).
+    /// plain segments (a sealed one has its block index; its entries go when it is sealed).
     starts: Mutex<BTreeMap<u64, (u64, u64)>>,
     /// Bytes of all segment files.
     bytes: AtomicU64,
@@ -1341,6 +1341,13 @@ fn seal_segment(dir: &Path, first: u64, index: &Index) -> io::Result<()> {
     std::fs::rename(&tmp, &path)?;
     crate::durable::sync_dir(dir)?;
     index.add_bytes(sealed.len() as u64, bytes.len() as u64);
+    // A sealed segment is read through its block index: its sparse-index entries would only
+    // grow with the backlog (78,000 of them at 20 M records).
+    index
+        .starts
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|_, (segment, _)| *segment != first);
     Ok(())
 }
 
@@ -1499,6 +1506,29 @@ mod tests {
             gaps.extend(out.gaps);
         }
         (all, gaps)
+    }
+
+    /// Sealing drops a segment's entries from the readers' sparse index (they would grow with
+    /// the backlog); the sealed segments are read through their block index as before.
+    #[test]
+    fn sealed_segments_leave_the_sparse_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(Index::default());
+        let records = chained(0, 3000, 200);
+        let (mut writer, _) = LogWriter::open(dir.path(), 0, 64 << 10, &index).unwrap();
+        for group in records.chunks(50) {
+            writer.append(group).unwrap();
+            writer.roll_if_full(group.last().unwrap().header.seq + 1).unwrap();
+        }
+        let active = writer.active_first();
+        drop(writer); // the sealer finishes its queue
+        let segments = index.segments();
+        assert!(segments.len() > 5, "{} segments", segments.len());
+        let starts = index.starts.lock().unwrap().clone();
+        assert!(starts.values().all(|(segment, _)| *segment == active), "{starts:?}");
+        let out = index.read::<Entry>(0, u64::MAX, 5000).unwrap();
+        assert_eq!(out.records.len(), 3000);
+        assert!(out.gaps.is_empty());
     }
 
     /// Reads over more segments than one lookup takes, sealed and plain in turn, from every
