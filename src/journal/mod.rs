@@ -91,8 +91,9 @@
 //! append time, class, body; no hashes, nothing recomputed) for the forwarders, which never
 //! send the chain. Readers cache a few sealed blocks: decoded records for the checked read
 //! (each hash needs its predecessor's), the raw decompressed bytes for the forwarders' read,
-//! which decodes only the records it returns, straight into its answer. The frame's or block's CRC-32 guards the bytes of both; tampering that kept
-//! the CRCs is `journal verify`'s and the checkpoints' to find, not the forwarders'.
+//! which decodes only the records it returns, straight into its answer. The frame's or
+//! block's CRC-32 guards the bytes of both; tampering that kept the CRCs is `journal
+//! verify`'s and the checkpoints' to find, not the forwarders'.
 //!
 //! Keyed state (one sled tree, so one batch is atomic across all of it):
 //!
