@@ -611,8 +611,12 @@ impl Index {
         self.entry_blocks.lock().unwrap_or_else(PoisonError::into_inner).clear();
     }
 
-    pub fn segments(&self) -> BTreeMap<u64, PathBuf> {
-        self.segments.read().unwrap_or_else(PoisonError::into_inner).clone()
+    /// Up to `n` segments, by first seq, from the one starting at `from` on: copied out, so no
+    /// lock is held while they are read, and never the whole list (over a thousand segments
+    /// in a 20 M backlog).
+    pub fn segments_from(&self, from: u64, n: usize) -> Vec<(u64, PathBuf)> {
+        let segments = self.segments.read().unwrap_or_else(PoisonError::into_inner);
+        segments.range(from..).take(n).map(|(k, v)| (*k, v.clone())).collect()
     }
 
     /// Bytes of all segment files.
@@ -659,21 +663,12 @@ impl Index {
             return Ok(out);
         }
         let mut expected = from;
-        // The segments are looked up a few at a time, not copied whole: a 20 M backlog has
-        // over a thousand of them, and a forwarder reads a chunk at a time.
         let mut next_key = {
             let segments = self.segments.read().unwrap_or_else(PoisonError::into_inner);
             segments.range(..=from).next_back().map_or(0, |(k, _)| *k)
         };
         loop {
-            let walk: Vec<(u64, PathBuf)> = {
-                let segments = self.segments.read().unwrap_or_else(PoisonError::into_inner);
-                segments
-                    .range(next_key..)
-                    .take(SEGMENTS_PER_LOOKUP + 1)
-                    .map(|(k, v)| (*k, v.clone()))
-                    .collect()
-            };
+            let walk = self.segments_from(next_key, SEGMENTS_PER_LOOKUP + 1);
             let more = walk.get(SEGMENTS_PER_LOOKUP).map(|(k, _)| *k);
             for (i, (first, path)) in walk.iter().enumerate().take(SEGMENTS_PER_LOOKUP) {
                 if *first >= until || out.records.len() >= limit {
@@ -894,12 +889,6 @@ impl Index {
 pub struct ReadOut<T = Record> {
     pub records: Vec<T>,
     pub gaps: Vec<(u64, u64)>,
-}
-
-impl<T> Default for ReadOut<T> {
-    fn default() -> Self {
-        Self { records: Vec::new(), gaps: Vec::new() }
-    }
 }
 
 /// The writer's side of the log: the active segment, appends, rolls, removal, and the
@@ -1311,18 +1300,25 @@ fn seal_segment(dir: &Path, first: u64, index: &Index) -> io::Result<()> {
                     return false;
                 }
             },
-            Item::Garbage { .. } | Item::Torn { .. } => clean = false,
+            // A damaged segment stays plain: nothing more to compress.
+            Item::Garbage { .. } | Item::Torn { .. } => {
+                clean = false;
+                return false;
+            }
         }
         true
     });
     if let Some(error) = failed {
         return Err(error);
     }
-    if format != Some(Format::Plain) || records == 0 {
+    if format != Some(Format::Plain) {
         return Ok(());
     }
     if !clean {
         tracing::warn!(segment = first, "A journal segment holds damage; it stays uncompressed.");
+        return Ok(());
+    }
+    if records == 0 {
         return Ok(());
     }
     let sealed = sealing.finish()?;
@@ -1522,7 +1518,7 @@ mod tests {
         }
         let active = writer.active_first();
         drop(writer); // the sealer finishes its queue
-        let segments = index.segments();
+        let segments = index.segments_from(0, usize::MAX);
         assert!(segments.len() > 5, "{} segments", segments.len());
         let starts = index.starts.lock().unwrap().clone();
         assert!(starts.values().all(|(segment, _)| *segment == active), "{starts:?}");

@@ -1474,9 +1474,13 @@ impl Writer {
         if !early && self.prune_idle_until.is_some_and(|t| now < t) {
             return;
         }
-        let segments = self.shared.index.segments();
-        let mut pairs = segments.iter().zip(segments.iter().skip(1));
-        let Some(((&first, path), (&next_first, next_path))) = pairs.next() else { return };
+        // The oldest two, and the third to know whether another removal may follow.
+        let oldest = self.shared.index.segments_from(0, 3);
+        let (Some((first, path)), Some((next_first, next_path))) = (oldest.first(), oldest.get(1))
+        else {
+            return;
+        };
+        let (first, next_first) = (*first, *next_first);
         if next_first > min {
             return;
         }
@@ -1536,7 +1540,7 @@ impl Writer {
         if let Some(log) = self.log.as_mut() {
             log.remove(first, next_first, ledger);
         }
-        self.prune_more = segments.keys().nth(2).is_some_and(|n| *n <= min);
+        self.prune_more = oldest.get(2).is_some_and(|(n, _)| *n <= min);
     }
 
     /// Periodic work between commands: keyed-state flush, pressure, removal, checkpoints,
